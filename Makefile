@@ -1,0 +1,17 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test demo bench
+
+setup:
+	VENV=$(VENV) bash scripts/setup.sh
+
+test: setup
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra
+
+demo: setup
+	$(VENV)/bin/napari-attunet demo
+
+bench: setup
+	$(PY) bench/bench_predict.py
