@@ -1,0 +1,304 @@
+"""The prediction engine: a generator that yields progress and returns a Prediction.
+
+``iter_predict`` is the whole computation and knows nothing of any GUI; ``predict`` drives it
+with a plain callback. The napari widget runs ``iter_predict`` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+import warnings
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled, InputError
+from ..models import AttentionUNetBase, GateGeometry
+from .devices import autocast, free_memory, resolve_device, resolve_precision, system_memory
+from .optimize import prepared
+from .postprocess import GateMap, Prediction, quantize
+from .preprocess import (normalize, prepare_channels, resample, resample_factors,
+                         resolve_normalization)
+from .tiling import Stitcher, default_tile, round_up, window_grid
+
+GiB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a run: ``done`` of ``total`` batches in ``stage``."""
+
+    stage: str
+    done: int
+    total: int
+    message: str = ""
+
+
+def _cancelled(cancel) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+def _flips(dims: int, tta: bool) -> list[tuple[int, ...]]:
+    """The mirrored flips over the spatial axes of a (B, C, *spatial) tensor."""
+    axes = tuple(range(2, 2 + dims))
+    if not tta:
+        return [()]
+    return [c for r in range(dims + 1) for c in itertools.combinations(axes, r)]
+
+
+def _activation(logits: torch.Tensor, output: str, dim: int) -> torch.Tensor:
+    return torch.softmax(logits, dim=dim) if output == "softmax" else torch.sigmoid(logits)
+
+
+def estimate_memory(model: AttentionUNetBase, padded: Sequence[int], tile: Sequence[int],
+                    batch: int, stack: int, attention: bool) -> tuple[int, int]:
+    """(host bytes, device bytes) a run needs at its peak, roughly and on the safe side."""
+    spec = model.spec
+    voxels = int(np.prod(padded)) * stack
+    host = voxels * 4 * (2 * spec.in_channels + 2 * spec.out_channels + 1)  # input, stitch
+    host += voxels * spec.out_channels  # uint8 probabilities
+    if attention:
+        for g in spec.gates:
+            host += voxels // int(np.prod(g.stride)) * 4 * (g.heads + 1)
+    tile_voxels = int(np.prod(tile))
+    # Activations: each level holds a few feature maps of its width at its resolution.
+    per_tile = sum(f * tile_voxels / (2 ** (spec.spatial_dims * i))
+                   for i, f in enumerate(spec.features)) * 4 * 6
+    params = sum(p.numel() for p in model.parameters()) * 4 * 2
+    return int(host), int(batch * per_tile + params)
+
+
+def _check_memory(host: int, device_bytes: int, device: torch.device, name: str) -> bool:
+    """Raise InputError when the host cannot hold the run; True when the GPU can stitch."""
+    available = system_memory()
+    needed_host = host + (device_bytes if device.type == "cpu" else 0)
+    if available is not None and needed_host > 0.9 * available:
+        raise InputError(
+            f"{name} needs about {needed_host / GiB:.1f} GiB of memory to predict, but only "
+            f"{available / GiB:.1f} GiB is free; crop the scan, close other programs, or "
+            "predict a region (Preview).")
+    if device.type == "cpu":
+        return False
+    free = free_memory(device)
+    return free is not None and device_bytes + host < 0.8 * free
+
+
+def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | None = None,
+                 channel_axis: int | None = None, normalization=None,
+                 tile: Sequence[int] | int | None = None, overlap: float = 0.5,
+                 device: str = "auto", precision: str = "auto", tta: bool = False,
+                 cancel=None, batch_size: int | None = None, attention: bool = True,
+                 name: str = "the image", fold_batchnorm: bool = True,
+                 channels_last: bool = True) -> Generator[Progress, None, Prediction]:
+    """Run ``model`` over ``image`` tile by tile, yielding a Progress after each batch.
+
+    Returns (as the generator's value) a :class:`Prediction` on the input grid. Raises
+    InputError for images the model cannot take and Cancelled when ``cancel`` fires.
+    """
+    started = time.perf_counter()
+    spec = model.spec
+    if not 0.0 <= overlap < 1.0:
+        raise InputError(f"overlap must be in [0, 1), not {overlap}.")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    notes: list[str] = []
+    yield Progress("preparing", 0, 1, "normalizing")
+
+    channels = prepare_channels(image, spec, channel_axis, name)
+    norm = resolve_normalization(normalization, spec)
+    x = torch.from_numpy(np.stack([normalize(c, norm) for c in channels]))
+    image_shape = tuple(x.shape[1:])
+    dims = spec.spatial_dims
+    stack = image_shape[0] if len(image_shape) == 3 and dims == 2 else 1
+
+    factors = resample_factors(spacing, spec, len(image_shape))
+    if factors is not None:
+        work_shape = tuple(max(1, int(round(n * f))) for n, f in zip(image_shape, factors))
+        if stack > 1:
+            work_shape = (image_shape[0],) + work_shape[1:]
+            x = torch.stack([resample(x[:, z], work_shape[1:]) for z in range(stack)], 1)
+        else:
+            x = resample(x, work_shape)
+        notes.append(f"resampled {image_shape} -> {work_shape} to the training spacing "
+                     f"{tuple(spec.spacing)} mm")
+    else:
+        work_shape = image_shape
+    plane = work_shape[-dims:]
+    stride = spec.total_stride
+    padded = tuple(round_up(n, s) for n, s in zip(plane, stride))
+    if isinstance(tile, int):
+        tile = (tile,) * dims
+    tile_ = default_tile(padded, stride, dims, tile or spec.tile)
+    windows = window_grid(padded, tile_, stride, overlap)
+    jobs = [(z, w) for z in range(stack) for w in windows]
+    if batch_size is None:
+        batch_size = (8 if dev.type == "cpu" else 32) if dims == 2 else (1 if dev.type == "cpu" else 4)
+    batch_size = max(1, min(batch_size, len(jobs)))
+
+    host, device_bytes = estimate_memory(model, padded, tile_, batch_size, stack, attention)
+    stitch_on_device = _check_memory(host, device_bytes, dev, name)
+    if dev.type != "cpu" and not stitch_on_device:
+        notes.append("stitching on the CPU: the GPU cannot hold the whole-image buffers")
+
+    pad = []
+    for n, p in zip(reversed(plane), reversed(padded)):
+        pad += [0, p - n]
+    x = torch.nn.functional.pad(x, pad) if any(pad) else x
+    net = prepared(model, dev, fold=fold_batchnorm, layout=channels_last)
+    gates = spec.gates if attention else ()
+    stitcher = Stitcher(spec.out_channels, padded, tile_, gates, stack,
+                        dev if stitch_on_device else "cpu")
+    flips = _flips(dims, tta)
+    memory_format = (torch.channels_last if dims == 2 else torch.channels_last_3d) \
+        if channels_last and dev.type != "mps" else torch.contiguous_format
+
+    total = math.ceil(len(jobs) / batch_size)
+    done_batches = 0
+    position = 0
+    yield Progress("predicting", 0, total, f"{len(jobs)} tiles of {tile_} on {dev} ({prec})")
+    while position < len(jobs):
+        if _cancelled(cancel):
+            raise Cancelled(f"prediction on {name} was cancelled; no result was kept.")
+        chunk = jobs[position:position + batch_size]
+        try:
+            values, maps = _run_batch(net, x, chunk, tile_, dev, prec, flips, spec.output,
+                                      attention, memory_format)
+        except torch.OutOfMemoryError:
+            if dev.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size = max(1, batch_size // 2)
+                message = f"GPU out of memory: batch size lowered to {batch_size}"
+            elif stitcher.device.type != "cpu":
+                stitcher = _to_cpu(stitcher)
+                message = "GPU out of memory: stitching moved to the CPU"
+            else:
+                raise InputError(f"{name}: even one tile of {tile_} does not fit in GPU memory; "
+                                 "choose a smaller tile or the CPU.") from None
+            notes.append(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            total = done_batches + math.ceil((len(jobs) - position) / batch_size)
+            yield Progress("predicting", done_batches, total, message)
+            continue
+        for i, (z, start) in enumerate(chunk):
+            stitcher.add(z, start, values[i], [m[i] for m in maps])
+        position += len(chunk)
+        done_batches += 1
+        yield Progress("predicting", done_batches, total)
+    if _cancelled(cancel):
+        raise Cancelled(f"prediction on {name} was cancelled; no result was kept.")
+
+    yield Progress("stitching", total, total, "blending tiles")
+    blended, gate_sums = stitcher.result()
+    del stitcher
+    crop = (slice(None),) + ((slice(None),) if stack > 1 else ()) + tuple(slice(0, n) for n in plane)
+    blended = blended[crop]
+    probs = blended if tta else _activation(blended, spec.output, 0)
+    if factors is not None:
+        probs = _resample_back(probs, image_shape, stack)
+    quantized = quantize(probs)
+    del probs, blended
+    gate_maps = _gate_maps(gate_sums, gates, plane, stack, factors, image_shape, work_shape)
+    return Prediction(
+        quantized=quantized, output=spec.output, class_names=spec.class_labels, gates=gate_maps,
+        spacing=tuple(float(s) for s in spacing)[-len(image_shape):] if spacing is not None else None,
+        device=str(dev), precision=prec, seconds=time.perf_counter() - started, tile=tile_,
+        overlap=overlap, notes=notes)
+
+
+def _run_batch(net, x, chunk, tile, dev, prec, flips, output, attention, memory_format):
+    """Forward one batch of tiles (with TTA flips), returning float32 values and gate maps."""
+    stacked = x.dim() - 1 > len(tile)
+    crops = []
+    for z, start in chunk:
+        region = tuple(slice(s, s + t) for s, t in zip(start, tile))
+        crops.append(x[(slice(None), z) + region] if stacked else x[(slice(None),) + region])
+    batch = torch.stack(crops).to(dev, non_blocking=True).contiguous(memory_format=memory_format)
+    values, maps = None, None
+    with torch.inference_mode(), autocast(dev, prec):
+        for axes in flips:
+            inp = batch.flip(axes) if axes else batch
+            if attention:
+                logits, gates = net.forward_with_attention(inp)
+            else:
+                logits, gates = net(inp), []
+            logits = logits.float()
+            gates = [g.float() for g in gates]
+            if axes:
+                logits = logits.flip(axes)
+                gates = [g.flip(axes) for g in gates]
+            if len(flips) > 1:
+                logits = _activation(logits, output, 1)
+            values = logits if values is None else values.add_(logits)
+            maps = gates if maps is None else [m.add_(g) for m, g in zip(maps, gates)]
+    if len(flips) > 1:
+        values = values / len(flips)
+        maps = [m / len(flips) for m in maps]
+    return values, maps
+
+
+def _to_cpu(stitcher: Stitcher) -> Stitcher:
+    cpu = torch.device("cpu")
+    stitcher.sum, stitcher.weight = stitcher.sum.cpu(), stitcher.weight.cpu()
+    stitcher.tile_weight = stitcher.tile_weight.cpu()
+    for buf in stitcher.gates:
+        buf.sum, buf.weight, buf.tile_weight = buf.sum.cpu(), buf.weight.cpu(), buf.tile_weight.cpu()
+    stitcher.device = cpu
+    return stitcher
+
+
+def _resample_back(probs: torch.Tensor, image_shape, stack: int) -> torch.Tensor:
+    if stack > 1:
+        return torch.stack([resample(probs[:, z], image_shape[1:]) for z in range(stack)], 1)
+    return resample(probs, image_shape)
+
+
+def _gate_maps(sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane, stack: int,
+               factors, image_shape, work_shape) -> list[GateMap]:
+    """Crop each stitched gate to the image and express its geometry in input voxels."""
+    out = []
+    for k, (data, g) in enumerate(zip(sums, gates), start=1):
+        cells = tuple(math.ceil(n / s) for n, s in zip(plane, g.stride))
+        lead = (slice(None),) if stack > 1 else ()
+        data = data[(slice(None),) + lead + tuple(slice(0, c) for c in cells)]
+        stride = ((1.0,) if stack > 1 else ()) + tuple(float(s) for s in g.stride)
+        offset = ((0.0,) if stack > 1 else ()) + tuple(float(o) for o in g.offset)
+        if factors is not None:
+            # A cell centred on resampled voxel r lies at (r + 0.5) * n/m - 0.5 on the input.
+            ratio = [n / m for n, m in zip(image_shape, work_shape)]
+            stride = tuple(s * r for s, r in zip(stride, ratio))
+            offset = tuple((o + 0.5) * r - 0.5 for o, r in zip(offset, ratio))
+        out.append(GateMap(data.clamp_(0, 1).cpu().numpy(), stride, offset, f"gate {k}"))
+    return out
+
+
+def predict(image, model: AttentionUNetBase, spacing: Sequence[float] | None = None,
+            channel_axis: int | None = None, normalization=None,
+            tile: Sequence[int] | int | None = None, overlap: float = 0.5,
+            device: str = "auto", precision: str = "auto", tta: bool = False,
+            progress: Callable[[int, int], None] | None = None, cancel=None,
+            **options) -> Prediction:
+    """Segment ``image`` with ``model``; see DESIGN.md for every argument.
+
+    ``progress(done, total)`` is called after each batch; ``cancel`` (a threading.Event or a
+    callable) stops the run within one batch and raises Cancelled.
+    """
+    steps = iter_predict(image, model, spacing=spacing, channel_axis=channel_axis,
+                         normalization=normalization, tile=tile, overlap=overlap, device=device,
+                         precision=precision, tta=tta, cancel=cancel, **options)
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None and step.stage == "predicting":
+            progress(step.done, step.total)

@@ -1,0 +1,148 @@
+"""What a run returns: probabilities kept compactly, labels from thresholds without re-running
+the network, clean-up options, per-class volumes, and the gate maps with their geometry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+PROBABILITY_LEVELS = 255  # probabilities are stored as uint8: p = q / 255
+
+
+@dataclass
+class GateMap:
+    """One gate's attention coefficients on its own grid.
+
+    ``data`` is (heads, *grid) in [0, 1]. Cell ``i`` is centred on input voxel
+    ``offset + stride * i`` per axis (floats when the run resampled to a training spacing).
+    """
+
+    data: np.ndarray
+    stride: tuple[float, ...]
+    offset: tuple[float, ...]
+    name: str = ""
+
+    @property
+    def heads(self) -> int:
+        return int(self.data.shape[0])
+
+
+def quantize(probabilities: torch.Tensor) -> np.ndarray:
+    """Float probabilities in [0, 1] to uint8 levels (max error 1/510)."""
+    q = probabilities.mul(PROBABILITY_LEVELS).round_().clamp_(0, PROBABILITY_LEVELS)
+    return q.to(torch.uint8).cpu().numpy()
+
+
+@dataclass
+class Prediction:
+    """The result of :func:`napari_attunet.predict`, on the input grid."""
+
+    quantized: np.ndarray                # (C, *image_shape) uint8, p = q / 255
+    output: str                          # "softmax" | "sigmoid"
+    class_names: tuple[str, ...]
+    gates: list[GateMap]
+    spacing: tuple[float, ...] | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    seconds: float = 0.0
+    tile: tuple[int, ...] = ()
+    overlap: float = 0.5
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(C, *image_shape) float32 in [0, 1]."""
+        return self.quantized.astype(np.float32) / PROBABILITY_LEVELS
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.quantized.shape[1:])
+
+    def default_thresholds(self) -> list[float]:
+        return [0.5] * len(self.class_names)
+
+    def labels(self, thresholds: Sequence[float] | float | None = None, *, min_size: int = 0,
+               fill_holes: bool = False) -> np.ndarray:
+        """Integer labels from the stored probabilities; the network does not run again.
+
+        softmax: with no thresholds, the argmax; with thresholds (one per class, the
+        background's ignored), the most probable class among those over their threshold, else
+        background (0). sigmoid: channel k is label k+1 where it passes its threshold (default
+        0.5); overlaps go to the most probable channel.
+        """
+        labels = threshold_labels(self.quantized, self.output, thresholds)
+        if min_size > 0 or fill_holes:
+            labels = clean_labels(labels, min_size=min_size, fill_holes=fill_holes)
+        return labels
+
+    def volumes_ml(self, labels: np.ndarray | None = None,
+                   spacing: Sequence[float] | None = None) -> dict[str, float]:
+        """Per-class volume (mL, or mm^2/100... for 2D: area in cm^2) from the spacing in mm."""
+        labels = self.labels() if labels is None else labels
+        spacing = spacing or self.spacing or (1.0,) * labels.ndim
+        names = self.label_names
+        return class_volumes(labels, spacing, names)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """Name of label value k (0 is background)."""
+        if self.output == "sigmoid":
+            return ("background",) + tuple(self.class_names)
+        return tuple(self.class_names)
+
+
+def threshold_labels(quantized: np.ndarray, output: str,
+                     thresholds: Sequence[float] | float | None) -> np.ndarray:
+    q = torch.from_numpy(quantized)
+    channels = q.shape[0]
+    dtype = torch.uint8 if channels < 255 else torch.int16
+    if output == "softmax" and thresholds is None:
+        return q.argmax(0).to(dtype).numpy()
+    if thresholds is None:
+        thresholds = [0.5] * channels
+    if isinstance(thresholds, (int, float)):
+        thresholds = [float(thresholds)] * channels
+    if len(thresholds) != channels:
+        raise ValueError(f"{len(thresholds)} thresholds for {channels} classes.")
+    levels = torch.tensor([round(float(t) * PROBABILITY_LEVELS) for t in thresholds],
+                          dtype=torch.int16).view(-1, *([1] * (q.dim() - 1)))
+    first = 1 if output == "softmax" else 0
+    fg = q[first:].to(torch.int16)
+    passed = fg >= levels[first:]
+    scores = torch.where(passed, fg, torch.tensor(-1, dtype=torch.int16))
+    best, index = scores.max(0)
+    labels = (index + (first if output == "softmax" else 1)).to(dtype)
+    labels[best < 0] = 0
+    return labels.numpy()
+
+
+def clean_labels(labels: np.ndarray, min_size: int = 0, fill_holes: bool = False) -> np.ndarray:
+    """Drop connected components under ``min_size`` voxels and fill holes, per class."""
+    from scipy import ndimage
+    from skimage import morphology
+
+    out = labels.copy()
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        mask = labels == value
+        if min_size > 0:
+            cleaned = morphology.remove_small_objects(mask, max_size=min_size - 1)
+            out[mask & ~cleaned] = 0
+            mask = cleaned
+        if fill_holes:
+            filled = ndimage.binary_fill_holes(mask)
+            out[filled & (out == 0)] = value
+    return out
+
+
+def class_volumes(labels: np.ndarray, spacing: Sequence[float],
+                  names: Sequence[str]) -> dict[str, float]:
+    """Volume of each named label value in mL (mm^3 / 1000); 2D images give cm^2 likewise."""
+    voxel = float(np.prod([float(s) for s in spacing][-labels.ndim:])) / 1000.0
+    counts = np.bincount(labels.reshape(-1), minlength=len(names))
+    return {name: float(counts[k]) * voxel for k, name in enumerate(names) if k > 0}

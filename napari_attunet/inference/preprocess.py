@@ -1,0 +1,196 @@
+"""From whatever array the user has to the (channels, *spatial) float32 the network takes.
+
+Validation (one clear sentence per bad input), channel handling, normalization presets and
+resampling to the training spacing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+from ..models import ModelSpec
+
+NORMALIZATION_MODES = ("none", "zscore", "zscore_foreground", "ct", "percentile")
+FAMILY_DEFAULT_NORMALIZATION = {"official": "zscore", "monai": "none", "leejunhyun": "none"}
+DEFAULT_CT_WINDOW = (-160.0, 240.0)  # abdominal soft tissue, in HU
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """An intensity preset: ``mode`` plus the window (HU) or percentiles it needs."""
+
+    mode: str = "none"
+    window: tuple[float, float] = DEFAULT_CT_WINDOW
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+
+    @classmethod
+    def parse(cls, value: str | dict | "Normalization" | None) -> "Normalization":
+        if isinstance(value, Normalization):
+            return value
+        if value is None:
+            return cls()
+        data = {"mode": value} if isinstance(value, str) else dict(value)
+        mode = str(data.get("mode", "none")).lower().replace("-", "_")
+        if mode not in NORMALIZATION_MODES:
+            raise InputError(f"unknown normalization {mode!r}; use one of "
+                             f"{', '.join(NORMALIZATION_MODES)}.")
+        window = tuple(float(v) for v in data.get("window", DEFAULT_CT_WINDOW))
+        percentiles = tuple(float(v) for v in data.get("percentiles", DEFAULT_PERCENTILES))
+        if window[1] <= window[0] or percentiles[1] <= percentiles[0]:
+            raise InputError(f"normalization {data}: the upper bound must exceed the lower.")
+        return cls(mode, window, percentiles)
+
+    def to_dict(self) -> dict:
+        out: dict = {"mode": self.mode}
+        if self.mode == "ct":
+            out["window"] = list(self.window)
+        if self.mode == "percentile":
+            out["percentiles"] = list(self.percentiles)
+        return out
+
+
+def resolve_normalization(argument, spec: ModelSpec) -> Normalization:
+    """The argument if given, else the checkpoint's metadata, else the family's usual preset."""
+    if argument is not None:
+        return Normalization.parse(argument)
+    if spec.normalization:
+        return Normalization.parse(spec.normalization)
+    return Normalization.parse(FAMILY_DEFAULT_NORMALIZATION[spec.family])
+
+
+def normalize(channel: np.ndarray, norm: Normalization) -> np.ndarray:
+    """One channel, as float32; a constant image comes out as zeros rather than NaN."""
+    x = np.asarray(channel, dtype=np.float32)
+    if norm.mode == "none":
+        return x
+    if norm.mode == "ct":
+        lo, hi = norm.window
+        return (np.clip(x, lo, hi) - lo) / (hi - lo)
+    if norm.mode == "percentile":
+        lo, hi = np.percentile(_sample(x), norm.percentiles)
+        return (np.clip(x, lo, hi) - lo) / max(hi - lo, 1e-8)
+    values = _sample(x)
+    if norm.mode == "zscore_foreground":
+        values = values[values > _otsu(values)]
+        if values.size == 0:
+            values = _sample(x)
+    mean, std = float(values.mean()), float(values.std())
+    return (x - mean) / max(std, 1e-8)
+
+
+def _sample(x: np.ndarray, limit: int = 4_000_000) -> np.ndarray:
+    """A strided subsample: statistics of a large scan do not need every voxel."""
+    flat = x.reshape(-1)
+    step = max(1, flat.size // limit)
+    return flat[::step]
+
+
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values)) if values.min() < values.max() else float(values.min())
+
+
+# ---- validation and channels ----------------------------------------------------------------
+
+def _check_dtype(array: np.ndarray, name: str) -> None:
+    if array.dtype == bool:
+        raise InputError(f"{name} is a boolean mask, not an image; pick the scan layer instead.")
+    if np.iscomplexobj(array):
+        raise InputError(f"{name} has complex values; take its magnitude (np.abs) first.")
+    if not (np.issubdtype(array.dtype, np.number)):
+        raise InputError(f"{name} has dtype {array.dtype}, which is not numeric.")
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise InputError(f"{name} has {bad} NaN or infinite voxels; replace them "
+                             "(e.g. with np.nan_to_num) before running.")
+
+
+def prepare_channels(image, spec: ModelSpec, channel_axis: int | None = None,
+                     name: str = "the image") -> np.ndarray:
+    """(C, *spatial) float32 with C == spec.in_channels. The input is never modified.
+
+    ``image`` may be one array, or a list of arrays taken as channels. RGB(A) images (last axis 3
+    or 4, 2D) are read as channels for 3-channel models.
+    """
+    if isinstance(image, (list, tuple)):
+        arrays = [np.asarray(a) for a in image]
+        for a in arrays:
+            _check_dtype(a, name)
+        if len({a.shape for a in arrays}) != 1:
+            raise InputError(f"{name}: the channel images differ in shape "
+                             f"({', '.join(str(a.shape) for a in arrays)}).")
+        stacked = np.stack([a.astype(np.float32, copy=False) for a in arrays])
+        return _finish(stacked, spec, name)
+    array = np.asarray(image)
+    _check_dtype(array, name)
+    if array.size == 0:
+        raise InputError(f"{name} is empty (shape {array.shape}).")
+    if channel_axis is None and array.ndim == 3 and array.shape[-1] in (3, 4) \
+            and spec.spatial_dims == 2 and spec.in_channels in (3, 4):
+        channel_axis = -1
+    if channel_axis is not None:
+        array = np.moveaxis(array, channel_axis, 0)
+    else:
+        array = array[None]
+    if array.shape[-1] in (3, 4) and array.ndim == 4 and channel_axis is None \
+            and spec.in_channels == 1 and min(array.shape[1:3]) > 4:
+        raise InputError(f"{name} looks like an RGB image (last axis {array.shape[-1]}), but the "
+                         "model takes one channel; convert it to greyscale first.")
+    return _finish(array.astype(np.float32, copy=False), spec, name)
+
+
+def _finish(array: np.ndarray, spec: ModelSpec, name: str) -> np.ndarray:
+    spatial = array.shape[1:]
+    if len(spatial) > 3:
+        raise InputError(f"{name} has {len(spatial)} spatial axes {spatial}; the tool takes 2D "
+                         "images and 3D volumes (pick one time point or channel).")
+    if len(spatial) < 2:
+        raise InputError(f"{name} has shape {array.shape[1:]}: not an image.")
+    if int(np.prod(spatial)) <= 1:
+        raise InputError(f"{name} has a single voxel; there is nothing to segment.")
+    if len(spatial) == 2 and spec.spatial_dims == 3:
+        raise InputError(f"{name} is 2D, but the checkpoint is a 3D model; open the volume it "
+                         "was made for, or use a 2D checkpoint.")
+    if array.shape[0] != spec.in_channels:
+        raise InputError(f"{name} has {array.shape[0]} channel(s), but the model takes "
+                         f"{spec.in_channels}; choose channel_axis or pass one array per channel.")
+    _check_finite(array, name)
+    return array
+
+
+# ---- resampling ------------------------------------------------------------------------------
+
+def resample_factors(spacing: Sequence[float] | None, spec: ModelSpec,
+                     ndim: int) -> tuple[float, ...] | None:
+    """Zoom factors from the scan grid to the training grid, or None when no change is needed."""
+    if spacing is None or not spec.spacing:
+        return None
+    spacing = tuple(float(s) for s in spacing)[-ndim:]
+    target = tuple(float(s) for s in spec.spacing)
+    if len(target) == spec.spatial_dims and ndim == 3 and spec.spatial_dims == 2:
+        target = (spacing[0],) + target  # slices keep their own spacing
+    if len(target) != ndim or len(spacing) != ndim:
+        return None
+    factors = tuple(s / t for s, t in zip(spacing, target))
+    if all(abs(f - 1.0) < 0.01 for f in factors):
+        return None
+    return factors
+
+
+def resample(array, size: Sequence[int], mode: str = "linear"):
+    """Resize a (C, *spatial) torch tensor to ``size`` (linear, align_corners=False)."""
+    import torch.nn.functional as F
+
+    interp = {2: "bilinear", 3: "trilinear"}[len(size)] if mode == "linear" else mode
+    return F.interpolate(array[None], size=tuple(int(s) for s in size), mode=interp,
+                         align_corners=False)[0]
