@@ -1,4 +1,4 @@
-"""The command line: ``napari-attunet info | convert | ...``.
+"""The command line: ``napari-attunet predict | info | convert``.
 
 Every failure is one line on stderr and a non-zero exit code.
 """
@@ -88,6 +88,71 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    """Each scan in turn; a bad one gets one line on stderr and the next one runs."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from . import io
+    from .checkpoint import load_model
+    from .inference import predict
+    from .inference.postprocess import gate_on_image_grid
+
+    model = load_model(args.checkpoint)
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    rows, failures = [], 0
+    for scan in args.scans:
+        try:
+            volume = io.read(scan)
+            for note in volume.notes:
+                print(note, file=sys.stderr)
+            with tqdm(total=1, desc=volume.name, unit="batch", leave=False,
+                      disable=args.quiet) as bar:
+                def progress(done, total):
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
+
+                pred = predict(volume.array, model, spacing=volume.spacing,
+                               normalization=_parse_normalization(args.normalization),
+                               tile=args.tile, overlap=args.overlap, device=args.device,
+                               precision=args.precision, tta=args.tta, progress=progress,
+                               name=str(scan), attention=args.attention)
+            labels = pred.labels(args.thresholds, min_size=args.min_size,
+                                 fill_holes=args.fill_holes)
+            suffix = args.format
+            io.write(outdir / f"{volume.name}_labels{suffix}", labels, volume)
+            if args.attention:
+                for k, gate in enumerate(pred.gates, start=1):
+                    for h in range(gate.heads):
+                        tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
+                        io.write(outdir / f"{volume.name}{tag}{suffix}",
+                                 gate_on_image_grid(gate, labels.shape, h), volume)
+            if args.probabilities:
+                probs = pred.probabilities
+                for c, cname in enumerate(pred.class_names):
+                    safe = "".join(ch if ch.isalnum() else "_" for ch in cname)
+                    io.write(outdir / f"{volume.name}_prob_{safe}{suffix}", probs[c], volume)
+            for cname, ml in pred.volumes_ml(labels, volume.spacing).items():
+                rows.append((volume.name, cname, f"{ml:.3f}"))
+            if not args.quiet:
+                print(f"{volume.name}: {labels.shape} in {pred.seconds:.1f} s on {pred.device} "
+                      f"({pred.precision}) -> {outdir}")
+        except (ValueError, OSError) as exc:
+            failures += 1
+            print(f"napari-attunet predict: {exc}", file=sys.stderr)
+    if rows:
+        import csv
+
+        with open(outdir / "volumes.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["scan", "class", "volume_ml"])
+            writer.writerows(rows)
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-attunet",
                                      description="Attention U-Net inference and attention maps.")
@@ -115,6 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--strides", metavar="S,S,...", help="MONAI down-sampling strides")
     conv.add_argument("--output", choices=("softmax", "sigmoid"))
     conv.set_defaults(func=_convert)
+
+    pred = sub.add_parser("predict", help="segment scans, writing labels, gates and volumes")
+    pred.add_argument("scans", nargs="+", help="NIfTI, NRRD, MHA/MHD files or DICOM folders")
+    pred.add_argument("-c", "--checkpoint", required=True)
+    pred.add_argument("-o", "--output", required=True, help="output folder")
+    pred.add_argument("--attention", action="store_true",
+                      help="also write every gate map, resampled to the scan grid")
+    pred.add_argument("--probabilities", action="store_true", help="also write probabilities")
+    pred.add_argument("--device", default="auto")
+    pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    pred.add_argument("--normalization", metavar="MODE",
+                      help="none | zscore | zscore_foreground | ct:LOW,HIGH | percentile:LOW,HIGH")
+    pred.add_argument("--tile", type=int, nargs="+", metavar="N")
+    pred.add_argument("--overlap", type=float, default=0.5)
+    pred.add_argument("--tta", action="store_true", help="average over mirrored flips")
+    pred.add_argument("--thresholds", type=float, nargs="+", metavar="T")
+    pred.add_argument("--min-size", type=int, default=0, metavar="VOXELS",
+                      help="drop connected components smaller than this")
+    pred.add_argument("--fill-holes", action="store_true")
+    pred.add_argument("--format", default=".nii.gz", choices=(".nii.gz", ".nii", ".nrrd", ".mha"))
+    pred.add_argument("-q", "--quiet", action="store_true")
+    pred.set_defaults(func=_predict)
     return parser
 
 

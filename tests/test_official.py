@@ -249,10 +249,14 @@ def test_residual_mode_is_a_softmax_over_the_coarse_grid(randomize_bn):
 
     net.attentionblock2.gate_block_1.psi.register_forward_hook(hook)
     with torch.no_grad():
-        net.forward_with_attention(x)
+        _, maps = net.forward_with_attention(x)
     q = seen[0]  # psi's output on the coarse grid, before the softmax
-    alpha = F.softmax(q.flatten(2), dim=2)
-    assert torch.allclose(alpha.sum(2), torch.ones(alpha.shape[:2]), atol=1e-5)
+    coarse = F.softmax(q.flatten(2), dim=2).view_as(q)
+    assert torch.allclose(coarse.flatten(2).sum(2), torch.ones(q.shape[:2]), atol=1e-5)
+    # the returned map is that softmax, resampled (bilinear, align_corners=False) to conv2's grid
+    expected = F.interpolate(coarse, size=maps[0].shape[2:], mode="bilinear", align_corners=False)
+    assert tuple(q.shape[2:]) == tuple(n // 2 for n in maps[0].shape[2:])
+    assert torch.allclose(maps[0], expected, atol=1e-7)
 
 
 def test_input_not_a_multiple_of_16(randomize_bn):

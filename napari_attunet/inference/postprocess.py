@@ -146,3 +146,15 @@ def class_volumes(labels: np.ndarray, spacing: Sequence[float],
     voxel = float(np.prod([float(s) for s in spacing][-labels.ndim:])) / 1000.0
     counts = np.bincount(labels.reshape(-1), minlength=len(names))
     return {name: float(counts[k]) * voxel for k, name in enumerate(names) if k > 0}
+
+
+def gate_on_image_grid(gate: GateMap, shape: Sequence[int], head: int = 0) -> np.ndarray:
+    """One head of a gate map resampled (linearly) onto the image grid, for writing to disk."""
+    from scipy import ndimage
+
+    stride = np.asarray(gate.stride, dtype=float)
+    offset = np.asarray(gate.offset, dtype=float)
+    # image voxel u samples gate cell (u - offset) / stride
+    return ndimage.affine_transform(gate.data[head].astype(np.float32), 1.0 / stride,
+                                    offset=-offset / stride, output_shape=tuple(shape),
+                                    order=1, mode="nearest")
