@@ -107,14 +107,21 @@ def _read_torch(path: Path) -> RawCheckpoint:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = str(exc).split("\n")
-        culprit = next((line.strip() for line in detail if "GLOBAL" in line or "Unsupported" in line),
-                       detail[0][:200])
+        culprit = next((line.strip() for line in detail if "GLOBAL" in line), None)
+        if culprit is None:  # not a foreign object: bytes that are no pickle at all
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is corrupt: its "
+                                  "bytes are not a pickle of tensors. Copy or save it again.") from exc
         raise CheckpointError(f"{path} holds Python objects besides tensors ({culprit}); they are "
                               f"never unpickled, because that could run code. Instead, {_FIX}.") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt file ({str(exc).splitlines()[0][:200]}). "
+    except Exception as exc:  # torch's reader fails on broken bytes in many different ways
+        raise CheckpointError(f"{path}: truncated or corrupt file ({_first_line(exc)}). "
                               "Copy or save it again.") from exc
     return RawCheckpoint(path, _unwrap(obj, path), None)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0][:200] if lines else "") or type(exc).__name__
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:

@@ -60,3 +60,16 @@ def randomize_bn():
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Run a module's tiny networks on one thread, then restore the count.
+
+    On a shared 2-core machine, OpenMP threads that spin while another process holds a core make
+    these small convolutions 5-10x slower; one thread is as fast for them and never contends.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

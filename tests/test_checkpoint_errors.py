@@ -12,6 +12,8 @@ import napari_attunet as na
 from napari_attunet.models import ModelSpec, build
 from napari_attunet.models.official import official_strides
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def _official_sd(dims=3):
     spec = ModelSpec(family="official", variant="single_att_dsv", spatial_dims=dims,
@@ -93,7 +95,8 @@ def test_garbage_bytes_with_pth_suffix(tmp_path, data):
     _load_error(path)
 
 
-def test_truncated_legacy_format_pth(tmp_path):
+@pytest.mark.parametrize("fraction", [0.5, 0.01])
+def test_truncated_legacy_format_pth(tmp_path, fraction):
     """A checkpoint from PyTorch < 1.6 (not a zip archive, as the official code's era wrote)."""
     path = tmp_path / "legacy.pth"
     torch.save(_official_sd(dims=2), path, _use_new_zipfile_serialization=False)
@@ -101,9 +104,8 @@ def test_truncated_legacy_format_pth(tmp_path):
     assert data[:1] == b"\x80"
     model = na.load_model(path)  # the whole file loads
     assert model.spec.family == "official"
-    for fraction in (0.5, 0.01):
-        path.write_bytes(data[: int(len(data) * fraction)])
-        _load_error(path)
+    path.write_bytes(data[: int(len(data) * fraction)])
+    _load_error(path)
 
 
 def test_truncated_safetensors(tmp_path):
@@ -285,3 +287,20 @@ def test_save_model_refuses_bad_arguments(tmp_path):
         na.save_model(model, tmp_path / "m.safetensors", class_names=["only one"])
     assert not (tmp_path / "m.safetensors").exists()
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_plain_safetensors_without_metadata_is_detected(tmp_path, randomize_bn):
+    """A state dict written with safetensors.torch.save_file by the training code itself."""
+    from safetensors.torch import save_file
+
+    spec = ModelSpec(family="leejunhyun", variant="attu_net", spatial_dims=2, in_channels=3,
+                     out_channels=1, features=(4, 8, 16, 32, 64), output="sigmoid",
+                     strides=((2, 2),) * 4, kernel_size=(3, 3))
+    net = randomize_bn(build(spec), seed=1).eval()
+    path = tmp_path / "attu.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    model = na.load_model(path)
+    assert model.spec.family == "leejunhyun" and model.spec.output == "sigmoid"
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(x), net(x))

@@ -15,6 +15,8 @@ import torch
 import napari_attunet as na
 from napari_attunet.cli import main
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 import napari_attunet as na
 from napari_attunet.models import ModelSpec, build
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 EPS = 1e-5  # nn.BatchNorm2d's default eps, as in the original
 
 

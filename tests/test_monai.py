@@ -10,6 +10,8 @@ import torch
 
 import napari_attunet as na
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 CONFIGS = {
     # name: (spatial_dims, in, out, channels, strides, kernel_size, up_kernel_size, input size)
     "2D-3lv-k3": (2, 1, 2, (4, 8, 16), (2, 2), 3, 3, (32, 24)),

@@ -14,7 +14,9 @@ import napari_attunet as na
 from napari_attunet.models import ModelSpec, build
 from napari_attunet.models.official import official_strides
 
-from conftest import FIXTURE_STEM
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+FIXTURE_STEM = "oktay_unet_CT_single_att_dsv_3D"
 
 ARCH_FIELDS = ("family", "variant", "spatial_dims", "in_channels", "out_channels", "features",
                "output", "strides", "kernel_size", "up_kernel_size", "attention_dsample",
@@ -70,6 +72,11 @@ def test_fixture_pth_loads_and_reproduces_golden(fixture_pth, golden):
     assert spec.out_channels == 3
     assert spec.output == "softmax"
     assert tuple(spec.features) == (8, 16, 32, 64, 128)
+    assert spec.deconv is False  # is_deconv=False in the fixture's constructor arguments
+    assert spec.strides == ((2, 2, 2),) * 4
+    assert spec.kernel_size == (3, 3, 3) and spec.attention_dsample == (2, 2, 2)
+    assert spec.gate_mode == "concatenation" and spec.align_corners is False
+    assert [g.heads for g in spec.gates] == [1, 1, 1]
     assert not model.training
     assert sum(p.numel() for p in model.parameters()) == golden["meta"]["params"] == 1555542
     _check_against_golden(model, golden, ".pth")
@@ -100,7 +107,7 @@ def test_fixture_through_safetensors(fixture_pth, golden, tmp_path):
 SMALL = (4, 8, 16, 32, 64)
 
 
-def _spec(variant, dims, *, deconv=False, in_ch=1, out_ch=3, features=SMALL):
+def _spec(variant, dims, *, deconv=False, in_ch=1, out_ch=3, features=SMALL, batchnorm=True):
     grid3d = variant == "grid_attention" and dims == 3
     kernel = (3, 3, 1) if grid3d else (3,) * dims
     up_kernel = ()
@@ -110,7 +117,7 @@ def _spec(variant, dims, *, deconv=False, in_ch=1, out_ch=3, features=SMALL):
         family="official", variant=variant, spatial_dims=dims, in_channels=in_ch,
         out_channels=out_ch, features=features, output="sigmoid" if out_ch == 1 else "softmax",
         strides=official_strides(variant, dims), kernel_size=kernel, up_kernel_size=up_kernel,
-        attention_dsample=(2,) * dims, batchnorm=True, deconv=deconv)
+        attention_dsample=(2,) * dims, batchnorm=batchnorm, deconv=deconv)
 
 
 VARIANTS = {
@@ -121,6 +128,7 @@ VARIANTS = {
     "grid_attention-3D-deconv": dict(variant="grid_attention", dims=3, deconv=True),
     "grid_attention-3D-upsample": dict(variant="grid_attention", dims=3, deconv=False),
     "grid_attention-2D": dict(variant="grid_attention", dims=2, out_ch=2),
+    "single_att_dsv-3D-no-batchnorm": dict(variant="single_att_dsv", dims=3, batchnorm=False),
 }
 
 

@@ -91,6 +91,21 @@ def _check_memory(host: int, device_bytes: int, device: torch.device, name: str)
     return free is not None and device_bytes + host < 0.8 * free
 
 
+def _early_memory_check(image, spec, name: str) -> None:
+    """Refuse a hopeless volume from its shape alone, before any copy is made."""
+    arrays = image if isinstance(image, (list, tuple)) else [image]
+    voxels = sum(int(np.prod(np.shape(a))) for a in arrays) // max(len(arrays), 1)
+    if len(arrays) == 1:
+        voxels //= max(spec.in_channels, 1)
+    needed = voxels * 4 * (3 * spec.in_channels + 2 * spec.out_channels + 1)
+    available = system_memory()
+    if available is not None and needed > 0.9 * available:
+        raise InputError(
+            f"{name} needs about {needed / GiB:.1f} GiB of memory to predict, but only "
+            f"{available / GiB:.1f} GiB is free; crop the scan, close other programs, or "
+            "predict a region (Preview).")
+
+
 def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | None = None,
                  channel_axis: int | None = None, normalization=None,
                  tile: Sequence[int] | int | None = None, overlap: float = 0.5,
@@ -110,6 +125,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     notes: list[str] = []
+    _early_memory_check(image, spec, name)
     yield Progress("preparing", 0, 1, "normalizing")
 
     channels = prepare_channels(image, spec, channel_axis, name)

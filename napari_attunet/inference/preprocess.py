@@ -69,18 +69,19 @@ def normalize(channel: np.ndarray, norm: Normalization) -> np.ndarray:
     if norm.mode == "none":
         return x
     if norm.mode == "ct":
-        lo, hi = norm.window
-        return (np.clip(x, lo, hi) - lo) / (hi - lo)
+        lo, hi = (np.float32(v) for v in norm.window)
+        return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32, copy=False)
     if norm.mode == "percentile":
-        lo, hi = np.percentile(_sample(x), norm.percentiles)
-        return (np.clip(x, lo, hi) - lo) / max(hi - lo, 1e-8)
+        lo, hi = (np.float32(v) for v in np.percentile(_sample(x), norm.percentiles))
+        return ((np.clip(x, lo, hi) - lo) / max(hi - lo, np.float32(1e-8))).astype(np.float32,
+                                                                                  copy=False)
     values = _sample(x)
     if norm.mode == "zscore_foreground":
         values = values[values > _otsu(values)]
         if values.size == 0:
             values = _sample(x)
-    mean, std = float(values.mean()), float(values.std())
-    return (x - mean) / max(std, 1e-8)
+    mean, std = np.float32(values.mean()), np.float32(values.std())
+    return ((x - mean) / max(std, np.float32(1e-8))).astype(np.float32, copy=False)
 
 
 def _sample(x: np.ndarray, limit: int = 4_000_000) -> np.ndarray:

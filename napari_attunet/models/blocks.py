@@ -93,15 +93,12 @@ class AttentionUNetBase(nn.Module):
             pad += [0, t - n]
         return F.pad(x, pad), size
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits, exactly as the original network returns them."""
+    def forward(self, x: torch.Tensor, with_attention: bool = False):
+        """Logits, exactly as the original network returns them; with ``with_attention``,
+        ``(logits, gates)`` as :meth:`forward_with_attention` describes."""
         padded, size = self._pad(x)
-        logits = self._forward(padded, None)
-        return _crop(logits, size)
-
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(logits, [alpha_1, ..., alpha_k]): finest gate first, each (B, heads, *grid)."""
-        padded, size = self._pad(x)
+        if not with_attention:
+            return _crop(self._forward(padded, None), size)
         maps: list[torch.Tensor] = []
         logits = self._forward(padded, maps)
         gates = []
@@ -109,6 +106,11 @@ class AttentionUNetBase(nn.Module):
             grid = [math.ceil(n / s) for n, s in zip(size, geometry.stride)]
             gates.append(_crop(alpha, grid))
         return _crop(logits, size), gates
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, [alpha_1, ..., alpha_k]): finest gate first, each (B, heads, *grid) in [0, 1]
+        on the grid where the original computes it. Goes through ``__call__``, so hooks see it."""
+        return self(x, with_attention=True)
 
 
 def _crop(x: torch.Tensor, size) -> torch.Tensor:

@@ -1,0 +1,116 @@
+"""Prediction -> napari layer data tuples, aligned with the layer the run started from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..inference import Prediction
+
+# Fixed label colours (RGBA): background transparent, then distinct, colour-blind-friendly hues.
+LABEL_COLOURS = [
+    (0.0, 0.0, 0.0, 0.0), (0.90, 0.62, 0.0, 1.0), (0.34, 0.71, 0.91, 1.0),
+    (0.0, 0.62, 0.45, 1.0), (0.94, 0.89, 0.26, 1.0), (0.0, 0.45, 0.70, 1.0),
+    (0.84, 0.37, 0.0, 1.0), (0.80, 0.47, 0.65, 1.0),
+]
+
+
+@dataclass(frozen=True)
+class SourceGeometry:
+    """What output layers copy from the source layer (DESIGN: geometry rules)."""
+
+    name: str
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    units: tuple = ()
+    axis_labels: tuple = ()
+    affine: np.ndarray | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_layer(cls, layer, spatial_ndim: int | None = None) -> "SourceGeometry":
+        """The spatial part of an Image layer's geometry (dropping an RGB channel axis)."""
+        n = spatial_ndim or layer.ndim
+        affine = np.asarray(layer.affine.affine_matrix)
+        identity = np.allclose(affine, np.eye(affine.shape[0]))
+        return cls(
+            name=layer.name,
+            scale=tuple(float(s) for s in layer.scale[-n:]),
+            translate=tuple(float(t) for t in layer.translate[-n:]),
+            units=tuple(str(u) for u in layer.units[-n:]) if getattr(layer, "units", None) else (),
+            axis_labels=tuple(layer.axis_labels[-n:]) if getattr(layer, "axis_labels", None) else (),
+            affine=None if identity else affine,
+            metadata=dict(layer.metadata),
+        )
+
+    def kwargs(self) -> dict:
+        out = {"scale": self.scale, "translate": self.translate}
+        if self.units:
+            out["units"] = self.units
+        if self.axis_labels:
+            out["axis_labels"] = self.axis_labels
+        if self.affine is not None:
+            out["affine"] = self.affine
+        return out
+
+
+def label_colormap(n_labels: int):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colours = {k: LABEL_COLOURS[k % len(LABEL_COLOURS)] if k < len(LABEL_COLOURS) else
+               tuple(np.random.default_rng(k).uniform(0.2, 1.0, 3)) + (1.0,)
+               for k in range(n_labels)}
+    colours[None] = (0.5, 0.5, 0.5, 1.0)
+    return DirectLabelColormap(color_dict=colours)
+
+
+def features_table(pred: Prediction, labels: np.ndarray, spacing) -> dict:
+    """One row per label value: its class name and volume in mL."""
+    names = pred.label_names
+    volumes = pred.volumes_ml(labels, spacing)
+    return {"index": list(range(len(names))), "class": list(names),
+            "volume_ml": [0.0] + [volumes[n] for n in names[1:]]}
+
+
+def labels_layer(pred: Prediction, source: SourceGeometry, labels: np.ndarray,
+                 name: str | None = None) -> tuple:
+    spacing = source.scale
+    kwargs = {
+        "name": name or f"{source.name} attunet",
+        "colormap": label_colormap(len(pred.label_names)),
+        "features": features_table(pred, labels, spacing),
+        "metadata": {"attunet": {"source": source.name, "class_names": list(pred.label_names)},
+                     **{k: v for k, v in source.metadata.items() if k == "attunet_geometry"}},
+        "opacity": 0.6,
+        **source.kwargs(),
+    }
+    return labels, kwargs, "labels"
+
+
+def gate_layers(pred: Prediction, source: SourceGeometry, colormap: str = "inferno") -> list[tuple]:
+    """One Image layer per gate (and head), on the gate's own grid; only the finest visible."""
+    out = []
+    base = source.kwargs()
+    scale = np.asarray(source.scale)
+    translate = np.asarray(source.translate)
+    for k, gate in enumerate(pred.gates, start=1):
+        for h in range(gate.heads):
+            name = f"{source.name} gate {k}" + (f" head {h + 1}" if gate.heads > 1 else "")
+            kwargs = {
+                **base,
+                "name": name,
+                "scale": tuple(scale * np.asarray(gate.stride)),
+                "translate": tuple(translate + scale * np.asarray(gate.offset)),
+                "colormap": colormap,
+                "blending": "additive",
+                "contrast_limits": (0.0, 1.0),
+                "opacity": 0.5,
+                "visible": k == 1,
+                "metadata": {"attunet_gate": {"index": k, "head": h + 1,
+                                              "stride": list(gate.stride),
+                                              "offset": list(gate.offset),
+                                              "source": source.name}},
+            }
+            out.append((gate.data[h], kwargs, "image"))
+    return out

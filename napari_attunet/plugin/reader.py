@@ -1,0 +1,84 @@
+"""Readers: scans become Image layers with their geometry; checkpoints open the widget."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import SUFFIXES as CHECKPOINT_SUFFIXES
+from ..io import SCAN_SUFFIXES
+
+CT_SOFT_TISSUE = (-160.0, 240.0)  # W400 / L40
+
+
+def get_reader(path):
+    """npe2 reader hook: a callable for files this plugin reads, else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    name = str(path).lower()
+    if name.endswith(CHECKPOINT_SUFFIXES):
+        return read_checkpoint
+    if name.endswith(SCAN_SUFFIXES) or (os.path.isdir(path) and _has_dicom(Path(path))):
+        return read_scan
+    return None
+
+
+def _has_dicom(folder: Path) -> bool:
+    try:
+        return any(p.suffix.lower() == ".dcm" or p.suffix == "" for p in folder.iterdir()
+                   if p.is_file())
+    except OSError:
+        return False
+
+
+def _contrast_limits(array: np.ndarray) -> tuple[float, float]:
+    """A soft-tissue window for CT (values in Hounsfield units), else robust percentiles."""
+    sample = array.reshape(-1)[:: max(1, array.size // 1_000_000)]
+    lo, hi = float(sample.min()), float(sample.max())
+    if lo <= -500 and hi >= 300:
+        return CT_SOFT_TISSUE
+    p1, p99 = np.percentile(sample, (0.5, 99.5))
+    return (float(p1), float(p99)) if p99 > p1 else (lo, hi if hi > lo else lo + 1)
+
+
+def read_scan(path):
+    from napari.utils.notifications import show_error, show_info
+
+    from .. import io
+
+    path = path[0] if isinstance(path, (list, tuple)) else path
+    try:
+        volume = io.read(path)
+    except ValueError as exc:
+        show_error(str(exc))
+        return [(None,)]
+    for note in volume.notes:
+        show_info(note)
+    ndim = volume.array.ndim
+    kwargs = {
+        "name": volume.name,
+        "scale": volume.spacing,
+        "translate": volume.origin,
+        "units": ("mm",) * ndim,
+        "axis_labels": ("z", "y", "x")[-ndim:],
+        "contrast_limits": _contrast_limits(volume.array),
+        "metadata": {"attunet_geometry": volume.geometry()},
+    }
+    return [(volume.array, kwargs, "image")]
+
+
+def read_checkpoint(path):
+    """Dock the widget with this checkpoint selected; no layers."""
+    import napari
+
+    path = path[0] if isinstance(path, (list, tuple)) else path
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return [(None,)]
+    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
+    widget.load_checkpoint(path)
+    return [(None,)]

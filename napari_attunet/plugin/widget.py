@@ -1,0 +1,396 @@
+"""The dock widget: pick an image and a checkpoint, run in a worker thread, show the result.
+
+The computation is ``napari_attunet.inference.iter_predict``, a generator that yields progress;
+this module only wires it to napari. torch is imported lazily so that napari starts fast.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider,
+                              FloatSpinBox, Label, ProgressBar, PushButton, SpinBox, Table,
+                              create_widget)
+
+from .layers import SourceGeometry, gate_layers, labels_layer
+from .recent import recent_checkpoints, remember_checkpoint
+
+CHECKPOINT_FILTER = "*.safetensors *.pt *.pth *.ckpt"
+NORMALIZATIONS = ("checkpoint default", "none", "zscore", "zscore_foreground", "ct", "percentile")
+PREVIEW_DEPTH = 32     # slices around the current one
+PREVIEW_PLANE = 192    # voxels across, around the view centre
+
+
+def _notify(kind: str, message: str) -> None:
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    {"error": show_error, "warning": show_warning, "info": show_info}[kind](message)
+
+
+def _warm_imports() -> None:
+    """Modules napari loads when the first Labels layer with features appears (about 1 s).
+    Imported here, in the worker, they no longer freeze the window when the result lands."""
+    import pandas  # noqa: F401
+    import skimage.color  # noqa: F401
+    import skimage.exposure  # noqa: F401
+
+
+class RunState:
+    """One finished run: the prediction and the layers it produced."""
+
+    def __init__(self, prediction, source: SourceGeometry, labels_layer, offset=None):
+        self.prediction = prediction
+        self.source = source
+        self.labels_layer = labels_layer
+        self.edited = False
+        self.offset = offset
+        labels_layer.events.paint.connect(self._mark_edited)
+
+    def _mark_edited(self, event=None) -> None:
+        self.edited = True
+
+
+class AttUNetWidget(Container):
+    """Attention U-Net: segmentation and attention-gate overlays for the chosen image."""
+
+    def __init__(self, napari_viewer):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.model = None
+        self.state: RunState | None = None
+        self.worker = None
+        self._cancel = threading.Event()
+        self._activity = None
+        self._pending: list = []
+        self._pending_names: list[str] = []
+        self.forward_calls = 0  # network runs, for tests and the status line
+
+        import napari
+
+        self.image = create_widget(annotation=napari.layers.Image, name="image", label="image")
+        self.checkpoint = FileEdit(name="checkpoint", label="checkpoint", mode="r",
+                                   filter=CHECKPOINT_FILTER)
+        self.recent = ComboBox(name="recent", label="recent", choices=self._recent_choices())
+        self.model_info = Label(name="model_info", value="no checkpoint loaded")
+        self.device = ComboBox(name="device", label="device", choices=self._devices())
+        self.precision = ComboBox(name="precision", label="precision",
+                                  choices=["auto", "fp32", "bf16", "fp16"])
+        self.normalization = ComboBox(name="normalization", label="normalization",
+                                      choices=list(NORMALIZATIONS))
+        self.thresholds = Container(name="thresholds", label="thresholds", labels=True)
+        self.show_attention = CheckBox(name="show_attention", text="show attention", value=True)
+        self.tta = CheckBox(name="tta", text="test-time flips (slower)", value=False)
+        self.tile = SpinBox(name="tile", label="tile (0 = auto)", min=0, max=1024, step=16, value=0)
+        self.overlap = FloatSpinBox(name="overlap", label="overlap", min=0.0, max=0.9, step=0.05,
+                                    value=0.5)
+        self.preview = PushButton(name="preview", text="Preview (around this slice)")
+        self.run = PushButton(name="run", text="Run")
+        self.cancel = PushButton(name="cancel", text="Cancel", enabled=False)
+        self.progress = ProgressBar(name="progress", label="progress", min=0, max=1, value=0)
+        self.status = Label(name="status", value="")
+        self.volumes = Table(name="volumes", value={"class": [], "mL": []})
+        self.extend([self.image, self.checkpoint, self.recent, self.model_info, self.device,
+                     self.precision, self.normalization, self.thresholds, self.show_attention,
+                     self.tta, self.tile, self.overlap, self.preview, self.run, self.cancel,
+                     self.progress, self.status, self.volumes])
+
+        self.checkpoint.changed.connect(self._on_checkpoint)
+        self.recent.changed.connect(self._on_recent)
+        self.run.changed.connect(lambda: self.start(preview=False))
+        self.preview.changed.connect(lambda: self.start(preview=True))
+        self.cancel.changed.connect(self.request_cancel)
+        self.show_attention.changed.connect(self._toggle_gates)
+        self.viewer.layers.events.inserted.connect(self.image.reset_choices)
+        self.viewer.layers.events.removed.connect(self.image.reset_choices)
+        self.image.reset_choices()
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    @staticmethod
+    def _devices() -> list[str]:
+        from ..inference.devices import available_devices
+
+        return ["auto"] + available_devices()
+
+    @staticmethod
+    def _recent_choices() -> list[str]:
+        return [""] + recent_checkpoints()
+
+    def _on_recent(self, value: str) -> None:
+        if value:
+            self.checkpoint.value = value
+
+    def _on_checkpoint(self, value) -> None:
+        path = str(value)
+        if path and Path(path).is_file():
+            self.load_checkpoint(path)
+
+    def load_checkpoint(self, path: str | Path) -> bool:
+        """Load and describe a checkpoint; a bad file is a notification, never an exception."""
+        from ..checkpoint import load_model, parameter_count
+
+        try:
+            model = load_model(path)
+        except ValueError as exc:
+            _notify("error", str(exc))
+            self.model_info.value = "checkpoint not loaded (see the message)"
+            return False
+        self.model = model
+        spec = model.spec
+        self.model_info.value = (f"{spec.family}, {spec.spatial_dims}D, {spec.out_channels} classes, "
+                                 f"{parameter_count(model) / 1e6:.2f} M params, "
+                                 f"{len(spec.gates)} gates")
+        self._build_thresholds()
+        norm = (spec.normalization or {}).get("mode")
+        self.normalization.value = "checkpoint default" if norm is None else norm
+        remember_checkpoint(path)
+        if str(self.checkpoint.value) != str(path):
+            with self.checkpoint.changed.blocked():
+                self.checkpoint.value = str(path)
+        with self.recent.changed.blocked():
+            self.recent.choices = self._recent_choices()
+        return True
+
+    def _build_thresholds(self) -> None:
+        self.thresholds.clear()
+        spec = self.model.spec
+        names = spec.class_labels
+        first = 1 if spec.output == "softmax" else 0
+        for k in range(first, spec.out_channels):
+            slider = FloatSlider(name=f"t{k}", label=names[k], min=0.0, max=1.0, step=0.01,
+                                 value=0.5)
+            slider.changed.connect(self._on_threshold)
+            self.thresholds.append(slider)
+
+    def threshold_values(self) -> list[float] | None:
+        if self.model is None:
+            return None
+        spec = self.model.spec
+        values = [s.value for s in self.thresholds]
+        return ([0.0] + values) if spec.output == "softmax" else values
+
+    # ---- running ---------------------------------------------------------------------------
+    def _options(self) -> dict:
+        norm = self.normalization.value
+        return {
+            "device": self.device.value, "precision": self.precision.value,
+            "normalization": None if norm == "checkpoint default" else norm,
+            "tile": self.tile.value or None, "overlap": float(self.overlap.value),
+            "tta": bool(self.tta.value), "attention": True,
+        }
+
+    def start(self, preview: bool = False):
+        """Start a run on the chosen image layer; returns the worker (or None on bad input)."""
+        layer = self.image.value
+        if layer is None:
+            _notify("warning", "Open a scan first: there is no image layer to segment.")
+            return None
+        if self.model is None:
+            _notify("warning", "Choose a checkpoint first (a .safetensors, .pt, .pth or .ckpt file).")
+            return None
+        if self.worker is not None:
+            return None
+        spatial = layer.ndim
+        data = layer.data
+        channel_axis = None
+        if getattr(layer, "rgb", False):
+            spatial = layer.ndim
+            channel_axis = -1
+        source = SourceGeometry.from_layer(layer, spatial)
+        offset = None
+        if preview:
+            data, offset = self._preview_region(layer, data)
+        spacing = source.scale
+        options = self._options()
+        self._cancel = threading.Event()
+        self.run.enabled = False
+        self.preview.enabled = False
+        self.cancel.enabled = True
+        self.progress.value = 0
+        self.status.value = "starting"
+        self.forward_calls += 1
+        worker = self._make_worker(np.asarray(data), spacing, channel_axis, options, layer.name)
+        from napari.utils import progress as napari_progress
+
+        self._activity = napari_progress(total=0, desc=f"Attention U-Net on {layer.name}")
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda pred: self._on_result(pred, source, offset, preview))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def _make_worker(self, data, spacing, channel_axis, options, name):
+        from napari.qt.threading import thread_worker
+
+        from ..inference import iter_predict
+
+        model, cancel = self.model, self._cancel
+
+        @thread_worker(ignore_errors=True)  # errors are shown by _on_error
+        def work():
+            _warm_imports()
+            return (yield from iter_predict(data, model, spacing=spacing,
+                                            channel_axis=channel_axis, cancel=cancel,
+                                            name=f"layer {name!r}", **options))
+
+        return work()
+
+    def _preview_region(self, layer, data):
+        """A crop around the current slice and the view centre, for a run of seconds."""
+        if data.ndim < 3 or getattr(layer, "rgb", False):
+            return data, None
+        point = np.array(self.viewer.dims.point[-layer.ndim:], dtype=float)
+        lead = self.viewer.dims.ndim - layer.ndim
+        for axis, c in zip(list(self.viewer.dims.displayed)[-2:], self.viewer.camera.center[-2:]):
+            if axis >= lead:
+                point[axis - lead] = c
+        centre = np.round(layer.world_to_data(point)).astype(int)
+        sizes = (PREVIEW_DEPTH,) + (PREVIEW_PLANE,) * (data.ndim - 1)
+        starts, stops = [], []
+        for c, size, n in zip(centre, sizes, data.shape):
+            start = int(np.clip(c - size // 2, 0, max(n - size, 0)))
+            starts.append(start)
+            stops.append(min(start + size, n))
+        region = tuple(slice(a, b) for a, b in zip(starts, stops))
+        return data[region], tuple(starts)
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+        self.status.value = "cancelling"
+
+    def _on_progress(self, step) -> None:
+        self.progress.max = max(step.total, 1)
+        self.progress.value = min(step.done, step.total)
+        self.status.value = f"{step.stage} {step.done}/{step.total}" + (
+            f": {step.message}" if step.message else "")
+        activity = self._activity
+        if activity is not None:
+            activity.total = step.total
+            activity.n = step.done
+            activity.set_description(f"Attention U-Net: {step.stage}")
+
+    def _on_error(self, exc) -> None:
+        from ..errors import Cancelled
+
+        if isinstance(exc, Cancelled):
+            _notify("info", str(exc))
+            self.status.value = "cancelled"
+        elif isinstance(exc, ValueError):
+            _notify("error", str(exc))
+            self.status.value = "failed"
+        else:
+            _notify("error", f"The run failed: {type(exc).__name__}: {exc}")
+            self.status.value = "failed"
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
+        self.run.enabled = True
+        self.preview.enabled = True
+        self.cancel.enabled = False
+
+    def _on_result(self, pred, source: SourceGeometry, offset, preview: bool) -> None:
+        """Show a finished run. Layer changes are spread over event-loop turns (one layer each),
+        and layers from an earlier run are updated in place, so napari never freezes long."""
+        if offset is not None:
+            shift = np.asarray(source.scale) * np.asarray(offset)
+            source = SourceGeometry(source.name, source.scale,
+                                    tuple(np.asarray(source.translate) + shift), source.units,
+                                    source.axis_labels, source.affine, source.metadata)
+        labels = pred.labels(self.threshold_values())
+        name = f"{source.name} attunet" + (" preview" if preview else "")
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        reuse = (existing is not None and self.state is not None
+                 and self.state.labels_layer is existing and not self.state.edited
+                 and existing.data.shape == labels.shape)
+        data, kwargs, _ = labels_layer(pred, source, labels, name)
+        if reuse:
+            existing.data = data
+            existing.features = kwargs["features"]
+            existing.scale, existing.translate = kwargs["scale"], kwargs["translate"]
+            layer = existing
+        else:
+            if existing is not None:
+                kwargs["name"] = name + " (new)"
+            layer = self.viewer.add_labels(data, **kwargs)
+        self.state = RunState(pred, source, layer, offset)
+        self._show_volumes(labels)
+        self._pending = [lambda d=d, k=k: self._put_gate(d, k) for d, k, _ in gate_layers(pred, source)]
+        self._pending.append(lambda: self._drop_stale_gates(source.name, len(self._pending_names)))
+        self._pending_names = [k["name"] for _, k, _ in gate_layers(pred, source)]
+        notes = "; ".join(pred.notes)
+        self.status.value = (f"done in {pred.seconds:.1f} s on {pred.device} ({pred.precision})"
+                             + (f"; {notes}" if notes else ""))
+        self._drain()
+
+    def _drain(self) -> None:
+        """Apply one pending layer change, then yield to the event loop."""
+        from qtpy.QtCore import QTimer
+
+        if self._pending:
+            self._pending.pop(0)()
+            QTimer.singleShot(0, self._drain)
+
+    def _put_gate(self, data, kwargs) -> None:
+        kwargs["visible"] = kwargs["visible"] and bool(self.show_attention.value)
+        name = kwargs["name"]
+        if name in self.viewer.layers and self.viewer.layers[name].data.ndim == data.ndim:
+            layer = self.viewer.layers[name]
+            layer.data = data
+            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+            layer.metadata = kwargs["metadata"]
+        else:
+            self.viewer.add_image(data, **kwargs)
+
+    def _drop_stale_gates(self, source_name: str, count: int) -> None:
+        """Gates of an earlier run with more gates than this one."""
+        for layer in list(self.viewer.layers):
+            meta = layer.metadata.get("attunet_gate") if hasattr(layer, "metadata") else None
+            if meta and meta.get("source") == source_name and layer.name not in self._pending_names:
+                self.viewer.layers.remove(layer)
+
+    @property
+    def busy(self) -> bool:
+        """A run, or its layers, still on the way."""
+        return self.worker is not None or bool(self._pending)
+
+    def _toggle_gates(self, show: bool) -> None:
+        for layer in self.viewer.layers:
+            meta = layer.metadata.get("attunet_gate")
+            if meta and meta.get("index") == 1:
+                layer.visible = bool(show)
+
+    # ---- thresholds ------------------------------------------------------------------------
+    def _on_threshold(self, value=None) -> None:
+        """Re-label from the cached probabilities: the network does not run again."""
+        state = self.state
+        if state is None or state.labels_layer not in self.viewer.layers:
+            return
+        labels = state.prediction.labels(self.threshold_values())
+        if state.edited:
+            _notify("info", f"{state.labels_layer.name} was edited by hand; the new thresholds "
+                    "go to a new layer.")
+            data, kwargs, _ = labels_layer(state.prediction, state.source, labels,
+                                           f"{state.labels_layer.name} (thresholds)")
+            state.labels_layer = self.viewer.add_labels(data, **kwargs)
+            state.labels_layer.events.paint.connect(state._mark_edited)
+            state.edited = False
+        else:
+            state.labels_layer.data = labels
+        self._show_volumes(labels)
+
+    def _show_volumes(self, labels: np.ndarray) -> None:
+        state = self.state
+        volumes = state.prediction.volumes_ml(labels, state.source.scale)
+        self.volumes.value = {"class": list(volumes), "mL": [round(v, 3) for v in volumes.values()]}
+        if state.labels_layer is not None:
+            from .layers import features_table
+
+            state.labels_layer.features = features_table(state.prediction, labels,
+                                                         state.source.scale)
+
