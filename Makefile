@@ -8,6 +8,7 @@ setup:
 	VENV=$(VENV) bash scripts/setup.sh
 
 test: setup
+	$(VENV)/bin/npe2 validate napari-attunet --imports
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra
 
 demo: setup
