@@ -61,6 +61,18 @@ def _wait(qtbot, widget, timeout=60_000):
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
 
 
+def _run_on_scan(make_napari_viewer, qtbot, scan, checkpoint):
+    """A viewer with the scan opened through the plugin, after one finished run."""
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(scan), plugin="napari-attunet")
+    widget = _widget(viewer)
+    widget.load_checkpoint(checkpoint)
+    widget.image.value = image
+    widget.run.clicked.emit()
+    _wait(qtbot, widget)
+    return viewer, widget
+
+
 class ForwardCounter:
     """Counts real forward passes of any torch module named like a network root."""
 
@@ -137,13 +149,7 @@ def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan,
 
 
 def test_rerun_never_overwrites_edited_labels(make_napari_viewer, qtbot, scan, checkpoint):
-    viewer = make_napari_viewer()
-    (image,) = viewer.open(str(scan), plugin="napari-attunet")
-    widget = _widget(viewer)
-    widget.load_checkpoint(checkpoint)
-    widget.image.value = image
-    widget.run.clicked.emit()
-    _wait(qtbot, widget)
+    viewer, widget = _run_on_scan(make_napari_viewer, qtbot, scan, checkpoint)
     labels = viewer.layers["patient attunet"]
     labels.paint((5, 5, 5), 2, refresh=True)
     edited = labels.data.copy()
@@ -235,13 +241,7 @@ def test_bad_checkpoint_is_a_notification(make_napari_viewer, tmp_path):
 
 
 def test_writer_round_trip_voxel_for_voxel(make_napari_viewer, qtbot, scan, checkpoint, tmp_path):
-    viewer = make_napari_viewer()
-    (image,) = viewer.open(str(scan), plugin="napari-attunet")
-    widget = _widget(viewer)
-    widget.load_checkpoint(checkpoint)
-    widget.image.value = image
-    widget.run.clicked.emit()
-    _wait(qtbot, widget)
+    viewer, widget = _run_on_scan(make_napari_viewer, qtbot, scan, checkpoint)
     labels = viewer.layers["patient attunet"]
     out = tmp_path / "mask.nii.gz"
     labels.save(str(out), plugin="napari-attunet")
