@@ -139,7 +139,9 @@ def main() -> None:
 
     image, truth = make_phantom(tuple(args.shape), seed=7)
     roi = (args.tile,) * 3
-    x = torch.from_numpy(image)[None, None].to(args.device)
+    # A MONAI user holds the volume as nibabel/ITK give it, (x, y, z); napari holds (z, y, x)
+    # and na.predict reorders it for the network (MONAI checkpoints default to axes "xyz").
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 1, 0)))[None, None].to(args.device)
     print(f"volume {tuple(args.shape)}, tile {roi}, overlap {args.overlap}, device {args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, model "
           f"{model.spec.summary()}")
@@ -148,7 +150,7 @@ def main() -> None:
         with torch.inference_mode():
             out = sliding_window_inference(x, roi, 1, net, overlap=args.overlap, mode="gaussian",
                                            sigma_scale=0.125)
-        return torch.softmax(out, 1)[0].cpu().numpy()
+        return torch.softmax(out, 1)[0].cpu().numpy().transpose(0, 3, 2, 1)
 
     t_monai, monai_probs, mem_monai = timed(run_monai, args.repeats)
     monai_labels = monai_probs.argmax(0)
@@ -204,7 +206,8 @@ def memory_of(which: str, args) -> None:
     with PeakRSS() as mem:
         if which == "monai":
             with torch.inference_mode():
-                out = sliding_window_inference(torch.from_numpy(image)[None, None], roi, 1, net,
+                xyz = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 1, 0)))
+                out = sliding_window_inference(xyz[None, None], roi, 1, net,
                                                overlap=args.overlap, mode="gaussian",
                                                sigma_scale=0.125)
                 out.argmax(1)

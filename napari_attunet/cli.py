@@ -27,6 +27,7 @@ def _info(args: argparse.Namespace) -> int:
         ("features", ", ".join(map(str, spec.features))),
         ("parameters", f"{parameter_count(model):,}"),
         ("total stride", " x ".join(map(str, spec.total_stride))),
+        ("input axes", f"{spec.network_axes} (the scan axes in the order the network sees them)"),
     ]
     if spec.family == "official":
         rows.append(("gate mode", spec.gate_mode))
@@ -77,6 +78,8 @@ def _convert(args: argparse.Namespace) -> int:
         overrides["strides"] = [int(s) for s in args.strides.split(",")]
     if args.output:
         overrides["output"] = args.output
+    if args.axes:
+        overrides["axes"] = args.axes
     model = load_model(args.checkpoint, family=args.family, overrides=overrides or None)
     out = save_model(model, args.out, class_names=args.class_names,
                      normalization=_parse_normalization(args.normalization),
@@ -179,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="for official checkpoints trained with PyTorch 0.3")
     conv.add_argument("--strides", metavar="S,S,...", help="MONAI down-sampling strides")
     conv.add_argument("--output", choices=("softmax", "sigmoid"))
+    conv.add_argument("--axes", choices=("xyz", "zyx", "yxz", "xzy", "zxy", "yzx", "yx", "xy"),
+                      help="the order in which the network saw the scan axes during training "
+                           "(official and MONAI 3D default: xyz, as nibabel/ITK arrays)")
     conv.set_defaults(func=_convert)
 
     pred = sub.add_parser("predict", help="segment scans, writing labels, gates and volumes")

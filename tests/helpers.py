@@ -15,6 +15,9 @@ TOL_Q = 1.0 / 255 + 1e-6  # probabilities are stored as uint8 levels
 def official_spec(dims: int = 3, in_ch: int = 1, out_ch: int = 2,
                   features=(4, 8, 16, 32, 64), variant: str = "single_att_dsv",
                   **changes) -> ModelSpec:
+    # Scan order, so that results compare directly with the network's own forward pass;
+    # test_axes.py covers the family default ("xyz").
+    changes.setdefault("axes", "zyx"[-dims:])
     return ModelSpec(family="official", variant=variant, spatial_dims=dims, in_channels=in_ch,
                      out_channels=out_ch, features=tuple(features),
                      output="sigmoid" if out_ch == 1 else "softmax",
@@ -24,6 +27,7 @@ def official_spec(dims: int = 3, in_ch: int = 1, out_ch: int = 2,
 
 def monai_spec(dims: int = 2, in_ch: int = 1, out_ch: int = 2, features=(4, 8, 16),
                **changes) -> ModelSpec:
+    changes.setdefault("axes", "zyx"[-dims:])
     return ModelSpec(family="monai", variant="attention_unet", spatial_dims=dims,
                      in_channels=in_ch, out_channels=out_ch, features=tuple(features),
                      output="sigmoid" if out_ch == 1 else "softmax",

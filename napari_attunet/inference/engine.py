@@ -131,11 +131,17 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     channels = prepare_channels(image, spec, channel_axis, name)
     norm = resolve_normalization(normalization, spec)
     x = torch.from_numpy(np.stack([normalize(c, norm) for c in channels]))
-    image_shape = tuple(x.shape[1:])
+    scan_shape = tuple(x.shape[1:])
     dims = spec.spatial_dims
-    stack = image_shape[0] if len(image_shape) == 3 and dims == 2 else 1
+    stack = scan_shape[0] if len(scan_shape) == 3 and dims == 2 else 1
 
-    factors = resample_factors(spacing, spec, len(image_shape))
+    # From here on, spatial axes are in the order the network was trained on.
+    perm = axis_permutation(spec, len(scan_shape))
+    factors = resample_factors(spacing, spec, len(scan_shape))
+    if perm is not None:
+        x = x.permute(0, *[1 + p for p in perm])
+        factors = None if factors is None else tuple(factors[p] for p in perm)
+    image_shape = tuple(x.shape[1:])
     if factors is not None:
         work_shape = tuple(max(1, int(round(n * f))) for n, f in zip(image_shape, factors))
         if stack > 1:
@@ -221,14 +227,36 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     probs = blended if tta else _activation(blended, spec.output, 0)
     if factors is not None:
         probs = _resample_back(probs, image_shape, stack)
+    gate_maps = _gate_maps(gate_sums, gates, plane, stack, factors, image_shape, work_shape)
+    if perm is not None:
+        inverse = tuple(int(i) for i in np.argsort(perm))
+        probs = probs.permute(0, *[1 + p for p in inverse])
+        gate_maps = [_permute_gate(g, inverse) for g in gate_maps]
     quantized = quantize(probs)
     del probs, blended
-    gate_maps = _gate_maps(gate_sums, gates, plane, stack, factors, image_shape, work_shape)
     return Prediction(
         quantized=quantized, output=spec.output, class_names=spec.class_labels, gates=gate_maps,
-        spacing=tuple(float(s) for s in spacing)[-len(image_shape):] if spacing is not None else None,
+        spacing=tuple(float(s) for s in spacing)[-len(scan_shape):] if spacing is not None else None,
         device=str(dev), precision=prec, seconds=time.perf_counter() - started, tile=tile_,
         overlap=overlap, notes=notes)
+
+
+def axis_permutation(spec, ndim: int) -> tuple[int, ...] | None:
+    """How to reorder a scan's (z, y, x) axes for the network, or None when no change.
+
+    With a 2D network on a volume, the slice axis stays first and only the plane reorders.
+    """
+    scan = "zyx"[-ndim:]
+    network = scan[: ndim - spec.spatial_dims] + spec.network_axes
+    perm = tuple(scan.index(a) for a in network)
+    return None if perm == tuple(range(ndim)) else perm
+
+
+def _permute_gate(gate: GateMap, inverse: tuple[int, ...]) -> GateMap:
+    """A gate map computed in network axis order, brought back to scan order."""
+    data = np.ascontiguousarray(np.transpose(gate.data, (0,) + tuple(1 + p for p in inverse)))
+    return GateMap(data, tuple(gate.stride[p] for p in inverse),
+                   tuple(gate.offset[p] for p in inverse), gate.name)
 
 
 def _run_batch(net, x, chunk, tile, dev, prec, flips, output, attention, memory_format):

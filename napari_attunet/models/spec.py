@@ -64,6 +64,7 @@ class ModelSpec:
     deconv: bool = False
     align_corners: bool = False
     tile: tuple[int, ...] | None = None
+    axes: str = ""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -77,6 +78,22 @@ class ModelSpec:
             raise ValueError(f"gate_mode must be one of {GATE_MODES}, not {self.gate_mode!r}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
+        if self.axes and sorted(self.axes) != sorted("zyx"[-self.spatial_dims:]):
+            raise ValueError(f"axes must order {'zyx'[-self.spatial_dims:]!r}, not {self.axes!r}")
+
+    @property
+    def network_axes(self) -> str:
+        """The scan axes, in the order the network was trained to see them.
+
+        Scans in napari are (z, y, x) arrays. The official code and MONAI's loaders (nibabel,
+        ITK) hand 3D networks (x, y, z) arrays, so their 3D checkpoints default to "xyz";
+        everything else defaults to the napari order. ``spacing`` is always in napari order.
+        """
+        if self.axes:
+            return self.axes
+        if self.spatial_dims == 3 and self.family in ("official", "monai"):
+            return "xyz"
+        return "zyx"[-self.spatial_dims:]
 
     # ---- derived geometry -------------------------------------------------------------
     @property
