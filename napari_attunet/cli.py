@@ -1,4 +1,4 @@
-"""The command line: ``napari-attunet predict | info | convert``.
+"""The command line: ``napari-attunet predict | info | convert | train | demo``.
 
 Every failure is one line on stderr and a non-zero exit code.
 """
@@ -156,6 +156,69 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .inference.preprocess import Normalization
+    from .training import TrainConfig, default_spec, train
+    from .training.data import find_pairs, load_case
+
+    if args.recipe == "mni152":
+        from .training.recipes import MNI_CLASSES, MNI_NORMALIZATION, mni152_cases
+
+        cases, summary = mni152_cases(Path(args.export) if args.export else None)
+        val, names, norm = cases, MNI_CLASSES, MNI_NORMALIZATION
+    else:
+        if not (args.images and args.labels):
+            raise ValueError("give --images and --labels folders, or --recipe mni152.")
+        norm = _parse_normalization(args.normalization) or {"mode": "zscore"}
+        cases = [load_case(i, lab, Normalization.parse(norm))
+                 for i, lab in find_pairs(args.images, args.labels)]
+        n_val = max(1, len(cases) // 5) if len(cases) > 1 else 0
+        val = cases[-n_val:] if n_val else cases
+        cases = cases[:-n_val] if n_val else cases
+        classes = int(max(c.labels.max() for c in cases + val)) + 1
+        names = args.class_names or ["background"] + [f"class {k}" for k in range(1, classes)]
+        summary = {"images": str(args.images), "labels": str(args.labels),
+                   "train": [c.name for c in cases], "validation": [c.name for c in val]}
+    dims = cases[0].labels.ndim
+    spec = default_spec(dims, cases[0].image.shape[0], len(names), args.features)
+    patch = tuple(args.patch or ((64,) * 3 if dims == 3 else (256,) * 2))
+    config = TrainConfig(out=Path(args.output), spec=spec, patch=patch, normalization=norm,
+                         batch=args.batch, epochs=args.epochs, steps=args.steps, lr=args.lr,
+                         device=args.device, precision=args.precision, seed=args.seed,
+                         resume=args.resume)
+    rank = int(__import__("os").environ.get("RANK", "0"))
+    bar = tqdm(total=args.epochs * args.steps, disable=args.quiet or rank != 0, unit="step")
+    steps = train(config, cases, val, names, summary)
+    while True:
+        try:
+            record = next(steps)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if record["kind"] == "step":
+            bar.n = record["epoch"] * args.steps + record["step"] + 1
+            bar.set_postfix(epoch=record["epoch"], loss=f"{record['loss']:.3f}", refresh=False)
+            bar.refresh()
+        elif rank == 0 and not args.quiet:
+            dice = ", ".join(f"{k} {v:.3f}" for k, v in record.get("dice", {}).items())
+            tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.3f}; validation Dice "
+                       f"{dice}{' (best, saved)' if record.get('best') else ''}")
+    bar.close()
+    if rank == 0 and not args.quiet:
+        print(f"best mean Dice {result['best_mean_dice']:.3f} -> {args.output}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .plugin.demo import run_demo
+
+    return run_demo(args.screenshot, args.checkpoint)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-attunet",
                                      description="Attention U-Net inference and attention maps.")
@@ -208,6 +271,32 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--format", default=".nii.gz", choices=(".nii.gz", ".nii", ".nrrd", ".mha"))
     pred.add_argument("-q", "--quiet", action="store_true")
     pred.set_defaults(func=_predict)
+
+    tr = sub.add_parser("train", help="train an Attention U-Net (torchrun for several GPUs)")
+    tr.add_argument("--images", help="folder of scans")
+    tr.add_argument("--labels", help="folder of label maps, matched to the scans by name")
+    tr.add_argument("--recipe", choices=("mni152",), help="a built-in data recipe")
+    tr.add_argument("--export", help="with --recipe: also write its volumes to this folder")
+    tr.add_argument("-o", "--output", required=True, help="the .safetensors to write (best epoch)")
+    tr.add_argument("--class-names", nargs="+", metavar="NAME")
+    tr.add_argument("--normalization", metavar="MODE", help="as for predict (default zscore)")
+    tr.add_argument("--features", type=int, nargs=5, default=(8, 16, 32, 64, 128))
+    tr.add_argument("--patch", type=int, nargs="+")
+    tr.add_argument("--batch", type=int, default=2)
+    tr.add_argument("--epochs", type=int, default=20)
+    tr.add_argument("--steps", type=int, default=50, help="steps per epoch")
+    tr.add_argument("--lr", type=float, default=2e-3)
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--resume", action="store_true", help="continue from OUTPUT's .state.pt")
+    tr.add_argument("-q", "--quiet", action="store_true")
+    tr.set_defaults(func=_train)
+
+    demo = sub.add_parser("demo", help="napari with the MNI152 sample and the demo checkpoint")
+    demo.add_argument("--screenshot", metavar="PNG", help="save the window after the run, and exit")
+    demo.add_argument("--checkpoint", help="another checkpoint instead of the bundled demo")
+    demo.set_defaults(func=_demo)
     return parser
 
 

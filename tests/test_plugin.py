@@ -260,3 +260,44 @@ def test_phantom_sample(make_napari_viewer):
     viewer.open_sample("napari-attunet", "phantom")
     assert viewer.layers["phantom"].data.ndim == 3
     np.testing.assert_allclose(viewer.layers["phantom"].scale, (2.5, 0.8, 0.8))
+
+
+def test_preview_runs_a_crop_around_the_current_slice(make_napari_viewer, qtbot, checkpoint):
+    import napari_attunet.plugin.widget as widget_module
+
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(2).normal(size=(80, 40, 40)).astype(np.float32)
+    image = viewer.add_image(data, name="long", scale=(2.0, 1.0, 1.0), translate=(5.0, 0, 0))
+    widget = _widget(viewer)
+    widget.load_checkpoint(checkpoint)
+    widget.image.value = image
+    viewer.dims.set_point(0, 5.0 + 2.0 * 60)  # slice 60
+    widget.preview.clicked.emit()
+    _wait(qtbot, widget)
+    preview = viewer.layers["long attunet preview"]
+    depth = widget_module.PREVIEW_DEPTH
+    assert preview.data.shape == (depth, 40, 40)
+    start = 60 - depth // 2
+    np.testing.assert_allclose(preview.translate, (5.0 + 2.0 * start, 0.0, 0.0))
+    assert "long attunet" not in viewer.layers  # the full run did not happen
+
+
+def test_several_layers_as_channels(make_napari_viewer, qtbot, tmp_path):
+    torch.manual_seed(1)
+    spec = ModelSpec(family="leejunhyun", variant="attu_net", spatial_dims=2, in_channels=2,
+                     out_channels=2, features=(4, 8, 16), strides=((2, 2),) * 2,
+                     kernel_size=(3, 3))
+    path = tmp_path / "two.safetensors"
+    na.save_model(build(spec).eval(), path, class_names=["background", "thing"])
+    viewer = make_napari_viewer()
+    t1 = viewer.add_image(np.random.default_rng(3).random((48, 48), np.float32), name="t1")
+    t2 = viewer.add_image(np.random.default_rng(4).random((48, 48), np.float32), name="t2")
+    widget = _widget(viewer)
+    widget.load_checkpoint(path)
+    assert not widget.channels.native.isHidden()  # shown for a two-channel model
+    widget.image.value = t1
+    assert widget.start() is None  # one channel missing: a notification, no run
+    widget.channels.value = [t2]
+    widget.run.clicked.emit()
+    _wait(qtbot, widget)
+    assert viewer.layers["t1 attunet"].data.shape == (48, 48)

@@ -75,6 +75,7 @@ class AttentionUNetBase(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
+        self._deep: list | None = None  # deep-supervision heads, collected only for training
 
     def _forward(self, x: torch.Tensor, gates: list | None) -> torch.Tensor:
         raise NotImplementedError
@@ -93,10 +94,21 @@ class AttentionUNetBase(nn.Module):
             pad += [0, t - n]
         return F.pad(x, pad), size
 
-    def forward(self, x: torch.Tensor, with_attention: bool = False):
+    def forward(self, x: torch.Tensor, with_attention: bool = False,
+                deep_supervision: bool = False):
         """Logits, exactly as the original network returns them; with ``with_attention``,
-        ``(logits, gates)`` as :meth:`forward_with_attention` describes."""
+        ``(logits, gates)`` as :meth:`forward_with_attention` describes; with
+        ``deep_supervision``, ``(logits, heads)``: the per-level class maps of deep-supervised
+        variants at full resolution (none for the other families), for training losses."""
         padded, size = self._pad(x)
+        if deep_supervision:
+            self._deep = []
+            try:
+                logits = self._forward(padded, None)
+                heads = [_crop(h, size) for h in self._deep]
+            finally:
+                self._deep = None
+            return _crop(logits, size), heads
         if not with_attention:
             return _crop(self._forward(padded, None), size)
         maps: list[torch.Tensor] = []

@@ -223,8 +223,11 @@ class OfficialAttentionUNet(AttentionUNetBase):
             up2 = self.up_concat2(g_conv2, up3)
             up1 = self.up_concat1(conv1, up2)
             size, ac = up1.shape[2:], self.spec.align_corners
-            logits = self.final(torch.cat([self.dsv1(up1), self.dsv2(up2, size, ac),
-                                           self.dsv3(up3, size, ac), self.dsv4(up4, size, ac)], 1))
+            heads = [self.dsv1(up1), self.dsv2(up2, size, ac), self.dsv3(up3, size, ac),
+                     self.dsv4(up4, size, ac)]
+            logits = self.final(torch.cat(heads, 1))
+            if self._deep is not None:
+                self._deep += heads
         if gates is not None:
             gates += [att2, att3, att4]
         return logits

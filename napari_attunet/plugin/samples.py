@@ -15,3 +15,13 @@ def phantom_sample() -> list[tuple]:
         (labels, {"name": "phantom truth", "scale": scale, "units": "mm",
                   "axis_labels": ("z", "y", "x"), "opacity": 0.4, "visible": False}, "labels"),
     ]
+
+
+def mni152_sample() -> list[tuple]:
+    """The bundled 2 mm MNI152 T1 template, read like any scan (spacing, origin, orientation)."""
+    from ..demo_data import DEMO_SCAN
+    from .reader import read_scan
+
+    layers = read_scan(str(DEMO_SCAN))
+    layers[0][1]["name"] = "MNI152 T1 (2 mm)"
+    return layers

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider,
-                              FloatSpinBox, Label, ProgressBar, PushButton, SpinBox, Table,
-                              create_widget)
+                              FloatSpinBox, Label, ProgressBar, PushButton, Select, SpinBox,
+                              Table, create_widget)
 
 from .layers import SourceGeometry, gate_layers, labels_layer
 from .recent import recent_checkpoints, remember_checkpoint
@@ -70,9 +70,11 @@ class AttUNetWidget(Container):
         import napari
 
         self.image = create_widget(annotation=napari.layers.Image, name="image", label="image")
+        self.channels = Select(name="channels", label="more channels",
+                               choices=self._image_layers, visible=False)
         self.checkpoint = FileEdit(name="checkpoint", label="checkpoint", mode="r",
                                    filter=CHECKPOINT_FILTER)
-        self.recent = ComboBox(name="recent", label="recent", choices=self._recent_choices())
+        self.recent = ComboBox(name="recent", label="checkpoints", choices=self._recent_choices())
         self.model_info = Label(name="model_info", value="no checkpoint loaded")
         self.device = ComboBox(name="device", label="device", choices=self._devices())
         self.precision = ComboBox(name="precision", label="precision",
@@ -91,7 +93,7 @@ class AttUNetWidget(Container):
         self.progress = ProgressBar(name="progress", label="progress", min=0, max=1, value=0)
         self.status = Label(name="status", value="")
         self.volumes = Table(name="volumes", value={"class": [], "mL": []})
-        self.extend([self.image, self.checkpoint, self.recent, self.model_info, self.device,
+        self.extend([self.image, self.channels, self.checkpoint, self.recent, self.model_info, self.device,
                      self.precision, self.normalization, self.thresholds, self.show_attention,
                      self.tta, self.tile, self.overlap, self.preview, self.run, self.cancel,
                      self.progress, self.status, self.volumes])
@@ -102,9 +104,29 @@ class AttUNetWidget(Container):
         self.preview.changed.connect(lambda: self.start(preview=True))
         self.cancel.changed.connect(self.request_cancel)
         self.show_attention.changed.connect(self._toggle_gates)
-        self.viewer.layers.events.inserted.connect(self.image.reset_choices)
-        self.viewer.layers.events.removed.connect(self.image.reset_choices)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self.image.reset_choices)
+            event.connect(self.channels.reset_choices)
         self.image.reset_choices()
+
+    def _image_layers(self, widget=None) -> list:
+        import napari
+
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, napari.layers.Image)]
+
+    def _channel_data(self, layer):
+        """The arrays a multi-channel model takes: the chosen layer, then "more channels"."""
+        spec = self.model.spec
+        if spec.in_channels == 1 or getattr(layer, "rgb", False):
+            return layer.data, (-1 if getattr(layer, "rgb", False) else None)
+        extra = [other for other in self.channels.value if other is not layer]
+        layers = [layer] + extra
+        if len(layers) != spec.in_channels:
+            raise ValueError(f"the model takes {spec.in_channels} channels: choose "
+                             f"{spec.in_channels - 1} more image layer(s) under 'more channels' "
+                             f"(chosen: {', '.join(lay.name for lay in layers)}).")
+        return [np.asarray(lay.data) for lay in layers], None
 
     # ---- checkpoints ---------------------------------------------------------------------
     @staticmethod
@@ -114,8 +136,16 @@ class AttUNetWidget(Container):
         return ["auto"] + available_devices()
 
     @staticmethod
-    def _recent_choices() -> list[str]:
-        return [""] + recent_checkpoints()
+    def _recent_choices() -> list:
+        """(label, path) pairs: the bundled demo checkpoint, then recently used files."""
+        from ..demo_data import DEMO_CHECKPOINT, DEMO_NAME
+
+        choices = [("", "")]
+        if DEMO_CHECKPOINT.is_file():
+            choices.append((DEMO_NAME, str(DEMO_CHECKPOINT)))
+        demo = str(DEMO_CHECKPOINT.resolve())
+        return choices + [(Path(p).name + "  " + str(Path(p).parent), p)
+                          for p in recent_checkpoints() if p != demo]
 
     def _on_recent(self, value: str) -> None:
         if value:
@@ -142,6 +172,7 @@ class AttUNetWidget(Container):
                                  f"{parameter_count(model) / 1e6:.2f} M params, "
                                  f"{len(spec.gates)} gates")
         self._build_thresholds()
+        self.channels.visible = spec.in_channels > 1
         norm = (spec.normalization or {}).get("mode")
         self.normalization.value = "checkpoint default" if norm is None else norm
         remember_checkpoint(path)
@@ -191,16 +222,19 @@ class AttUNetWidget(Container):
             return None
         if self.worker is not None:
             return None
-        spatial = layer.ndim
-        data = layer.data
-        channel_axis = None
-        if getattr(layer, "rgb", False):
-            spatial = layer.ndim
-            channel_axis = -1
-        source = SourceGeometry.from_layer(layer, spatial)
+        try:
+            data, channel_axis = self._channel_data(layer)
+        except ValueError as exc:
+            _notify("warning", str(exc))
+            return None
+        source = SourceGeometry.from_layer(layer, layer.ndim)
         offset = None
         if preview:
-            data, offset = self._preview_region(layer, data)
+            if isinstance(data, list):
+                crops = [self._preview_region(layer, d) for d in data]
+                data, offset = [c[0] for c in crops], crops[0][1]
+            else:
+                data, offset = self._preview_region(layer, data)
         spacing = source.scale
         options = self._options()
         self._cancel = threading.Event()
@@ -210,7 +244,9 @@ class AttUNetWidget(Container):
         self.progress.value = 0
         self.status.value = "starting"
         self.forward_calls += 1
-        worker = self._make_worker(np.asarray(data), spacing, channel_axis, options, layer.name)
+        if not isinstance(data, list):
+            data = np.asarray(data)
+        worker = self._make_worker(data, spacing, channel_axis, options, layer.name)
         from napari.utils import progress as napari_progress
 
         self._activity = napari_progress(total=0, desc=f"Attention U-Net on {layer.name}")
