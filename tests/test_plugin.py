@@ -189,20 +189,10 @@ def test_cancel_leaves_no_layers(make_napari_viewer, qtbot, checkpoint):
     assert widget.run.enabled
 
 
-def test_event_loop_stays_responsive(make_napari_viewer, qtbot, checkpoint):
-    """The longest stall of the Qt event loop while the network runs.
-
-    Landing the result (creating layers and their Qt controls) is measured and printed apart:
-    under Xvfb with software OpenGL the first Labels layer of a viewer costs a few hundred ms.
-    """
+def _stalls(qtbot, widget):
+    """Longest event-loop gap (s) while the network runs, and while the result lands."""
     from qtpy.QtCore import QTimer
 
-    viewer = make_napari_viewer()
-    viewer.add_image(np.random.default_rng(1).normal(size=(48, 64, 64)).astype(np.float32),
-                     name="scan")
-    widget = _widget(viewer)
-    widget.load_checkpoint(checkpoint)
-    widget.tile.value = 32
     ticks, last_yield = [], []
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
@@ -210,16 +200,35 @@ def test_event_loop_stays_responsive(make_napari_viewer, qtbot, checkpoint):
     worker = widget.start()
     worker.yielded.connect(lambda step: last_yield.append(time.perf_counter()))
     _wait(qtbot, widget)
+    qtbot.wait(50)
     timer.stop()
     assert widget.status.value.startswith("done"), widget.status.value
     ticks = np.asarray(ticks)
     running = ticks[ticks <= last_yield[-1] + 0.01]
-    gaps = np.diff(running)
-    landing = np.diff(ticks[ticks >= running[-1]])
-    print(f"\nevent loop: {len(running)} ticks while running, longest stall "
-          f"{gaps.max() * 1000:.0f} ms; while the layers land: {landing.max() * 1000:.0f} ms")
     assert len(running) > 10
-    assert gaps.max() < 0.25  # target 0.1 s; slack for a shared 2-core CI machine
+    return np.diff(running).max(), np.diff(ticks[ticks >= running[-1]]).max()
+
+
+def test_event_loop_stays_responsive(make_napari_viewer, qtbot, checkpoint):
+    """The Qt event loop while the network runs, and while results land.
+
+    The first run of a viewer creates the layers and their Qt controls: under Xvfb with software
+    OpenGL napari needs a few hundred ms for a new Labels layer. Re-runs update the layers in
+    place and stay responsive.
+    """
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(1).normal(size=(48, 64, 64)).astype(np.float32),
+                     name="scan")
+    widget = _widget(viewer)
+    widget.load_checkpoint(checkpoint)
+    widget.tile.value = 32
+    running, first_landing = _stalls(qtbot, widget)
+    rerun, rerun_landing = _stalls(qtbot, widget)
+    print(f"\nevent loop, longest stall: {running * 1000:.0f} ms while running, "
+          f"{first_landing * 1000:.0f} ms while the first result lands; re-run "
+          f"{rerun * 1000:.0f} ms running, {rerun_landing * 1000:.0f} ms landing")
+    assert max(running, rerun) < 0.25  # target 0.1 s; slack for a shared 2-core CI machine
+    assert rerun_landing < 0.25
 
 
 def test_checkpoint_reader_docks_widget(make_napari_viewer, checkpoint, tmp_path):

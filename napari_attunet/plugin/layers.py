@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,7 +81,8 @@ def labels_layer(pred: Prediction, source: SourceGeometry, labels: np.ndarray,
         "name": name or f"{source.name} attunet",
         "colormap": label_colormap(len(pred.label_names)),
         "features": features_table(pred, labels, spacing),
-        "metadata": {"attunet": {"source": source.name, "class_names": list(pred.label_names)},
+        "metadata": {"attunet": {"source": source.name, "class_names": list(pred.label_names),
+                                 "run": uuid.uuid4().hex},
                      **{k: v for k, v in source.metadata.items() if k == "attunet_geometry"}},
         "opacity": 0.6,
         **source.kwargs(),

@@ -31,22 +31,34 @@ def _notify(kind: str, message: str) -> None:
 
 def _warm_imports() -> None:
     """Modules napari loads when the first Labels layer with features appears (about 1 s).
-    Imported here, in the worker, they no longer freeze the window when the result lands."""
+    Imported when the widget opens, they freeze neither a run nor the landing of its result
+    (imported in the worker instead, they hold the GIL and stall the window during the run)."""
     import pandas  # noqa: F401
     import skimage.color  # noqa: F401
     import skimage.exposure  # noqa: F401
 
 
 class RunState:
-    """One finished run: the prediction and the layers it produced."""
+    """The latest finished run: its prediction, and the Labels layer showing it.
+
+    The layer is found again by a tag in its metadata: napari hands plugins proxies of its
+    layers, so identity comparisons do not hold.
+    """
 
     def __init__(self, prediction, source: SourceGeometry, labels_layer, offset=None):
         self.prediction = prediction
         self.source = source
-        self.labels_layer = labels_layer
+        self.tag = labels_layer.metadata["attunet"]["run"]
         self.edited = False
         self.offset = offset
         labels_layer.events.paint.connect(self._mark_edited)
+
+    def layer(self, viewer):
+        """The Labels layer of this run, or None when the user removed it."""
+        for layer in viewer.layers:
+            if (layer.metadata.get("attunet") or {}).get("run") == self.tag:
+                return layer
+        return None
 
     def _mark_edited(self, event=None) -> None:
         self.edited = True
@@ -66,6 +78,7 @@ class AttUNetWidget(Container):
         self._pending: list = []
         self._pending_names: list[str] = []
         self.forward_calls = 0  # network runs, for tests and the status line
+        _warm_imports()
 
         import napari
 
@@ -267,7 +280,6 @@ class AttUNetWidget(Container):
 
         @thread_worker(ignore_errors=True)  # errors are shown by _on_error
         def work():
-            _warm_imports()
             return (yield from iter_predict(data, model, spacing=spacing,
                                             channel_axis=channel_axis, cancel=cancel,
                                             name=f"layer {name!r}", **options))
@@ -340,25 +352,27 @@ class AttUNetWidget(Container):
                                     source.axis_labels, source.affine, source.metadata)
         labels = pred.labels(self.threshold_values())
         name = f"{source.name} attunet" + (" preview" if preview else "")
-        existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        reuse = (existing is not None and self.state is not None
-                 and self.state.labels_layer is existing and not self.state.edited
+        existing = self.state.layer(self.viewer) if self.state is not None else None
+        reuse = (existing is not None and existing.name == name and not self.state.edited
                  and existing.data.shape == labels.shape)
         data, kwargs, _ = labels_layer(pred, source, labels, name)
         if reuse:
-            existing.data = data
-            existing.features = kwargs["features"]
+            kwargs["metadata"]["attunet"]["run"] = existing.metadata["attunet"]["run"]
+            existing.metadata = kwargs["metadata"]
             existing.scale, existing.translate = kwargs["scale"], kwargs["translate"]
+            existing.features = kwargs["features"]
+            existing.data = data
             layer = existing
         else:
-            if existing is not None:
+            if name in self.viewer.layers:
                 kwargs["name"] = name + " (new)"
             layer = self.viewer.add_labels(data, **kwargs)
         self.state = RunState(pred, source, layer, offset)
-        self._show_volumes(labels)
-        self._pending = [lambda d=d, k=k: self._put_gate(d, k) for d, k, _ in gate_layers(pred, source)]
-        self._pending.append(lambda: self._drop_stale_gates(source.name, len(self._pending_names)))
-        self._pending_names = [k["name"] for _, k, _ in gate_layers(pred, source)]
+        self._show_volumes(kwargs["features"])
+        gates = gate_layers(pred, source)
+        self._pending_names = [k["name"] for _, k, _ in gates]
+        self._pending = [lambda d=d, k=k: self._put_gate(d, k) for d, k, _ in gates]
+        self._pending.append(lambda: self._drop_stale_gates(source.name))
         notes = "; ".join(pred.notes)
         self.status.value = (f"done in {pred.seconds:.1f} s on {pred.device} ({pred.precision})"
                              + (f"; {notes}" if notes else ""))
@@ -383,7 +397,7 @@ class AttUNetWidget(Container):
         else:
             self.viewer.add_image(data, **kwargs)
 
-    def _drop_stale_gates(self, source_name: str, count: int) -> None:
+    def _drop_stale_gates(self, source_name: str) -> None:
         """Gates of an earlier run with more gates than this one."""
         for layer in list(self.viewer.layers):
             meta = layer.metadata.get("attunet_gate") if hasattr(layer, "metadata") else None
@@ -405,28 +419,24 @@ class AttUNetWidget(Container):
     def _on_threshold(self, value=None) -> None:
         """Re-label from the cached probabilities: the network does not run again."""
         state = self.state
-        if state is None or state.labels_layer not in self.viewer.layers:
+        layer = state.layer(self.viewer) if state is not None else None
+        if layer is None:
             return
         labels = state.prediction.labels(self.threshold_values())
+        data, kwargs, _ = labels_layer(state.prediction, state.source, labels,
+                                       f"{layer.name} (thresholds)")
         if state.edited:
-            _notify("info", f"{state.labels_layer.name} was edited by hand; the new thresholds "
-                    "go to a new layer.")
-            data, kwargs, _ = labels_layer(state.prediction, state.source, labels,
-                                           f"{state.labels_layer.name} (thresholds)")
-            state.labels_layer = self.viewer.add_labels(data, **kwargs)
-            state.labels_layer.events.paint.connect(state._mark_edited)
-            state.edited = False
+            _notify("info", f"{layer.name} was edited by hand; the new thresholds go to a new "
+                    "layer.")
+            self.state = RunState(state.prediction, state.source, self.viewer.add_labels(data, **kwargs),
+                                  state.offset)
         else:
-            state.labels_layer.data = labels
-        self._show_volumes(labels)
+            layer.features = kwargs["features"]
+            layer.data = labels
+        self._show_volumes(kwargs["features"])
 
-    def _show_volumes(self, labels: np.ndarray) -> None:
-        state = self.state
-        volumes = state.prediction.volumes_ml(labels, state.source.scale)
-        self.volumes.value = {"class": list(volumes), "mL": [round(v, 3) for v in volumes.values()]}
-        if state.labels_layer is not None:
-            from .layers import features_table
-
-            state.labels_layer.features = features_table(state.prediction, labels,
-                                                         state.source.scale)
+    def _show_volumes(self, features: dict) -> None:
+        """The per-class table, from a Labels layer's features (row 0 is the background)."""
+        self.volumes.value = {"class": features["class"][1:],
+                              "mL": [round(v, 3) for v in features["volume_ml"][1:]]}
 
