@@ -70,8 +70,8 @@ def test_deep_supervision_heads_reach_the_loss():
     from napari_attunet.training import default_spec
     from napari_attunet.models import build
 
-    model = build(default_spec(3, 1, 3, (4, 8, 16, 32, 64)))
-    logits, heads = model(torch.randn(1, 1, 16, 16, 16), deep_supervision=True)
+    model = build(default_spec(3, 1, 3, (4, 8, 16, 32, 64))).eval()
+    logits, heads = model(torch.randn(1, 1, 32, 32, 32), deep_supervision=True)
     assert len(heads) == 4 and all(h.shape == logits.shape for h in heads)
 
 

@@ -77,7 +77,6 @@ class AttUNetWidget(Container):
         self._activity = None
         self._pending: list = []
         self._pending_names: list[str] = []
-        self.forward_calls = 0  # network runs, for tests and the status line
         _warm_imports()
 
         import napari
@@ -256,7 +255,6 @@ class AttUNetWidget(Container):
         self.cancel.enabled = True
         self.progress.value = 0
         self.status.value = "starting"
-        self.forward_calls += 1
         if not isinstance(data, list):
             data = np.asarray(data)
         worker = self._make_worker(data, spacing, channel_axis, options, layer.name)

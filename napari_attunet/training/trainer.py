@@ -189,6 +189,8 @@ def train(config: TrainConfig, train_cases: list[Case], val_cases: list[Case],
             losses.append(float(loss.detach()))
             yield {"kind": "step", "epoch": epoch, "step": step, "loss": losses[-1]}
         record = {"epoch": epoch, "loss": float(np.mean(losses))}
+        if world > 1:
+            _sync_buffers(module)
         if rank == 0:
             dice = validate(module, val_cases, spec, config.tile, str(device))
             record["dice"] = dict(zip(class_names[1:] if spec.output == "softmax"
@@ -213,6 +215,15 @@ def train(config: TrainConfig, train_cases: list[Case], val_cases: list[Case],
     if world > 1:
         summary["ranks"] = _gather_digests(module, rank, world, config.out)
     return summary
+
+
+def _sync_buffers(model) -> None:
+    """Rank 0's BatchNorm statistics everywhere: each rank updated its own during the epoch
+    (DDP only broadcasts them at the next forward), and rank 0's are the ones saved."""
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, 0)
 
 
 def _gather_digests(model, rank: int, world: int, out: Path) -> list[str]:
