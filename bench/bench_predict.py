@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=5, help="interleaved runs with/without maps")
     parser.add_argument("--train-seconds", type=float, default=420)
     parser.add_argument("--weights", type=Path, default=HERE / ".cache" / "monai_phantom.pth")
     parser.add_argument("--memory-of", choices=("monai", "fp32", "auto"), help=argparse.SUPPRESS)
@@ -180,8 +181,18 @@ def main() -> None:
         diff = float(np.abs(pred.probabilities - monai_probs).max())
         print(f"{label + ' [' + pred.precision + ']':34s} {t:7.2f} {t_monai / t:7.2f}x "
               f"{mem:9.0f} {diff:8.4f}  " + ", ".join(f"{s:.5f}" for s in scores))
-    overhead = timings["auto (default)"] / timings["auto, no attention maps"] - 1
-    print(f"\nattention maps add {overhead * 100:+.1f}% to the run time")
+    ratios = []
+    for _ in range(args.pairs):  # interleaved, so that drifts in machine load cancel out
+        pair = []
+        for attention in (True, False):
+            t = time.perf_counter()
+            na.predict(image, model, normalization="none", tile=roi, overlap=args.overlap,
+                       device=args.device, attention=attention)
+            pair.append(time.perf_counter() - t)
+        ratios.append(pair[0] / pair[1])
+    print(f"\nattention maps add {(np.median(ratios) - 1) * 100:+.1f}% to the run time "
+          f"(median of {args.pairs} interleaved pairs; best-of-{args.repeats} above: "
+          f"{(timings['auto (default)'] / timings['auto, no attention maps'] - 1) * 100:+.1f}%)")
     print("\npeak memory of one run in a fresh process (RSS above the level after loading):")
     for which in ("monai", "fp32", "auto"):
         import subprocess

@@ -63,3 +63,21 @@ def test_axes_round_trip_through_native_checkpoints(tmp_path):
     assert na.load_model(tmp_path / "m.safetensors").spec.axes == "zyx"
     loaded = na.load_model(tmp_path / "m.safetensors", overrides={"axes": "xyz"})
     assert loaded.spec.network_axes == "xyz"
+
+
+@pytest.mark.parametrize("stride, offset", [(2, 0.0), (4, 0.0), (2, 0.5), (4, 1.5)])
+def test_tta_gates_come_back_on_the_unflipped_grid(stride, offset):
+    """A map sampled on a flipped tile, put back: each cell holds the value at its own centre."""
+    from napari_attunet.inference.engine import unflip_gate
+    from napari_attunet.models import GateGeometry
+
+    tile, cells = 32, 32 // stride
+    geometry = GateGeometry((stride, stride), (offset, offset), 1)
+    # The network on the flipped tile: its cell i sits at flipped position offset + stride*i,
+    # that is at original position tile - 1 - (offset + stride*i); the map there is the position.
+    flipped_positions = tile - 1 - (offset + stride * np.arange(cells))
+    alpha = torch.tensor(flipped_positions, dtype=torch.float32).view(1, 1, cells, 1)
+    alpha = alpha.expand(1, 1, cells, cells).clone()
+    back = unflip_gate(alpha, (2,), geometry)[0, 0, :, 0].numpy()
+    expected = offset + stride * np.arange(cells)
+    np.testing.assert_allclose(back[1:], expected[1:], atol=1e-5)

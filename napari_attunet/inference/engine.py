@@ -192,7 +192,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         chunk = jobs[position:position + batch_size]
         try:
             values, maps = _run_batch(net, x, chunk, tile_, dev, prec, flips, spec.output,
-                                      attention, memory_format)
+                                      gates, memory_format)
         except torch.OutOfMemoryError:
             if dev.type != "cuda":
                 raise
@@ -259,7 +259,26 @@ def _permute_gate(gate: GateMap, inverse: tuple[int, ...]) -> GateMap:
                    tuple(gate.offset[p] for p in inverse), gate.name)
 
 
-def _run_batch(net, x, chunk, tile, dev, prec, flips, output, attention, memory_format):
+def unflip_gate(alpha: torch.Tensor, axes: tuple[int, ...], geometry: GateGeometry) -> torch.Tensor:
+    """A gate map computed on a flipped tile, put back on the unflipped tile's gate grid.
+
+    Flipping cell i of a grid centred on ``offset + stride * i`` lands it ``stride - 1 -
+    2 * offset`` voxels off the grid: zero for max-pooled grids, a fraction of a cell for grids of
+    strided convolutions (offset 0), which is interpolated back linearly.
+    """
+    alpha = alpha.flip(axes)
+    for axis in axes:
+        a = axis - 2
+        shift = (geometry.stride[a] - 1 - 2 * geometry.offset[a]) / geometry.stride[a]
+        if shift == 0 or alpha.shape[axis] < 2:
+            continue
+        before = torch.cat([alpha.narrow(axis, 0, 1), alpha.narrow(axis, 0, alpha.shape[axis] - 1)],
+                           axis)
+        alpha = (1 - shift) * alpha + shift * before
+    return alpha
+
+
+def _run_batch(net, x, chunk, tile, dev, prec, flips, output, gate_geometry, memory_format):
     """Forward one batch of tiles (with TTA flips), returning float32 values and gate maps."""
     stacked = x.dim() - 1 > len(tile)
     crops = []
@@ -271,7 +290,7 @@ def _run_batch(net, x, chunk, tile, dev, prec, flips, output, attention, memory_
     with torch.inference_mode(), autocast(dev, prec):
         for axes in flips:
             inp = batch.flip(axes) if axes else batch
-            if attention:
+            if gate_geometry:
                 logits, gates = net.forward_with_attention(inp)
             else:
                 logits, gates = net(inp), []
@@ -279,7 +298,7 @@ def _run_batch(net, x, chunk, tile, dev, prec, flips, output, attention, memory_
             gates = [g.float() for g in gates]
             if axes:
                 logits = logits.flip(axes)
-                gates = [g.flip(axes) for g in gates]
+                gates = [unflip_gate(g, axes, geo) for g, geo in zip(gates, gate_geometry)]
             if len(flips) > 1:
                 logits = _activation(logits, output, 1)
             values = logits if values is None else values.add_(logits)
