@@ -11,10 +11,8 @@ test: setup
 	$(VENV)/bin/npe2 validate napari-attunet --imports
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra
 
-# Until the bundled demo checkpoint lands: napari with the widget docked
-# (then File > Open Sample > Synthetic phantom, and a checkpoint of yours).
 demo: setup
-	$(VENV)/bin/napari -w napari-attunet "Attention U-Net"
+	$(VENV)/bin/napari-attunet demo
 
 bench: setup
 	$(PY) bench/bench_predict.py

@@ -330,6 +330,9 @@ def save_model(model: AttentionUNetBase, path: str | os.PathLike, *,
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; a checkpoint is for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
