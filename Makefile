@@ -16,3 +16,4 @@ demo: setup
 
 bench: setup
 	$(PY) bench/bench_predict.py
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) bench/bench_thresholds.py

@@ -140,12 +140,19 @@ def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan,
     before = labels.data.copy()
     assert (before == 1).sum() > 100
     organ = widget.state.prediction.probabilities[1][before == 1]
+    table_before = widget.volumes.value["data"]
+    z = viewer.dims.current_step[0]
     with ForwardCounter() as counter:
         widget.thresholds[0].value = min(0.99, round(float(np.median(organ)) + 0.01, 2))
+        expected = widget.state.prediction.labels(widget.threshold_values())
+        # The slice on screen follows at once, the rest of the volume once the slider rests.
+        assert np.array_equal(labels.data[z], expected[z])
+        assert not np.array_equal(before[z], labels.data[z])
+        qtbot.waitUntil(lambda: not widget._relabel_timer.isActive(), timeout=5_000)
     assert counter.calls == 0
-    assert not np.array_equal(before, labels.data)
+    assert np.array_equal(labels.data, expected)
     assert (labels.data == 1).sum() < (before == 1).sum()
-    assert widget.volumes.value["data"]  # the table follows
+    assert widget.volumes.value["data"] != table_before  # the table follows
 
 
 def test_rerun_never_overwrites_edited_labels(make_napari_viewer, qtbot, scan, checkpoint):

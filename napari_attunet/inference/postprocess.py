@@ -97,26 +97,31 @@ class Prediction:
 
 def threshold_labels(quantized: np.ndarray, output: str,
                      thresholds: Sequence[float] | float | None) -> np.ndarray:
-    q = torch.from_numpy(quantized)
-    channels = q.shape[0]
-    dtype = torch.uint8 if channels < 255 else torch.int16
-    if output == "softmax" and thresholds is None:
-        return q.argmax(0).to(dtype).numpy()
-    if thresholds is None:
+    """Labels from uint8 probabilities, one class at a time with in-place uint8 tensor ops
+    (torch uses every core; a (C, ...) argmax is many times slower). Any leading axes of
+    ``quantized`` after the class axis are kept, so one slice can be labelled on its own."""
+    channels = quantized.shape[0]
+    if thresholds is None and output == "sigmoid":
         thresholds = [0.5] * channels
     if isinstance(thresholds, (int, float)):
         thresholds = [float(thresholds)] * channels
-    if len(thresholds) != channels:
+    if thresholds is not None and len(thresholds) != channels:
         raise ValueError(f"{len(thresholds)} thresholds for {channels} classes.")
-    levels = torch.tensor([round(float(t) * PROBABILITY_LEVELS) for t in thresholds],
-                          dtype=torch.int16).view(-1, *([1] * (q.dim() - 1)))
-    first = 1 if output == "softmax" else 0
-    fg = q[first:].to(torch.int16)
-    passed = fg >= levels[first:]
-    scores = torch.where(passed, fg, torch.tensor(-1, dtype=torch.int16))
-    best, index = scores.max(0)
-    labels = (index + (first if output == "softmax" else 1)).to(dtype)
-    labels[best < 0] = 0
+    q = torch.from_numpy(np.ascontiguousarray(quantized))
+    labels = torch.zeros(q.shape[1:], dtype=torch.uint8 if channels < 255 else torch.int16)
+    if thresholds is None:  # softmax argmax; ties go to the lower class, as np.argmax does
+        best, first = q[0].clone(), 1
+    else:  # a class competes only over its threshold (and with a probability above 0)
+        best, first = torch.zeros(q.shape[1:], dtype=torch.uint8), 1 if output == "softmax" else 0
+    for c in range(first, channels):
+        score = q[c]
+        if thresholds is not None:
+            level = round(float(thresholds[c]) * PROBABILITY_LEVELS)
+            if level > 0:
+                score = score * (score >= level)
+        better = score > best
+        labels.masked_fill_(better, c if output == "softmax" else c + 1)
+        torch.maximum(best, score, out=best)
     return labels.numpy()
 
 

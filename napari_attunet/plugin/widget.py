@@ -77,6 +77,12 @@ class AttUNetWidget(Container):
         self._activity = None
         self._pending: list = []
         self._pending_names: list[str] = []
+        from qtpy.QtCore import QTimer
+
+        self._relabel_timer = QTimer()  # the whole volume, once a threshold slider rests
+        self._relabel_timer.setSingleShot(True)
+        self._relabel_timer.setInterval(150)
+        self._relabel_timer.timeout.connect(self._relabel_all)
         _warm_imports()
 
         import napari
@@ -415,7 +421,40 @@ class AttUNetWidget(Container):
 
     # ---- thresholds ------------------------------------------------------------------------
     def _on_threshold(self, value=None) -> None:
-        """Re-label from the cached probabilities: the network does not run again."""
+        """Re-label from the cached probabilities: the network does not run again.
+
+        The slice on screen is re-labelled at once (a few ms); the whole volume, its features
+        and the volume table follow once the slider rests (about 0.1 s for 256^3).
+        """
+        state = self.state
+        layer = state.layer(self.viewer) if state is not None else None
+        if layer is None:
+            return
+        if not state.edited and self._relabel_visible_slice(state, layer):
+            self._relabel_timer.start()
+        else:
+            self._relabel_all()
+
+    def _relabel_visible_slice(self, state, layer) -> bool:
+        hidden = [a - (self.viewer.dims.ndim - layer.ndim) for a in self.viewer.dims.not_displayed]
+        hidden = [a for a in hidden if a >= 0]
+        if layer.ndim != 3 or len(hidden) != 1:
+            return False
+        axis = hidden[0]
+        index = int(round(layer.world_to_data(self.viewer.dims.point[-layer.ndim:])[axis]))
+        if not 0 <= index < layer.data.shape[axis]:
+            return False
+        from ..inference.postprocess import threshold_labels
+
+        pred = state.prediction
+        plane = np.take(pred.quantized, index, axis=axis + 1)
+        region = [slice(None)] * 3
+        region[axis] = index
+        layer.data[tuple(region)] = threshold_labels(plane, pred.output, self.threshold_values())
+        layer.refresh()
+        return True
+
+    def _relabel_all(self) -> None:
         state = self.state
         layer = state.layer(self.viewer) if state is not None else None
         if layer is None:
@@ -426,8 +465,8 @@ class AttUNetWidget(Container):
         if state.edited:
             _notify("info", f"{layer.name} was edited by hand; the new thresholds go to a new "
                     "layer.")
-            self.state = RunState(state.prediction, state.source, self.viewer.add_labels(data, **kwargs),
-                                  state.offset)
+            self.state = RunState(state.prediction, state.source,
+                                  self.viewer.add_labels(data, **kwargs), state.offset)
         else:
             layer.features = kwargs["features"]
             layer.data = labels
