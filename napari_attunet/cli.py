@@ -184,7 +184,8 @@ def _train(args: argparse.Namespace) -> int:
         summary = {"images": str(args.images), "labels": str(args.labels),
                    "train": [c.name for c in cases], "validation": [c.name for c in val]}
     dims = cases[0].labels.ndim
-    spec = default_spec(dims, cases[0].image.shape[0], len(names), args.features)
+    spec = default_spec(dims, cases[0].image.shape[0], len(names), args.features, args.family,
+                        args.variant)
     patch = tuple(args.patch or ((64,) * 3 if dims == 3 else (256,) * 2))
     config = TrainConfig(out=Path(args.output), spec=spec, patch=patch, normalization=norm,
                          batch=args.batch, epochs=args.epochs, steps=args.steps, lr=args.lr,
@@ -280,7 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("-o", "--output", required=True, help="the .safetensors to write (best epoch)")
     tr.add_argument("--class-names", nargs="+", metavar="NAME")
     tr.add_argument("--normalization", metavar="MODE", help="as for predict (default zscore)")
-    tr.add_argument("--features", type=int, nargs=5, default=(8, 16, 32, 64, 128))
+    tr.add_argument("--family", default="official", choices=("official", "monai", "leejunhyun"))
+    tr.add_argument("--variant", choices=("single_att_dsv", "multi_att_dsv", "grid_attention"),
+                    help="official variant (default single_att_dsv, the paper's design)")
+    tr.add_argument("--features", type=int, nargs="+", default=(8, 16, 32, 64, 128),
+                    help="encoder widths, finest first (official: exactly 5)")
     tr.add_argument("--patch", type=int, nargs="+")
     tr.add_argument("--batch", type=int, default=2)
     tr.add_argument("--epochs", type=int, default=20)

@@ -113,3 +113,13 @@ def test_demo_screenshot(tmp_path):
     pixels = imread(shot)
     assert pixels.shape[0] > 400 and pixels.shape[1] > 800
     assert pixels[..., :3].std() > 20  # not a blank window
+
+
+@pytest.mark.parametrize("family", ["monai", "leejunhyun"])
+def test_other_families_train(tiny_dataset, tmp_path, family):
+    images, labels = tiny_dataset
+    out = tmp_path / f"{family}.safetensors"
+    args = _train_args(images, labels, out, 1)
+    args[args.index("--features") + 1:args.index("--features") + 6] = ["4", "8", "16"]
+    assert main(args + ["--family", family]) == 0
+    assert na.load_model(out).spec.family == family

@@ -46,16 +46,25 @@ class TrainConfig:
         return Path(self.out).with_suffix(".state.pt")
 
 
-def default_spec(dims: int, in_channels: int, classes: int,
-                 features=(8, 16, 32, 64, 128)) -> ModelSpec:
-    """The paper's design: the official single-gate, deep-supervised network."""
+def default_spec(dims: int, in_channels: int, classes: int, features=(8, 16, 32, 64, 128),
+                 family: str = "official", variant: str | None = None) -> ModelSpec:
+    """A network to train. The default is the paper's design: the official single-gate,
+    deep-supervised network. ``features`` are the encoder widths, finest first."""
     from ..models.official import official_strides
 
-    return ModelSpec(family="official", variant="single_att_dsv", spatial_dims=dims,
-                     in_channels=in_channels, out_channels=classes, features=tuple(features),
-                     output="softmax", strides=official_strides("single_att_dsv", dims),
-                     kernel_size=(3,) * dims, attention_dsample=(2,) * dims,
-                     axes="zyx"[-dims:])  # trained here on scan-order arrays
+    common = dict(family=family, spatial_dims=dims, in_channels=in_channels,
+                  out_channels=classes, features=tuple(features), output="softmax",
+                  axes="zyx"[-dims:])  # trained here on scan-order arrays
+    if family == "official":
+        variant = variant or "single_att_dsv"
+        kernel = (3, 3, 1) if variant == "grid_attention" and dims == 3 else (3,) * dims
+        return ModelSpec(variant=variant, strides=official_strides(variant, dims),
+                         kernel_size=kernel, attention_dsample=(2,) * dims, **common)
+    steps = ((2,) * dims,) * (len(features) - 1)
+    if family == "monai":
+        return ModelSpec(variant="attention_unet", strides=steps, kernel_size=(3,) * dims,
+                         up_kernel_size=(3,) * dims, **common)
+    return ModelSpec(variant="attu_net", strides=steps, kernel_size=(3,) * dims, **common)
 
 
 # ---- loss ------------------------------------------------------------------------------------
@@ -119,6 +128,22 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
+def _training_device(requested: str, world: int) -> torch.device:
+    """Alone: the device asked for. Under torchrun: this process's GPU (NCCL) or the CPU (gloo)."""
+    if world == 1:
+        return resolve_device(requested)
+    import torch.distributed as dist
+
+    cuda = requested != "cpu" and torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if cuda \
+        else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return device
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
@@ -143,13 +168,7 @@ def train(config: TrainConfig, train_cases: list[Case], val_cases: list[Case],
           class_names: list[str], data_summary: dict | None = None) -> Generator[dict, None, dict]:
     """Yields a record after each step and each epoch; returns the training summary."""
     rank, world = _distributed()
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo" if config.device in ("cpu", "auto") and
-                                    not torch.cuda.is_available() else "nccl")
-    device = resolve_device(config.device if world == 1 or config.device != "auto" else "cpu")
+    device = _training_device(config.device, world)
     torch.manual_seed(config.seed)
     spec = config.spec.replace(class_names=tuple(class_names),
                                normalization=dict(config.normalization),
@@ -169,7 +188,8 @@ def train(config: TrainConfig, train_cases: list[Case], val_cases: list[Case],
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(model)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                        else None)
     sampler = PatchSampler(train_cases, config.patch, config.foreground,
                            seed=config.seed + 1000 * rank + 7919 * start_epoch)
     started = time.perf_counter()
