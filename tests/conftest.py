@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,18 +9,14 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
-OFFICIAL_FIXTURES = REPO.parent / "shared" / "fixtures" / "official-oktay"
+OFFICIAL_FIXTURES = REPO / "tests" / "data" / "official-oktay"
 FIXTURE_STEM = "oktay_unet_CT_single_att_dsv_3D"
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """``<repo>/../shared/fixtures/official-oktay``; skipped locally, a failure on CI, if absent."""
-    if not (OFFICIAL_FIXTURES / f"{FIXTURE_STEM}.pth").is_file():
-        message = f"official fixtures not found at {OFFICIAL_FIXTURES}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    """``tests/data/official-oktay``: golden outputs of the official code (see its README)."""
+    assert (OFFICIAL_FIXTURES / f"{FIXTURE_STEM}.pth").is_file(), OFFICIAL_FIXTURES
     return OFFICIAL_FIXTURES
 
 
