@@ -148,6 +148,9 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     norm = resolve_normalization(normalization, spec)
     x = torch.from_numpy(np.stack([normalize(c, norm) for c in channels]))
     dims = spec.spatial_dims
+    if affine is not None and np.shape(affine) != (x.dim(), x.dim()):
+        raise InputError(f"{name}: affine must be {x.dim()}x{x.dim()} for an image with "
+                         f"{x.dim() - 1} spatial axes, not {np.shape(affine)}.")
     layout = network_layout(spec, x.dim() - 1, affine, file_orientation, orientation)
     context = None
     if region is not None:
