@@ -18,7 +18,8 @@ from .layers import SourceGeometry, gate_layers, labels_layer
 from .recent import recent_checkpoints, remember_checkpoint
 
 CHECKPOINT_FILTER = "*.safetensors *.pt *.pth *.ckpt"
-NORMALIZATIONS = ("checkpoint default", "none", "zscore", "zscore_foreground", "ct", "percentile")
+NORMALIZATIONS = ("checkpoint default", "none", "zscore", "zscore_nonzero", "zscore_foreground", "ct",
+                  "percentile")
 ORIENTATIONS = ("checkpoint default", "RAS", "LPS", "LAS", "native", "display")
 PREVIEW_DEPTH = 32     # slices around the current one
 PREVIEW_PLANE = 192    # voxels across, around the view centre
