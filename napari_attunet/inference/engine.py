@@ -22,7 +22,7 @@ from .devices import autocast, free_memory, resolve_device, resolve_precision, s
 from .optimize import prepared
 from .orientation import Layout, network_layout
 from .postprocess import GateMap, Prediction, quantize
-from .preprocess import (normalize, prepare_channels, resample, resample_back,
+from .preprocess import (fit, prepare_channels, resample, resample_back,
                          resample_factors, resampled_shape, resolve_normalization)
 from .tiling import Stitcher, default_tile, round_up, window_grid
 
@@ -146,7 +146,9 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
 
     channels = prepare_channels(image, spec, channel_axis, name)
     norm = resolve_normalization(normalization, spec)
-    x = torch.from_numpy(np.stack([normalize(c, norm) for c in channels]))
+    # A region takes its statistics from the whole image, as the full run would.
+    intensity = [fit(c, norm) for c in channels] if region is not None else None
+    x = torch.from_numpy(np.array(channels, dtype=np.float32))  # a copy: normalized in place
     dims = spec.spatial_dims
     if affine is not None and np.shape(affine) != (x.dim(), x.dim()):
         raise InputError(f"{name}: affine must be {x.dim()}x{x.dim()} for an image with "
@@ -173,6 +175,10 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
                      f"{tuple(spec.spacing)} mm")
     else:
         work_shape = image_shape
+    # After reorientation and resampling, where MONAI's pipelines normalize (clipping and
+    # `nonzero` are decided on the voxels the network sees).
+    for c in range(x.shape[0]):
+        (intensity[c] if intensity else fit(x[c].numpy(), norm)).apply(x[c])
     plane = work_shape[-dims:]
     stride = spec.total_stride
     padded = tuple(round_up(n, s) for n, s in zip(plane, stride))

@@ -75,38 +75,62 @@ def resolve_normalization(argument, spec: ModelSpec) -> Normalization:
     return Normalization.parse(FAMILY_DEFAULT_NORMALIZATION[spec.family])
 
 
-def normalize(channel: np.ndarray, norm: Normalization) -> np.ndarray:
-    """One channel, as float32; a constant image comes out as zeros rather than NaN."""
-    x = np.asarray(channel, dtype=np.float32)
-    if norm.mode == "none":
+@dataclass(frozen=True)
+class IntensityMap:
+    """A normalization fitted to one image: ``y = x * gain + shift``, optionally clipped, on
+    every voxel or (``nonzero_only``) on the voxels that are not zero."""
+
+    gain: float = 1.0
+    shift: float = 0.0
+    clip: tuple[float, float] | None = None
+    nonzero_only: bool = False
+
+    def apply(self, x):
+        """Apply in place to a float32 torch tensor (after any reorientation and resampling,
+        where MONAI's pipelines normalize) and return it."""
+        if self.nonzero_only:
+            inside = x != 0
+            x[inside] = x[inside] * self.gain + self.shift
+        elif self.gain != 1.0 or self.shift != 0.0:
+            x.mul_(self.gain).add_(self.shift)
+        if self.clip is not None:
+            x.clamp_(*self.clip)
         return x
-    if norm.mode == "ct":
-        lo, hi = (np.float32(v) for v in norm.window)
-        return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32, copy=False)
-    if norm.mode == "range":
-        (a_min, a_max), (b_min, b_max) = norm.window, norm.target
-        y = (x - np.float32(a_min)) / np.float32(a_max - a_min)
-        y = y * np.float32(b_max - b_min) + np.float32(b_min)
-        return np.clip(y, b_min, b_max) if norm.clip else y
-    if norm.mode == "zscore_nonzero":
-        inside = x != 0
-        out = x.copy()
-        if inside.any():
-            mean, std = _moments(x[inside])
-            out[inside] = (x[inside] - mean) / (std if std > 0 else np.float32(1.0))
-        return out
-    if norm.mode == "percentile":
-        lo, hi = (np.float32(v) for v in np.percentile(_sample(x), norm.percentiles))
-        return ((np.clip(x, lo, hi) - lo) / max(hi - lo, np.float32(1e-8))).astype(np.float32,
-                                                                                  copy=False)
+
+
+def fit(channel: np.ndarray, norm: Normalization) -> IntensityMap:
+    """The statistics ``norm`` needs, from the whole of one channel."""
+    x = np.asarray(channel)
+    if norm.mode == "none":
+        return IntensityMap()
+    if norm.mode in ("ct", "range", "percentile"):
+        lo, hi = norm.window
+        target = norm.target if norm.mode == "range" else (0.0, 1.0)
+        if norm.mode == "percentile":
+            lo, hi = (float(v) for v in np.percentile(_sample(x), norm.percentiles))
+        gain = (target[1] - target[0]) / max(hi - lo, 1e-8)
+        clip = tuple(target) if (norm.clip or norm.mode != "range") else None
+        return IntensityMap(gain, target[0] - lo * gain, clip)
     values = x
-    if norm.mode == "zscore_foreground":
-        sample = _sample(x)
-        values = x[x > _otsu(sample)]
-        if values.size == 0:
-            values = x
+    if norm.mode == "zscore_nonzero":
+        values = x[x != 0]
+    elif norm.mode == "zscore_foreground":
+        values = x[x > _otsu(_sample(x))]
+    if values.size == 0:
+        values = x
     mean, std = _moments(values)
-    return ((x - mean) / max(std, np.float32(1e-8))).astype(np.float32, copy=False)
+    if norm.mode == "zscore_nonzero" and std <= 0:
+        std = np.float32(1.0)  # as MONAI: a constant foreground is only shifted
+    gain = 1.0 / max(float(std), 1e-8)
+    return IntensityMap(gain, -float(mean) * gain, None, norm.mode == "zscore_nonzero")
+
+
+def normalize(channel: np.ndarray, norm: Normalization) -> np.ndarray:
+    """One channel, normalized on its own grid, as float32; a constant image gives zeros."""
+    import torch
+
+    x = torch.from_numpy(np.array(channel, dtype=np.float32))
+    return fit(channel, norm).apply(x).numpy()
 
 
 def _moments(values: np.ndarray) -> tuple[np.float32, np.float32]:
