@@ -42,7 +42,7 @@ FOREIGN = {
 }
 UNIFORM_TOLERANCE = 0.01   # of the slice step: positions closer than this to a uniform grid
 DUPLICATE_MM = 0.01        # slices closer than this along the normal share a position
-TILT_TOLERANCE = 0.01      # of the pixel size: in-plane drift below this is no tilt
+TILT_MM = 0.02             # in-plane drift of slice positions below this is rounding, not tilt
 
 
 @dataclass
@@ -410,7 +410,7 @@ def _volume(stack: np.ndarray, slices: list[_Slice], depth: np.ndarray, frame: n
     step = float(np.min(steps[steps >= np.median(steps) / 2]))
     uniform_step = rel[-1] / (count - 1)
     uniform = np.max(np.abs(rel - uniform_step * np.arange(count))) <= UNIFORM_TOLERANCE * step
-    tilted = np.max(np.abs(offsets) / np.array([dx, dy])) > TILT_TOLERANCE
+    tilted = np.max(np.abs(offsets)) > TILT_MM
     if uniform and not tilted:
         return DicomScan(_image(stack, (dx, dy, uniform_step), origin, frame), notes)
     if uniform:
@@ -514,6 +514,13 @@ def _single(plane: np.ndarray, s: _Slice, frame: np.ndarray, name: str,
 def _unplaced(slices, arrays, step, name, notes) -> DicomScan:
     """Frames or slices without ImagePositionPatient/ImageOrientationPatient: file order."""
     sitk = _sitk()
+    sizes = {}
+    for s in slices:
+        sizes.setdefault(s.size, []).append(s)
+    slices = max(sizes.values(), key=len)
+    if len(sizes) > 1:
+        notes.append(f"{name}: left out {_count(sum(map(len, sizes.values())) - len(slices), 'slice')}"
+                     " of another size than the rest.")
     stack = _stack(sorted(slices, key=lambda s: (s.instance, s.frame, s.path.name)), arrays)
     dy, dx = slices[0].pixel_spacing
     if len(slices) == 1:
