@@ -342,14 +342,31 @@ def read(path: str | Path) -> DicomScan:
                      "orientation or size than the rest (a localizer?).")
     frame = _frame(slices[0].orientation)
     slices = _sort_unique(slices, frame[2], name, notes)
-    kept = {s.path for s in slices}
-    arrays, failed = _pixels([f for f in files if f.path in kept], path, notes)
-    slices = [s for s in slices if s.path in arrays]
-    stack = _stack(slices, arrays)
+    image = _series_image(slices)
+    if image is None:
+        kept = {s.path for s in slices}
+        arrays, failed = _pixels([f for f in files if f.path in kept], path, notes)
+        slices = [s for s in slices if s.path in arrays]
+        image = _stack(slices, arrays)
     if len(slices) == 1:
-        return _single(stack[0], slices[0], frame, name, notes)
+        return _single(image[0], slices[0], frame, name, notes)
     depth = np.array([s.position @ frame[2] for s in slices])
-    return _volume(stack, slices, depth, frame, name, notes)
+    return _volume(image, slices, depth, frame, name, notes)
+
+
+def _series_image(slices: list[_Slice]):
+    """The slices, one file each, read in this order by GDCM in one go (fast); None when that is
+    not the case or a file fails (then files are read one by one, to name the bad ones)."""
+    if len(slices) < 2 or any(s.multi for s in slices):
+        return None
+    sitk = _sitk()
+    reader = sitk.ImageSeriesReader()
+    reader.SetImageIO("GDCMImageIO")
+    reader.SetFileNames([str(s.path) for s in slices])
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        return None
 
 
 def _sort_unique(slices: list[_Slice], normal: np.ndarray, name: str,
@@ -387,18 +404,21 @@ def _direction(frame: np.ndarray) -> tuple[float, ...]:
     return tuple(float(v) for v in frame.T.reshape(-1))
 
 
-def _image(array: np.ndarray, spacing, origin, frame: np.ndarray):
+def _image(array, spacing, origin, frame: np.ndarray):
     sitk = _sitk()
-    components = array.ndim == 4
-    image = sitk.GetImageFromArray(array, isVector=components)
+    if isinstance(array, np.ndarray):
+        image = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
+    else:
+        image = array
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetOrigin(tuple(float(o) for o in origin))
     image.SetDirection(_direction(frame))
     return image
 
 
-def _volume(stack: np.ndarray, slices: list[_Slice], depth: np.ndarray, frame: np.ndarray,
+def _volume(stack, slices: list[_Slice], depth: np.ndarray, frame: np.ndarray,
             name: str, notes: list[str]) -> DicomScan:
+    """``stack``: the sorted slices, a numpy array or a SimpleITK image (its geometry replaced)."""
     dy, dx = slices[0].pixel_spacing
     origin = slices[0].position
     offsets = np.array([[(s.position - origin) @ frame[0], (s.position - origin) @ frame[1]]
@@ -413,6 +433,8 @@ def _volume(stack: np.ndarray, slices: list[_Slice], depth: np.ndarray, frame: n
     tilted = np.max(np.abs(offsets)) > TILT_MM
     if uniform and not tilted:
         return DicomScan(_image(stack, (dx, dy, uniform_step), origin, frame), notes)
+    if not isinstance(stack, np.ndarray):
+        stack = _sitk().GetArrayFromImage(stack)
     if uniform:
         grid = rel
     else:
