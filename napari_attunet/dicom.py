@@ -251,8 +251,8 @@ def _gather(path: Path) -> tuple[list[_File], list[str]]:
             headers.append(header)
     if not headers:
         subfolders = [p.name for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
-        what = (f"its {len(files)} files hold none ({_list(skipped, 4)})" if files
-                else "it holds no files")
+        what = (f"it holds {_count(len(files), 'file')}, none an image of a scan: "
+                f"{_list(skipped, 4)}" if files else "it holds no files")
         hint = (f"; subfolders are not searched, open one of them ({_list(subfolders, 3)})"
                 if subfolders else "")
         raise InputError(f"{path}: no DICOM image series found in this folder: {what}{hint}.")
