@@ -281,7 +281,7 @@ def _gather(path: Path) -> tuple[list[_File], list[str]]:
 # ---- pixels ------------------------------------------------------------------------------------
 
 def _pixels(files: list[_File], path: Path,
-            notes: list[str]) -> tuple[dict[Path, np.ndarray], list[str]]:
+            notes: list[str]) -> dict[Path, np.ndarray]:
     """Pixel arrays (frames, rows, cols[, components]) per file; files that fail are named."""
     sitk = _sitk()
     arrays, failed = {}, []
@@ -302,7 +302,7 @@ def _pixels(files: list[_File], path: Path,
     if failed:
         notes.append(f"{path.name}: left out {len(failed)} unreadable slice file"
                      f"{'s' * (len(failed) > 1)} (corrupt or truncated): {_list(failed)}.")
-    return arrays, failed
+    return arrays
 
 
 # ---- geometry ----------------------------------------------------------------------------------
@@ -333,7 +333,7 @@ def read(path: str | Path) -> DicomScan:
     slices = [s for f in files for s in f.slices]
     step_hint = next((f.slice_step for f in files if f.slice_step), None)
     if any(s.position is None or s.orientation is None for s in slices):
-        arrays, failed = _pixels(files, path, notes)
+        arrays = _pixels(files, path, notes)
         slices = [s for s in slices if s.path in arrays]
         return _unplaced(slices, arrays, step_hint, name, notes)
     slices, others = _placed_group(slices)
@@ -345,7 +345,7 @@ def read(path: str | Path) -> DicomScan:
     image = _series_image(slices)
     if image is None:
         kept = {s.path for s in slices}
-        arrays, failed = _pixels([f for f in files if f.path in kept], path, notes)
+        arrays = _pixels([f for f in files if f.path in kept], path, notes)
         slices = [s for s in slices if s.path in arrays]
         image = _stack(slices, arrays)
     if len(slices) == 1:

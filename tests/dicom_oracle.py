@@ -177,3 +177,21 @@ def single_file(tmp: Path, name: str) -> Path:
     folder.mkdir()
     shutil.copy(testdata(name), folder / name)
     return folder / name
+
+
+def folder_with_undecodable_slice(tmp: Path) -> Path:
+    """The axial series with one slice whose header reads but whose pixels do not decode
+    (IM0005.dcm: JPEG-LS transfer syntax over garbage bytes)."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    folder = tmp / "undecodable"
+    shutil.copytree(DATA / "axial", folder)
+    victim = folder / "IM0005.dcm"
+    ds = pydicom.dcmread(victim)
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.PixelData = encapsulate([b"\xff\xd8" + b"garbage!" * 20])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(victim, enforce_file_format=True)
+    return folder

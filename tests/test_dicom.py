@@ -122,6 +122,16 @@ def test_corrupt_slice_is_named_and_its_gap_resampled(tmp_path):
     assert any("a gap of 5.00 mm" in n for n in volume.notes), volume.notes
 
 
+def test_slice_whose_pixels_do_not_decode_is_named_and_its_gap_resampled(tmp_path):
+    folder = oracle.folder_with_undecodable_slice(tmp_path)
+    kept = [p for p in files("axial") if p.name != "IM0005.dcm"]
+    volume, errors = read_with_markers(folder, kept)
+    assert volume.array.shape == (8, 32, 40)
+    assert errors.max() < EXACT_MM
+    assert any("unreadable slice" in n and "IM0005.dcm" in n for n in volume.notes), volume.notes
+    assert any("a gap of 5.00 mm" in n for n in volume.notes), volume.notes
+
+
 # ---- tilted and oblique ------------------------------------------------------------------------
 
 def test_gantry_tilt_is_resampled_onto_an_orthogonal_grid():
