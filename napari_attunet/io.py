@@ -224,8 +224,9 @@ def _geometry_notes(volume: Volume) -> list[str]:
     if direction.shape != (3, 3) or np.allclose(direction, np.eye(3), atol=1e-6):
         return []
     angle = np.degrees(np.arccos(np.clip((np.trace(direction) - 1) / 2, -1, 1)))
+    resampled = any("resampled" in note for note in volume.notes)
     return [f"{volume.name} is oblique ({angle:.1f} degrees from the scanner axes): it is shown "
-            "rotated in place; its voxels are not resampled."]
+            "rotated in place" + ("." if resampled else "; its voxels are not resampled.")]
 
 
 def _nonfinite_notes(volume: Volume) -> list[str]:

@@ -222,3 +222,57 @@ def test_painted_new_labels_layer_saves_on_its_scan(make_napari_viewer, tmp_path
     for k, p in enumerate(painted, start=1):
         under = scan.data[p]  # the scan voxel the user painted over
         assert values[mask == k].tolist() == [under]
+
+
+# ---- derived layers and the CLI -----------------------------------------------------------
+
+@pytest.fixture
+def tiny_official(tmp_path):
+    from helpers import make_model, official_spec
+
+    model = make_model(official_spec(3, out_ch=3, axes="").replace(orientation=""), seed=2)
+    import napari_attunet as na
+
+    return na.save_model(model, tmp_path / "tiny.safetensors")
+
+
+def test_labels_and_gate_layers_sit_on_the_oblique_scan(tmp_path, tiny_official):
+    from napari.layers import Image, Labels
+
+    import napari_attunet as na
+    from napari_attunet.plugin.layers import SourceGeometry, gate_layers, labels_layer
+
+    path = tmp_path / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(unique_volume((24, 20, 16)).astype(np.float32),
+                             oblique_affine(33.0)), path)
+    scan = open_layer(path)
+    source = SourceGeometry.from_layer(scan)
+    pred = na.predict(io.read(path), na.load_model(tiny_official), precision="fp32")
+    data, kwargs, _ = labels_layer(pred, source, pred.labels())
+    labels = Labels(data, **kwargs)
+    for p in sample_indices(data.shape, n=10):
+        np.testing.assert_allclose(labels.data_to_world(p), scan.data_to_world(p), atol=TOL_MM)
+    for (gate_data, gate_kwargs, _), gate in zip(gate_layers(pred, source), pred.gates):
+        layer = Image(gate_data, **gate_kwargs)
+        for c in sample_indices(gate_data.shape, n=10):
+            centre = np.asarray(gate.offset) + np.asarray(gate.stride) * np.asarray(c)
+            np.testing.assert_allclose(layer.data_to_world(c), scan.data_to_world(centre),
+                                       atol=TOL_MM)
+
+
+def test_cli_outputs_carry_the_oblique_scans_exact_affine(tmp_path, tiny_official):
+    from napari_attunet.cli import main
+
+    real = nib.load(NIB_DATA / "example4d.nii.gz")  # a real oblique acquisition's header
+    path = with_unique_values(real, tmp_path / "oblique.nii.gz")
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "-c", str(tiny_official), "-o", str(out), "--attention",
+                 "--probabilities", "-q"]) == 0
+    scan = nib.load(path)
+    written = sorted(out.glob("*.nii.gz"))
+    assert len(written) >= 3
+    for f in written:
+        image = nib.load(f)
+        assert image.shape == scan.shape, f.name
+        np.testing.assert_allclose(image.get_sform(), scan.get_sform(), atol=1e-4)
+        np.testing.assert_allclose(image.get_qform(), scan.get_qform(), atol=1e-4)

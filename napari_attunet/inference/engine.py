@@ -309,13 +309,15 @@ def _with_context(x: torch.Tensor, region: Sequence[slice], spec, tile) -> tuple
     full_tile = default_tile(padded, spec.total_stride, dims, tile or spec.tile)
     # Half of the largest tile dimension on every plane axis, whatever the network's axis order.
     margin = max(max(full_tile) // 2, max(spec.total_stride))
-    margins = [0] * (len(shape) - dims) + [margin] * dims
+    # Context starts on a multiple of the total stride, so gate grids match a full run's.
+    step = max(spec.total_stride)
+    margins = [(0, 1)] * (len(shape) - dims) + [(margin, step)] * dims
     inner, outer = [], []
-    for sl, n, m in zip(region, shape, margins):
+    for sl, n, (m, grid) in zip(region, shape, margins):
         start, stop, _ = sl.indices(n)
         if stop <= start:
             raise InputError(f"region {tuple(region)} is empty for an image of shape {shape}.")
-        lo, hi = max(0, start - m), min(n, stop + m)
+        lo, hi = max(0, (start - m) // grid * grid), min(n, stop + m)
         outer.append(slice(lo, hi))
         inner.append((start - lo, stop - lo))
     return x[(slice(None),) + tuple(outer)], tuple(inner)
