@@ -9,6 +9,7 @@ import numpy as np
 
 from ..checkpoint import SUFFIXES as CHECKPOINT_SUFFIXES
 from ..io import SCAN_SUFFIXES
+from .orientation import AXIS_LABELS
 
 CT_SOFT_TISSUE = (-160.0, 240.0)  # W400 / L40
 
@@ -46,10 +47,13 @@ def _contrast_limits(array: np.ndarray) -> tuple[float, float]:
 
 
 def read_scan(path):
+    import napari
     from napari.utils.notifications import show_error, show_info
 
     from .. import io
+    from .orientation import install
 
+    install(napari.current_viewer())
     path = path[0] if isinstance(path, (list, tuple)) else path
     try:
         volume = io.read(path)
@@ -64,7 +68,7 @@ def read_scan(path):
         "scale": volume.spacing,
         "translate": volume.origin,
         "units": ("mm",) * ndim,
-        "axis_labels": ("z", "y", "x")[-ndim:],
+        "axis_labels": AXIS_LABELS if ndim == 3 else ("y", "x"),
         "contrast_limits": _contrast_limits(volume.array),
         "metadata": {"attunet_geometry": volume.geometry()},
     }
