@@ -443,7 +443,8 @@ class AttUNetWidget(Container):
         """The ``<image> uncertainty`` layer of the latest run (shown when the toggle is on)."""
         if self.state is None:
             return
-        data, kwargs, _ = uncertainty_layer(self.state.prediction, self.state.source)
+        data, kwargs, _ = uncertainty_layer(self.state.prediction, self.state.source,
+                                            float(self.uncertainty_level.value))
         kwargs["visible"] = bool(self.show_uncertainty.value)
         name = kwargs["name"]
         if name in self.viewer.layers and self.viewer.layers[name].data.shape == data.shape:
@@ -459,8 +460,12 @@ class AttUNetWidget(Container):
 
     def _select_labels(self) -> None:
         layer = self.state.layer(self.viewer) if self.state is not None else None
-        if layer is not None:
-            self.viewer.layers.selection.active = layer
+        if layer is None:
+            return
+        if self.viewer.dims.ndisplay == 3 and self.viewer.cursor._view_direction is None:
+            # napari 0.9 fails to compute a 3D Labels status before the cursor has moved
+            return
+        self.viewer.layers.selection.active = layer
 
     def _toggle_uncertainty(self, show: bool) -> None:
         if self.state is None:
@@ -473,6 +478,9 @@ class AttUNetWidget(Container):
             self._select_labels()
 
     def _on_uncertainty_level(self, value=None) -> None:
+        if self.state is not None and f"{self.state.source.name} uncertainty" in self.viewer.layers:
+            self.viewer.layers[f"{self.state.source.name} uncertainty"].iso_threshold = float(
+                self.uncertainty_level.value)
         layer = self.state.layer(self.viewer) if self.state is not None else None
         if layer is not None:
             self._show_volumes(layer.features.to_dict("list"), np.asarray(layer.data))
