@@ -81,7 +81,8 @@ class Prediction:
     def uncertain_volumes_ml(self, labels: np.ndarray, level: float,
                              spacing: Sequence[float] | None = None) -> dict[str, float]:
         """Per-class volume (mL) of the voxels whose uncertainty is over ``level``."""
-        spacing = spacing or self.spacing or (1.0,) * labels.ndim
+        if spacing is None:
+            spacing = self.spacing or (1.0,) * labels.ndim
         masked = np.where(self.uncertainty > level, labels, 0)
         return class_volumes(masked, spacing, self.label_names)
 
