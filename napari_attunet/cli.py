@@ -27,7 +27,8 @@ def _info(args: argparse.Namespace) -> int:
         ("features", ", ".join(map(str, spec.features))),
         ("parameters", f"{parameter_count(model):,}"),
         ("total stride", " x ".join(map(str, spec.total_stride))),
-        ("input axes", f"{spec.network_axes} (the scan axes in the order the network sees them)"),
+        ("orientation", f"{spec.network_orientation}: the network sees scans "
+                        f"{spec.orientation_label}"),
     ]
     if spec.family == "official":
         rows.append(("gate mode", spec.gate_mode))
@@ -50,6 +51,16 @@ def _info(args: argparse.Namespace) -> int:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     return 0
+
+
+def _orientation_arg(text: str) -> str:
+    from .models.spec import valid_orientation
+
+    value = text if text in ("native", "display") else text.upper()
+    if not valid_orientation(value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an axis code such as RAS or LPS, nor 'native' or 'display'")
+    return value
 
 
 def _parse_normalization(text: str | None) -> dict | None:
@@ -80,6 +91,8 @@ def _convert(args: argparse.Namespace) -> int:
         overrides["output"] = args.output
     if args.axes:
         overrides["axes"] = args.axes
+    if args.orientation:
+        overrides["orientation"] = args.orientation
     model = load_model(args.checkpoint, family=args.family, overrides=overrides or None)
     out = save_model(model, args.out, class_names=args.class_names,
                      normalization=_parse_normalization(args.normalization),
@@ -118,7 +131,7 @@ def _predict(args: argparse.Namespace) -> int:
                     bar.n = done
                     bar.refresh()
 
-                pred = predict(volume.array, model, spacing=volume.spacing,
+                pred = predict(volume, model, orientation=args.orientation,
                                normalization=_parse_normalization(args.normalization),
                                tile=args.tile, overlap=args.overlap, device=args.device,
                                precision=args.precision, tta=args.tta, progress=progress,
@@ -248,9 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="for official checkpoints trained with PyTorch 0.3")
     conv.add_argument("--strides", metavar="S,S,...", help="MONAI down-sampling strides")
     conv.add_argument("--output", choices=("softmax", "sigmoid"))
+    conv.add_argument("--orientation", type=_orientation_arg, metavar="CODE",
+                      help="how the training pipeline laid scans out: an axis code such as RAS "
+                           "(MONAI's Orientationd) or LPS, 'native' (as each file stores it) or "
+                           "'display' (as napari shows it); default by family")
     conv.add_argument("--axes", choices=("xyz", "zyx", "yxz", "xzy", "zxy", "yzx", "yx", "xy"),
-                      help="the order in which the network saw the scan axes during training "
-                           "(official and MONAI 3D default: xyz, as nibabel/ITK arrays)")
+                      help="for orientation 'display' (and 2D networks): the order in which the "
+                           "network saw the displayed axes")
     conv.set_defaults(func=_convert)
 
     pred = sub.add_parser("predict", help="segment scans, writing labels, gates and volumes")
@@ -267,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     pred.add_argument("--normalization", metavar="MODE",
                       help="none | zscore | zscore_foreground | ct:LOW,HIGH | percentile:LOW,HIGH")
+    pred.add_argument("--orientation", type=_orientation_arg, metavar="CODE",
+                      help="override the checkpoint's orientation for this run (see convert)")
     pred.add_argument("--tile", type=int, nargs="+", metavar="N")
     pred.add_argument("--overlap", type=float, default=0.5)
     pred.add_argument("--tta", action="store_true", help="average over mirrored flips")

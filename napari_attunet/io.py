@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import geometry as geo
+from . import nifti
 from .errors import InputError
 
 CANONICAL = "LPS"
@@ -39,6 +41,11 @@ class Volume:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def affine(self) -> np.ndarray:
+        """Array index -> world (mm, LPS, in array axis order); see ``geometry``."""
+        return geo.compose(self.spacing, self.origin, self.direction)
+
+    @property
     def name(self) -> str:
         path = self.source.get("path", "")
         return _stem(Path(path)) if path else "scan"
@@ -46,7 +53,8 @@ class Volume:
     def geometry(self) -> dict:
         """Plain-data geometry to keep in a napari layer's metadata."""
         return {"spacing": list(self.spacing), "origin": list(self.origin),
-                "direction": np.asarray(self.direction).tolist(), "source": dict(self.source)}
+                "direction": np.asarray(self.direction).tolist(), "affine": self.affine.tolist(),
+                "source": dict(self.source)}
 
 
 def _stem(path: Path) -> str:
@@ -151,7 +159,58 @@ def _read_image(path: Path):
                 reader.SetFileNames(files)
                 return reader.Execute(), notes
     _check_complete(path)
+    if nifti.is_nifti(path):
+        return _read_nifti(path, notes)
     return sitk.ReadImage(str(path)), notes
+
+
+def _read_nifti(path: Path, notes: list[str]):
+    """A NIfTI scan placed as nibabel places it: by the sform when sform_code > 0."""
+    sitk = _sitk()
+    header = nifti.read_header(path)
+    if header is None:
+        return sitk.ReadImage(str(path)), notes
+    if header.version == 2:
+        if not 2 <= header.ndim <= 3:
+            raise InputError(f"{path} has {header.ndim} dimensions; the tool reads 2D images and "
+                             "3D volumes (extract one volume first).")
+        try:
+            data = nifti.read_nifti2(path, header)
+        except ValueError as exc:
+            raise InputError(f"{path}: cannot be read as NIfTI-2 ({exc}).") from exc
+        image = sitk.GetImageFromArray(np.ascontiguousarray(data.T))
+    else:
+        image = sitk.ReadImage(str(path))
+    if image.GetDimension() == 3 and (header.version == 2 or header.uses_sform()):
+        notes += _place_by_header(image, header, path)
+    return image, notes
+
+
+def _place_by_header(image, header: "nifti.Header", path: Path) -> list[str]:
+    """Set the image's geometry from the header's chosen transform (ITK took the qform)."""
+    lps = nifti.RAS_TO_LPS @ header.affine_ras()
+    linear = lps[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    direction = linear / spacing[None, :]
+    notes = []
+    rigid = geo.nearest_rotation(direction)
+    if np.abs(rigid - direction).max() > 1e-4:
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in image.GetSize()])).reshape(3, -1)
+        error = np.abs((direction - rigid) @ (spacing[:, None] * corners)).max()
+        notes.append(f"{path.name}: its sform shears the grid; it is placed by the nearest rigid "
+                     f"transform (up to {error:.2f} mm from the sform).")
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(float(v) for v in rigid.reshape(-1)))
+    image.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
+    if header.version == 1 and int(header.fields["qform_code"]) > 0:
+        qform = nifti.RAS_TO_LPS @ header.qform()
+        size = np.array(image.GetSize()) - 1
+        corners = np.array(np.meshgrid(*[[0, n] for n in size])).reshape(3, -1)
+        shift = np.abs((qform - lps)[:3, :3] @ corners + (qform - lps)[:3, 3:]).max()
+        if shift > 1e-3:
+            notes.append(f"{path.name}: placed by its sform, as nibabel, FSL, ANTs and 3D Slicer "
+                         f"do; its qform differs by up to {shift:.1f} mm.")
+    return notes
 
 
 def read(path: str | os.PathLike) -> Volume:
@@ -176,7 +235,33 @@ def read(path: str | os.PathLike) -> Volume:
                          "voxel; the tool reads single-component scans.")
     if image.GetDimension() == 4:
         raise InputError(f"{path} is 4D (a time series); extract one volume first.")
-    return _to_volume(image, path, notes)
+    volume = _to_volume(image, path, notes)
+    if nifti.is_nifti(path):
+        header = nifti.read_header(path)
+        if header is not None:
+            volume.source["nifti"] = {"version": header.version, **header.geometry_fields()}
+    volume.notes += _geometry_notes(volume) + _nonfinite_notes(volume)
+    return volume
+
+
+def _geometry_notes(volume: Volume) -> list[str]:
+    """Tell the user when a scan is oblique: it is shown rotated, not resampled."""
+    direction = np.asarray(volume.direction, dtype=float)
+    if direction.shape != (3, 3) or np.allclose(direction, np.eye(3), atol=1e-6):
+        return []
+    angle = np.degrees(np.arccos(np.clip((np.trace(direction) - 1) / 2, -1, 1)))
+    return [f"{volume.name} is oblique ({angle:.1f} degrees from the scanner axes): it is shown "
+            "rotated in place; its voxels are not resampled."]
+
+
+def _nonfinite_notes(volume: Volume) -> list[str]:
+    if not np.issubdtype(volume.array.dtype, np.floating):
+        return []
+    bad = int(volume.array.size - np.count_nonzero(np.isfinite(volume.array)))
+    if not bad:
+        return []
+    return [f"{volume.name} has {bad} NaN or infinite voxels; they are kept as they are in the "
+            "layer, and a run needs them replaced first."]
 
 
 def _orientation(image) -> str:
@@ -202,11 +287,14 @@ def _to_volume(image, path: Path, notes: list[str]) -> Volume:
 
 def write(path: str | os.PathLike, array: np.ndarray, like: Volume | dict | None = None,
           spacing=None, origin=None) -> Path:
-    """Write ``array`` (canonical orientation) with the geometry of the scan it came from.
+    """Write ``array`` (napari axis order) where its geometry places it.
 
-    ``like`` is the source Volume (or its ``geometry()`` dict); without it ``spacing`` and
-    ``origin`` (array order) are used with an identity direction. The file appears whole or not
-    at all: it is written in a temporary folder beside the target and renamed.
+    ``like`` is the source Volume, or a geometry dict: ``affine`` (array index -> world, see
+    ``geometry``) or ``spacing``/``origin``/``direction``, and ``source`` (the scan file's own
+    geometry). Without it, ``spacing`` and ``origin`` are used with an identity direction. When
+    the array lies on its source scan's grid, it is stored in the scan's file orientation with
+    the scan's exact geometry (for NIfTI: its qform and sform fields), so that any tool lines the
+    two up voxel for voxel. The file appears whole or not at all.
     """
     sitk = _sitk()
     path = Path(path).expanduser()
@@ -217,31 +305,78 @@ def write(path: str | os.PathLike, array: np.ndarray, like: Volume | dict | None
         array = array.astype(np.uint8)
     if array.dtype == np.int64:
         array = array.astype(np.int32)
-    image = sitk.GetImageFromArray(array)
-    geometry = like.geometry() if isinstance(like, Volume) else like
-    if geometry is not None:
-        image.SetSpacing(tuple(reversed([float(s) for s in geometry["spacing"]])))
-        image.SetOrigin(tuple(reversed([float(o) for o in geometry["origin"]])))
-        direction = np.asarray(geometry["direction"], dtype=float)[::-1, ::-1]
-        image.SetDirection(tuple(direction.reshape(-1)))
-        source = geometry.get("source") or {}
-        if array.ndim == 3 and source.get("orientation"):
-            image = sitk.DICOMOrient(image, source["orientation"])
-            if list(image.GetSize()) == source.get("size"):
-                image.SetOrigin(tuple(source["origin"]))
-                image.SetSpacing(tuple(source["spacing"]))
-                image.SetDirection(tuple(source["direction"]))
-    else:
-        if spacing is not None:
-            image.SetSpacing(tuple(reversed([float(s) for s in spacing])))
-        if origin is not None:
-            image.SetOrigin(tuple(reversed([float(o) for o in origin])))
+    geometry = like.geometry() if isinstance(like, Volume) else dict(like or {})
+    affine = _affine_of(geometry, array.ndim, spacing, origin)
+    image = _itk_image(array, affine, path)
+    source = geometry.get("source") or {}
+    on_source_grid = False
+    if array.ndim == 3 and source.get("orientation"):
+        image = sitk.DICOMOrient(image, source["orientation"])
+        on_source_grid = _matches_source(image, source)
+        if on_source_grid:
+            image.SetOrigin(tuple(source["origin"]))
+            image.SetSpacing(tuple(source["spacing"]))
+            image.SetDirection(tuple(source["direction"]))
+    nifti_source = source.get("nifti") or {}
+    header_fields = nifti_source if on_source_grid else {}
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".attunet-", dir=path.parent))
     try:
-        sitk.WriteImage(image, str(staging / path.name), True)
+        _write_image(image, staging / path.name, header_fields, nifti_source.get("version", 1))
         for produced in staging.iterdir():
             os.replace(produced, path.parent / produced.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _affine_of(geometry: dict, ndim: int, spacing, origin) -> np.ndarray:
+    if geometry.get("affine") is not None:
+        affine = np.asarray(geometry["affine"], dtype=float)
+        if affine.shape == (ndim + 1, ndim + 1):
+            return affine
+    if geometry.get("spacing") is not None:
+        direction = geometry.get("direction")
+        return geo.compose(geometry["spacing"][-ndim:], geometry["origin"][-ndim:],
+                           None if direction is None else np.asarray(direction)[-ndim:, -ndim:])
+    return geo.compose(spacing if spacing is not None else (1.0,) * ndim,
+                       origin if origin is not None else (0.0,) * ndim)
+
+
+def _itk_image(array: np.ndarray, affine: np.ndarray, path: Path):
+    """A SimpleITK image of a napari-order array placed by a napari-order affine."""
+    sitk = _sitk()
+    try:
+        spacing, origin, direction = geo.decompose(affine)
+    except ValueError as exc:
+        raise InputError(f"{path}: cannot be written as a scan: {exc}.") from exc
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(reversed(spacing)))
+    image.SetOrigin(tuple(reversed(origin)))
+    image.SetDirection(tuple(np.asarray(direction)[::-1, ::-1].reshape(-1)))
+    return image
+
+
+def _matches_source(image, source: dict, tolerance: float = 1e-3) -> bool:
+    """Whether an image lies exactly on the grid of the scan file it came from."""
+    if list(image.GetSize()) != list(source.get("size", [])):
+        return False
+    return (np.allclose(image.GetOrigin(), source["origin"], atol=tolerance)
+            and np.allclose(image.GetSpacing(), source["spacing"], atol=tolerance)
+            and np.allclose(image.GetDirection(), source["direction"], atol=tolerance))
+
+
+def _write_image(image, target: Path, header_fields: dict, nifti_version: int) -> None:
+    """ITK writes; NIfTI-2 (which ITK cannot write) and the scan's NIfTI fields are ours."""
+    sitk = _sitk()
+    if nifti.is_nifti(target) and nifti_version == 2 and image.GetDimension() == 3:
+        lps = np.eye(4)
+        lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(
+            image.GetSpacing())[None, :]
+        lps[:3, 3] = image.GetOrigin()
+        nifti.write_nifti2(target, sitk.GetArrayFromImage(image).T, nifti.RAS_TO_LPS @ lps,
+                           header_fields or None)
+        return
+    sitk.WriteImage(image, str(target), True)
+    if nifti.is_nifti(target) and header_fields:
+        nifti.copy_geometry_fields(target, header_fields)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_attunet as na
-from napari_attunet.inference.engine import axis_permutation
+from napari_attunet.inference.orientation import network_layout
 
 from helpers import TOL_Q, make_model, monai_spec, official_spec
 
@@ -23,10 +23,10 @@ def test_family_defaults():
 
 
 def test_permutations():
-    assert axis_permutation(official_spec(3, axes="xyz"), 3) == (2, 1, 0)
-    assert axis_permutation(official_spec(3, axes="zyx"), 3) is None
-    assert axis_permutation(official_spec(2, axes="xy"), 3) == (0, 2, 1)  # slices stay first
-    assert axis_permutation(official_spec(2, axes="yx"), 3) is None
+    assert network_layout(official_spec(3, axes="xyz"), 3).permutation == (2, 1, 0)
+    assert network_layout(official_spec(3, axes="zyx"), 3).identity
+    assert network_layout(official_spec(2, axes="xy"), 3).permutation == (0, 2, 1)  # slices first
+    assert network_layout(official_spec(2, axes="yx"), 3).identity
 
 
 def test_xyz_network_sees_the_transposed_scan():

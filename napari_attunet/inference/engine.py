@@ -20,6 +20,7 @@ from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase, GateGeometry
 from .devices import autocast, free_memory, resolve_device, resolve_precision, system_memory
 from .optimize import prepared
+from .orientation import Layout, network_layout
 from .postprocess import GateMap, Prediction, quantize
 from .preprocess import (normalize, prepare_channels, resample, resample_factors,
                          resolve_normalization)
@@ -112,14 +113,29 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
                  device: str = "auto", precision: str = "auto", tta: bool = False,
                  cancel=None, batch_size: int | None = None, attention: bool = True,
                  name: str = "the image", fold_batchnorm: bool = True,
-                 channels_last: bool = True) -> Generator[Progress, None, Prediction]:
+                 channels_last: bool = True, affine=None, file_orientation: str | None = None,
+                 orientation: str | None = None, region: Sequence[slice] | None = None,
+                 ) -> Generator[Progress, None, Prediction]:
     """Run ``model`` over ``image`` tile by tile, yielding a Progress after each batch.
 
-    Returns (as the generator's value) a :class:`Prediction` on the input grid. Raises
-    InputError for images the model cannot take and Cancelled when ``cancel`` fires.
+    ``image`` is an array (napari axis order) or a scan from ``napari_attunet.io.read``, whose
+    spacing, affine and file orientation are then used. ``affine`` places the array in world
+    (see ``napari_attunet.geometry``), so that the network sees the scan laid out as its
+    checkpoint was trained (``ModelSpec.network_orientation``; ``orientation`` overrides it);
+    without one, the array is taken as this tool's reader lays scans out, (z, y, x) toward
+    Superior, Posterior, Left. ``region`` (slices) predicts only that part of the image, with
+    the whole image's intensity statistics and half a tile of context around it, as a full run
+    would see it. Returns (as the generator's value) a :class:`Prediction` on the input grid
+    (the region's grid with ``region``). Raises InputError for images the model cannot take
+    and Cancelled when ``cancel`` fires.
     """
     started = time.perf_counter()
     spec = model.spec
+    if hasattr(image, "array") and hasattr(image, "affine"):  # an io.Volume
+        spacing = image.spacing if spacing is None else spacing
+        affine = image.affine if affine is None else affine
+        file_orientation = file_orientation or image.source.get("orientation")
+        image = image.array
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), not {overlap}.")
     dev = resolve_device(device)
@@ -131,16 +147,24 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     channels = prepare_channels(image, spec, channel_axis, name)
     norm = resolve_normalization(normalization, spec)
     x = torch.from_numpy(np.stack([normalize(c, norm) for c in channels]))
-    scan_shape = tuple(x.shape[1:])
     dims = spec.spatial_dims
+    if affine is not None and np.shape(affine) != (x.dim(), x.dim()):
+        raise InputError(f"{name}: affine must be {x.dim()}x{x.dim()} for an image with "
+                         f"{x.dim() - 1} spatial axes, not {np.shape(affine)}.")
+    layout = network_layout(spec, x.dim() - 1, affine, file_orientation, orientation)
+    context = None
+    if region is not None:
+        x, context = _with_context(x, region, spec, tile)
+    scan_shape = tuple(x.shape[1:])
     stack = scan_shape[0] if len(scan_shape) == 3 and dims == 2 else 1
 
-    # From here on, spatial axes are in the order the network was trained on.
-    perm = axis_permutation(spec, len(scan_shape))
+    # From here on, spatial axes are laid out as the network was trained to see them.
+    perm = None if layout.identity else layout.permutation
     factors = resample_factors(spacing, spec, len(scan_shape))
     if perm is not None:
-        x = x.permute(0, *[1 + p for p in perm])
+        x = _to_network(x, layout)
         factors = None if factors is None else tuple(factors[p] for p in perm)
+        notes.append(f"the network saw the scan {layout.description}")
     image_shape = tuple(x.shape[1:])
     if factors is not None:
         work_shape = tuple(max(1, int(round(n * f))) for n, f in zip(image_shape, factors))
@@ -230,9 +254,10 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         probs = _resample_back(probs, image_shape, stack)
     gate_maps = _gate_maps(gate_sums, gates, plane, stack, factors, image_shape, work_shape)
     if perm is not None:
-        inverse = tuple(int(i) for i in np.argsort(perm))
-        probs = probs.permute(0, *[1 + p for p in inverse])
-        gate_maps = [_permute_gate(g, inverse) for g in gate_maps]
+        probs = _from_network(probs, layout)
+        gate_maps = [_gate_from_network(g, layout, image_shape) for g in gate_maps]
+    if context is not None:
+        probs, gate_maps = _crop_context(probs, gate_maps, context)
     quantized = quantize(probs)
     del probs, blended
     return Prediction(
@@ -243,22 +268,73 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         overlap=overlap, notes=notes)
 
 
-def axis_permutation(spec, ndim: int) -> tuple[int, ...] | None:
-    """How to reorder a scan's (z, y, x) axes for the network, or None when no change.
+def _to_network(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """A (C, *scan) tensor laid out for the network (see ``orientation``)."""
+    x = x.permute(0, *[1 + p for p in layout.permutation])
+    return x.flip([1 + a for a in layout.flipped]) if layout.flipped else x
 
-    With a 2D network on a volume, the slice axis stays first and only the plane reorders.
+
+def _from_network(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    if layout.flipped:
+        x = x.flip([1 + a for a in layout.flipped])
+    return x.permute(0, *[1 + p for p in layout.inverse])
+
+
+def _gate_from_network(gate: GateMap, layout: Layout, network_shape) -> GateMap:
+    """A gate map computed on the network's layout, brought back to the scan's.
+
+    Flipping an axis of n voxels reverses the cells: cell i, centred on ``offset + stride * i``,
+    lands on ``n - 1 - offset - stride * i``, so the grid keeps its stride and gets a new offset.
     """
-    scan = "zyx"[-ndim:]
-    network = scan[: ndim - spec.spatial_dims] + spec.network_axes
-    perm = tuple(scan.index(a) for a in network)
-    return None if perm == tuple(range(ndim)) else perm
+    data, stride, offset = gate.data, list(gate.stride), list(gate.offset)
+    for a in layout.flipped:
+        cells = data.shape[1 + a]
+        offset[a] = network_shape[a] - 1 - offset[a] - stride[a] * (cells - 1)
+        data = np.flip(data, 1 + a)
+    inverse = layout.inverse
+    data = np.ascontiguousarray(np.transpose(data, (0,) + tuple(1 + p for p in inverse)))
+    return GateMap(data, tuple(stride[p] for p in inverse), tuple(offset[p] for p in inverse),
+                   gate.name)
 
 
-def _permute_gate(gate: GateMap, inverse: tuple[int, ...]) -> GateMap:
-    """A gate map computed in network axis order, brought back to scan order."""
-    data = np.ascontiguousarray(np.transpose(gate.data, (0,) + tuple(1 + p for p in inverse)))
-    return GateMap(data, tuple(gate.stride[p] for p in inverse),
-                   tuple(gate.offset[p] for p in inverse), gate.name)
+def _with_context(x: torch.Tensor, region: Sequence[slice], spec, tile) -> tuple:
+    """The region grown by half a tile on each side (within the image), and where it lies."""
+    shape = tuple(x.shape[1:])
+    if len(region) != len(shape):
+        raise InputError(f"region has {len(region)} axes, the image {len(shape)}.")
+    dims = spec.spatial_dims
+    if isinstance(tile, int):
+        tile = (tile,) * dims
+    padded = tuple(round_up(n, st) for n, st in zip(shape[-dims:], spec.total_stride))
+    full_tile = default_tile(padded, spec.total_stride, dims, tile or spec.tile)
+    # Half of the largest tile dimension on every plane axis, whatever the network's axis order.
+    margin = max(max(full_tile) // 2, max(spec.total_stride))
+    margins = [0] * (len(shape) - dims) + [margin] * dims
+    inner, outer = [], []
+    for sl, n, m in zip(region, shape, margins):
+        start, stop, _ = sl.indices(n)
+        if stop <= start:
+            raise InputError(f"region {tuple(region)} is empty for an image of shape {shape}.")
+        lo, hi = max(0, start - m), min(n, stop + m)
+        outer.append(slice(lo, hi))
+        inner.append((start - lo, stop - lo))
+    return x[(slice(None),) + tuple(outer)], tuple(inner)
+
+
+def _crop_context(probs: torch.Tensor, gates: list[GateMap], inner) -> tuple:
+    """Keep the region: probabilities by slicing, gate maps by the cells centred inside it."""
+    probs = probs[(slice(None),) + tuple(slice(a, b) for a, b in inner)]
+    cropped = []
+    for g in gates:
+        keep, offset = [], []
+        for (a, b), s, o, n in zip(inner, g.stride, g.offset, g.data.shape[1:]):
+            first = max(0, math.ceil((a - o) / s - 1e-9))
+            last = min(n, math.ceil((b - o) / s - 1e-9))
+            keep.append(slice(first, max(first + 1, last)))
+            offset.append(o + s * first - a)
+        data = np.ascontiguousarray(g.data[(slice(None),) + tuple(keep)])
+        cropped.append(GateMap(data, g.stride, tuple(offset), g.name))
+    return probs, cropped
 
 
 def unflip_gate(alpha: torch.Tensor, axes: tuple[int, ...], geometry: GateGeometry) -> torch.Tensor:

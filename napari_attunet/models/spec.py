@@ -14,6 +14,11 @@ VARIANTS = {
 }
 GATE_MODES = ("concatenation", "concatenation_debug", "concatenation_residual")
 OUTPUTS = ("softmax", "sigmoid")
+# How a 3D network was shown scans, when a checkpoint does not say (see ModelSpec.orientation):
+# MONAI pipelines reorient to RAS (its Orientationd tutorials, bundles and MONAI Label); the
+# official code and LeeJunHyun's read arrays as the file stores them (nib.load(f).get_data()).
+DEFAULT_ORIENTATION = {"monai": "RAS", "official": "native", "leejunhyun": "native"}
+ORIENTATION_WORDS = ("native", "display")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class ModelSpec:
     align_corners: bool = False
     tile: tuple[int, ...] | None = None
     axes: str = ""
+    orientation: str = ""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,6 +86,26 @@ class ModelSpec:
             raise ValueError(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
         if self.axes and sorted(self.axes) != sorted("zyx"[-self.spatial_dims:]):
             raise ValueError(f"axes must order {'zyx'[-self.spatial_dims:]!r}, not {self.axes!r}")
+        if self.orientation and not valid_orientation(self.orientation, self.spatial_dims):
+            raise ValueError(f"orientation must be an axis code such as 'RAS' or 'LPS', 'native' "
+                             f"or 'display', not {self.orientation!r}")
+
+    @property
+    def network_orientation(self) -> str:
+        """How scans are laid out for the network: an axis code, "native" or "display".
+
+        An axis code (e.g. "RAS": array axis 0 toward the patient's Right, 1 toward Anterior,
+        2 toward Superior) is what MONAI's ``Orientationd`` produces. "native" is the scan as its
+        file stores it, "display" the array as napari shows it, in ``network_axes`` order. 2D
+        networks see images as displayed; 3D ones take the checkpoint's orientation, else the
+        axes it states, else their family's training convention (DEFAULT_ORIENTATION).
+        """
+        if self.orientation:
+            return self.orientation if self.orientation in ORIENTATION_WORDS \
+                else self.orientation.upper()
+        if self.spatial_dims == 2 or self.axes:
+            return "display"
+        return DEFAULT_ORIENTATION[self.family]
 
     @property
     def network_axes(self) -> str:
@@ -156,4 +182,24 @@ class ModelSpec:
         return (f"{self.family}/{self.variant}, {self.spatial_dims}D, "
                 f"{self.in_channels} in -> {self.out_channels} {self.output} "
                 f"({', '.join(self.class_labels)}), features {list(self.features)}, "
-                f"{len(self.gates)} gates ({heads} maps)")
+                f"{len(self.gates)} gates ({heads} maps), sees scans {self.orientation_label}")
+
+    @property
+    def orientation_label(self) -> str:
+        """The orientation convention in words, for ``info`` and the widget."""
+        value = self.network_orientation
+        if value == "native":
+            return "as the file stores them (native)"
+        if value == "display":
+            return f"as displayed ({self.network_axes} order)"
+        return f"reoriented to {value}"
+
+
+def valid_orientation(value: str, spatial_dims: int = 3) -> bool:
+    """An axis code naming each of the spatial axes once, or "native" / "display"."""
+    if value in ORIENTATION_WORDS:
+        return True
+    letters = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
+    code = value.upper()
+    return (len(code) == spatial_dims == 3 and all(c in letters for c in code)
+            and len({letters[c] for c in code}) == 3)

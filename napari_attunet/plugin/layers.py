@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..inference import Prediction
+from .transforms import data_to_world, layer_state
 
 # Fixed label colours (RGBA): background transparent, then distinct, colour-blind-friendly hues.
 LABEL_COLOURS = [
@@ -33,7 +34,7 @@ class SourceGeometry:
     def from_layer(cls, layer, spatial_ndim: int | None = None) -> "SourceGeometry":
         """The spatial part of an Image layer's geometry (dropping an RGB channel axis)."""
         n = spatial_ndim or layer.ndim
-        affine = np.asarray(layer.affine.affine_matrix)
+        affine = _physical_affine(layer, n)
         identity = np.allclose(affine, np.eye(affine.shape[0]))
         return cls(
             name=layer.name,
@@ -54,6 +55,23 @@ class SourceGeometry:
         if self.affine is not None:
             out["affine"] = self.affine
         return out
+
+
+def _physical_affine(layer, n: int) -> np.ndarray:
+    """The layer's affine with its rotate and shear folded in (about its translate).
+
+    Output layers on other grids (gate maps, crops) then place themselves with plain
+    scale/translate arithmetic: affine * (scale * i + translate) stays right for them.
+    """
+    state = layer_state(layer)
+    full = data_to_world(state, n)
+    keep = list(range(len(state["scale"]) - n, len(state["scale"])))
+    scale = np.asarray(state["scale"], dtype=float)[keep]
+    translate = np.asarray(state["translate"], dtype=float)[keep]
+    inner = np.eye(n + 1)
+    inner[:n, :n] = np.diag(scale)
+    inner[:n, n] = translate
+    return full @ np.linalg.inv(inner)
 
 
 LABELS_OPACITY = 0.7

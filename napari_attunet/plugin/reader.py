@@ -9,6 +9,7 @@ import numpy as np
 
 from ..checkpoint import SUFFIXES as CHECKPOINT_SUFFIXES
 from ..io import SCAN_SUFFIXES
+from .transforms import GEOMETRY_KEY, data_to_world, display_kwargs, layer_state, same_grid
 from .orientation import AXIS_LABELS
 
 CT_SOFT_TISSUE = (-160.0, 240.0)  # W400 / L40
@@ -62,17 +63,48 @@ def read_scan(path):
         return [(None,)]
     for note in volume.notes:
         show_info(note)
+    _link_new_labels()
     ndim = volume.array.ndim
     kwargs = {
         "name": volume.name,
-        "scale": volume.spacing,
-        "translate": volume.origin,
+        **display_kwargs(volume.affine),
         "units": ("mm",) * ndim,
         "axis_labels": AXIS_LABELS if ndim == 3 else ("y", "x"),
         "contrast_limits": _contrast_limits(volume.array),
-        "metadata": {"attunet_geometry": volume.geometry()},
+        "metadata": {GEOMETRY_KEY: volume.geometry()},
     }
     return [(volume.array, kwargs, "image")]
+
+
+def _link_new_labels() -> None:
+    """Let Labels layers made on a scan (napari's "New labels layer") know the scan's file.
+
+    napari gives such a layer the scan's grid but not its metadata; with the scan's geometry,
+    the writer stores a painted mask in the scan's own file orientation, voxel for voxel.
+    """
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return
+    emitter = viewer.layers.events.inserted
+    if _adopt_scan_geometry not in list(emitter.callbacks):
+        emitter.connect(_adopt_scan_geometry)
+
+
+def _adopt_scan_geometry(event) -> None:
+    from napari.layers import Image, Labels
+
+    layer = event.value
+    if not isinstance(layer, Labels) or GEOMETRY_KEY in layer.metadata:
+        return
+    grid = data_to_world(layer_state(layer))
+    for other in event.source:
+        if (isinstance(other, Image) and GEOMETRY_KEY in other.metadata
+                and tuple(other.data.shape) == tuple(layer.data.shape)
+                and same_grid(data_to_world(layer_state(other)), grid)):
+            layer.metadata = {**layer.metadata, GEOMETRY_KEY: other.metadata[GEOMETRY_KEY]}
+            return
 
 
 def read_checkpoint(path):

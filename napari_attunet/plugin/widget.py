@@ -21,6 +21,7 @@ from .recent import recent_checkpoints, remember_checkpoint
 
 CHECKPOINT_FILTER = "*.safetensors *.pt *.pth *.ckpt"
 NORMALIZATIONS = ("checkpoint default", "none", "zscore", "zscore_foreground", "ct", "percentile")
+ORIENTATIONS = ("checkpoint default", "RAS", "LPS", "LAS", "native", "display")
 PREVIEW_DEPTH = 32     # slices around the current one
 PREVIEW_PLANE = 192    # voxels across, around the view centre
 VOLUME_COLUMNS = ("colour", "class", "mL", "uncertain mL")
@@ -39,6 +40,17 @@ def _warm_imports() -> None:
     import pandas  # noqa: F401
     import skimage.color  # noqa: F401
     import skimage.exposure  # noqa: F401
+
+
+def _scan_geometry(layer) -> dict:
+    """Where the layer's voxels are (its world transform) and how its file stored them."""
+    from .transforms import GEOMETRY_KEY, data_to_world, layer_state
+
+    n = layer.ndim  # napari counts no RGB axis
+    kept = layer.metadata.get(GEOMETRY_KEY) or {}
+    orientation = (kept.get("source") or {}).get("orientation")
+    return {"affine": data_to_world(layer_state(layer), n) if n in (2, 3) else None,
+            "file_orientation": orientation}
 
 
 class RunState:
@@ -102,6 +114,8 @@ class AttUNetWidget(Container):
                                   choices=["auto", "fp32", "bf16", "fp16"])
         self.normalization = ComboBox(name="normalization", label="normalization",
                                       choices=list(NORMALIZATIONS))
+        self.scan_layout = ComboBox(name="scan_layout", label="network sees scans",
+                                    choices=list(ORIENTATIONS))
         self.argmax = CheckBox(name="argmax", text="most probable class (moving a threshold "
                                "switches to thresholds)", value=True, visible=False)
         self.thresholds = Container(name="thresholds", label="thresholds", labels=True)
@@ -121,8 +135,9 @@ class AttUNetWidget(Container):
         self.status = Label(name="status", value="")
         self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
         self.extend([self.image, self.channels, self.checkpoint, self.recent, self.model_info, self.device,
-                     self.precision, self.normalization, self.argmax, self.thresholds,
-                     self.show_attention, self.show_uncertainty, self.uncertainty_level,
+                     self.precision, self.normalization, self.scan_layout, self.argmax,
+                     self.thresholds, self.show_attention, self.show_uncertainty,
+                     self.uncertainty_level,
                      self.tta, self.tile, self.overlap, self.preview, self.run, self.cancel,
                      self.progress, self.status, self.volumes])
 
@@ -205,7 +220,8 @@ class AttUNetWidget(Container):
         spec = model.spec
         self.model_info.value = (f"{spec.family}, {spec.spatial_dims}D, {spec.out_channels} classes, "
                                  f"{parameter_count(model) / 1e6:.2f} M params, "
-                                 f"{len(spec.gates)} gates")
+                                 f"{len(spec.gates)} gates; sees scans "
+                                 f"{spec.orientation_label}")
         self._build_thresholds()
         self.channels.visible = spec.in_channels > 1
         norm = (spec.normalization or {}).get("mode")
@@ -260,6 +276,8 @@ class AttUNetWidget(Container):
             "normalization": None if norm == "checkpoint default" else norm,
             "tile": self.tile.value or None, "overlap": float(self.overlap.value),
             "tta": bool(self.tta.value), "attention": True,
+            "orientation": None if self.scan_layout.value == "checkpoint default"
+            else self.scan_layout.value,
         }
 
     def start(self, preview: bool = False):
@@ -280,14 +298,16 @@ class AttUNetWidget(Container):
             return None
         source = SourceGeometry.from_layer(layer, layer.ndim)
         offset = None
-        if preview:
-            if isinstance(data, list):
-                crops = [self._preview_region(layer, d) for d in data]
-                data, offset = [c[0] for c in crops], crops[0][1]
-            else:
-                data, offset = self._preview_region(layer, data)
-        spacing = source.scale
         options = self._options()
+        if channel_axis is None:
+            options.update(_scan_geometry(layer))
+        if preview:
+            shape = (data[0] if isinstance(data, list) else data).shape
+            region = self._preview_region(layer, shape)
+            if region is not None:
+                options["region"] = region
+                offset = tuple(r.start for r in region)
+        spacing = source.scale
         self._cancel = threading.Event()
         self.run.enabled = False
         self.preview.enabled = False
@@ -325,24 +345,27 @@ class AttUNetWidget(Container):
 
         return work()
 
-    def _preview_region(self, layer, data):
-        """A crop around the current slice and the view centre, for a run of seconds."""
-        if data.ndim < 3 or getattr(layer, "rgb", False):
-            return data, None
+    def _preview_region(self, layer, shape) -> tuple[slice, ...] | None:
+        """A region around the current slice and the view centre, for a run of seconds.
+
+        The engine predicts it with the whole scan's intensity statistics and context around
+        it, so that inside the region Preview agrees with Run.
+        """
+        if len(shape) < 3 or getattr(layer, "rgb", False):
+            return None
         point = np.array(self.viewer.dims.point[-layer.ndim:], dtype=float)
         lead = self.viewer.dims.ndim - layer.ndim
         for axis, c in zip(list(self.viewer.dims.displayed)[-2:], self.viewer.camera.center[-2:]):
             if axis >= lead:
                 point[axis - lead] = c
         centre = np.round(layer.world_to_data(point)).astype(int)
-        sizes = (PREVIEW_DEPTH,) + (PREVIEW_PLANE,) * (data.ndim - 1)
+        sizes = (PREVIEW_DEPTH,) + (PREVIEW_PLANE,) * (len(shape) - 1)
         starts, stops = [], []
-        for c, size, n in zip(centre, sizes, data.shape):
+        for c, size, n in zip(centre, sizes, shape):
             start = int(np.clip(c - size // 2, 0, max(n - size, 0)))
             starts.append(start)
             stops.append(min(start + size, n))
-        region = tuple(slice(a, b) for a, b in zip(starts, stops))
-        return data[region], tuple(starts)
+        return tuple(slice(a, b) for a, b in zip(starts, stops))
 
     def request_cancel(self) -> None:
         self._cancel.set()

@@ -1,21 +1,21 @@
-"""Writers: Labels and Image layers to NIfTI, NRRD or MHA with the source scan's geometry."""
+"""Writers: Labels and Image layers to NIfTI, NRRD or MHA, where the layer is shown.
+
+The geometry comes from the layer's own world transform, so a mask painted by hand, a Preview
+result or a layer from another plugin saves where napari draws it. When the layer lies on a
+scan this plugin opened, the scan's file orientation and header are restored as well.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from .. import io
+from .transforms import GEOMETRY_KEY, data_to_world
 
 
 def _geometry(meta: dict, ndim: int) -> dict:
-    """The scan geometry kept in the layer metadata, adjusted to this layer's own grid."""
-    scale = tuple(float(s) for s in meta.get("scale", (1.0,) * ndim))
-    translate = tuple(float(t) for t in meta.get("translate", (0.0,) * ndim))
-    kept = (meta.get("metadata") or {}).get("attunet_geometry")
-    if kept is None:
-        return {"spacing": scale, "origin": translate, "direction": np.eye(ndim).tolist(),
-                "source": {}}
-    return {**kept, "spacing": scale, "origin": translate}
+    kept = (meta.get("metadata") or {}).get(GEOMETRY_KEY) or {}
+    return {"affine": data_to_world(meta, ndim).tolist(), "source": kept.get("source") or {}}
 
 
 def write_layer(path: str, data, meta: dict) -> list[str]:
