@@ -458,6 +458,8 @@ class AttUNetWidget(Container):
             layer = self.viewer.layers[name]
             layer.data = data
             layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+            layer.contrast_limits = kwargs["contrast_limits"]
+            layer.iso_threshold = kwargs["iso_threshold"]
             layer.metadata = kwargs["metadata"]
         else:
             self.viewer.add_image(data, **kwargs)
