@@ -27,7 +27,7 @@ def main(out: str = str(Path(__file__).with_name("views"))) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1500, 900)
+    viewer.window._qt_window.resize(1800, 900)
     (scan,) = viewer.open_sample("napari-attunet", "mni152")
     _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
     widget.load_checkpoint(DEMO_CHECKPOINT)
@@ -43,7 +43,6 @@ def main(out: str = str(Path(__file__).with_name("views"))) -> None:
         viewer.reset_view()
         if view is not None:
             viewer.camera.set_view_direction(*view)
-            viewer.camera.zoom *= 1.3
         _settle()
         path = out_dir / f"{name}.png"
         viewer.screenshot(str(path), canvas_only=False)

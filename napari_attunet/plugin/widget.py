@@ -116,8 +116,10 @@ class AttUNetWidget(Container):
                                       choices=list(NORMALIZATIONS))
         self.scan_layout = ComboBox(name="scan_layout", label="network sees scans",
                                     choices=list(ORIENTATIONS))
-        self.argmax = CheckBox(name="argmax", text="most probable class (moving a threshold "
-                               "switches to thresholds)", value=True, visible=False)
+        self.argmax = CheckBox(name="argmax", text="argmax: most probable class", value=True,
+                               visible=False,
+                               tooltip="The default rule; moving a threshold switches to "
+                                       "thresholds.")
         self.thresholds = Container(name="thresholds", label="thresholds", labels=True)
         self.show_attention = CheckBox(name="show_attention", text="show attention", value=True)
         self.show_uncertainty = CheckBox(name="show_uncertainty", text="show uncertainty",
