@@ -69,6 +69,15 @@ def _parse_normalization(text: str | None) -> dict | None:
         return None
     mode, _, values = text.partition(":")
     out: dict = {"mode": mode}
+    if mode == "range":
+        # range:a_min,a_max[,b_min,b_max[,noclip]], as MONAI's ScaleIntensityRanged
+        parts = values.split(",")
+        clip = parts[-1].strip().lower() != "noclip"
+        numbers = [float(v) for v in (parts if clip else parts[:-1])]
+        if len(numbers) not in (2, 4):
+            raise ValueError(f"--normalization {text!r}: give a_min,a_max[,b_min,b_max[,noclip]]")
+        out.update(window=numbers[:2], target=numbers[2:] or [0.0, 1.0], clip=clip)
+        return out
     if values:
         numbers = [float(v) for v in values.split(",")]
         if len(numbers) != 2:
@@ -252,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--family", choices=("official", "monai", "leejunhyun"))
     conv.add_argument("--class-names", nargs="+", metavar="NAME")
     conv.add_argument("--normalization", metavar="MODE",
-                      help="none | zscore | ct:LOW,HIGH | percentile:LOW,HIGH")
+                      help="none | zscore (NormalizeIntensityd) | zscore_nonzero (nonzero=True) | "
+                           "zscore_foreground | ct:LOW,HIGH | percentile:LOW,HIGH | "
+                           "range:A_MIN,A_MAX[,B_MIN,B_MAX[,noclip]] (ScaleIntensityRanged)")
     conv.add_argument("--spacing", nargs="+", type=float, metavar="MM",
                       help="the voxel spacing the model was trained at, in array axis order")
     conv.add_argument("--gate-mode", choices=("concatenation", "concatenation_debug",
@@ -283,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--device", default="auto")
     pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     pred.add_argument("--normalization", metavar="MODE",
-                      help="none | zscore | zscore_foreground | ct:LOW,HIGH | percentile:LOW,HIGH")
+                      help="none | zscore (NormalizeIntensityd) | zscore_nonzero (nonzero=True) | "
+                           "zscore_foreground | ct:LOW,HIGH | percentile:LOW,HIGH | "
+                           "range:A_MIN,A_MAX[,B_MIN,B_MAX[,noclip]] (ScaleIntensityRanged)")
     pred.add_argument("--orientation", type=_orientation_arg, metavar="CODE",
                       help="override the checkpoint's orientation for this run (see convert)")
     pred.add_argument("--tile", type=int, nargs="+", metavar="N")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import dicom
 from . import geometry as geo
 from . import nifti
 from .errors import InputError
@@ -76,24 +77,6 @@ def _sitk():
     return sitk
 
 
-def _dicom_series(folder: Path) -> tuple[list[str], list[str]]:
-    """The files of the largest series in a folder, and notes naming the others."""
-    sitk = _sitk()
-    reader = sitk.ImageSeriesReader()
-    ids = reader.GetGDCMSeriesIDs(str(folder)) or ()
-    if not ids:
-        raise InputError(f"{folder}: no DICOM series found in this folder.")
-    series = sorted(((reader.GetGDCMSeriesFileNames(str(folder), sid), sid) for sid in ids),
-                    key=lambda item: -len(item[0]))
-    files, chosen = series[0]
-    notes = []
-    if len(series) > 1:
-        others = ", ".join(f"{sid} ({len(f)} files)" for f, sid in series[1:])
-        notes.append(f"{folder.name}: opened the largest DICOM series {chosen} ({len(files)} "
-                     f"files); the folder also holds {others}.")
-    return list(files), notes
-
-
 def _nifti_expected_bytes(header: bytes) -> int | None:
     """Bytes a complete NIfTI-1/2 file (uncompressed) must have, from its header."""
     for endian in "<>":
@@ -142,26 +125,16 @@ def _check_complete(path: Path) -> None:
 
 
 def _read_image(path: Path):
+    """A SimpleITK image, notes for the user, and extra source geometry (a DICOM slice's plane)."""
     sitk = _sitk()
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
-    notes: list[str] = []
-    if path.is_dir():
-        files, notes = _dicom_series(path)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        return reader.Execute(), notes
-    if path.name.lower().endswith(".dcm"):
-        sid = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path.parent)) or ()
-        for s in sid:
-            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path.parent), s)
-            if str(path) in files or os.path.abspath(path) in map(os.path.abspath, files):
-                reader = sitk.ImageSeriesReader()
-                reader.SetFileNames(files)
-                return reader.Execute(), notes
+    if path.is_dir() or dicom.is_dicom_file(path):
+        scan = dicom.read(path)
+        return scan.image, scan.notes, ({"plane": scan.plane} if scan.plane else {})
     _check_complete(path)
     if nifti.is_nifti(path):
-        return _read_nifti(path, notes)
-    return sitk.ReadImage(str(path)), notes
+        return (*_read_nifti(path, []), {})
+    return sitk.ReadImage(str(path)), [], {}
 
 
 def _read_nifti(path: Path, notes: list[str]):
@@ -221,7 +194,7 @@ def read(path: str | os.PathLike) -> Volume:
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(f"{path} is empty (0 bytes).")
     try:
-        image, notes = _read_image(path)
+        image, notes, extra = _read_image(path)
     except InputError:
         raise
     except RuntimeError as exc:
@@ -236,6 +209,7 @@ def read(path: str | os.PathLike) -> Volume:
     if image.GetDimension() == 4:
         raise InputError(f"{path} is 4D (a time series); extract one volume first.")
     volume = _to_volume(image, path, notes)
+    volume.source.update(extra)
     if nifti.is_nifti(path):
         header = nifti.read_header(path)
         if header is not None:

@@ -22,8 +22,8 @@ from .devices import autocast, free_memory, resolve_device, resolve_precision, s
 from .optimize import prepared
 from .orientation import Layout, network_layout
 from .postprocess import GateMap, Prediction, quantize
-from .preprocess import (normalize, prepare_channels, resample, resample_factors,
-                         resolve_normalization)
+from .preprocess import (fit, prepare_channels, resample, resample_back,
+                         resample_factors, resampled_shape, resolve_normalization)
 from .tiling import Stitcher, default_tile, round_up, window_grid
 
 GiB = 1024 ** 3
@@ -146,7 +146,9 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
 
     channels = prepare_channels(image, spec, channel_axis, name)
     norm = resolve_normalization(normalization, spec)
-    x = torch.from_numpy(np.stack([normalize(c, norm) for c in channels]))
+    # A region takes its statistics from the whole image, as the full run would.
+    intensity = [fit(c, norm) for c in channels] if region is not None else None
+    x = torch.from_numpy(np.array(channels, dtype=np.float32))  # a copy: normalized in place
     dims = spec.spatial_dims
     if affine is not None and np.shape(affine) != (x.dim(), x.dim()):
         raise InputError(f"{name}: affine must be {x.dim()}x{x.dim()} for an image with "
@@ -167,16 +169,16 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         notes.append(f"the network saw the scan {layout.description}")
     image_shape = tuple(x.shape[1:])
     if factors is not None:
-        work_shape = tuple(max(1, int(round(n * f))) for n, f in zip(image_shape, factors))
-        if stack > 1:
-            work_shape = (image_shape[0],) + work_shape[1:]
-            x = torch.stack([resample(x[:, z], work_shape[1:]) for z in range(stack)], 1)
-        else:
-            x = resample(x, work_shape)
+        work_shape = resampled_shape(image_shape, factors)
+        x = resample(x, factors)
         notes.append(f"resampled {image_shape} -> {work_shape} to the training spacing "
                      f"{tuple(spec.spacing)} mm")
     else:
         work_shape = image_shape
+    # After reorientation and resampling, where MONAI's pipelines normalize (clipping and
+    # `nonzero` are decided on the voxels the network sees).
+    for c in range(x.shape[0]):
+        (intensity[c] if intensity else fit(x[c].numpy(), norm)).apply(x[c])
     plane = work_shape[-dims:]
     stride = spec.total_stride
     padded = tuple(round_up(n, s) for n, s in zip(plane, stride))
@@ -251,7 +253,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     blended = blended[crop]
     probs = blended if tta else _activation(blended, spec.output, 0)
     if factors is not None:
-        probs = _resample_back(probs, image_shape, stack)
+        probs = resample_back(probs, factors, image_shape)
     gate_maps = _gate_maps(gate_sums, gates, plane, stack, factors, image_shape, work_shape)
     if perm is not None:
         probs = _from_network(probs, layout)
@@ -401,12 +403,6 @@ def _to_cpu(stitcher: Stitcher) -> Stitcher:
     return stitcher
 
 
-def _resample_back(probs: torch.Tensor, image_shape, stack: int) -> torch.Tensor:
-    if stack > 1:
-        return torch.stack([resample(probs[:, z], image_shape[1:]) for z in range(stack)], 1)
-    return resample(probs, image_shape)
-
-
 def _gate_maps(sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane, stack: int,
                factors, image_shape, work_shape) -> list[GateMap]:
     """Crop each stitched gate to the image and express its geometry in input voxels."""
@@ -418,10 +414,9 @@ def _gate_maps(sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane, s
         stride = ((1.0,) if stack > 1 else ()) + tuple(float(s) for s in g.stride)
         offset = ((0.0,) if stack > 1 else ()) + tuple(float(o) for o in g.offset)
         if factors is not None:
-            # A cell centred on resampled voxel r lies at (r + 0.5) * n/m - 0.5 on the input.
-            ratio = [n / m for n, m in zip(image_shape, work_shape)]
-            stride = tuple(s * r for s, r in zip(stride, ratio))
-            offset = tuple((o + 0.5) * r - 0.5 for o, r in zip(offset, ratio))
+            # Resampled voxel r lies at input index r / f (see preprocess.resample).
+            stride = tuple(s / f for s, f in zip(stride, factors))
+            offset = tuple(o / f for o, f in zip(offset, factors))
         out.append(GateMap(data.clamp_(0, 1).cpu().numpy(), stride, offset, f"gate {k}"))
     return out
 

@@ -14,7 +14,11 @@ import numpy as np
 from ..errors import InputError
 from ..models import ModelSpec
 
-NORMALIZATION_MODES = ("none", "zscore", "zscore_foreground", "ct", "percentile")
+# zscore: (x - mean) / std over the whole image, as MONAI's NormalizeIntensityd and the official
+# code's NormalizeMedic; zscore_nonzero: NormalizeIntensityd(nonzero=True), zeros stay zero;
+# range: ScaleIntensityRanged(a_min, a_max, b_min, b_max, clip); ct: a HU window onto [0, 1].
+NORMALIZATION_MODES = ("none", "zscore", "zscore_nonzero", "zscore_foreground", "ct", "percentile",
+                       "range")
 FAMILY_DEFAULT_NORMALIZATION = {"official": "zscore", "monai": "none", "leejunhyun": "none"}
 DEFAULT_CT_WINDOW = (-160.0, 240.0)  # abdominal soft tissue, in HU
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -27,6 +31,8 @@ class Normalization:
     mode: str = "none"
     window: tuple[float, float] = DEFAULT_CT_WINDOW
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    target: tuple[float, float] = (0.0, 1.0)  # range: b_min, b_max
+    clip: bool = True  # range: clip to the target
 
     @classmethod
     def parse(cls, value: str | dict | "Normalization" | None) -> "Normalization":
@@ -39,11 +45,15 @@ class Normalization:
         if mode not in NORMALIZATION_MODES:
             raise InputError(f"unknown normalization {mode!r}; use one of "
                              f"{', '.join(NORMALIZATION_MODES)}.")
+        if mode == "range":
+            data.setdefault("window", (data.get("a_min", 0.0), data.get("a_max", 1.0)))
+            data.setdefault("target", (data.get("b_min", 0.0), data.get("b_max", 1.0)))
         window = tuple(float(v) for v in data.get("window", DEFAULT_CT_WINDOW))
         percentiles = tuple(float(v) for v in data.get("percentiles", DEFAULT_PERCENTILES))
+        target = tuple(float(v) for v in data.get("target", (0.0, 1.0)))
         if window[1] <= window[0] or percentiles[1] <= percentiles[0]:
             raise InputError(f"normalization {data}: the upper bound must exceed the lower.")
-        return cls(mode, window, percentiles)
+        return cls(mode, window, percentiles, target, bool(data.get("clip", True)))
 
     def to_dict(self) -> dict:
         out: dict = {"mode": self.mode}
@@ -51,6 +61,8 @@ class Normalization:
             out["window"] = list(self.window)
         if self.mode == "percentile":
             out["percentiles"] = list(self.percentiles)
+        if self.mode == "range":
+            out.update(window=list(self.window), target=list(self.target), clip=self.clip)
         return out
 
 
@@ -63,25 +75,75 @@ def resolve_normalization(argument, spec: ModelSpec) -> Normalization:
     return Normalization.parse(FAMILY_DEFAULT_NORMALIZATION[spec.family])
 
 
-def normalize(channel: np.ndarray, norm: Normalization) -> np.ndarray:
-    """One channel, as float32; a constant image comes out as zeros rather than NaN."""
-    x = np.asarray(channel, dtype=np.float32)
-    if norm.mode == "none":
+@dataclass(frozen=True)
+class IntensityMap:
+    """A normalization fitted to one image: ``y = x * gain + shift``, optionally clipped, on
+    every voxel or (``nonzero_only``) on the voxels that are not zero."""
+
+    gain: float = 1.0
+    shift: float = 0.0
+    clip: tuple[float, float] | None = None
+    nonzero_only: bool = False
+
+    def apply(self, x):
+        """Apply in place to a float32 torch tensor (after any reorientation and resampling,
+        where MONAI's pipelines normalize) and return it."""
+        if self.nonzero_only:
+            inside = x != 0
+            x[inside] = x[inside] * self.gain + self.shift
+        elif self.gain != 1.0 or self.shift != 0.0:
+            x.mul_(self.gain).add_(self.shift)
+        if self.clip is not None:
+            x.clamp_(*self.clip)
         return x
-    if norm.mode == "ct":
-        lo, hi = (np.float32(v) for v in norm.window)
-        return ((np.clip(x, lo, hi) - lo) / (hi - lo)).astype(np.float32, copy=False)
-    if norm.mode == "percentile":
-        lo, hi = (np.float32(v) for v in np.percentile(_sample(x), norm.percentiles))
-        return ((np.clip(x, lo, hi) - lo) / max(hi - lo, np.float32(1e-8))).astype(np.float32,
-                                                                                  copy=False)
-    values = _sample(x)
-    if norm.mode == "zscore_foreground":
-        values = values[values > _otsu(values)]
-        if values.size == 0:
-            values = _sample(x)
-    mean, std = np.float32(values.mean()), np.float32(values.std())
-    return ((x - mean) / max(std, np.float32(1e-8))).astype(np.float32, copy=False)
+
+
+def fit(channel: np.ndarray, norm: Normalization) -> IntensityMap:
+    """The statistics ``norm`` needs, from the whole of one channel."""
+    x = np.asarray(channel)
+    if norm.mode == "none":
+        return IntensityMap()
+    if norm.mode in ("ct", "range", "percentile"):
+        lo, hi = norm.window
+        target = norm.target if norm.mode == "range" else (0.0, 1.0)
+        if norm.mode == "percentile":
+            lo, hi = (float(v) for v in np.percentile(_sample(x), norm.percentiles))
+        gain = (target[1] - target[0]) / max(hi - lo, 1e-8)
+        clip = tuple(target) if (norm.clip or norm.mode != "range") else None
+        return IntensityMap(gain, target[0] - lo * gain, clip)
+    values = x
+    if norm.mode == "zscore_nonzero":
+        values = x[x != 0]
+    elif norm.mode == "zscore_foreground":
+        values = x[x > _otsu(_sample(x))]
+    if values.size == 0:
+        values = x
+    mean, std = _moments(values)
+    if norm.mode == "zscore_nonzero" and std <= 0:
+        std = np.float32(1.0)  # as MONAI: a constant foreground is only shifted
+    gain = 1.0 / max(float(std), 1e-8)
+    return IntensityMap(gain, -float(mean) * gain, None, norm.mode == "zscore_nonzero")
+
+
+def normalize(channel: np.ndarray, norm: Normalization) -> np.ndarray:
+    """One channel, normalized on its own grid, as float32; a constant image gives zeros."""
+    import torch
+
+    x = torch.from_numpy(np.array(channel, dtype=np.float32))
+    return fit(channel, norm).apply(x).numpy()
+
+
+def _moments(values: np.ndarray) -> tuple[np.float32, np.float32]:
+    """Mean and population standard deviation over every voxel, accumulated in float64."""
+    flat = values.reshape(-1)
+    total = total_sq = 0.0
+    for start in range(0, flat.size, 1 << 22):  # float64 chunks, not a float64 copy
+        chunk = flat[start:start + (1 << 22)].astype(np.float64)
+        total += chunk.sum()
+        total_sq += np.dot(chunk, chunk)
+    mean = total / max(flat.size, 1)
+    std = np.sqrt(max(total_sq / max(flat.size, 1) - mean * mean, 0.0))
+    return np.float32(mean), np.float32(std)
 
 
 def _sample(x: np.ndarray, limit: int = 4_000_000) -> np.ndarray:
@@ -188,10 +250,42 @@ def resample_factors(spacing: Sequence[float] | None, spec: ModelSpec,
     return factors
 
 
-def resample(array, size: Sequence[int], mode: str = "linear"):
-    """Resize a (C, *spatial) torch tensor to ``size`` (linear, align_corners=False)."""
-    import torch.nn.functional as F
+def resampled_shape(shape: Sequence[int], factors: Sequence[float]) -> tuple[int, ...]:
+    """The grid MONAI's ``Spacingd`` makes: voxel 0 stays, ``round((n - 1) * f) + 1`` voxels."""
+    return tuple(max(1, int(np.round((n - 1) * f + 1))) for n, f in zip(shape, factors))
 
-    interp = {2: "bilinear", 3: "trilinear"}[len(size)] if mode == "linear" else mode
-    return F.interpolate(array[None], size=tuple(int(s) for s in size), mode=interp,
-                         align_corners=False)[0]
+
+def resample(array, factors: Sequence[float]):
+    """A (C, *spatial) tensor on the training grid, as ``Spacingd`` resamples it.
+
+    Output voxel j lies at input index ``j / f`` (f = scan spacing / training spacing), sampled
+    linearly with the border value beyond the edge, one axis at a time (trilinear is separable).
+    """
+    shape = tuple(array.shape[1:])
+    for axis, (n, m, f) in enumerate(zip(shape, resampled_shape(shape, factors), factors)):
+        if m != n or abs(f - 1.0) > 1e-9:
+            array = _interpolate_axis(array, 1 + axis, np.arange(m) / f, n)
+    return array
+
+
+def resample_back(array, factors: Sequence[float], shape: Sequence[int]):
+    """The inverse of ``resample`` (as ``Invertd`` does it): back to the scan's ``shape``."""
+    for axis, (n, f) in enumerate(zip(shape, factors)):
+        m = array.shape[1 + axis]
+        if m != n or abs(f - 1.0) > 1e-9:
+            array = _interpolate_axis(array, 1 + axis, np.arange(n) * f, m)
+    return array
+
+
+def _interpolate_axis(array, axis: int, positions: np.ndarray, size: int):
+    import torch
+
+    positions = np.clip(positions, 0, size - 1)
+    low = np.floor(positions).astype(np.int64)
+    high = np.minimum(low + 1, size - 1)
+    shape = [1] * array.dim()
+    shape[axis] = len(positions)
+    weight = torch.as_tensor(positions - low, dtype=array.dtype).view(shape)
+    lo = array.index_select(axis, torch.from_numpy(low))
+    hi = array.index_select(axis, torch.from_numpy(high))
+    return lo + (hi - lo) * weight

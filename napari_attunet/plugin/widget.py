@@ -20,7 +20,8 @@ from .readout import has_readout, readout, with_readout
 from .recent import recent_checkpoints, remember_checkpoint
 
 CHECKPOINT_FILTER = "*.safetensors *.pt *.pth *.ckpt"
-NORMALIZATIONS = ("checkpoint default", "none", "zscore", "zscore_foreground", "ct", "percentile")
+NORMALIZATIONS = ("checkpoint default", "none", "zscore", "zscore_nonzero", "zscore_foreground", "ct",
+                  "percentile")
 ORIENTATIONS = ("checkpoint default", "RAS", "LPS", "LAS", "native", "display")
 PREVIEW_DEPTH = 32     # slices around the current one
 PREVIEW_PLANE = 192    # voxels across, around the view centre
