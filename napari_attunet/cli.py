@@ -155,6 +155,8 @@ def _predict(args: argparse.Namespace) -> int:
                         tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
                         io.write(outdir / f"{volume.name}{tag}{suffix}",
                                  gate_on_image_grid(gate, labels.shape, h), volume)
+            if args.uncertainty:
+                io.write(outdir / f"{volume.name}_uncertainty{suffix}", pred.uncertainty, volume)
             if args.probabilities:
                 probs = pred.probabilities
                 for c, cname in enumerate(pred.class_names):
@@ -286,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--attention", action="store_true",
                       help="also write every gate map, resampled to the scan grid")
     pred.add_argument("--probabilities", action="store_true", help="also write probabilities")
+    pred.add_argument("--uncertainty", action="store_true",
+                      help="also write the per-voxel uncertainty in [0, 1] (normalised entropy; "
+                           "with --tta, or the flips' disagreement where larger)")
     pred.add_argument("--device", default="auto")
     pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     pred.add_argument("--normalization", metavar="MODE",
@@ -297,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--tile", type=int, nargs="+", metavar="N")
     pred.add_argument("--overlap", type=float, default=0.5)
     pred.add_argument("--tta", action="store_true", help="average over mirrored flips")
-    pred.add_argument("--thresholds", type=float, nargs="+", metavar="T")
+    pred.add_argument("--thresholds", type=float, nargs="+", metavar="T",
+                      help="one per class (softmax: background's ignored); default: the most "
+                           "probable class for softmax models, 0.5 per channel for sigmoid")
     pred.add_argument("--min-size", type=int, default=0, metavar="VOXELS",
                       help="drop connected components smaller than this")
     pred.add_argument("--fill-holes", action="store_true")

@@ -64,7 +64,7 @@ def test_predict_good_and_bad_scans(workspace, capsys):
     out = w["root"] / "out"
     scans = [w["nifti"], w["dicom"], w["corrupt"], w["missing"]]
     code = main(["predict", *map(str, scans), "-c", str(w["ckpt"]), "-o", str(out),
-                 "--attention", "--probabilities", "-q"])
+                 "--attention", "--probabilities", "--uncertainty", "-q"])
     stdout, stderr = capsys.readouterr()
     assert code == 1, "some scans failed"
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -106,6 +106,9 @@ def test_predict_good_and_bad_scans(workspace, capsys):
                           for c in ("background", "liver", "liver_tumour")])
         assert np.allclose(probs, pred.probabilities, atol=1e-6)
         assert np.abs(probs.sum(0) - 1).max() <= 3 / 255
+        uncertainty = io.read(out / f"{name}_uncertainty.nii.gz").array
+        assert np.allclose(uncertainty, pred.uncertainty, atol=1e-6)
+        assert uncertainty.min() >= 0 and uncertainty.max() <= 1
         volumes = pred.volumes_ml(labels, volume.spacing)
         for r in body:
             if r[0] == name:

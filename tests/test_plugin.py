@@ -130,7 +130,10 @@ def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan,
     model = na.load_model(checkpoint)
     for k, geometry in enumerate(model.spec.gates, start=1):
         gate = viewer.layers[f"patient gate {k}"]
-        assert gate.blending == "additive" and tuple(gate.contrast_limits) == (0.0, 1.0)
+        # Translucent, transparent at the low end of its contrast range, opaque at the top.
+        lo, hi = gate.contrast_limits
+        assert gate.blending == "translucent_no_depth" and 0.0 <= lo < hi <= 1.0
+        assert gate.colormap.map([0.0])[0, 3] == 0 and gate.colormap.map([1.0])[0, 3] == 1
         cell = np.array([1, 2, 3])
         voxel = np.asarray(geometry.offset) + np.asarray(geometry.stride) * cell
         np.testing.assert_allclose(gate.data_to_world(cell), image.data_to_world(voxel),

@@ -202,9 +202,10 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     x = torch.nn.functional.pad(x, pad) if any(pad) else x
     net = prepared(model, dev, fold=fold_batchnorm, layout=channels_last)
     gates = spec.gates if attention else ()
-    stitcher = Stitcher(spec.out_channels, padded, tile_, gates, stack,
-                        dev if stitch_on_device else "cpu")
     flips = _flips(dims, tta)
+    spread = len(flips) > 1  # one more channel: the flips' disagreement (Prediction.uncertainty)
+    stitcher = Stitcher(spec.out_channels + spread, padded, tile_, gates, stack,
+                        dev if stitch_on_device else "cpu")
     memory_format = (torch.channels_last if dims == 2 else torch.channels_last_3d) \
         if channels_last and dev.type != "mps" else torch.contiguous_format
 
@@ -262,7 +263,8 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     quantized = quantize(probs)
     del probs, blended
     return Prediction(
-        quantized=quantized, output=spec.output, class_names=spec.class_labels, gates=gate_maps,
+        quantized=quantized[:spec.out_channels], disagreement=quantized[-1] if spread else None,
+        output=spec.output, class_names=spec.class_labels, gates=gate_maps,
         spacing=tuple(float(s) for s in spacing)[-len(scan_shape):] if spacing is not None else None,
         device=str(dev), precision=prec, seconds=time.perf_counter() - started, tile=tile_,
         overlap=overlap, notes=notes)
@@ -366,7 +368,7 @@ def _run_batch(net, x, chunk, tile, dev, prec, flips, output, gate_geometry, mem
         region = tuple(slice(s, s + t) for s, t in zip(start, tile))
         crops.append(x[(slice(None), z) + region] if stacked else x[(slice(None),) + region])
     batch = torch.stack(crops).to(dev, non_blocking=True).contiguous(memory_format=memory_format)
-    values, maps = None, None
+    values, maps, squares = None, None, None
     with torch.inference_mode(), autocast(dev, prec):
         for axes in flips:
             inp = batch.flip(axes) if axes else batch
@@ -381,10 +383,14 @@ def _run_batch(net, x, chunk, tile, dev, prec, flips, output, gate_geometry, mem
                 gates = [unflip_gate(g, axes, geo) for g, geo in zip(gates, gate_geometry)]
             if len(flips) > 1:
                 logits = _activation(logits, output, 1)
+                squares = logits * logits if squares is None else squares.addcmul_(logits, logits)
             values = logits if values is None else values.add_(logits)
             maps = gates if maps is None else [m.add_(g) for m, g in zip(maps, gates)]
     if len(flips) > 1:
         values = values / len(flips)
+        # the largest per-class standard deviation over the flips, x2 so that it spans [0, 1]
+        std = (squares / len(flips) - values * values).clamp_(min=0).sqrt_().amax(1, keepdim=True)
+        values = torch.cat([values, std.mul_(2)], 1)
         maps = [m / len(flips) for m in maps]
     return values, maps
 

@@ -52,6 +52,8 @@ class Prediction:
     tile: tuple[int, ...] = ()
     overlap: float = 0.5
     notes: list[str] = field(default_factory=list)
+    disagreement: np.ndarray | None = None  # (*image_shape) uint8 (q / 255): TTA flips' spread
+    _uncertainty: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -62,8 +64,27 @@ class Prediction:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.quantized.shape[1:])
 
-    def default_thresholds(self) -> list[float]:
-        return [0.5] * len(self.class_names)
+    def default_thresholds(self) -> list[float] | None:
+        """The one default rule (API, CLI and widget): softmax models label by the most probable
+        class (None: the argmax); sigmoid models by 0.5 per channel."""
+        return None if self.output == "softmax" else [0.5] * len(self.class_names)
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        """(*image_shape) float32 in [0, 1], computed once: the normalised entropy of the class
+        probabilities (see :func:`uncertainty_map`), and with TTA the larger of that and the
+        flipped runs' disagreement."""
+        if self._uncertainty is None:
+            self._uncertainty = uncertainty_map(self.quantized, self.output, self.disagreement)
+        return self._uncertainty
+
+    def uncertain_volumes_ml(self, labels: np.ndarray, level: float,
+                             spacing: Sequence[float] | None = None) -> dict[str, float]:
+        """Per-class volume (mL) of the voxels whose uncertainty is over ``level``."""
+        if spacing is None:
+            spacing = self.spacing or (1.0,) * labels.ndim
+        masked = np.where(self.uncertainty > level, labels, 0)
+        return class_volumes(masked, spacing, self.label_names)
 
     def labels(self, thresholds: Sequence[float] | float | None = None, *, min_size: int = 0,
                fill_holes: bool = False) -> np.ndarray:
@@ -123,6 +144,40 @@ def threshold_labels(quantized: np.ndarray, output: str,
         labels.masked_fill_(better, c if output == "softmax" else c + 1)
         torch.maximum(best, score, out=best)
     return labels.numpy()
+
+
+def _entropy_table(levels: int = PROBABILITY_LEVELS) -> np.ndarray:
+    """-p ln p for every stored level q (p = q / levels); 0 ln 0 = 0."""
+    p = np.arange(levels + 1, dtype=np.float64) / levels
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table = np.where(p > 0, -p * np.log(p), 0.0)
+    return table.astype(np.float32)
+
+
+def uncertainty_map(quantized: np.ndarray, output: str,
+                    disagreement: np.ndarray | None = None) -> np.ndarray:
+    """Per-voxel uncertainty in [0, 1] from uint8 probabilities (C, *shape).
+
+    softmax: the entropy of the C class probabilities over ln C (0: one class is certain; 1: all
+    equally likely). sigmoid: each channel's binary entropy over ln 2, combined by the maximum
+    (a voxel is as uncertain as its least certain channel decision). ``disagreement`` (uint8,
+    from TTA: how far the flipped runs spread) is combined by the maximum too.
+    """
+    table = _entropy_table()
+    channels = quantized.shape[0]
+    out = np.zeros(quantized.shape[1:], dtype=np.float32)
+    if output == "softmax":
+        for c in range(channels):
+            out += table[quantized[c]]
+        out /= np.float32(np.log(max(channels, 2)))
+    else:
+        binary = table + table[::-1]  # -p ln p - (1 - p) ln (1 - p)
+        binary /= np.float32(np.log(2.0))
+        for c in range(channels):
+            np.maximum(out, binary[quantized[c]], out=out)
+    if disagreement is not None:
+        np.maximum(out, disagreement.astype(np.float32) / PROBABILITY_LEVELS, out=out)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def clean_labels(labels: np.ndarray, min_size: int = 0, fill_holes: bool = False) -> np.ndarray:

@@ -74,6 +74,31 @@ def _physical_affine(layer, n: int) -> np.ndarray:
     return full @ np.linalg.inv(inner)
 
 
+LABELS_OPACITY = 0.7
+
+
+def alpha_ramp(name: str, start: float = 0.0, power: float = 1.0):
+    """A napari colormap whose opacity rises from 0 (at ``start`` of the contrast range) to 1:
+    low values are transparent, so what lies under them stays readable."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    base = ensure_colormap(name)
+    t = np.linspace(0.0, 1.0, 64)
+    colours = np.asarray(base.map(t), dtype=np.float32)
+    colours[:, 3] = np.clip((t - start) / (1.0 - start), 0.0, 1.0) ** power
+    return Colormap(colors=colours, controls=t, name=f"{name} (transparent low)")
+
+
+def gate_contrast(data: np.ndarray) -> tuple[float, float]:
+    """Contrast limits that leave all but a gate's top decile transparent and its top 0.5 %
+    opaque: gate maps rarely span [0, 1] (the finest is often >= 0.25 everywhere)."""
+    sample = np.asarray(data).reshape(-1)[:: max(1, data.size // 500_000)]
+    lo, hi = (float(v) for v in np.percentile(sample, (90.0, 99.5)))
+    if hi - lo < 0.05:
+        lo, hi = max(0.0, hi - 0.05), max(hi, 0.05)
+    return lo, hi
+
+
 def label_colormap(n_labels: int):
     from napari.utils.colormaps import DirectLabelColormap
 
@@ -102,14 +127,19 @@ def labels_layer(pred: Prediction, source: SourceGeometry, labels: np.ndarray,
         "metadata": {"attunet": {"source": source.name, "class_names": list(pred.label_names),
                                  "run": uuid.uuid4().hex},
                      **{k: v for k, v in source.metadata.items() if k == "attunet_geometry"}},
-        "opacity": 0.6,
+        "opacity": LABELS_OPACITY,
+        "rendering": "iso_categorical",  # 3D: one shaded surface per class
         **source.kwargs(),
     }
     return labels, kwargs, "labels"
 
 
 def gate_layers(pred: Prediction, source: SourceGeometry, colormap: str = "inferno") -> list[tuple]:
-    """One Image layer per gate (and head), on the gate's own grid; only the finest visible."""
+    """One Image layer per gate (and head), on the gate's own grid; only the finest visible.
+
+    Transparent where attention is low (under the map's 90th percentile) and opaque at its top
+    0.5 %, drawn translucently (not added), so the labels keep their colours outside the hot
+    spots; in 3D an iso-surface at the top of the range (the layer's iso threshold) shows them."""
     out = []
     base = source.kwargs()
     scale = np.asarray(source.scale)
@@ -117,15 +147,18 @@ def gate_layers(pred: Prediction, source: SourceGeometry, colormap: str = "infer
     for k, gate in enumerate(pred.gates, start=1):
         for h in range(gate.heads):
             name = f"{source.name} gate {k}" + (f" head {h + 1}" if gate.heads > 1 else "")
+            limits = gate_contrast(gate.data[h])
             kwargs = {
                 **base,
                 "name": name,
                 "scale": tuple(scale * np.asarray(gate.stride)),
                 "translate": tuple(translate + scale * np.asarray(gate.offset)),
-                "colormap": colormap,
-                "blending": "additive",
-                "contrast_limits": (0.0, 1.0),
-                "opacity": 0.5,
+                "colormap": alpha_ramp(colormap, power=1.5),
+                "blending": "translucent_no_depth",
+                "contrast_limits": limits,
+                "rendering": "iso",
+                "iso_threshold": limits[0] + 0.8 * (limits[1] - limits[0]),
+                "opacity": 0.8,
                 "visible": k == 1,
                 "metadata": {"attunet_gate": {"index": k, "head": h + 1,
                                               "stride": list(gate.stride),
@@ -134,3 +167,21 @@ def gate_layers(pred: Prediction, source: SourceGeometry, colormap: str = "infer
             }
             out.append((gate.data[h], kwargs, "image"))
     return out
+
+
+def uncertainty_layer(pred: Prediction, source: SourceGeometry, level: float = 0.5) -> tuple:
+    """``<image> uncertainty``: the prediction's per-voxel uncertainty on the scan grid, magenta
+    where the model is unsure, transparent where it is sure; in 3D the iso-surface at ``level``
+    (the widget's "uncertain over")."""
+    kwargs = {
+        **source.kwargs(),
+        "name": f"{source.name} uncertainty",
+        "colormap": alpha_ramp("magenta", power=0.7),
+        "blending": "translucent_no_depth",
+        "contrast_limits": (0.0, 0.5),
+        "rendering": "iso",
+        "iso_threshold": level,
+        "opacity": 0.9,
+        "metadata": {"attunet_uncertainty": {"source": source.name}},
+    }
+    return pred.uncertainty, kwargs, "image"

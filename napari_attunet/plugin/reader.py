@@ -10,6 +10,7 @@ import numpy as np
 from ..checkpoint import SUFFIXES as CHECKPOINT_SUFFIXES
 from ..io import SCAN_SUFFIXES
 from .transforms import GEOMETRY_KEY, data_to_world, display_kwargs, layer_state, same_grid
+from .orientation import AXIS_LABELS
 
 CT_SOFT_TISSUE = (-160.0, 240.0)  # W400 / L40
 
@@ -47,10 +48,13 @@ def _contrast_limits(array: np.ndarray) -> tuple[float, float]:
 
 
 def read_scan(path):
+    import napari
     from napari.utils.notifications import show_error, show_info
 
     from .. import io
+    from .orientation import install
 
+    install(napari.current_viewer())
     path = path[0] if isinstance(path, (list, tuple)) else path
     try:
         volume = io.read(path)
@@ -65,7 +69,7 @@ def read_scan(path):
         "name": volume.name,
         **display_kwargs(volume.affine),
         "units": ("mm",) * ndim,
-        "axis_labels": ("z", "y", "x")[-ndim:],
+        "axis_labels": AXIS_LABELS if ndim == 3 else ("y", "x"),
         "contrast_limits": _contrast_limits(volume.array),
         "metadata": {GEOMETRY_KEY: volume.geometry()},
     }

@@ -14,7 +14,9 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlid
                               FloatSpinBox, Label, ProgressBar, PushButton, Select, SpinBox,
                               Table, create_widget)
 
-from .layers import SourceGeometry, gate_layers, labels_layer
+from .layers import (LABEL_COLOURS, SourceGeometry, gate_layers, labels_layer,
+                     uncertainty_layer)
+from .readout import has_readout, readout, with_readout
 from .recent import recent_checkpoints, remember_checkpoint
 
 CHECKPOINT_FILTER = "*.safetensors *.pt *.pth *.ckpt"
@@ -23,6 +25,7 @@ NORMALIZATIONS = ("checkpoint default", "none", "zscore", "zscore_nonzero", "zsc
 ORIENTATIONS = ("checkpoint default", "RAS", "LPS", "LAS", "native", "display")
 PREVIEW_DEPTH = 32     # slices around the current one
 PREVIEW_PLANE = 192    # voxels across, around the view centre
+VOLUME_COLUMNS = ("colour", "class", "mL", "uncertain mL")
 
 
 def _notify(kind: str, message: str) -> None:
@@ -114,8 +117,16 @@ class AttUNetWidget(Container):
                                       choices=list(NORMALIZATIONS))
         self.scan_layout = ComboBox(name="scan_layout", label="network sees scans",
                                     choices=list(ORIENTATIONS))
+        self.argmax = CheckBox(name="argmax", text="argmax: most probable class", value=True,
+                               visible=False,
+                               tooltip="The default rule; moving a threshold switches to "
+                                       "thresholds.")
         self.thresholds = Container(name="thresholds", label="thresholds", labels=True)
         self.show_attention = CheckBox(name="show_attention", text="show attention", value=True)
+        self.show_uncertainty = CheckBox(name="show_uncertainty", text="show uncertainty",
+                                         value=False)
+        self.uncertainty_level = FloatSlider(name="uncertainty_level", label="uncertain over",
+                                             min=0.0, max=1.0, step=0.01, value=0.5)
         self.tta = CheckBox(name="tta", text="test-time flips (slower)", value=False)
         self.tile = SpinBox(name="tile", label="tile (0 = auto)", min=0, max=1024, step=16, value=0)
         self.overlap = FloatSpinBox(name="overlap", label="overlap", min=0.0, max=0.9, step=0.05,
@@ -125,9 +136,11 @@ class AttUNetWidget(Container):
         self.cancel = PushButton(name="cancel", text="Cancel", enabled=False)
         self.progress = ProgressBar(name="progress", label="progress", min=0, max=1, value=0)
         self.status = Label(name="status", value="")
-        self.volumes = Table(name="volumes", value={"class": [], "mL": []})
+        self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
         self.extend([self.image, self.channels, self.checkpoint, self.recent, self.model_info, self.device,
-                     self.precision, self.normalization, self.scan_layout, self.thresholds, self.show_attention,
+                     self.precision, self.normalization, self.scan_layout, self.argmax,
+                     self.thresholds, self.show_attention, self.show_uncertainty,
+                     self.uncertainty_level,
                      self.tta, self.tile, self.overlap, self.preview, self.run, self.cancel,
                      self.progress, self.status, self.volumes])
 
@@ -137,6 +150,13 @@ class AttUNetWidget(Container):
         self.preview.changed.connect(lambda: self.start(preview=True))
         self.cancel.changed.connect(self.request_cancel)
         self.show_attention.changed.connect(self._toggle_gates)
+        self.show_uncertainty.changed.connect(self._toggle_uncertainty)
+        self.uncertainty_level.changed.connect(self._on_uncertainty_level)
+        self.argmax.changed.connect(self._on_threshold)
+        self.viewer.events.status.connect(self._on_status)
+        from .orientation import install
+
+        install(self.viewer)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.image.reset_choices)
             event.connect(self.channels.reset_choices)
@@ -215,13 +235,25 @@ class AttUNetWidget(Container):
                 self.checkpoint.value = str(path)
         with self.recent.changed.blocked():
             self.recent.choices = self._recent_choices()
+            self.recent.value = self._recent_value(path)
         return True
+
+    def _recent_value(self, path) -> str:
+        """The dropdown entry of ``path`` (the demo checkpoint under its name)."""
+        target = Path(path).resolve()
+        for _, value in self._recent_choices():
+            if value and Path(value).resolve() == target:
+                return value
+        return ""
 
     def _build_thresholds(self) -> None:
         self.thresholds.clear()
         spec = self.model.spec
         names = spec.class_labels
         first = 1 if spec.output == "softmax" else 0
+        self.argmax.visible = spec.output == "softmax"
+        with self.argmax.changed.blocked():
+            self.argmax.value = True
         for k in range(first, spec.out_channels):
             slider = FloatSlider(name=f"t{k}", label=names[k], min=0.0, max=1.0, step=0.01,
                                  value=0.5)
@@ -229,9 +261,13 @@ class AttUNetWidget(Container):
             self.thresholds.append(slider)
 
     def threshold_values(self) -> list[float] | None:
+        """The thresholds labels follow; None is the default rule (Prediction.labels): argmax
+        for softmax models, 0.5 per channel for sigmoid ones (where the sliders start)."""
         if self.model is None:
             return None
         spec = self.model.spec
+        if spec.output == "softmax" and self.argmax.value:
+            return None
         values = [s.value for s in self.thresholds]
         return ([0.0] + values) if spec.output == "softmax" else values
 
@@ -304,9 +340,11 @@ class AttUNetWidget(Container):
 
         @thread_worker(ignore_errors=True)  # errors are shown by _on_error
         def work():
-            return (yield from iter_predict(data, model, spacing=spacing,
-                                            channel_axis=channel_axis, cancel=cancel,
-                                            name=f"layer {name!r}", **options))
+            pred = yield from iter_predict(data, model, spacing=spacing,
+                                           channel_axis=channel_axis, cancel=cancel,
+                                           name=f"layer {name!r}", **options)
+            pred.uncertainty  # computed here, off the event loop (cached on the prediction)
+            return pred
 
         return work()
 
@@ -395,11 +433,14 @@ class AttUNetWidget(Container):
                 kwargs["name"] = name + " (new)"
             layer = self.viewer.add_labels(data, **kwargs)
         self.state = RunState(pred, source, layer, offset)
-        self._show_volumes(kwargs["features"])
+        self._show_volumes(kwargs["features"], labels)
         gates = gate_layers(pred, source)
         self._pending_names = [k["name"] for _, k, _ in gates]
         self._pending = [lambda d=d, k=k: self._put_gate(d, k) for d, k, _ in gates]
         self._pending.append(lambda: self._drop_stale_gates(source.name))
+        if self.show_uncertainty.value or f"{source.name} uncertainty" in self.viewer.layers:
+            self._pending.append(self._put_uncertainty)
+        self._pending.append(self._select_labels)
         notes = "; ".join(pred.notes)
         self.status.value = (f"done in {pred.seconds:.1f} s on {pred.device} ({pred.precision})"
                              + (f"; {notes}" if notes else ""))
@@ -420,9 +461,71 @@ class AttUNetWidget(Container):
             layer = self.viewer.layers[name]
             layer.data = data
             layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+            layer.contrast_limits = kwargs["contrast_limits"]
+            layer.iso_threshold = kwargs["iso_threshold"]
             layer.metadata = kwargs["metadata"]
         else:
             self.viewer.add_image(data, **kwargs)
+
+    def _put_uncertainty(self) -> None:
+        """The ``<image> uncertainty`` layer of the latest run (shown when the toggle is on)."""
+        if self.state is None:
+            return
+        data, kwargs, _ = uncertainty_layer(self.state.prediction, self.state.source,
+                                            float(self.uncertainty_level.value))
+        kwargs["visible"] = bool(self.show_uncertainty.value)
+        name = kwargs["name"]
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape == data.shape:
+            layer = self.viewer.layers[name]
+            layer.data = data
+            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+            layer.metadata = kwargs["metadata"]
+            layer.visible = kwargs["visible"]
+        else:
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.viewer.add_image(data, **kwargs)
+
+    def _select_labels(self) -> None:
+        layer = self.state.layer(self.viewer) if self.state is not None else None
+        if layer is None:
+            return
+        if self.viewer.dims.ndisplay == 3 and self.viewer.cursor._view_direction is None:
+            # napari 0.9 fails to compute a 3D Labels status before the cursor has moved
+            return
+        self.viewer.layers.selection.active = layer
+
+    def _toggle_uncertainty(self, show: bool) -> None:
+        if self.state is None:
+            return
+        name = f"{self.state.source.name} uncertainty"
+        if name in self.viewer.layers:
+            self.viewer.layers[name].visible = bool(show)
+        elif show:
+            self._put_uncertainty()
+            self._select_labels()
+
+    def _on_uncertainty_level(self, value=None) -> None:
+        if self.state is not None and f"{self.state.source.name} uncertainty" in self.viewer.layers:
+            self.viewer.layers[f"{self.state.source.name} uncertainty"].iso_threshold = float(
+                self.uncertainty_level.value)
+        layer = self.state.layer(self.viewer) if self.state is not None else None
+        if layer is not None:
+            self._show_volumes(layer.features.to_dict("list"), np.asarray(layer.data))
+
+    def _on_status(self, event=None) -> None:
+        """Append the readout under the cursor to napari's status bar text."""
+        status = self.viewer.status
+        state = self.state
+        if state is None or has_readout(status) or not self.viewer.mouse_over_canvas:
+            return
+        try:
+            line = readout(self.viewer, state.prediction, state.layer(self.viewer),
+                           state.source.name)
+        except (ValueError, IndexError):  # a layer changed shape under the cursor
+            return
+        if line:
+            self.viewer.status = with_readout(status, line)
 
     def _drop_stale_gates(self, source_name: str) -> None:
         """Gates of an earlier run with more gates than this one."""
@@ -444,6 +547,12 @@ class AttUNetWidget(Container):
 
     # ---- thresholds ------------------------------------------------------------------------
     def _on_threshold(self, value=None) -> None:
+        if self.argmax.value and value is not None and not isinstance(value, bool):
+            with self.argmax.changed.blocked():  # a slider moved: thresholds take over
+                self.argmax.value = False
+        self._apply_thresholds()
+
+    def _apply_thresholds(self) -> None:
         """Re-label from the cached probabilities: the network does not run again.
 
         The slice on screen is re-labelled at once (a few ms); the whole volume, its features
@@ -493,10 +602,30 @@ class AttUNetWidget(Container):
         else:
             layer.features = kwargs["features"]
             layer.data = labels
-        self._show_volumes(kwargs["features"])
+        self._show_volumes(kwargs["features"], labels)
 
-    def _show_volumes(self, features: dict) -> None:
-        """The per-class table, from a Labels layer's features (row 0 is the background)."""
-        self.volumes.value = {"class": features["class"][1:],
-                              "mL": [round(v, 3) for v in features["volume_ml"][1:]]}
+    def _show_volumes(self, features: dict, labels: np.ndarray) -> None:
+        """The per-class table and colour legend, from a Labels layer's features (row 0 is the
+        background), with the volume of each class's voxels over the uncertainty level."""
+        state = self.state
+        uncertain = [0.0] * (len(features["class"]) - 1)
+        if state is not None and labels.shape == state.prediction.shape:
+            level = float(self.uncertainty_level.value)
+            mls = state.prediction.uncertain_volumes_ml(labels, level, state.source.scale)
+            uncertain = [mls.get(name, 0.0) for name in features["class"][1:]]
+        rows = len(features["class"]) - 1
+        self.volumes.value = {"colour": [""] * rows, "class": list(features["class"][1:]),
+                              "mL": [round(v, 3) for v in features["volume_ml"][1:]],
+                              "uncertain mL": [round(v, 3) for v in uncertain]}
+        self._paint_swatches(rows)
+
+    def _paint_swatches(self, rows: int) -> None:
+        from qtpy.QtGui import QColor
+
+        table = self.volumes.native
+        for r in range(rows):
+            item = table.item(r, 0)
+            if item is not None:
+                rgba = LABEL_COLOURS[(r + 1) % len(LABEL_COLOURS)]
+                item.setBackground(QColor.fromRgbF(*rgba[:3], 1.0))
 
