@@ -320,3 +320,37 @@ def test_several_layers_as_channels(make_napari_viewer, qtbot, tmp_path):
     widget.run.clicked.emit()
     _wait(qtbot, widget)
     assert viewer.layers["t1 attunet"].data.shape == (48, 48)
+
+
+def test_widget_and_cli_give_the_same_labels(make_napari_viewer, qtbot, tmp_path):
+    """A MONAI (RAS) checkpoint on an oblique scan stored LAS: the widget lays the scan out from
+    the layer's world transform, the CLI from the file; both must give the same labels."""
+    import nibabel as nib
+    from monai.networks.nets import AttentionUnet
+
+    from napari_attunet import io
+    from napari_attunet.cli import main
+
+    from conftest import randomise_bn
+
+    torch.manual_seed(1)
+    net = randomise_bn(AttentionUnet(spatial_dims=3, in_channels=1, out_channels=3,
+                                     channels=(4, 8, 16), strides=(2, 2)), seed=2).eval()
+    checkpoint = tmp_path / "monai.pt"
+    torch.save(net.state_dict(), checkpoint)
+    image, _ = make_phantom((32, 40, 24), seed=5)
+    affine = np.diag([-1.2, 0.9, 2.0, 1.0])  # LAS
+    c, s = np.cos(np.radians(12)), np.sin(np.radians(12))
+    affine[:3, :3] = np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ affine[:3, :3]
+    scan = tmp_path / "las.nii.gz"
+    nib.save(nib.Nifti1Image((image * 100).astype(np.float32), affine), scan)
+
+    out = tmp_path / "cli"
+    assert main(["predict", str(scan), "-c", str(checkpoint), "-o", str(out), "-q"]) == 0
+    cli_labels = io.read(out / "las_labels.nii.gz").array
+
+    viewer, widget = _run_on_scan(make_napari_viewer, qtbot, scan, checkpoint)
+    widget_labels = np.asarray(viewer.layers["las attunet"].data)
+    assert widget_labels.shape == cli_labels.shape
+    assert np.array_equal(widget_labels, cli_labels)
+    assert len(np.unique(cli_labels)) > 1
