@@ -130,3 +130,21 @@ def test_console_script(fixture_pth):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_orientation_is_stated_converted_and_overridden(fixture_pth, tmp_path, capsys):
+    """The official fixture defaults to the file's own layout; convert records another."""
+    assert main(["info", str(fixture_pth)]) == 0
+    assert re.search(r"orientation\s+native: the network sees scans as the file stores them",
+                     capsys.readouterr().out)
+    out = tmp_path / "ras.safetensors"
+    assert main(["convert", str(fixture_pth), str(out), "--orientation", "ras"]) == 0
+    capsys.readouterr()
+    assert na.load_model(out).spec.network_orientation == "RAS"
+    assert main(["info", str(out)]) == 0
+    assert "reoriented to RAS" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["convert", str(fixture_pth), str(tmp_path / "bad.safetensors"), "--orientation",
+              "RAR"])
+    assert "not an axis code" in capsys.readouterr().err
+    assert not (tmp_path / "bad.safetensors").exists()
