@@ -24,6 +24,7 @@ from .orientation import Layout, network_layout
 from .postprocess import GateMap, Prediction, quantize
 from .preprocess import (fit, prepare_channels, resample, resample_back,
                          resample_factors, resampled_shape, resolve_normalization)
+from .runtime import resolve_runtime, runtime_device
 from .tiling import Stitcher, default_tile, round_up, window_grid
 
 GiB = 1024 ** 3
@@ -115,7 +116,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
                  name: str = "the image", fold_batchnorm: bool = True,
                  channels_last: bool = True, affine=None, file_orientation: str | None = None,
                  orientation: str | None = None, region: Sequence[slice] | None = None,
-                 ) -> Generator[Progress, None, Prediction]:
+                 runtime: str = "auto") -> Generator[Progress, None, Prediction]:
     """Run ``model`` over ``image`` tile by tile, yielding a Progress after each batch.
 
     ``image`` is an array (napari axis order) or a scan from ``napari_attunet.io.read``, whose
@@ -125,9 +126,10 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     without one, the array is taken as this tool's reader lays scans out, (z, y, x) toward
     Superior, Posterior, Left. ``region`` (slices) predicts only that part of the image, with
     the whole image's intensity statistics and half a tile of context around it, as a full run
-    would see it. Returns (as the generator's value) a :class:`Prediction` on the input grid
-    (the region's grid with ``region``). Raises InputError for images the model cannot take
-    and Cancelled when ``cancel`` fires.
+    would see it. ``runtime``: 'auto' (OpenVINO on the CPU when installed, else PyTorch),
+    'torch' or 'openvino'. Returns (as the generator's value) a :class:`Prediction` on the
+    input grid (the region's grid with ``region``). Raises InputError for images the model
+    cannot take and Cancelled when ``cancel`` fires.
     """
     started = time.perf_counter()
     spec = model.spec
@@ -138,8 +140,11 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         image = image.array
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), not {overlap}.")
-    dev = resolve_device(device)
+    dev = resolve_device(runtime_device(runtime, device))
     prec = resolve_precision(precision, dev)
+    engine = resolve_runtime(runtime, dev)
+    if engine == "openvino":
+        channels_last = False  # OpenVINO picks its own layouts; it takes plain arrays
     notes: list[str] = []
     _early_memory_check(image, spec, name)
     yield Progress("preparing", 0, 1, "normalizing")
@@ -200,7 +205,15 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     for n, p in zip(reversed(plane), reversed(padded)):
         pad += [0, p - n]
     x = torch.nn.functional.pad(x, pad) if any(pad) else x
-    net = prepared(model, dev, fold=fold_batchnorm, layout=channels_last)
+    if engine == "openvino":
+        from . import runtime_openvino
+
+        if not runtime_openvino.is_ready(model):
+            yield Progress("preparing", 0, 1, runtime_openvino.COMPILING)
+        net = runtime_openvino.network(model, prec)
+    else:
+        net = prepared(model, dev, fold=fold_batchnorm, layout=channels_last)
+    autocast_precision = "fp32" if engine == "openvino" else prec  # OpenVINO has its own hint
     gates = spec.gates if attention else ()
     flips = _flips(dims, tta)
     spread = len(flips) > 1  # one more channel: the flips' disagreement (Prediction.uncertainty)
@@ -212,14 +225,15 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     total = math.ceil(len(jobs) / batch_size)
     done_batches = 0
     position = 0
-    yield Progress("predicting", 0, total, f"{len(jobs)} tiles of {tile_} on {dev} ({prec})")
+    yield Progress("predicting", 0, total,
+                   f"{len(jobs)} tiles of {tile_} on {dev} ({prec}, {engine})")
     while position < len(jobs):
         if _cancelled(cancel):
             raise Cancelled(f"prediction on {name} was cancelled; no result was kept.")
         chunk = jobs[position:position + batch_size]
         try:
-            values, maps = _run_batch(net, x, chunk, tile_, dev, prec, flips, spec.output,
-                                      gates, memory_format)
+            values, maps = _run_batch(net, x, chunk, tile_, dev, autocast_precision, flips,
+                                      spec.output, gates, memory_format)
         except torch.OutOfMemoryError:
             if dev.type != "cuda":
                 raise
@@ -267,7 +281,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         output=spec.output, class_names=spec.class_labels, gates=gate_maps,
         spacing=tuple(float(s) for s in spacing)[-len(scan_shape):] if spacing is not None else None,
         device=str(dev), precision=prec, seconds=time.perf_counter() - started, tile=tile_,
-        overlap=overlap, notes=notes)
+        overlap=overlap, notes=notes, runtime=engine)
 
 
 def _to_network(x: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -427,8 +441,8 @@ def predict(image, model: AttentionUNetBase, spacing: Sequence[float] | None = N
             channel_axis: int | None = None, normalization=None,
             tile: Sequence[int] | int | None = None, overlap: float = 0.5,
             device: str = "auto", precision: str = "auto", tta: bool = False,
-            progress: Callable[[int, int], None] | None = None, cancel=None,
-            **options) -> Prediction:
+            runtime: str = "auto", progress: Callable[[int, int], None] | None = None,
+            cancel=None, **options) -> Prediction:
     """Segment ``image`` with ``model``; see DESIGN.md for every argument.
 
     ``progress(done, total)`` is called after each batch; ``cancel`` (a threading.Event or a
@@ -436,7 +450,8 @@ def predict(image, model: AttentionUNetBase, spacing: Sequence[float] | None = N
     """
     steps = iter_predict(image, model, spacing=spacing, channel_axis=channel_axis,
                          normalization=normalization, tile=tile, overlap=overlap, device=device,
-                         precision=precision, tta=tta, cancel=cancel, **options)
+                         precision=precision, tta=tta, runtime=runtime, cancel=cancel,
+                         **options)
     while True:
         try:
             step = next(steps)

@@ -53,6 +53,7 @@ class Prediction:
     overlap: float = 0.5
     notes: list[str] = field(default_factory=list)
     disagreement: np.ndarray | None = None  # (*image_shape) uint8 (q / 255): TTA flips' spread
+    runtime: str = "torch"                 # "torch" | "openvino"
     _uncertainty: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property

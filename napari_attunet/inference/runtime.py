@@ -1,0 +1,48 @@
+"""Which runtime executes the network: PyTorch, or OpenVINO on the CPU when it is installed."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InputError
+
+RUNTIMES = ("auto", "torch", "openvino")
+OPENVINO_EXTRA = 'pip install "napari-attunet[openvino]"'
+
+
+def openvino_available() -> bool:
+    """Whether ``import openvino`` works (a missing or broken install counts as absent)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_runtime(runtime: str, device: torch.device) -> str:
+    """'torch' or 'openvino' for a run on ``device``.
+
+    'auto' picks OpenVINO on the CPU when it is installed and PyTorch everywhere else. Asking
+    for OpenVINO where it cannot run is an InputError naming what to do instead.
+    """
+    name = str(runtime).lower()
+    if name not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}.")
+    if name == "torch":
+        return "torch"
+    if name == "auto":
+        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+    if device.type != "cpu":
+        raise InputError(f"the OpenVINO runtime runs on the CPU, not on {device}; choose device "
+                         "cpu or runtime torch.")
+    if not openvino_available():
+        raise InputError("the OpenVINO runtime is not installed; install it with "
+                         f"{OPENVINO_EXTRA}, or choose runtime torch.")
+    return "openvino"
+
+
+def runtime_device(runtime: str, device: str | torch.device) -> str | torch.device:
+    """The device to resolve: an explicit OpenVINO run with device 'auto' means the CPU."""
+    if str(runtime).lower() == "openvino" and str(device).lower() == "auto":
+        return "cpu"
+    return device

@@ -1,0 +1,246 @@
+"""A network converted to OpenVINO and compiled for this CPU, with a conversion cache on disk.
+
+The converted model returns the logits and every gate map, ``(logits, *gates)``, so the engine
+stitches, flips and blends them exactly as it does PyTorch's. Its spatial shape is dynamic
+(measured: as fast as a static shape), so one conversion serves every tile size.
+
+Converting takes tens of seconds for a 3D network, so the converted model (OpenVINO IR) is
+stored in the user's cache folder under a key made of the weights' sha256, the spec and the
+OpenVINO and PyTorch versions. Entries are written atomically and checked against the sha256 of
+their files before use: a corrupt, stale or foreign entry is rebuilt, never trusted. Compiling
+the IR for the CPU, with the precision hint, takes a fraction of a second and is done once per
+model and settings in a process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .optimize import prepared
+
+CACHE_ENV = "NAPARI_ATTUNET_CACHE"
+COMPILING = "compiling for this CPU (once)"
+FORMAT = 1  # bump when what an entry holds changes
+_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+# Per model, outside its __dict__ so that copy.deepcopy (optimize.prepared) never meets them.
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$NAPARI_ATTUNET_CACHE`` or the platform's user cache."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override)
+    try:
+        from platformdirs import user_cache_dir
+    except ImportError:
+        return Path.home() / ".cache" / "napari-attunet"
+    return Path(user_cache_dir("napari-attunet"))
+
+
+class _AllOutputs(nn.Module):
+    """The network as one graph with plain outputs: ``(logits, *gates)``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        logits, gates = self.net.forward_with_attention(x)
+        return (logits, *gates)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 of the spec and every tensor of the state dict (names, dtypes, shapes, bytes)."""
+    digest = hashlib.sha256(model.spec.to_json().encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _versions() -> dict:
+    import openvino
+
+    return {"openvino": openvino.__version__, "torch": torch.__version__, "format": FORMAT}
+
+
+def entry_key(model: nn.Module) -> tuple[str, dict]:
+    """The cache entry's name and what it was made from."""
+    fields = {"weights": _weights_digest(model), **_versions()}
+    name = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+    return name, fields
+
+
+def _weights_digest(model: nn.Module) -> str:
+    versions = tuple(p._version for p in model.parameters())
+    memo = _DIGESTS.get(model)
+    if memo is None or memo[0] != versions:
+        memo = (versions, weights_sha256(model))
+        _DIGESTS[model] = memo
+    return memo[1]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_entry(folder: Path, fields: dict, outputs: int):
+    """The stored ov.Model, or None when the entry is missing, corrupt or not this model's."""
+    import openvino
+
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if manifest.get("fields") != fields:
+            return None
+        for name, expected in manifest["sha256"].items():
+            if _file_sha256(folder / name) != expected:
+                return None
+        ov_model = openvino.Core().read_model(folder / "model.xml", folder / "model.bin")
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+        return None
+    return ov_model if len(ov_model.outputs) == outputs else None
+
+
+def _store_entry(ov_model, folder: Path, fields: dict) -> None:
+    """Write the entry next to its final place, then move it there in one rename."""
+    import openvino
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
+    try:
+        openvino.save_model(ov_model, staging / "model.xml", compress_to_fp16=False)
+        sums = {name: _file_sha256(staging / name) for name in ("model.xml", "model.bin")}
+        (staging / "manifest.json").write_text(json.dumps({"fields": fields, "sha256": sums}))
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            pass  # another process stored the same entry first; theirs is checked on reading
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def convert(model: nn.Module):
+    """The network (BatchNorm folded) as an OpenVINO model for (B, C, *spatial) inputs whose
+    spatial sizes are multiples of the total stride (the engine's tiles always are)."""
+    import openvino
+
+    spec = model.spec
+    net = _AllOutputs(prepared(model, torch.device("cpu"), fold=True, layout=False)).eval()
+    # Traced on a small input: the graph keeps its shapes symbolic, so size is no matter.
+    example = torch.zeros((1, spec.in_channels) + tuple(2 * s for s in spec.total_stride))
+    shape = openvino.PartialShape([-1, spec.in_channels] + [-1] * spec.spatial_dims)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks, true for tiles
+        return openvino.convert_model(net, example_input=example, input=[shape])
+
+
+class OpenVINONet:
+    """A compiled network with the calls the engine makes of a PyTorch one.
+
+    ``forward_with_attention(x)`` takes a (B, C, *tile) float32 CPU tensor and returns
+    ``(logits, [gate, ...])`` as float32 tensors. With several infer requests (OpenVINO's
+    THROUGHPUT hint), the tiles of a batch run concurrently, one per request.
+    """
+
+    def __init__(self, compiled, gates: int) -> None:
+        self.compiled = compiled
+        self.gates = gates
+        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.requests = [compiled.create_infer_request() for _ in range(max(1, requests))]
+
+    @property
+    def parallel(self) -> int:
+        """How many tiles run at once: the batch size that keeps every request busy."""
+        return len(self.requests)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_attention(x)[0]
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        if len(self.requests) == 1 or len(array) == 1:
+            outputs = self._infer(self.requests[0], array)
+        else:
+            parts = np.array_split(array, min(len(array), len(self.requests)))
+            used = self.requests[:len(parts)]
+            for request, part in zip(used, parts):
+                request.start_async({0: part})
+            results = []
+            for request in used:
+                request.wait()
+                results.append([np.copy(request.get_output_tensor(i).data)
+                                for i in range(1 + self.gates)])
+            outputs = [np.concatenate(column) for column in zip(*results)]
+        tensors = [torch.from_numpy(o) for o in outputs]
+        return tensors[0], tensors[1:]
+
+    def _infer(self, request, array: np.ndarray) -> list[np.ndarray]:
+        result = request.infer({0: array})
+        return [np.asarray(result[i]) for i in range(1 + self.gates)]
+
+
+def cached_model(model: nn.Module) -> tuple[object | None, Path, dict]:
+    """(the stored ov.Model or None, its entry folder, its key fields)."""
+    name, fields = entry_key(model)
+    folder = cache_root() / "openvino" / name
+    return _load_entry(folder, fields, 1 + len(model.spec.gates)), folder, fields
+
+
+def converted(model: nn.Module):
+    """The stored conversion of ``model``, converting and storing it if needed."""
+    ov_model, folder, fields = cached_model(model)
+    if ov_model is None:
+        ov_model = convert(model)
+        _store_entry(ov_model, folder, fields)
+    return ov_model
+
+
+def compile_network(ov_model, gates: int, precision: str = "fp32",
+                    hint: str = "LATENCY", threads: int | None = None) -> OpenVINONet:
+    """Compile for this CPU. ``precision`` 'fp32' or 'bf16' (OpenVINO's inference precision
+    hint, honoured where the CPU has bf16); ``hint`` 'LATENCY' or 'THROUGHPUT'."""
+    import openvino
+
+    config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": _PRECISION[precision]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return OpenVINONet(openvino.Core().compile_model(ov_model, "CPU", config), gates)
+
+
+def network(model: nn.Module, precision: str = "fp32", hint: str = "LATENCY") -> OpenVINONet:
+    """The compiled network, kept for the next run with the same weights and settings (like
+    ``optimize.prepared``)."""
+    key = (_weights_digest(model), precision, hint)
+    memo = _COMPILED.setdefault(model, {})
+    if key not in memo:
+        memo.clear()
+        memo[key] = compile_network(converted(model), len(model.spec.gates), precision, hint)
+    return memo[key]
+
+
+def is_ready(model: nn.Module) -> bool:
+    """Whether :func:`network` will not have to convert (compiled already, or stored)."""
+    digest = _weights_digest(model)
+    if any(key[0] == digest for key in _COMPILED.get(model, {})):
+        return True
+    return cached_model(model)[0] is not None

@@ -1,0 +1,200 @@
+"""The OpenVINO runtime: the same numbers as PyTorch for every family, a conversion cache that is
+used when sound and rebuilt when not, and a plain PyTorch fallback where OpenVINO is absent."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import numpy as np
+import pytest
+import torch
+
+import napari_attunet as na
+from helpers import (TOL_Q, lee_spec, make_model, monai_spec, official_spec, one_sentence,
+                     random_image, sharpen_gates)
+from napari_attunet.inference import iter_predict
+from napari_attunet.inference.runtime_openvino import CACHE_ENV, COMPILING, network
+
+pytest.importorskip("openvino")
+
+SPECS = {
+    "official-3d": official_spec(3),
+    "official-2d": official_spec(2),
+    "official-multi-3d": official_spec(3, variant="multi_att_dsv"),
+    "official-grid-2d": official_spec(2, variant="grid_attention", out_ch=3),
+    "monai-3d": monai_spec(3),
+    "monai-2d": monai_spec(2, out_ch=3),
+    "leejunhyun-3d": lee_spec(3),
+    "leejunhyun-2d": lee_spec(2, out_ch=1),
+}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> pathlib.Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_outputs_equal_pytorch(name, cache):
+    spec = SPECS[name]
+    model = sharpen_gates(make_model(spec, seed=3))
+    # Not the size the network was traced at: the converted spatial shape is dynamic.
+    shape = tuple(3 * s for s in spec.total_stride)
+    x = torch.from_numpy(random_image((2, spec.in_channels) + shape, seed=1))
+    with torch.no_grad():
+        logits, gates = model.forward_with_attention(x)
+    ov_logits, ov_gates = network(model, "fp32").forward_with_attention(x)
+    assert ov_logits.shape == logits.shape
+    assert float((ov_logits - logits).abs().max()) < 2e-3
+    assert len(ov_gates) == len(gates) == len(spec.gates)
+    for ov_gate, gate in zip(ov_gates, gates):
+        assert ov_gate.shape == gate.shape
+        assert float(gate.std()) > 1e-3  # maps that vary, not a constant
+        assert float((ov_gate - gate).abs().max()) < 1e-4
+
+
+def _predict(model, image, **options):
+    return na.predict(image, model, normalization="none", precision="fp32", **options)
+
+
+def test_predict_tta_uncertainty_and_preview_match_pytorch(cache):
+    model = sharpen_gates(make_model(official_spec(3, out_ch=3), seed=5))
+    image = random_image((20, 40, 36), seed=2)
+    options = dict(tile=(16, 32, 32), overlap=0.5, tta=True)
+    ours = _predict(model, image, runtime="openvino", **options)
+    ref = _predict(model, image, runtime="torch", **options)
+    assert (ours.runtime, ref.runtime) == ("openvino", "torch")
+    assert np.abs(ours.probabilities - ref.probabilities).max() <= TOL_Q
+    assert np.abs(ours.uncertainty - ref.uncertainty).max() <= 2 * TOL_Q
+    for a, b in zip(ours.gates, ref.gates):
+        assert (a.stride, a.offset) == (b.stride, b.offset)
+        assert np.abs(a.data - b.data).max() < 1e-4
+    region = (slice(6, 14), slice(0, 40), slice(0, 36))
+    preview = _predict(model, image, runtime="openvino", region=region, tile=(16, 32, 32))
+    preview_ref = _predict(model, image, runtime="torch", region=region, tile=(16, 32, 32))
+    assert np.array_equal(preview.labels(), preview_ref.labels())
+
+
+def test_2d_model_on_a_volume_in_batches(cache):
+    model = sharpen_gates(make_model(monai_spec(2, out_ch=3), seed=6))
+    image = random_image((11, 24, 40), seed=3)  # 11 slices: batches of 8, the last one short
+    ours = _predict(model, image, runtime="openvino", tile=16, overlap=0.25)
+    ref = _predict(model, image, runtime="torch", tile=16, overlap=0.25)
+    assert np.abs(ours.probabilities - ref.probabilities).max() <= TOL_Q
+    for a, b in zip(ours.gates, ref.gates):
+        assert np.abs(a.data - b.data).max() < 1e-4
+
+
+def _messages(model, image) -> list[str]:
+    steps = iter_predict(image, model, normalization="none", precision="fp32",
+                         runtime="openvino", tile=16)
+    messages = []
+    while True:
+        try:
+            messages.append(next(steps).message)
+        except StopIteration as stop:
+            return messages, stop.value
+
+
+def _entry(cache: pathlib.Path) -> pathlib.Path:
+    (entry,) = [p for p in (cache / "openvino").iterdir()]
+    return entry
+
+
+def _stamps(entry: pathlib.Path) -> dict:
+    return {p.name: p.stat().st_mtime_ns for p in entry.iterdir()}
+
+
+def test_cache_second_run_does_not_convert_and_corrupt_entry_is_rebuilt(cache, tmp_path):
+    path = na.save_model(make_model(monai_spec(3), seed=8), tmp_path / "m.safetensors")
+    image = random_image((16, 24, 16), seed=4)
+    messages, first = _messages(na.load_model(path), image)
+    assert COMPILING in messages
+    entry = _entry(cache)
+    assert sorted(p.name for p in entry.iterdir()) == ["manifest.json", "model.bin", "model.xml"]
+    assert not [p for p in entry.parent.iterdir() if p.name.startswith(".")]  # no partial left
+    stamps = _stamps(entry)
+
+    # A new model object from the same file, as a new session would load it: no conversion.
+    messages, second = _messages(na.load_model(path), image)
+    assert COMPILING not in messages
+    assert _stamps(entry) == stamps
+    assert np.array_equal(first.quantized, second.quantized)
+
+    # A corrupt weights file: detected, converted again, the same result.
+    weights = entry / "model.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+    weights.write_bytes(bytes(data))
+    messages, third = _messages(na.load_model(path), image)
+    assert COMPILING in messages
+    assert np.array_equal(first.quantized, third.quantized)
+    assert _entry(cache) == entry and weights.read_bytes() != bytes(data)
+
+    # A stale entry (made by another OpenVINO) and an unreadable manifest: rebuilt too.
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["fields"]["openvino"] = "2020.1"
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    assert COMPILING in _messages(na.load_model(path), image)[0]
+    (entry / "manifest.json").write_text("{not json")
+    assert COMPILING in _messages(na.load_model(path), image)[0]
+    assert COMPILING not in _messages(na.load_model(path), image)[0]
+
+
+def test_changed_weights_are_a_new_entry(cache):
+    model = make_model(lee_spec(2), seed=9)
+    image = random_image((24, 24), seed=5)
+    first = _predict(model, image, runtime="openvino", tile=16)
+    with torch.no_grad():
+        model.Conv_1x1.bias[1] += 1.0  # softmax: a shift of one class only
+    second = _predict(model, image, runtime="openvino", tile=16)
+    ref = _predict(model, image, runtime="torch", tile=16)
+    assert len(list((cache / "openvino").iterdir())) == 2
+    assert not np.array_equal(first.quantized, second.quantized)
+    assert np.abs(second.probabilities - ref.probabilities).max() <= TOL_Q
+
+
+def test_auto_picks_openvino_on_the_cpu(cache):
+    model = make_model(lee_spec(2), seed=10)
+    assert _predict(model, random_image((24, 24)), tile=16).runtime == "openvino"
+    with pytest.raises(na.InputError) as err:
+        _predict(model, random_image((24, 24)), runtime="tensorrt")
+    assert one_sentence(str(err.value)) and "openvino" in str(err.value)
+
+
+WITHOUT_OPENVINO = """
+import sys
+sys.modules["openvino"] = None  # what Python does when the package is not installed
+sys.path.insert(0, {tests!r})
+import numpy as np
+import napari_attunet as na
+from helpers import lee_spec, make_model
+model = make_model(lee_spec(2), seed=11)
+image = np.random.default_rng(0).normal(size=(24, 24)).astype(np.float32)
+print("auto:", na.predict(image, model, normalization="none", tile=16).runtime)
+try:
+    na.predict(image, model, runtime="openvino")
+except na.InputError as exc:
+    print("openvino:", exc)
+"""
+
+
+def test_without_openvino_auto_is_torch_and_openvino_is_a_clear_error(tmp_path):
+    script = WITHOUT_OPENVINO.format(tests=str(pathlib.Path(__file__).parent))
+    env = {**os.environ, CACHE_ENV: str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+    assert lines["auto"] == "torch"
+    assert 'pip install "napari-attunet[openvino]"' in lines["openvino"]
+    assert one_sentence(lines["openvino"])
+    assert not (tmp_path / "cache").exists()
