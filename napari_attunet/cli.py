@@ -144,7 +144,8 @@ def _predict(args: argparse.Namespace) -> int:
                                normalization=_parse_normalization(args.normalization),
                                tile=args.tile, overlap=args.overlap, device=args.device,
                                precision=args.precision, tta=args.tta, progress=progress,
-                               name=str(scan), attention=args.attention)
+                               name=str(scan), attention=args.attention,
+                               runtime=args.runtime)
             labels = pred.labels(args.thresholds, min_size=args.min_size,
                                  fill_holes=args.fill_holes)
             suffix = args.format
@@ -166,7 +167,7 @@ def _predict(args: argparse.Namespace) -> int:
                 rows.append((volume.name, cname, f"{ml:.3f}"))
             if not args.quiet:
                 print(f"{volume.name}: {labels.shape} in {pred.seconds:.1f} s on {pred.device} "
-                      f"({pred.precision}) -> {outdir}")
+                      f"({pred.precision}, {pred.runtime}) -> {outdir}")
         except (ValueError, OSError) as exc:
             failures += 1
             print(f"napari-attunet predict: {exc}", file=sys.stderr)
@@ -293,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "with --tta, or the flips' disagreement where larger)")
     pred.add_argument("--device", default="auto")
     pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    pred.add_argument("--runtime", default="auto", choices=("auto", "torch", "openvino"),
+                      help="auto: OpenVINO on the CPU when installed (pip install "
+                           "\"napari-attunet[openvino]\"), else PyTorch")
     pred.add_argument("--normalization", metavar="MODE",
                       help="none | zscore (NormalizeIntensityd) | zscore_nonzero (nonzero=True) | "
                            "zscore_foreground | ct:LOW,HIGH | percentile:LOW,HIGH | "

@@ -112,6 +112,7 @@ def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan,
                  "run", "cancel", "progress", "volumes"):
         assert hasattr(widget, name) and widget[name] is not None
     widget.precision.value = "fp32"
+    widget.runtime.value = "torch"  # ForwardCounter sees PyTorch's forward passes
     widget.image.value = image
     with ForwardCounter() as counter:
         widget.run.clicked.emit()

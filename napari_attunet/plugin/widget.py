@@ -113,6 +113,10 @@ class AttUNetWidget(Container):
         self.device = ComboBox(name="device", label="device", choices=self._devices())
         self.precision = ComboBox(name="precision", label="precision",
                                   choices=["auto", "fp32", "bf16", "fp16"])
+        self.runtime = ComboBox(name="runtime", label="runtime",
+                                choices=["auto", "torch", "openvino"],
+                                tooltip="auto: OpenVINO on the CPU when it is installed, "
+                                        "else PyTorch")
         self.normalization = ComboBox(name="normalization", label="normalization",
                                       choices=list(NORMALIZATIONS))
         self.scan_layout = ComboBox(name="scan_layout", label="network sees scans",
@@ -138,8 +142,8 @@ class AttUNetWidget(Container):
         self.status = Label(name="status", value="")
         self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
         self.extend([self.image, self.channels, self.checkpoint, self.recent, self.model_info, self.device,
-                     self.precision, self.normalization, self.scan_layout, self.argmax,
-                     self.thresholds, self.show_attention, self.show_uncertainty,
+                     self.precision, self.runtime, self.normalization, self.scan_layout,
+                     self.argmax, self.thresholds, self.show_attention, self.show_uncertainty,
                      self.uncertainty_level,
                      self.tta, self.tile, self.overlap, self.preview, self.run, self.cancel,
                      self.progress, self.status, self.volumes])
@@ -276,6 +280,7 @@ class AttUNetWidget(Container):
         norm = self.normalization.value
         return {
             "device": self.device.value, "precision": self.precision.value,
+            "runtime": self.runtime.value,
             "normalization": None if norm == "checkpoint default" else norm,
             "tile": self.tile.value or None, "overlap": float(self.overlap.value),
             "tta": bool(self.tta.value), "attention": True,
@@ -442,7 +447,8 @@ class AttUNetWidget(Container):
             self._pending.append(self._put_uncertainty)
         self._pending.append(self._select_labels)
         notes = "; ".join(pred.notes)
-        self.status.value = (f"done in {pred.seconds:.1f} s on {pred.device} ({pred.precision})"
+        self.status.value = (f"done in {pred.seconds:.1f} s on {pred.device} ({pred.precision}, "
+                             f"{pred.runtime})"
                              + (f"; {notes}" if notes else ""))
         self._drain()
 
