@@ -1,17 +1,26 @@
-"""na.predict against MONAI's sliding_window_inference, in one process, same weights and tiles.
+"""na.predict (PyTorch and OpenVINO runtimes) against MONAI's sliding_window_inference, in one
+process, with the same weights, tiles and overlap.
 
-    python bench/bench_predict.py [--shape 96 160 160] [--tile 96] [--device cpu]
+    python bench/bench_predict.py [--shape 96 160 192] [--tile 96] [--overlap 0.25]
 
-A MONAI AttentionUnet is first trained for a few minutes on synthetic phantoms (cached in
-bench/.cache), so that the labels compared are not coin-flips. Prints throughput ratios, the
-peak memory of each run, per-class Dice of the labels against MONAI fp32, and the cost of the
-attention maps. Figures, not pass/fail: these machines are shared and noisy.
+A MONAI AttentionUnet (channels 16-128) is first trained for a few minutes on synthetic
+phantoms (cached in bench/.cache), so that the labels compared are not coin-flips. MONAI gets
+the volume as its loaders give it, (x, y, z) = 192x160x96; na.predict gets napari's (z, y, x)
+and reorders it for the network (orientation "native": the array as stored, x first, no
+flips), so both networks see the same array. Prints the CPU, seconds,
+ratios to MONAI's best configuration on this CPU, GFLOP/s and the share of the CPU's fp32 peak,
+per-class Dice against MONAI fp32, the cost of the attention maps, OpenVINO's performance hints
+per tile, peak memory and the conversion cache, each in fresh processes. Figures, not
+pass/fail: these machines are shared and noisy, so every ratio comes from one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -23,6 +32,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import napari_attunet as na  # noqa: E402
+from napari_attunet.inference.devices import cpu_has_fast_bf16  # noqa: E402
+from napari_attunet.inference.tiling import window_grid  # noqa: E402
 from napari_attunet.phantom import make_phantom  # noqa: E402
 
 CHANNELS = (16, 32, 64, 128)
@@ -93,39 +104,77 @@ class PeakRSS:
         return (self.peak - self.base) / 2 ** 20
 
 
-def timed(fn, repeats: int):
-    """Best of ``repeats`` after one warm-up (the memory column is only indicative: the
-    allocator keeps what earlier runs took; the fresh-process figures below are the real ones)."""
-    fn()
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        with PeakRSS() as mem:
-            t = time.perf_counter()
-            out = fn()
-            best = min(best, time.perf_counter() - t)
-    return best, out, mem.mib
-
-
 def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
     x, y = a == label, b == label
     total = x.sum() + y.sum()
     return 1.0 if total == 0 else float(2 * (x & y).sum() / total)
 
 
+def cpu_description() -> dict:
+    """The CPU's model name, its capability as PyTorch and OpenVINO see it, its clock."""
+    info = {"model": "unknown", "cores": os.cpu_count(), "mhz": None, "flags": []}
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in text.splitlines():
+            if line.startswith("Model name:"):
+                info["model"] = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        flags = next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split()
+        info["flags"] = sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16",
+                                                         "amx_bf16", "amx_tile", "avx512_vnni"})
+        info["mhz"] = float(next(line for line in cpuinfo.splitlines()
+                                 if line.startswith("cpu MHz")).split(":")[1])
+    except (OSError, StopIteration, ValueError):
+        pass
+    info["torch"] = torch.backends.cpu.get_cpu_capability()
+    info["fast_bf16"] = cpu_has_fast_bf16()
+    try:
+        import openvino
+
+        info["openvino"] = openvino.__version__.split("-")[0]
+        info["openvino_caps"] = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except ImportError:
+        info["openvino"] = None
+    return info
+
+
+def tile_flops(tile: tuple[int, ...]) -> float:
+    """FLOPs of one forward pass of the network on one tile (2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = monai_net().eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros((1, 1) + tile))
+    return float(counter.get_total_flops())
+
+
+def monai_windows(shape_xyz, roi, overlap) -> int:
+    from monai.inferers.utils import _get_scan_interval, dense_patch_slices
+
+    interval = _get_scan_interval(tuple(shape_xyz), roi, 3, (overlap,) * 3)
+    return len(dense_patch_slices(tuple(shape_xyz), roi, interval))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=(96, 160, 160))
+    parser.add_argument("--shape", type=int, nargs=3, default=(96, 160, 192),
+                        help="napari (z, y, x); MONAI sees (x, y, z)")
     parser.add_argument("--tile", type=int, default=96)
-    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--pairs", type=int, default=5, help="interleaved runs with/without maps")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs after a warm-up")
+    parser.add_argument("--pairs", type=int, default=3, help="interleaved runs with/without maps")
     parser.add_argument("--train-seconds", type=float, default=420)
+    parser.add_argument("--flops-per-cycle", type=float, default=32,
+                        help="fp32 FLOP per cycle and core (2 FMA units x 8 lanes x 2)")
     parser.add_argument("--weights", type=Path, default=HERE / ".cache" / "monai_phantom.pth")
-    parser.add_argument("--memory-of", choices=("monai", "fp32", "auto"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_of:
-        memory_of(args.memory_of, args)
+    if args.child:
+        child(args.child, args)
         return
 
     from monai.inferers import sliding_window_inference
@@ -138,83 +187,169 @@ def main() -> None:
     net = net.eval().to(args.device)
     model = na.load_model(args.weights)
 
+    cpu = cpu_description()
+    peak = (cpu["cores"] * args.flops_per_cycle * cpu["mhz"] / 1e3) if cpu["mhz"] else None
+    print(f"CPU: {cpu['model']}, {cpu['cores']} cores at {cpu['mhz']} MHz; flags "
+          f"{' '.join(cpu['flags'])}; torch capability {cpu['torch']}; fast bf16 "
+          f"{cpu['fast_bf16']}; OpenVINO {cpu['openvino']} {cpu.get('openvino_caps', '')}")
+    if peak:
+        print(f"fp32 peak assumed: {cpu['cores']} cores x {args.flops_per_cycle:.0f} FLOP/cycle x "
+              f"{cpu['mhz']:.0f} MHz = {peak:.0f} GFLOP/s")
+
     image, truth = make_phantom(tuple(args.shape), seed=7)
     roi = (args.tile,) * 3
-    # A MONAI user holds the volume as nibabel/ITK give it, (x, y, z); napari holds (z, y, x)
-    # and na.predict reorders it for the network (MONAI checkpoints default to axes "xyz").
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 1, 0)))[None, None].to(args.device)
-    print(f"volume {tuple(args.shape)}, tile {roi}, overlap {args.overlap}, device {args.device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, model "
-          f"{model.spec.summary()}")
+    windows = monai_windows(x.shape[2:], roi, args.overlap)
+    ours = len(window_grid(args.shape, roi, model.spec.total_stride, args.overlap))
+    per_tile = tile_flops(roi)
+    flops = per_tile * windows  # the network's work; stitching and the rest come on top
+    print(f"volume (x, y, z) {tuple(x.shape[2:])}, tile {roi}, overlap {args.overlap}, "
+          f"{windows} windows (na.predict: {ours}), {per_tile / 1e9:.1f} GFLOP per tile, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
 
-    def run_monai():
-        with torch.inference_mode():
-            out = sliding_window_inference(x, roi, 1, net, overlap=args.overlap, mode="gaussian",
-                                           sigma_scale=0.125)
-        return torch.softmax(out, 1)[0].cpu().numpy().transpose(0, 3, 2, 1)
+    def run_monai(bf16: bool):
+        def run():
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                out = sliding_window_inference(x, roi, 1, net, overlap=args.overlap,
+                                               mode="gaussian", sigma_scale=0.125)
+            return torch.softmax(out.float(), 1)[0].cpu().numpy().transpose(0, 3, 2, 1)
+        return run
 
-    t_monai, monai_probs, mem_monai = timed(run_monai, args.repeats)
-    monai_labels = monai_probs.argmax(0)
-    vox = float(np.prod(args.shape))
-    print(f"\nMONAI sliding_window_inference fp32: {t_monai:.2f} s "
-          f"({vox / t_monai / 1e6:.2f} Mvox/s), peak +{mem_monai:.0f} MiB; Dice vs truth "
-          + ", ".join(f"{dice(monai_labels, truth, c):.3f}" for c in (1, 2)))
+    def run_ours(**options):
+        def run():
+            return na.predict(image, model, normalization="none", tile=roi, overlap=args.overlap,
+                              device=args.device, orientation="native", **options)
+        return run
 
-    configs = [
-        ("fp32, plain", dict(precision="fp32", fold_batchnorm=False, channels_last=False)),
-        ("fp32, BN folded", dict(precision="fp32", fold_batchnorm=True, channels_last=False)),
-        ("fp32, channels-last", dict(precision="fp32", fold_batchnorm=False, channels_last=True)),
-        ("fp32, folded + channels-last", dict(precision="fp32")),
-        ("auto (default)", dict(precision="auto")),
-        ("auto, no attention maps", dict(precision="auto", attention=False)),
+    configs = [("MONAI sliding_window_inference, fp32", run_monai(False), "monai")]
+    if cpu["fast_bf16"]:
+        configs.append(("MONAI sliding_window_inference, bf16 autocast", run_monai(True), "monai"))
+    configs += [
+        ("na.predict torch, fp32", run_ours(runtime="torch", precision="fp32"), "ours"),
+        ("na.predict torch, auto", run_ours(runtime="torch", precision="auto"), "ours"),
     ]
-    print(f"\n{'na.predict':34s} {'time s':>7s} {'x MONAI':>8s} {'peak MiB':>9s} {'max|dp|':>8s}"
-          "  Dice vs MONAI fp32 (classes 0, 1, 2)")
-    timings = {}
-    for label, options in configs:
-        t, pred, mem = timed(lambda: na.predict(image, model, normalization="none", tile=roi,
-                                                overlap=args.overlap, device=args.device,
-                                                **options), args.repeats)
-        labels = pred.labels()
-        scores = [dice(labels, monai_labels, c) for c in (0, 1, 2)]
-        timings[label] = t
-        diff = float(np.abs(pred.probabilities - monai_probs).max())
-        print(f"{label + ' [' + pred.precision + ']':34s} {t:7.2f} {t_monai / t:7.2f}x "
-              f"{mem:9.0f} {diff:8.4f}  " + ", ".join(f"{s:.5f}" for s in scores))
-    ratios = []
-    for _ in range(args.pairs):  # interleaved, so that drifts in machine load cancel out
-        pair = []
-        for attention in (True, False):
+    if cpu["openvino"]:
+        configs += [
+            ("na.predict openvino, fp32", run_ours(runtime="openvino", precision="fp32"), "ours"),
+            ("na.predict openvino, auto", run_ours(runtime="openvino", precision="auto"), "ours"),
+            ("na.predict openvino, auto, no maps",
+             run_ours(runtime="openvino", precision="auto", attention=False), "ours"),
+        ]
+    for _, fn, _ in configs:  # warm-up: one-time costs (OpenVINO conversion, allocator) first
+        fn()
+    times = {label: [] for label, _, _ in configs}
+    outputs = {}
+    for _ in range(args.repeats):  # interleaved, so that drifts in machine load are shared
+        for label, fn, _ in configs:
             t = time.perf_counter()
-            na.predict(image, model, normalization="none", tile=roi, overlap=args.overlap,
-                       device=args.device, attention=attention)
-            pair.append(time.perf_counter() - t)
-        ratios.append(pair[0] / pair[1])
-    print(f"\nattention maps add {(np.median(ratios) - 1) * 100:+.1f}% to the run time "
-          f"(median of {args.pairs} interleaved pairs; best-of-{args.repeats} above: "
-          f"{(timings['auto (default)'] / timings['auto, no attention maps'] - 1) * 100:+.1f}%)")
-    print("\npeak memory of one run in a fresh process (RSS above the level after loading):")
-    for which in ("monai", "fp32", "auto"):
-        import subprocess
+            outputs[label] = fn()
+            times[label].append(time.perf_counter() - t)
+    best = {label: min(ts) for label, ts in times.items()}
+    monai_best = min(t for (label, _, kind), t in zip(configs, best.values()) if kind == "monai")
+    reference = outputs[configs[0][0]].argmax(0)
+    print(f"{'run':46s} {'s':>6s} {'x MONAI best':>12s} {'GFLOP/s':>8s} {'% peak':>6s}  "
+          "Dice vs MONAI fp32 (bg, organ, lesion)")
+    for label, _, kind in configs:
+        out = outputs[label]
+        labels = out.argmax(0) if kind == "monai" else out.labels()
+        precision = f" [{out.precision}]" if kind == "ours" else ""
+        scores = ", ".join(f"{dice(labels, reference, c):.5f}" for c in (0, 1, 2))
+        gflops = flops / best[label] / 1e9
+        share = f"{100 * gflops / peak:5.0f}%" if peak else "     -"
+        print(f"{label + precision:46s} {best[label]:6.2f} {monai_best / best[label]:11.2f}x "
+              f"{gflops:8.1f} {share}  {scores}")
+    print(f"(best of {args.repeats} interleaved runs; MONAI fp32 labels vs truth: "
+          + ", ".join(f"{dice(reference, truth, c):.3f}" for c in (1, 2)) + ")")
 
-        out = subprocess.run([sys.executable, __file__, "--memory-of", which, "--shape",
-                              *map(str, args.shape), "--tile", str(args.tile), "--device",
-                              args.device, "--weights", str(args.weights)],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        print(f"  {which:6s} {out.splitlines()[-1]}")
+    if cpu["openvino"]:
+        ratios = []
+        for _ in range(args.pairs):
+            pair = []
+            for attention in (True, False):
+                t = time.perf_counter()
+                run_ours(runtime="openvino", attention=attention)()
+                pair.append(time.perf_counter() - t)
+            ratios.append(pair[0] / pair[1])
+        print(f"\nattention maps add {(np.median(ratios) - 1) * 100:+.1f}% to an openvino run "
+              f"(median of {args.pairs} interleaved pairs)")
+        hints(model, roi, args.repeats, per_tile, peak)
+
+    print("\nin fresh processes (peak RSS above the level after loading):")
+    kinds = ["monai", "torch:fp32", "torch:auto"]
+    if cpu["openvino"]:
+        kinds += ["openvino:fp32", "openvino:auto"]
+    for which in kinds:
+        print(f"  {which:14s} {_child(which, args)}")
+    if cpu["openvino"]:
+        with tempfile.TemporaryDirectory() as cache:
+            first = _child("convert", args, cache)
+            second = _child("convert", args, cache)
+        print(f"  OpenVINO network ready, empty cache: {first}; from the cache: {second}")
 
 
-def memory_of(which: str, args) -> None:
-    """One run in this fresh process; prints the peak RSS above the level before it."""
+def hints(model, roi, repeats: int, per_tile: float, peak) -> None:
+    """Milliseconds per tile for OpenVINO's LATENCY and THROUGHPUT hints, fp32 and bf16."""
+    from napari_attunet.inference import runtime_openvino
+
+    ov_model = runtime_openvino.converted(model)
+    nets = {(p, h): runtime_openvino.compile_network(ov_model, len(model.spec.gates), p, h)
+            for p in ("fp32", "bf16") for h in ("LATENCY", "THROUGHPUT")}
+    batch = torch.rand((4, 1) + roi)
+    times = {key: [] for key in nets}
+    for _ in range(repeats + 1):
+        for key, net in nets.items():
+            t = time.perf_counter()
+            for i in range(0, len(batch), net.parallel):
+                net.forward_with_attention(batch[i:i + net.parallel])
+            times[key].append((time.perf_counter() - t) / len(batch))
+    print("\nOpenVINO per 96^3 tile (4 tiles, batches of the requests the hint asks for):")
+    for (precision, hint), ts in times.items():
+        ms = 1000 * min(ts[1:])
+        share = f", {100 * per_tile / ms / 1e6 / peak:.0f}% of fp32 peak" if peak else ""
+        print(f"  {precision} {hint:10s} {nets[precision, hint].parallel} requests: {ms:6.0f} ms "
+              f"({per_tile / ms / 1e6:.0f} GFLOP/s{share})")
+
+
+def _child(which: str, args, cache: str | None = None) -> str:
+    env = dict(os.environ)
+    if cache:
+        env["NAPARI_ATTUNET_CACHE"] = cache
+    out = subprocess.run([sys.executable, __file__, "--child", which, "--shape",
+                          *map(str, args.shape), "--tile", str(args.tile), "--overlap",
+                          str(args.overlap), "--device", args.device, "--weights",
+                          str(args.weights)], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return "failed: " + out.stderr.strip().splitlines()[-1]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def child(which: str, args) -> None:
+    """One measurement in this fresh process: a run's peak RSS, or the conversion's time."""
     from monai.inferers import sliding_window_inference
 
-    net = monai_net()
-    net.load_state_dict(torch.load(args.weights, weights_only=True))
-    net.eval()
     model = na.load_model(args.weights)
-    image, _ = make_phantom(tuple(args.shape), seed=7)
     roi = (args.tile,) * 3
+    if which == "convert":
+        from napari_attunet.inference import runtime_openvino
+
+        t = time.perf_counter()
+        runtime_openvino.network(model, "fp32")
+        print(f"{time.perf_counter() - t:.1f} s")
+        return
+    image, _ = make_phantom(tuple(args.shape), seed=7)
+    if which == "monai":
+        net = monai_net()
+        net.load_state_dict(torch.load(args.weights, weights_only=True))
+        net.eval()
+    else:
+        runtime, precision = which.split(":")
+        if runtime == "openvino":  # conversion and compilation are not the run's memory
+            from napari_attunet.inference import runtime_openvino
+
+            runtime_openvino.network(model, "bf16" if precision == "auto" and
+                                     cpu_has_fast_bf16() else "fp32")
     with PeakRSS() as mem:
+        t = time.perf_counter()
         if which == "monai":
             with torch.inference_mode():
                 xyz = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 1, 0)))
@@ -224,8 +359,10 @@ def memory_of(which: str, args) -> None:
                 out.argmax(1)
         else:
             na.predict(image, model, normalization="none", tile=roi, overlap=args.overlap,
-                       device=args.device, precision=which).labels()
-    print(f"{mem.mib:.0f} MiB")
+                       device=args.device, precision=precision, runtime=runtime,
+                       orientation="native").labels()
+        seconds = time.perf_counter() - t
+    print(f"{mem.mib:5.0f} MiB ({seconds:.1f} s)")
 
 
 if __name__ == "__main__":

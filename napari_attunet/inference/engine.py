@@ -192,6 +192,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     tile_ = default_tile(padded, stride, dims, tile or spec.tile)
     windows = window_grid(padded, tile_, stride, overlap)
     jobs = [(z, w) for z in range(stack) for w in windows]
+    auto_batch = batch_size is None
     if batch_size is None:
         batch_size = (8 if dev.type == "cpu" else 32) if dims == 2 else (1 if dev.type == "cpu" else 4)
     batch_size = max(1, min(batch_size, len(jobs)))
@@ -211,6 +212,8 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         if not runtime_openvino.is_ready(model):
             yield Progress("preparing", 0, 1, runtime_openvino.COMPILING)
         net = runtime_openvino.network(model, prec)
+        if auto_batch and dims == 3:  # one tile per infer request, all running at once
+            batch_size = max(1, min(net.parallel, len(jobs)))
     else:
         net = prepared(model, dev, fold=fold_batchnorm, layout=channels_last)
     autocast_precision = "fp32" if engine == "openvino" else prec  # OpenVINO has its own hint
