@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after a warm-up")
     parser.add_argument("--pairs", type=int, default=3, help="interleaved runs with/without maps")
-    parser.add_argument("--train-seconds", type=float, default=420)
+    parser.add_argument("--train-seconds", type=float, default=600)
     parser.add_argument("--flops-per-cycle", type=float, default=32,
                         help="fp32 FLOP per cycle and core (2 FMA units x 8 lanes x 2)")
     parser.add_argument("--weights", type=Path, default=HERE / ".cache" / "monai_phantom.pth")
