@@ -418,6 +418,8 @@ def _to_cpu(stitcher: Stitcher) -> Stitcher:
     stitcher.tile_weight = stitcher.tile_weight.cpu()
     for buf in stitcher.gates:
         buf.sum, buf.weight, buf.tile_weight = buf.sum.cpu(), buf.weight.cpu(), buf.tile_weight.cpu()
+        if buf.shared:  # keeps sharing the logits' weights
+            buf.weight, buf.tile_weight = stitcher.weight, stitcher.tile_weight
     stitcher.device = cpu
     return stitcher
 

@@ -83,6 +83,7 @@ class GateBuffer:
     sum: torch.Tensor      # (heads, *grid)
     weight: torch.Tensor   # (*grid)
     tile_weight: torch.Tensor  # importance sampled at the gate cells of one tile
+    shared: bool = False   # on the logits' own grid: ``weight`` is the Stitcher's, added once
 
 
 class Stitcher:
@@ -103,6 +104,11 @@ class Stitcher:
         self.tile_weight = importance(tile, sigma_scale=sigma_scale).to(self.device)
         self.gates: list[GateBuffer] = []
         for g in gates or ():
+            if all(s == 1 for s in g.stride) and not any(g.offset):
+                self.gates.append(GateBuffer(g, torch.zeros((g.heads,) + lead + self.size,
+                                                            device=self.device),
+                                             self.weight, self.tile_weight, shared=True))
+                continue
             grid = tuple(n // s for n, s in zip(self.size, g.stride))
             cells = tuple(n // s for n, s in zip(self.tile, g.stride))
             positions = [g.offset[a] + g.stride[a] * np.arange(cells[a]) for a in range(len(cells))]
@@ -125,7 +131,8 @@ class Stitcher:
             g_region = lead + tuple(slice(s, s + c) for s, c in zip(g_start, cells))
             buf.sum[(slice(None),) + g_region].addcmul_(alpha.to(self.device, torch.float32),
                                                         buf.tile_weight)
-            buf.weight[g_region] += buf.tile_weight
+            if not buf.shared:
+                buf.weight[g_region] += buf.tile_weight
 
     def result(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Blended values and gate maps; frees the accumulators as it goes."""
