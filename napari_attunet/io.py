@@ -8,8 +8,6 @@ by any tool lines up with its scan voxel for voxel, in the same orientation.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,7 +259,7 @@ def _to_volume(image, path: Path, notes: list[str]) -> Volume:
 
 
 def write(path: str | os.PathLike, array: np.ndarray, like: Volume | dict | None = None,
-          spacing=None, origin=None) -> Path:
+          spacing=None, origin=None, *, overwrite: bool = False) -> Path:
     """Write ``array`` (napari axis order) where its geometry places it.
 
     ``like`` is the source Volume, or a geometry dict: ``affine`` (array index -> world, see
@@ -269,11 +267,27 @@ def write(path: str | os.PathLike, array: np.ndarray, like: Volume | dict | None
     geometry). Without it, ``spacing`` and ``origin`` are used with an identity direction. When
     the array lies on its source scan's grid, it is stored in the scan's file orientation with
     the scan's exact geometry (for NIfTI: its qform and sform fields), so that any tool lines the
-    two up voxel for voxel. The file appears whole or not at all.
+    two up voxel for voxel. The file appears whole or not at all (see ``outputs``); an existing
+    file is replaced only with ``overwrite=True``, else an ``outputs.OutputExists`` is raised.
     """
-    sitk = _sitk()
+    from . import outputs
+
     path = Path(path).expanduser()
     if not path.name.lower().endswith(WRITE_SUFFIXES):
+        raise InputError(f"{path}: write .nii.gz, .nii, .nrrd, .mha or .mhd.")
+    outputs.check_target(path, overwrite, "overwrite=True")
+    outputs.check_folder(path.parent, "the output path")
+    with outputs.staged(path.parent, overwrite, "overwrite=True") as stage:
+        write_staged(stage, path.name, array, like, spacing, origin)
+    return path
+
+
+def write_staged(stage, name: str, array: np.ndarray, like: Volume | dict | None = None,
+                 spacing=None, origin=None) -> Path:
+    """Write into an ``outputs.Staging`` set: checked on disk, moved into place on commit."""
+    sitk = _sitk()
+    path = stage.folder / name
+    if not name.lower().endswith(WRITE_SUFFIXES):
         raise InputError(f"{path}: write .nii.gz, .nii, .nrrd, .mha or .mhd.")
     array = np.ascontiguousarray(array)
     if array.dtype == bool:
@@ -294,15 +308,23 @@ def write(path: str | os.PathLike, array: np.ndarray, like: Volume | dict | None
             image.SetDirection(tuple(source["direction"]))
     nifti_source = source.get("nifti") or {}
     header_fields = nifti_source if on_source_grid else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".attunet-", dir=path.parent))
+    version = nifti_source.get("version", 1)
+    return stage.write(name, lambda target: _write_image(image, target, header_fields, version),
+                       lambda target: _verify_written(target, tuple(image.GetSize())))
+
+
+def _verify_written(path: Path, size: tuple[int, ...]) -> None:
+    """Read a written file back whole: a full disk can leave a fragment without an error."""
+    if nifti.is_nifti(path):
+        _check_complete(path)
+        return
+    sitk = _sitk()
     try:
-        _write_image(image, staging / path.name, header_fields, nifti_source.get("version", 1))
-        for produced in staging.iterdir():
-            os.replace(produced, path.parent / produced.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise OSError(5, "the file did not read back") from exc
+    if tuple(image.GetSize()) != size:
+        raise OSError(5, f"the file read back with size {image.GetSize()}, not {size}")
 
 
 def _affine_of(geometry: dict, ndim: int, spacing, origin) -> np.ndarray:

@@ -19,6 +19,9 @@ def _geometry(meta: dict, ndim: int) -> dict:
 
 
 def write_layer(path: str, data, meta: dict) -> list[str]:
+    """napari asked for this path (its save dialog confirms a replacement), so an existing file
+    is replaced; the new one appears whole or not at all. A failure raises an OutputError,
+    which napari shows, and never reports a fragment as saved."""
     array = np.asarray(data)
-    out = io.write(path, array, _geometry(meta, array.ndim))
+    out = io.write(path, array, _geometry(meta, array.ndim), overwrite=True)
     return [str(out)]
