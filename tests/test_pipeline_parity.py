@@ -92,7 +92,7 @@ def our_probabilities(path: Path, model, folder: Path, **options) -> np.ndarray:
     pred = na.predict(volume, model, precision="fp32", **options)
     out = []
     for c in range(pred.probabilities.shape[0]):
-        written = io.write(folder / f"p{c}.nii.gz", pred.probabilities[c], volume)
+        written = io.write(folder / f"p{c}.nii.gz", pred.probabilities[c], volume, overwrite=True)
         out.append(nib.load(written).get_fdata())
     return np.stack(out)
 
