@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -89,6 +90,31 @@ class ModelSpec:
         if self.orientation and not valid_orientation(self.orientation, self.spatial_dims):
             raise ValueError(f"orientation must be an axis code such as 'RAS' or 'LPS', 'native' "
                              f"or 'display', not {self.orientation!r}")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Counts and sizes that would otherwise fail deep inside the network's construction."""
+        def positive_ints(values) -> bool:
+            return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+        if not positive_ints((self.in_channels, self.out_channels)):
+            raise ValueError(f"in_channels and out_channels must be positive integers, not "
+                             f"{self.in_channels} and {self.out_channels}")
+        if len(self.features) < 2 or not positive_ints(self.features):
+            raise ValueError(f"features must be two or more positive integers, not "
+                             f"{list(self.features)}")
+        if len(self.strides) != len(self.features) - 1 or not all(
+                len(step) == self.spatial_dims and positive_ints(step) for step in self.strides):
+            raise ValueError(f"strides must give {len(self.features) - 1} steps of "
+                             f"{self.spatial_dims} positive integers (one per level below the "
+                             f"first), not {[list(step) for step in self.strides]}")
+        for name in ("kernel_size", "up_kernel_size", "attention_dsample", "tile"):
+            values = getattr(self, name) or ()
+            if not positive_ints(values):
+                raise ValueError(f"{name} must be positive integers, not {list(values)}")
+        if self.spacing is not None and not all(
+                isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.spacing):
+            raise ValueError(f"spacing must be positive millimetres, not {list(self.spacing)}")
 
     @property
     def network_orientation(self) -> str:

@@ -14,6 +14,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlid
                               FloatSpinBox, Label, ProgressBar, PushButton, Select, SpinBox,
                               Table, create_widget)
 
+from .edits import EditWatch
 from .layers import (LABEL_COLOURS, SourceGeometry, gate_layers, labels_layer,
                      uncertainty_layer)
 from .readout import has_readout, readout, with_readout
@@ -65,9 +66,13 @@ class RunState:
         self.prediction = prediction
         self.source = source
         self.tag = labels_layer.metadata["attunet"]["run"]
-        self.edited = False
         self.offset = offset
-        labels_layer.events.paint.connect(self._mark_edited)
+        self.watch = EditWatch(labels_layer)
+
+    @property
+    def edited(self) -> bool:
+        """Painted, filled, or changed in any other way (``layer.data = ...``, in place)."""
+        return self.watch.edited
 
     def layer(self, viewer):
         """The Labels layer of this run, or None when the user removed it."""
@@ -75,9 +80,6 @@ class RunState:
             if (layer.metadata.get("attunet") or {}).get("run") == self.tag:
                 return layer
         return None
-
-    def _mark_edited(self, event=None) -> None:
-        self.edited = True
 
 
 class AttUNetWidget(Container):
@@ -582,7 +584,12 @@ class AttUNetWidget(Container):
         plane = np.take(pred.quantized, index, axis=axis + 1)
         region = [slice(None)] * 3
         region[axis] = index
-        layer.data[tuple(region)] = threshold_labels(plane, pred.output, self.threshold_values())
+        region = tuple(region)
+        if not state.watch.matches(region):
+            return False  # changed meanwhile: _relabel_all puts the thresholds on a new layer
+        values = threshold_labels(plane, pred.output, self.threshold_values())
+        layer.data[region] = values
+        state.watch.record(values, region)
         layer.refresh()
         return True
 
@@ -602,6 +609,7 @@ class AttUNetWidget(Container):
         else:
             layer.features = kwargs["features"]
             layer.data = labels
+            state.watch.record(labels)
         self._show_volumes(kwargs["features"], labels)
 
     def _show_volumes(self, features: dict, labels: np.ndarray) -> None:
