@@ -22,8 +22,9 @@ from .devices import autocast, free_memory, resolve_device, resolve_precision, s
 from .optimize import prepared
 from .orientation import Layout, network_layout
 from .postprocess import GateMap, Prediction, quantize
-from .preprocess import (fit, prepare_channels, resample, resample_back,
-                         resample_factors, resampled_shape, resolve_normalization)
+from .preprocess import (check_resampled_size, check_spacing, check_tile, fit,
+                         prepare_channels, resample, resample_back, resample_factors,
+                         resampled_shape, resolve_normalization, spatial_shape)
 from .tiling import Stitcher, default_tile, round_up, window_grid
 
 GiB = 1024 ** 3
@@ -138,10 +139,13 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         image = image.array
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), not {overlap}.")
+    spacing = check_spacing(spacing, name)
+    tile = check_tile(tile, spec.spatial_dims)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     notes: list[str] = []
     _early_memory_check(image, spec, name)
+    check_resampled_size(spatial_shape(image, channel_axis), spacing, spec, name)
     yield Progress("preparing", 0, 1, "normalizing")
 
     channels = prepare_channels(image, spec, channel_axis, name)

@@ -231,6 +231,62 @@ def _finish(array: np.ndarray, spec: ModelSpec, name: str) -> np.ndarray:
     return array
 
 
+# ---- options checked before any copy is made --------------------------------------------------
+
+def check_spacing(spacing: Sequence[float] | None, name: str) -> tuple[float, ...] | None:
+    """Voxel sizes in mm, each finite and positive."""
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(s) for s in np.ravel(np.asarray(spacing, dtype=object)))
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: spacing {spacing!r} is not a list of numbers (mm per axis)."
+                         ) from None
+    if not values or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"{name}: spacing {tuple(spacing)} must be positive millimetres per axis; "
+                         "fix the scan's header or pass the right spacing.")
+    return values
+
+
+def check_tile(tile, dims: int) -> tuple[int, ...] | None:
+    """One size for every axis, or one per axis of the network; each positive."""
+    if tile is None:
+        return None
+    sizes = (tile,) if isinstance(tile, (int, np.integer)) else tuple(tile)
+    if len(sizes) == 1:
+        sizes = sizes * dims
+    if len(sizes) != dims or not all(isinstance(t, (int, np.integer)) and t > 0 for t in sizes):
+        raise InputError(f"tile {tile!r}: give one positive size, or {dims} (one per axis of this "
+                         f"{dims}D model).")
+    return tuple(int(t) for t in sizes)
+
+
+def check_resampled_size(shape: Sequence[int], spacing, spec: ModelSpec, name: str) -> None:
+    """Refuse, before resampling, a scan whose training-spacing grid cannot fit in memory."""
+    from ..limits import refuse_over
+
+    factors = resample_factors(spacing, spec, len(shape))
+    if factors is None:
+        return
+    grid = resampled_shape(shape, factors)
+    voxels = float(np.prod([float(n) for n in grid]))
+    needed = voxels * 4 * (3 * spec.in_channels + 2 * spec.out_channels + 1)
+    refuse_over(needed, f"{name}, resampled from {tuple(shape)} to {grid} voxels (the training "
+                f"spacing {tuple(spec.spacing)} mm),", "check the scan's spacing, crop it, or use "
+                "a checkpoint trained at a coarser spacing.", InputError)
+
+
+def spatial_shape(image, channel_axis: int | None) -> tuple[int, ...]:
+    """The spatial shape of an image (one array, or a list of channel arrays), from shapes
+    alone: no data is read."""
+    if isinstance(image, (list, tuple)):
+        return tuple(np.shape(image[0])) if image else ()
+    shape = list(np.shape(image))
+    if channel_axis is not None and shape:
+        del shape[channel_axis]
+    return tuple(shape)
+
+
 # ---- resampling ------------------------------------------------------------------------------
 
 def resample_factors(spacing: Sequence[float] | None, spec: ModelSpec,
