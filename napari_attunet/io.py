@@ -15,7 +15,7 @@ import numpy as np
 
 from . import dicom
 from . import geometry as geo
-from . import nifti
+from . import nifti, scanheader
 from .errors import InputError
 
 CANONICAL = "LPS"
@@ -129,6 +129,7 @@ def _read_image(path: Path):
     if path.is_dir() or dicom.is_dicom_file(path):
         scan = dicom.read(path)
         return scan.image, scan.notes, ({"plane": scan.plane} if scan.plane else {})
+    scanheader.check(path)
     _check_complete(path)
     if nifti.is_nifti(path):
         return (*_read_nifti(path, []), {})
@@ -199,8 +200,9 @@ def read(path: str | os.PathLike) -> Volume:
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         reason = next((line.split("ERROR:")[-1] for line in lines if "ERROR" in line),
                       lines[-1] if lines else "")
+        reason = scanheader.clean_itk_message(reason).strip().rstrip(":.")
         raise InputError(f"{path}: cannot be read as a scan; it may be truncated, corrupt or of "
-                         f"an unknown format ({reason.strip()[:160]}).") from exc
+                         f"an unknown format ({reason[:160]}).") from None
     if image.GetNumberOfComponentsPerPixel() > 1 and image.GetDimension() == 3:
         raise InputError(f"{path} holds {image.GetNumberOfComponentsPerPixel()} components per "
                          "voxel; the tool reads single-component scans.")
