@@ -123,15 +123,20 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
         normalization = _parse_normalization(args.normalization)
         if normalization is not None:
             Normalization.parse(normalization)
+    except InputError as exc:
+        raise InputError(f"--normalization {args.normalization!r}: {exc}") from None
     except ValueError as exc:
         raise InputError(f"--normalization {args.normalization!r} is not understood "
-                         f"({str(exc).rstrip('.')}); use none, zscore, zscore_nonzero, "
-                         "zscore_foreground, ct:LOW,HIGH, percentile:LOW,HIGH or "
-                         "range:A_MIN,A_MAX[,B_MIN,B_MAX[,noclip]].") from None
+                         f"({str(exc).rstrip('.')}); give numbers after the colon, as in "
+                         "ct:-160,240 or percentile:0.5,99.5.") from None
     try:
-        resolve_precision(args.precision, resolve_device(args.device))
+        device = resolve_device(args.device)
     except InputError as exc:
-        raise InputError(f"--device {args.device} / --precision {args.precision}: {exc}") from None
+        raise InputError(f"--device {args.device}: {exc}") from None
+    try:
+        resolve_precision(args.precision, device)
+    except InputError as exc:
+        raise InputError(f"--precision {args.precision}: {exc}") from None
     if args.thresholds is not None and len(args.thresholds) not in (1, spec.out_channels):
         raise InputError(f"--thresholds: {len(args.thresholds)} values given, but the model has "
                          f"{spec.out_channels} classes ({', '.join(spec.class_labels)}); give one "

@@ -27,7 +27,9 @@ def free_memory() -> int | None:
 
 
 def gib(n: float) -> str:
-    """Bytes as GiB for a sentence: '13.8 GiB' (or MiB under a GiB)."""
+    """Bytes for a sentence: '13.8 GiB' (MiB under a tenth of a GiB, TiB over 1024 GiB)."""
+    if n >= 1024 * GIB:
+        return f"{n / (1024 * GIB):,.1f} TiB"
     return f"{n / GIB:.1f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.1f} MiB"
 
 

@@ -68,8 +68,8 @@ def check_folder(folder: str | os.PathLike, option: str = "the output folder") -
         raise OutputError(f"{folder}: {parent} is a file, not a folder; give {option} a folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.TemporaryFile(dir=folder, prefix=STAGING_PREFIX)
-        probe.close()
+        with tempfile.TemporaryFile(dir=folder, prefix=STAGING_PREFIX):
+            pass
     except OSError as exc:
         raise OutputError(f"cannot write into {folder} ({_reason(exc, folder)}); choose another "
                           f"folder for {option}.") from None

@@ -10,8 +10,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import numpy as np
 import pytest
+import test_plugin
 
-from test_plugin import _isolated_config, _run_on_scan, _wait, checkpoint, scan  # noqa: F401
+# The scan, checkpoint and isolated-config fixtures of test_plugin, shared.
+_isolated_config = test_plugin._isolated_config
+checkpoint = test_plugin.checkpoint
+scan = test_plugin.scan
+_run_on_scan, _wait = test_plugin._run_on_scan, test_plugin._wait
 
 
 def _assign(layer):
