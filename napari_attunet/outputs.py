@@ -39,7 +39,7 @@ NOTHING_LEFT = "nothing was written and any file already there is unchanged"
 def _reason(exc: BaseException, folder: Path) -> str:
     """A few words for an OS error, without its ``[Errno N]`` text."""
     code = getattr(exc, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT) or _disk_full(folder):
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return "the disk is full"
     if code in (errno.EACCES, errno.EPERM):
         return "permission denied"
@@ -47,6 +47,8 @@ def _reason(exc: BaseException, folder: Path) -> str:
         return "the file system is read-only"
     if code == errno.ENAMETOOLONG:
         return "the name is too long"
+    if _disk_full(folder):  # ITK reports no errno, and may even leave a fragment silently
+        return "the disk is full"
     text = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
     return (text if isinstance(text, str) else text[0]).lower()
 
@@ -102,6 +104,25 @@ def _fsync_folder(folder: Path) -> None:
         pass
 
 
+@contextmanager
+def _deferred_signals():
+    """SIGINT/SIGTERM held back while a set of files is moved into place (main thread only), so
+    that an interrupt cannot leave half of the set."""
+    import signal
+    import threading
+
+    block = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+            signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, block)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class Staging:
     """Files written together and moved into ``folder`` together by :meth:`commit`."""
 
@@ -147,6 +168,13 @@ class Staging:
     def commit(self) -> list[Path]:
         """Move every staged file into place; without ``overwrite``, a taken name is refused
         (also when another process took it meanwhile) and nothing of this set is moved."""
+        try:
+            with _deferred_signals():
+                return self._move_all()
+        finally:
+            self.abort()
+
+    def _move_all(self) -> list[Path]:
         moved: list[Path] = []
         try:
             if not self.overwrite:
@@ -171,8 +199,6 @@ class Staging:
             self._undo(moved)
             raise OutputError(f"{self.folder / self.names[len(moved)]} could not be moved into "
                               f"place ({_reason(exc, self.folder)}); {NOTHING_LEFT}.") from None
-        finally:
-            self.abort()
         return moved
 
     def _undo(self, moved: Sequence[Path]) -> None:
@@ -200,20 +226,23 @@ def staged(folder: str | os.PathLike, overwrite: bool = False, option: str = "--
 
 def unique_names(paths: Sequence[str | os.PathLike], stem: Callable[[Path], str]) -> list[str]:
     """One output name per input path: the file's stem, prefixed with as many parent folder
-    names as it takes to tell apart inputs whose stems are the same."""
+    names as it takes to tell apart different inputs whose stems are the same (the same path
+    given twice is numbered)."""
     paths = [Path(p).expanduser().absolute() for p in paths]
-    names = [stem(p) for p in paths]
+    distinct = list(dict.fromkeys(paths))
+    names = {p: stem(p) for p in distinct}
     depth = 0
-    while len(set(names)) < len(names) and depth < 64:
+    while len(set(names.values())) < len(names) and depth < 64:
         depth += 1
         counts: dict[str, int] = {}
-        for n in names:
+        for n in names.values():
             counts[n] = counts.get(n, 0) + 1
-        names = [_with_parents(p, stem(p), depth) if counts[n] > 1 else n
-                 for p, n in zip(paths, names)]
+        names = {p: _with_parents(p, stem(p), depth) if counts[n] > 1 else n
+                 for p, n in names.items()}
     seen: dict[str, int] = {}
     out = []
-    for n in names:  # the same path given twice: number the repeats
+    for p in paths:
+        n = names[p]
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
     return out
@@ -273,7 +302,6 @@ def merge_volumes(path: str | os.PathLike, rows: Iterable[Sequence[str]]) -> Pat
                 if sum(1 for _ in csv.reader(fh)) != 1 + len(kept) + len(rows):
                     raise OSError(errno.EIO, "the table did not read back whole")
 
-        stage = Staging(path.parent, overwrite=True)
-        stage.write(path.name, write, verify)
-        stage.commit()
+        with staged(path.parent, overwrite=True) as stage:
+            stage.write(path.name, write, verify)
     return path
