@@ -19,9 +19,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import make_model, official_spec
 
 import napari_attunet as na
-from helpers import make_model, official_spec
 from napari_attunet import io, outputs
 from napari_attunet.cli import main
 
