@@ -289,6 +289,9 @@ API_CASES = (
             X, na.load_model(f["good"], overrides={"spacing": (0.01, 0.01, 0.01)}),
             spacing=(40.0, 40.0, 40.0), name="layer 'ct'"), na.InputError,
             lambda f: "layer 'ct'"),
+        ApiCase("overflowing-values", lambda f: na.predict(
+            np.full_like(X, 3.3e38), _model(f), normalization="none", precision="fp32",
+            name="layer 'ct'"), na.InputError, lambda f: "layer 'ct'"),
         ApiCase("thresholds-count", lambda f: na.predict(X, _model(f)).labels([0.1, 0.2, 0.3]),
                 na.InputError, lambda f: "thresholds"),
         ApiCase("write-existing", lambda f: na.io.write(f["scan"], X, None), OutputError,
@@ -489,3 +492,48 @@ def test_napari_nan_nrrd_opens_with_a_note(files, tmp_path, make_napari_viewer, 
     assert [lay.name for lay in viewer.layers] == ["with_nan"]
     assert np.isfinite(viewer.layers["with_nan"].contrast_limits).all()
     assert any("1 NaN" in str(n.message) for n in notes)
+
+
+def test_napari_lazy_layer_is_never_read_in_the_gui_thread(files, make_napari_viewer, qtbot):
+    import threading
+
+    import dask.array as da
+
+    readers = []
+
+    def block(chunk):
+        readers.append(threading.current_thread() is threading.main_thread())
+        return chunk
+
+    lazy = da.from_array(X, chunks=(4, 16, 16)).map_blocks(block, dtype=X.dtype)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(lazy, name="ct", contrast_limits=(0, 1))
+    readers.clear()  # napari may draw a slice; from here on, only the run reads
+    widget = _widget(viewer)
+    assert widget.load_checkpoint(files["good"])
+    widget.image.value = layer
+    assert widget.start() is not None
+    assert readers == []  # start() returned without reading a voxel
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert "ct attunet" in viewer.layers
+    assert readers and not any(readers), "blocks were read in the GUI thread"
+
+
+def test_napari_closing_the_viewer_mid_run_cancels_cleanly(files, make_napari_viewer, qtbot,
+                                                           monkeypatch):
+    raised = []
+    monkeypatch.setattr(sys, "excepthook", lambda *info: raised.append(info))
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.random.default_rng(0).random((48, 96, 96)).astype(np.float32),
+                             name="ct")
+    widget = _widget(viewer)
+    assert widget.load_checkpoint(files["good"])
+    widget.image.value = layer
+    worker = widget.start()
+    cancel = widget._cancel
+    viewer.close()
+    assert cancel.is_set()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+    qtbot.wait(200)
+    assert raised == []
+    assert widget.state is None  # no result was put anywhere

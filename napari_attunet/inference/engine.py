@@ -264,6 +264,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         gate_maps = [_gate_from_network(g, layout, image_shape) for g in gate_maps]
     if context is not None:
         probs, gate_maps = _crop_context(probs, gate_maps, context)
+    _check_finite_output(probs, x, name)
     quantized = quantize(probs)
     del probs, blended
     return Prediction(
@@ -272,6 +273,17 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         spacing=tuple(float(s) for s in spacing)[-len(scan_shape):] if spacing is not None else None,
         device=str(dev), precision=prec, seconds=time.perf_counter() - started, tile=tile_,
         overlap=overlap, notes=notes)
+
+
+def _check_finite_output(probs: torch.Tensor, x: torch.Tensor, name: str) -> None:
+    """Finite inputs can still overflow the network (values near the float32 limit with no
+    normalization): refuse probabilities that are not numbers rather than return zeros."""
+    bad = int(probs.numel() - torch.isfinite(probs).sum())
+    if bad:
+        top = float(x.abs().max()) if x.numel() else 0.0
+        raise InputError(f"{name}: the network's output is not a number at {bad} places: its "
+                         f"input reaches {top:.3g}, far outside what it was trained on; choose "
+                         "a normalization (zscore, ct:LOW,HIGH or percentile) for this image.")
 
 
 def _to_network(x: torch.Tensor, layout: Layout) -> torch.Tensor:
