@@ -198,7 +198,7 @@ def _predict(args: argparse.Namespace) -> int:
         thresholds = thresholds[0]
     outdir = outputs.check_folder(args.output, "-o/--output")
     names = outputs.unique_names(args.scans, io._stem)
-    rows, failures = [], 0
+    failures = 0
     for scan, name in zip(args.scans, names):
         try:
             planned = _output_names(name, spec, args)
@@ -240,8 +240,9 @@ def _predict(args: argparse.Namespace) -> int:
                         io.write_staged(stage, f"{name}_prob_{_safe(cname)}{suffix}", probs[c],
                                         volume)
             full_path = str(Path(scan).expanduser().absolute())
-            for cname, ml in pred.volumes_ml(labels, volume.spacing).items():
-                rows.append((name, cname, f"{ml:.3f}", full_path))
+            rows = [(name, cname, f"{ml:.3f}", full_path)
+                    for cname, ml in pred.volumes_ml(labels, volume.spacing).items()]
+            outputs.merge_volumes(outdir / "volumes.csv", rows)  # per scan: an interrupt keeps it
             if not args.quiet:
                 print(f"{name}: {labels.shape} in {pred.seconds:.1f} s on {pred.device} "
                       f"({pred.precision}) -> {outdir}")
@@ -252,8 +253,6 @@ def _predict(args: argparse.Namespace) -> int:
             failures += 1
             print(f"napari-attunet predict: {scan}: failed ({_sentence(exc)}); nothing was "
                   "written for it.", file=sys.stderr)
-    if rows:
-        outputs.merge_volumes(outdir / "volumes.csv", rows)
     return 1 if failures else 0
 
 

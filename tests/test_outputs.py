@@ -261,3 +261,16 @@ def _expected() -> list[str]:
     return sorted(["scan_labels.nii.gz", "scan_gate1.nii.gz", "scan_gate2.nii.gz",
                    "scan_gate3.nii.gz", "scan_uncertainty.nii.gz",
                    "scan_prob_background.nii.gz", "scan_prob_organ.nii.gz"])
+
+
+def test_napari_save_onto_a_folder_is_one_sentence(tmp_path, make_napari_viewer):
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(np.zeros((4, 5, 6), np.uint8), name="mask")
+    folder = tmp_path / "mask.nii.gz"
+    folder.mkdir()
+    (folder / "inside.txt").write_text("kept")
+    before = snapshot(tmp_path)
+    with pytest.raises(OSError, match="is a folder") as info:
+        labels.save(str(folder), plugin="napari-attunet")
+    assert "[Errno" not in str(info.value) and str(folder) in str(info.value)
+    assert snapshot(tmp_path) == before
