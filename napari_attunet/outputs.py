@@ -225,20 +225,26 @@ def staged(folder: str | os.PathLike, overwrite: bool = False, option: str = "--
 # ---- names ---------------------------------------------------------------------------------
 
 def unique_names(paths: Sequence[str | os.PathLike], stem: Callable[[Path], str]) -> list[str]:
-    """One output name per input path: the file's stem, prefixed with as many parent folder
-    names as it takes to tell apart different inputs whose stems are the same (the same path
-    given twice is numbered)."""
+    """One output name per input path: the file's stem; where different inputs share it, the
+    suffix tells apart files of one folder (``scan_nrrd``, ``scan_nii_gz``) and as many parent
+    folder names as it takes tell apart folders (``site_a_ct``, ``site_b_ct``). The same path
+    given twice is numbered."""
     paths = [Path(p).expanduser().absolute() for p in paths]
     distinct = list(dict.fromkeys(paths))
     names = {p: stem(p) for p in distinct}
+    for group in _collisions(names):
+        folders = [p.parent for p in group]
+        for p in group:
+            if folders.count(p.parent) > 1:
+                tail = p.name[len(stem(p)):].strip(".").replace(".", "_")
+                names[p] = f"{names[p]}_{tail}" if tail else names[p]
+    base = dict(names)
     depth = 0
-    while len(set(names.values())) < len(names) and depth < 64:
+    while (groups := _collisions(names)) and depth < 64:
         depth += 1
-        counts: dict[str, int] = {}
-        for n in names.values():
-            counts[n] = counts.get(n, 0) + 1
-        names = {p: _with_parents(p, stem(p), depth) if counts[n] > 1 else n
-                 for p, n in names.items()}
+        for group in groups:
+            for p in group:
+                names[p] = _with_parents(p, base[p], depth)
     seen: dict[str, int] = {}
     out = []
     for p in paths:
@@ -246,6 +252,13 @@ def unique_names(paths: Sequence[str | os.PathLike], stem: Callable[[Path], str]
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
     return out
+
+
+def _collisions(names: dict[Path, str]) -> list[list[Path]]:
+    groups: dict[str, list[Path]] = {}
+    for p, n in names.items():
+        groups.setdefault(n, []).append(p)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 def _with_parents(path: Path, stem: str, depth: int) -> str:

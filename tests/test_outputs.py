@@ -119,10 +119,10 @@ def test_same_stem_from_two_folders_gets_two_outputs(ckpt, tmp_path):
 
 def test_unique_names():
     names = outputs.unique_names(["/x/a/ct.nii.gz", "/x/b/ct.nii.gz", "/y/a/ct.nii.gz",
-                                  "/x/mr.nii.gz", "/x/mr.nii.gz"], io._stem)
-    assert len(set(names)) == 5
-    assert names[3] == "mr" and names[4] == "mr_2"
-    assert names[0] == "x_a_ct" and names[2] == "y_a_ct" and names[1] == "b_ct"
+                                  "/x/mr.nii.gz", "/x/mr.nii.gz", "/z/scan.nii.gz",
+                                  "/z/scan.nrrd", "/w/dicom"], io._stem)
+    assert names == ["x_a_ct", "b_ct", "y_a_ct", "mr", "mr_2", "scan_nii_gz", "scan_nrrd",
+                     "dicom"]
 
 
 # ---- volumes.csv -------------------------------------------------------------------------------
