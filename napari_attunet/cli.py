@@ -206,8 +206,6 @@ def _predict(args: argparse.Namespace) -> int:
                 for planned_name in planned:
                     outputs.check_target(outdir / planned_name, False)
             volume = io.read(scan)
-            for note in volume.notes:
-                print(note, file=sys.stderr)
             with tqdm(total=1, desc=name, unit="batch", leave=False,
                       disable=args.quiet) as bar:
                 def progress(done, total):
@@ -220,6 +218,8 @@ def _predict(args: argparse.Namespace) -> int:
                                overlap=args.overlap, device=args.device,
                                precision=args.precision, tta=args.tta, progress=progress,
                                name=str(scan), attention=args.attention)
+            for note in volume.notes:  # after the run: a scan that fails gets one line only
+                print(note, file=sys.stderr)
             labels = pred.labels(thresholds, min_size=args.min_size,
                                  fill_holes=args.fill_holes)
             suffix = args.format

@@ -152,10 +152,26 @@ def _read_nifti(path: Path, notes: list[str]):
             raise InputError(f"{path}: cannot be read as NIfTI-2 ({exc}).") from exc
         image = sitk.GetImageFromArray(np.ascontiguousarray(data.T))
     else:
-        image = sitk.ReadImage(str(path))
+        image = _with_nonfinite(sitk.ReadImage(str(path)), path, header)
     if image.GetDimension() == 3 and (header.version == 2 or header.uses_sform()):
         notes += _place_by_header(image, header, path)
     return image, notes
+
+
+def _with_nonfinite(image, path: Path, header: "nifti.Header"):
+    """ITK reads a NIfTI's NaN/inf voxels as 0; put them back, so that every format shows them
+    alike (a note counts them, and a run refuses them instead of segmenting made-up zeros)."""
+    sitk = _sitk()
+    indices, values = nifti.nonfinite_voxels(path, header)
+    if not indices.size or image.GetNumberOfComponentsPerPixel() != 1:
+        return image
+    array = sitk.GetArrayFromImage(image)  # (k, j, i): its C order is the file's Fortran order
+    if not np.issubdtype(array.dtype, np.floating) or indices.max() >= array.size:
+        return image
+    array.reshape(-1)[indices] = values
+    restored = sitk.GetImageFromArray(array)
+    restored.CopyInformation(image)
+    return restored
 
 
 def _place_by_header(image, header: "nifti.Header", path: Path) -> list[str]:

@@ -181,6 +181,10 @@ def files(tmp_path_factory):
     sitk.WriteImage(sitk.GetImageFromArray(image), str(mha), True)
     (root / "truncated.mha").write_bytes(mha.read_bytes()[:-200])
     f["truncated_mha"] = root / "truncated.mha"
+    with_nan = image.astype(np.float32)
+    with_nan[3, 4, 5] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(with_nan), str(root / "with_nan.nii.gz"))
+    f["nan_nii"] = root / "with_nan.nii.gz"
     f["missing_scan"] = root / "absent.nii.gz"
     f["folder_as_file"] = root / "a_folder.nii.gz"
     f["folder_as_file"].mkdir()
@@ -336,7 +340,8 @@ def _predict_argv(scan_key="scan", ckpt_key="good", *extra):
 CLI_CASES = (
     [CliCase(f"checkpoint-{k}", _predict_argv("scan", k), lambda f, k=k: str(f[k]))
      for k in CKPT_KEYS]
-    + [CliCase(f"scan-{k}", _predict_argv(k), lambda f, k=k: str(f[k])) for k in SCAN_KEYS]
+    + [CliCase(f"scan-{k}", _predict_argv(k), lambda f, k=k: str(f[k]))
+       for k in [*SCAN_KEYS, "nan_nii"]]
     + [
         CliCase("thresholds-count", _predict_argv("scan", "good", "--thresholds", "0.1", "0.2",
                                                   "0.3"), lambda f: "--thresholds"),
@@ -482,16 +487,21 @@ def test_napari_bad_layer_leaves_run_usable(kind, files, make_napari_viewer, qtb
     assert snapshot(files["root"]) == before
 
 
-def test_napari_nan_nrrd_opens_with_a_note(files, tmp_path, make_napari_viewer, notes):
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".nii", ".mha"])
+def test_napari_nan_scan_opens_with_a_note(suffix, tmp_path, make_napari_viewer, notes):
     image = np.ones((6, 8, 8), np.float32)
     image[2, 3, 4] = np.nan
-    path = tmp_path / "with_nan.nrrd"
+    image[4, 1, 1] = -np.inf
+    path = tmp_path / f"with_nan{suffix}"
     sitk.WriteImage(sitk.GetImageFromArray(image), str(path))
     viewer = make_napari_viewer()
     viewer.open(str(path), plugin="napari-attunet")
     assert [lay.name for lay in viewer.layers] == ["with_nan"]
-    assert np.isfinite(viewer.layers["with_nan"].contrast_limits).all()
-    assert any("1 NaN" in str(n.message) for n in notes)
+    layer = viewer.layers["with_nan"]
+    assert np.isfinite(layer.contrast_limits).all()
+    # ITK reads a NIfTI's NaN/inf as 0; the reader keeps them, as in every other format
+    assert np.isnan(layer.data).sum() == 1 and np.isneginf(layer.data).sum() == 1
+    assert any("2 NaN or infinite" in str(n.message) for n in notes)
 
 
 def test_napari_lazy_layer_is_never_read_in_the_gui_thread(files, make_napari_viewer, qtbot):
