@@ -27,7 +27,11 @@ class EditWatch:
     def record(self, data=None, region=None) -> None:
         """What the widget itself wrote: the whole array, or ``data`` at ``region``."""
         if region is None:
-            self._written = np.array(self.layer.data if data is None else data, copy=True)
+            data = np.asarray(self.layer.data if data is None else data)
+            if data.shape == self._written.shape and data.dtype == self._written.dtype:
+                np.copyto(self._written, data)  # the buffer is reused: no new allocation
+            else:
+                self._written = np.array(data, copy=True)
         else:
             self._written[region] = data
 
