@@ -158,7 +158,7 @@ def _read_nifti(path: Path, notes: list[str]):
     return image, notes
 
 
-def _with_nonfinite(image, path: Path, header: "nifti.Header"):
+def _with_nonfinite(image, path: Path, header: nifti.Header):
     """ITK reads a NIfTI's NaN/inf voxels as 0; put them back, so that every format shows them
     alike (a note counts them, and a run refuses them instead of segmenting made-up zeros)."""
     sitk = _sitk()

@@ -279,11 +279,11 @@ def test_napari_save_onto_a_folder_is_one_sentence(tmp_path, make_napari_viewer)
 def test_a_name_taken_meanwhile_by_another_process_is_never_replaced(tmp_path):
     """The check before a run can be outrun by another process: the move into place itself
     refuses (a hard link fails on an existing name) and takes back what it had moved."""
-    with pytest.raises(outputs.OutputExists, match="was left as it is") as info:
-        with outputs.staged(tmp_path) as stage:
-            for name in ("a_labels.nii.gz", "b_labels.nii.gz"):
-                io.write_staged(stage, name, np.ones((4, 4, 4), np.uint8))
-            (tmp_path / "b_labels.nii.gz").write_bytes(b"the other process's mask")
+    with pytest.raises(outputs.OutputExists, match="was left as it is") as info, \
+            outputs.staged(tmp_path) as stage:
+        for name in ("a_labels.nii.gz", "b_labels.nii.gz"):
+            io.write_staged(stage, name, np.ones((4, 4, 4), np.uint8))
+        (tmp_path / "b_labels.nii.gz").write_bytes(b"the other process's mask")
     assert "b_labels.nii.gz" in str(info.value)
     assert snapshot(tmp_path) == {"b_labels.nii.gz": b"the other process's mask"}
     _no_staging(tmp_path)
