@@ -14,20 +14,21 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError
-from .models import AttentionUNetBase, ModelSpec, build
-from .models import leejunhyun, monai_unet, official
+from .models import REGISTRY, ModelSpec, build
+
+if TYPE_CHECKING:  # torch loads when a checkpoint is read, not when this module is imported
+    import torch
+
+    from .models import AttentionUNetBase
 
 METADATA_KEY = "napari_attunet"
 FORMAT_VERSION = 1
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
-_FAMILY_MODULES = {"official": official, "monai": monai_unet, "leejunhyun": leejunhyun}
 _FIX = ("save the weights with torch.save(model.state_dict(), path), or convert them with "
         "'napari-attunet convert'")
 
@@ -100,6 +101,8 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _read_torch(path: Path) -> RawCheckpoint:
+    import torch
+
     if _is_torchscript(path):
         raise CheckpointError(f"{path} is a TorchScript archive, which carries code and is not "
                               f"loaded. Instead, {_FIX}.")
@@ -126,6 +129,8 @@ def _first_line(exc: BaseException) -> str:
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     """A bare state dict, or one under 'state_dict'/'model_state_dict'/..., tensors only."""
+    import torch
+
     for _ in range(3):
         if isinstance(obj, dict) and not _is_state_dict(obj):
             inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
@@ -139,6 +144,8 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _is_state_dict(obj: dict) -> bool:
+    import torch
+
     tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
     return len(tensors) > 0 and len(tensors) >= 0.5 * len(obj)
 
@@ -175,7 +182,7 @@ def _common_prefix(sd: dict) -> str | None:
 
 
 def _score(sd: dict, family: str) -> float:
-    signature = _FAMILY_MODULES[family].SIGNATURE
+    signature = REGISTRY[family].signature
     return sum(key in sd for key in signature) / len(signature)
 
 
@@ -194,25 +201,25 @@ def detect(sd: dict[str, torch.Tensor], family: str | None = None,
     Returns the spec and the state dict with wrapper prefixes removed.
     """
     sd = _strip(sd)
-    families = [family] if family else list(_FAMILY_MODULES)
+    families = [family] if family else list(REGISTRY)
     for name in families:
-        if name not in _FAMILY_MODULES:
+        if name not in REGISTRY:
             raise CheckpointError(f"{source}: unknown family {name!r}; use one of "
-                                  f"{', '.join(_FAMILY_MODULES)} or leave family unset.")
+                                  f"{', '.join(REGISTRY)} or leave family unset.")
     best = (0.0, families[0], sd)
     for candidate in _candidates(sd):
         for name in families:
             score = _score(candidate, name)
             if score == 1.0:
                 try:
-                    return _FAMILY_MODULES[name].infer_spec(candidate), candidate
+                    return REGISTRY[name].infer_spec(candidate), candidate
                 except (KeyError, IndexError, ValueError) as exc:
                     raise CheckpointError(f"{source}: looks like a {name} checkpoint, but {exc}. "
                                           "Check that it is an Attention U-Net.") from exc
             if score > best[0]:
                 best = (score, name, candidate)
     score, name, candidate = best
-    missing = [k for k in _FAMILY_MODULES[name].SIGNATURE if k not in candidate]
+    missing = [k for k in REGISTRY[name].signature if k not in candidate]
     sample = ", ".join(list(candidate)[:4])
     hint = ""
     if any(word in k.lower() for k in candidate for word in ("excit", "squeeze", "fc1", "se.")):
@@ -221,8 +228,8 @@ def detect(sd: dict[str, torch.Tensor], family: str | None = None,
     raise CheckpointError(
         f"{source} matches no Attention U-Net family. Closest: {name} "
         f"({score:.0%} of its key names), missing {', '.join(missing[:5])}; the file has "
-        f"{len(candidate)} tensors such as {sample}.{hint} Supported: official "
-        "(Attention-Gated-Networks), MONAI AttentionUnet, LeeJunHyun AttU_Net, and native "
+        f"{len(candidate)} tensors such as {sample}.{hint} Supported: "
+        f"{', '.join(row.title for row in REGISTRY.values())}, and native "
         ".safetensors; pass family=... if the names were changed.")
 
 

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..models import ModelSpec
+from ..models import REGISTRY, ModelSpec
 
 # zscore: (x - mean) / std over the whole image, as MONAI's NormalizeIntensityd and the official
 # code's NormalizeMedic; zscore_nonzero: NormalizeIntensityd(nonzero=True), zeros stay zero;
 # range: ScaleIntensityRanged(a_min, a_max, b_min, b_max, clip); ct: a HU window onto [0, 1].
 NORMALIZATION_MODES = ("none", "zscore", "zscore_nonzero", "zscore_foreground", "ct", "percentile",
                        "range")
-FAMILY_DEFAULT_NORMALIZATION = {"official": "zscore", "monai": "none", "leejunhyun": "none"}
 DEFAULT_CT_WINDOW = (-160.0, 240.0)  # abdominal soft tissue, in HU
 DEFAULT_PERCENTILES = (0.5, 99.5)
 
@@ -72,7 +71,7 @@ def resolve_normalization(argument, spec: ModelSpec) -> Normalization:
         return Normalization.parse(argument)
     if spec.normalization:
         return Normalization.parse(spec.normalization)
-    return Normalization.parse(FAMILY_DEFAULT_NORMALIZATION[spec.family])
+    return Normalization.parse(REGISTRY[spec.family].normalization)
 
 
 @dataclass(frozen=True)

@@ -233,7 +233,7 @@ class OfficialAttentionUNet(AttentionUNetBase):
         return logits
 
 
-def official_gates(spec: ModelSpec) -> tuple[GateGeometry, ...]:
+def gate_geometry(spec: ModelSpec) -> tuple[GateGeometry, ...]:
     """The maps come back on the grids of conv2, conv3 and conv4 (the skips they gate)."""
     levels = pooled_geometry(list(spec.strides), spec.spatial_dims, centred=True)
     heads = 2 if spec.variant == "multi_att_dsv" else 1
@@ -245,6 +245,17 @@ def official_strides(variant: str, dims: int) -> tuple[tuple[int, ...], ...]:
     if variant == "grid_attention" and dims == 3:
         return ((2, 2, 1),) * 4
     return ((2,) * dims,) * 4
+
+
+def default_spec(dims: int, in_channels: int, out_channels: int, features: tuple[int, ...],
+                 variant: str | None = None, **fields) -> ModelSpec:
+    """A network to train; without a variant, the paper's single-gate deep-supervised one."""
+    variant = variant or "single_att_dsv"
+    kernel = (3, 3, 1) if variant == "grid_attention" and dims == 3 else (3,) * dims
+    return ModelSpec(family="official", variant=variant, spatial_dims=dims,
+                     in_channels=in_channels, out_channels=out_channels, features=features,
+                     strides=official_strides(variant, dims), kernel_size=kernel,
+                     attention_dsample=(2,) * dims, **fields)
 
 
 SIGNATURE = ("conv1.conv1.0.weight", "conv2.conv1.0.weight", "conv3.conv1.0.weight",
