@@ -159,7 +159,7 @@ def _read_nifti(path: Path, notes: list[str]):
     return image, notes
 
 
-def _place_by_header(image, header: "nifti.Header", path: Path) -> list[str]:
+def _place_by_header(image, header: nifti.Header, path: Path) -> list[str]:
     """Set the image's geometry from the header's chosen transform (ITK took the qform)."""
     lps = nifti.RAS_TO_LPS @ header.affine_ras()
     linear = lps[:3, :3]

@@ -13,6 +13,19 @@ OFFICIAL_FIXTURES = REPO / "tests" / "data" / "official-oktay"
 FIXTURE_STEM = "oktay_unet_CT_single_att_dsv_3D"
 
 
+# Fixtures that open a napari viewer or a Qt widget: their tests need a display (Xvfb).
+GUI_FIXTURES = {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot", "qapp"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a viewer or Qt fixture ``gui``, so that the core tests run
+    anywhere with ``pytest -m "not gui"``; tests that need a display otherwise say so
+    themselves with ``@pytest.mark.gui``."""
+    for item in items:
+        if GUI_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.gui)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """``tests/data/official-oktay``: golden outputs of the official code (see its README)."""

@@ -53,3 +53,11 @@ def test_unknown_attribute_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no_such_name"):
         na.no_such_name  # noqa: B018
+
+
+def test_one_version_source():
+    from importlib.metadata import version
+
+    import napari_attunet as na
+
+    assert version("napari-attunet") == na.__version__

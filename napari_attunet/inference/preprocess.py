@@ -34,7 +34,7 @@ class Normalization:
     clip: bool = True  # range: clip to the target
 
     @classmethod
-    def parse(cls, value: str | dict | "Normalization" | None) -> "Normalization":
+    def parse(cls, value: str | dict | Normalization | None) -> Normalization:
         if isinstance(value, Normalization):
             return value
         if value is None:
@@ -47,9 +47,9 @@ class Normalization:
         if mode == "range":
             data.setdefault("window", (data.get("a_min", 0.0), data.get("a_max", 1.0)))
             data.setdefault("target", (data.get("b_min", 0.0), data.get("b_max", 1.0)))
-        window = tuple(float(v) for v in data.get("window", DEFAULT_CT_WINDOW))
-        percentiles = tuple(float(v) for v in data.get("percentiles", DEFAULT_PERCENTILES))
-        target = tuple(float(v) for v in data.get("target", (0.0, 1.0)))
+        window = _pair(data, "window", DEFAULT_CT_WINDOW)
+        percentiles = _pair(data, "percentiles", DEFAULT_PERCENTILES)
+        target = _pair(data, "target", (0.0, 1.0))
         if window[1] <= window[0] or percentiles[1] <= percentiles[0]:
             raise InputError(f"normalization {data}: the upper bound must exceed the lower.")
         return cls(mode, window, percentiles, target, bool(data.get("clip", True)))
@@ -63,6 +63,13 @@ class Normalization:
         if self.mode == "range":
             out.update(window=list(self.window), target=list(self.target), clip=self.clip)
         return out
+
+
+def _pair(data: dict, key: str, default: tuple[float, float]) -> tuple[float, float]:
+    values = tuple(float(v) for v in data.get(key, default))
+    if len(values) != 2:
+        raise InputError(f"normalization {data}: {key} takes two numbers, not {len(values)}.")
+    return values[0], values[1]
 
 
 def resolve_normalization(argument, spec: ModelSpec) -> Normalization:
@@ -108,7 +115,7 @@ def fit(channel: np.ndarray, norm: Normalization) -> IntensityMap:
         if norm.mode == "percentile":
             lo, hi = (float(v) for v in np.percentile(_sample(x), norm.percentiles))
         gain = (target[1] - target[0]) / max(hi - lo, 1e-8)
-        clip = tuple(target) if (norm.clip or norm.mode != "range") else None
+        clip = (target[0], target[1]) if (norm.clip or norm.mode != "range") else None
         return IntensityMap(gain, target[0] - lo * gain, clip)
     values = x
     if norm.mode == "zscore_nonzero":

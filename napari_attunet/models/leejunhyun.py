@@ -121,7 +121,7 @@ SIGNATURE = ("Conv1.conv.0.weight", "Conv2.conv.0.weight", "Up2.up.1.weight",
 def infer_spec(sd: dict) -> ModelSpec:
     first = sd["Conv1.conv.0.weight"]
     dims = first.ndim - 2
-    features = []
+    features: list[int] = []
     while f"Conv{len(features) + 1}.conv.0.weight" in sd:
         features.append(int(sd[f"Conv{len(features) + 1}.conv.0.weight"].shape[0]))
     out = int(sd["Conv_1x1.weight"].shape[0])

@@ -23,10 +23,9 @@ class ConvUnit(nn.Module):
                  act: nn.Module | None = None):
         super().__init__()
         self.conv = conv
-        if norm is not None:
+        self.adn: nn.Sequential | None = None
+        if norm is not None and act is not None:
             self.adn = nn.Sequential(OrderedDict([("N", norm), ("A", act)]))
-        else:
-            self.adn = None
 
     def forward(self, x):
         x = self.conv(x)

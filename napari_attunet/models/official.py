@@ -172,6 +172,7 @@ class OfficialAttentionUNet(AttentionUNetBase):
         sub = spec.attention_dsample
         for level in (2, 3, 4):
             size = f[level - 1]
+            block: nn.Module
             if grid:
                 block = GridAttentionBlock(d, size, f[3], size, sub, spec.gate_mode, ac)
             else:
@@ -179,6 +180,7 @@ class OfficialAttentionUNet(AttentionUNetBase):
             self.add_module(f"attentionblock{level}", block)
 
         for level in (4, 3, 2, 1):
+            up: nn.Module
             if grid:
                 up = UpGrid(d, f[level], f[level - 1], k, bn, spec.deconv, spec.strides[level - 1],
                             deconv_kernel, ac)

@@ -134,7 +134,7 @@ class ModelSpec:
             return tuple(self.class_names)
         return tuple(f"class {i}" for i in range(self.out_channels))
 
-    def replace(self, **changes: Any) -> "ModelSpec":
+    def replace(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
 
     # ---- serialisation ----------------------------------------------------------------
@@ -145,7 +145,7 @@ class ModelSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
+    def from_dict(cls, data: dict) -> ModelSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -163,7 +163,7 @@ class ModelSpec:
         return cls(**values)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
+    def from_json(cls, text: str) -> ModelSpec:
         return cls.from_dict(json.loads(text))
 
     def summary(self) -> str:

@@ -31,7 +31,7 @@ class SourceGeometry:
     metadata: dict = field(default_factory=dict)
 
     @classmethod
-    def from_layer(cls, layer, spatial_ndim: int | None = None) -> "SourceGeometry":
+    def from_layer(cls, layer, spatial_ndim: int | None = None) -> SourceGeometry:
         """The spatial part of an Image layer's geometry (dropping an RGB channel axis)."""
         n = spatial_ndim or layer.ndim
         affine = _physical_affine(layer, n)
