@@ -14,20 +14,17 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
 
 from .errors import CheckpointError
-from .models import REGISTRY, ModelSpec, build
-
-if TYPE_CHECKING:  # torch loads when a checkpoint is read, not when this module is imported
-    import torch
-
-    from .models import AttentionUNetBase
+from .models import REGISTRY, AttentionUNetBase, ModelSpec, build
+from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES
+from .suffixes import TORCH_SUFFIXES
 
 METADATA_KEY = "napari_attunet"
 FORMAT_VERSION = 1
-TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
-SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
 _FIX = ("save the weights with torch.save(model.state_dict(), path), or convert them with "
         "'napari-attunet convert'")
@@ -101,8 +98,6 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _read_torch(path: Path) -> RawCheckpoint:
-    import torch
-
     if _is_torchscript(path):
         raise CheckpointError(f"{path} is a TorchScript archive, which carries code and is not "
                               f"loaded. Instead, {_FIX}.")
@@ -129,8 +124,6 @@ def _first_line(exc: BaseException) -> str:
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     """A bare state dict, or one under 'state_dict'/'model_state_dict'/..., tensors only."""
-    import torch
-
     for _ in range(3):
         if isinstance(obj, dict) and not _is_state_dict(obj):
             inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
@@ -144,8 +137,6 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _is_state_dict(obj: dict) -> bool:
-    import torch
-
     tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
     return len(tensors) > 0 and len(tensors) >= 0.5 * len(obj)
 

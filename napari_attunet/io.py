@@ -66,11 +66,6 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def is_scan_path(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return p.is_dir() or p.name.lower().endswith(SCAN_SUFFIXES)
-
-
 def _sitk():
     import SimpleITK as sitk
 

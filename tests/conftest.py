@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
+from helpers import randomise_bn
 
 REPO = Path(__file__).resolve().parent.parent
 OFFICIAL_FIXTURES = REPO / "tests" / "data" / "official-oktay"
@@ -38,29 +38,9 @@ def fixture_pth(fixtures_dir: Path) -> Path:
     return fixtures_dir / f"{FIXTURE_STEM}.pth"
 
 
-def randomise_bn(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every batch-norm layer random running statistics and affine parameters, seeded.
-
-    With the defaults (mean 0, var 1, weight 1, bias 0) an eval-mode BN is almost the identity,
-    which would hide a BN that is skipped, misplaced or given the wrong statistics.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-                n = layer.num_features
-                if layer.running_mean is not None:
-                    layer.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
-                    layer.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-                if layer.weight is not None:
-                    layer.weight.copy_(torch.rand(n, generator=gen) + 0.5)
-                    layer.bias.copy_(torch.randn(n, generator=gen) * 0.2)
-    return module
-
-
 @pytest.fixture
 def randomize_bn():
-    """The :func:`randomise_bn` helper, as a fixture: ``randomize_bn(net, seed=...)``."""
+    """:func:`helpers.randomise_bn` as a fixture: ``randomize_bn(net, seed=...)``."""
     return randomise_bn
 
 

@@ -162,10 +162,6 @@ class ModelSpec:
                 values[name] = tuple(values[name])
         return cls(**values)
 
-    @classmethod
-    def from_json(cls, text: str) -> ModelSpec:
-        return cls.from_dict(json.loads(text))
-
     def summary(self) -> str:
         """One line for people: family, dimensions, classes, gates."""
         heads = sum(g.heads for g in self.gates)

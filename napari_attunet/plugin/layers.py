@@ -20,7 +20,7 @@ LABEL_COLOURS = [
 
 @dataclass(frozen=True)
 class SourceGeometry:
-    """What output layers copy from the source layer (DESIGN: geometry rules)."""
+    """What output layers copy from the source layer (docs/architecture.md: where each rule lives)."""
 
     name: str
     scale: tuple[float, ...]
