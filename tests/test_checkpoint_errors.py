@@ -226,6 +226,8 @@ def test_legacy_non_zip_pickle_with_code(tmp_path):
     assert not marker.exists()
 
 
+# torch.jit.script makes the archive under test; its deprecation is torch's, not ours
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_torchscript_archive_is_refused(tmp_path):
     class Tiny(nn.Module):
         def __init__(self):
