@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .models import REGISTRY, AttentionUNetBase, ModelSpec, build
-from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES
-from .suffixes import TORCH_SUFFIXES
+from .models import AttentionUNetBase, ModelSpec, build
+from .models import REGISTRY
+from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES, TORCH_SUFFIXES
 
 METADATA_KEY = "napari_attunet"
 FORMAT_VERSION = 1
