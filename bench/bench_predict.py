@@ -174,7 +174,7 @@ def main() -> None:
     for label, options in configs:
         t, pred, mem = timed(lambda: na.predict(image, model, normalization="none", tile=roi,
                                                 overlap=args.overlap, device=args.device,
-                                                **options), args.repeats)  # noqa: B023
+                                                **options), args.repeats)
         labels = pred.labels()
         scores = [dice(labels, monai_labels, c) for c in (0, 1, 2)]
         timings[label] = t
