@@ -21,14 +21,12 @@ import torch
 from .errors import CheckpointError
 from .limits import fits, gib
 from .models import AttentionUNetBase, ModelSpec, build
-from .models import leejunhyun, monai_unet, official
+from .models import REGISTRY
+from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES, TORCH_SUFFIXES
 
 METADATA_KEY = "napari_attunet"
 FORMAT_VERSION = 1
-TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
-SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
-_FAMILY_MODULES = {"official": official, "monai": monai_unet, "leejunhyun": leejunhyun}
 _FIX = ("save the weights with torch.save(model.state_dict(), path), or convert them with "
         "'napari-attunet convert'")
 
@@ -252,7 +250,7 @@ def _common_prefix(sd: dict) -> str | None:
 
 
 def _score(sd: dict, family: str) -> float:
-    signature = _FAMILY_MODULES[family].SIGNATURE
+    signature = REGISTRY[family].signature
     return sum(key in sd for key in signature) / len(signature)
 
 
@@ -271,25 +269,25 @@ def detect(sd: dict[str, torch.Tensor], family: str | None = None,
     Returns the spec and the state dict with wrapper prefixes removed.
     """
     sd = _strip(sd)
-    families = [family] if family else list(_FAMILY_MODULES)
+    families = [family] if family else list(REGISTRY)
     for name in families:
-        if name not in _FAMILY_MODULES:
+        if name not in REGISTRY:
             raise CheckpointError(f"{source}: unknown family {name!r}; use one of "
-                                  f"{', '.join(_FAMILY_MODULES)} or leave family unset.")
+                                  f"{', '.join(REGISTRY)} or leave family unset.")
     best = (0.0, families[0], sd)
     for candidate in _candidates(sd):
         for name in families:
             score = _score(candidate, name)
             if score == 1.0:
                 try:
-                    return _FAMILY_MODULES[name].infer_spec(candidate), candidate
+                    return REGISTRY[name].infer_spec(candidate), candidate
                 except (KeyError, IndexError, ValueError) as exc:
                     raise CheckpointError(f"{source}: looks like a {name} checkpoint, but {exc}. "
                                           "Check that it is an Attention U-Net.") from exc
             if score > best[0]:
                 best = (score, name, candidate)
     score, name, candidate = best
-    missing = [k for k in _FAMILY_MODULES[name].SIGNATURE if k not in candidate]
+    missing = [k for k in REGISTRY[name].signature if k not in candidate]
     sample = ", ".join(list(candidate)[:4])
     hint = ""
     if any(word in k.lower() for k in candidate for word in ("excit", "squeeze", "fc1", "se.")):
@@ -298,8 +296,8 @@ def detect(sd: dict[str, torch.Tensor], family: str | None = None,
     raise CheckpointError(
         f"{source} matches no Attention U-Net family. Closest: {name} "
         f"({score:.0%} of its key names), missing {', '.join(missing[:5])}; the file has "
-        f"{len(candidate)} tensors such as {sample}.{hint} Supported: official "
-        "(Attention-Gated-Networks), MONAI AttentionUnet, LeeJunHyun AttU_Net, and native "
+        f"{len(candidate)} tensors such as {sample}.{hint} Supported: "
+        f"{', '.join(row.title for row in REGISTRY.values())}, and native "
         ".safetensors; pass family=... if the names were changed.")
 
 

@@ -10,6 +10,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .models.registry import FAMILIES, REGISTRY
+
 
 def _info(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, parameter_count, sha256
@@ -30,8 +32,8 @@ def _info(args: argparse.Namespace) -> int:
         ("orientation", f"{spec.network_orientation}: the network sees scans "
                         f"{spec.orientation_label}"),
     ]
-    if spec.family == "official":
-        rows.append(("gate mode", spec.gate_mode))
+    for name in REGISTRY[spec.family].info_fields:
+        rows.append((name.replace("_", " "), getattr(spec, name)))
     for k, g in enumerate(spec.gates, start=1):
         rows.append((f"gate {k}", f"stride {'x'.join(map(str, g.stride))}, offset "
                      f"{'/'.join(f'{o:g}' for o in g.offset)} voxels, {g.heads} map(s)"))
@@ -336,14 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe a checkpoint")
     info.add_argument("checkpoint")
-    info.add_argument("--family", choices=("official", "monai", "leejunhyun"))
+    info.add_argument("--family", choices=FAMILIES)
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_info)
 
     conv = sub.add_parser("convert", help="turn any checkpoint into a native .safetensors")
     conv.add_argument("checkpoint")
     conv.add_argument("out", help="the .safetensors file to write")
-    conv.add_argument("--family", choices=("official", "monai", "leejunhyun"))
+    conv.add_argument("--family", choices=FAMILIES)
     conv.add_argument("--class-names", nargs="+", metavar="NAME")
     conv.add_argument("--normalization", metavar="MODE",
                       help="none | zscore (NormalizeIntensityd) | zscore_nonzero (nonzero=True) | "
@@ -407,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("-o", "--output", required=True, help="the .safetensors to write (best epoch)")
     tr.add_argument("--class-names", nargs="+", metavar="NAME")
     tr.add_argument("--normalization", metavar="MODE", help="as for predict (default zscore)")
-    tr.add_argument("--family", default="official", choices=("official", "monai", "leejunhyun"))
-    tr.add_argument("--variant", choices=("single_att_dsv", "multi_att_dsv", "grid_attention"),
+    tr.add_argument("--family", default="official", choices=FAMILIES)
+    tr.add_argument("--variant", choices=REGISTRY["official"].variants,
                     help="official variant (default single_att_dsv, the paper's design)")
     tr.add_argument("--features", type=int, nargs="+", default=(8, 16, 32, 64, 128),
                     help="encoder widths, finest first (official: exactly 5)")

@@ -64,11 +64,6 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def is_scan_path(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return p.is_dir() or p.name.lower().endswith(SCAN_SUFFIXES)
-
-
 def _sitk():
     import SimpleITK as sitk
 
@@ -174,7 +169,7 @@ def _with_nonfinite(image, path: Path, header: nifti.Header):
     return restored
 
 
-def _place_by_header(image, header: "nifti.Header", path: Path) -> list[str]:
+def _place_by_header(image, header: nifti.Header, path: Path) -> list[str]:
     """Set the image's geometry from the header's chosen transform (ITK took the qform)."""
     lps = nifti.RAS_TO_LPS @ header.affine_ras()
     linear = lps[:3, :3]

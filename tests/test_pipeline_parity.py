@@ -23,7 +23,7 @@ import torch
 import napari_attunet as na
 from napari_attunet import io
 
-from conftest import randomise_bn
+from helpers import randomise_bn
 
 MNI = Path(na.__file__).parent / "data" / "mni152_t1_2mm.nii.gz"
 ORIENTATIONS = ["RAS", "LPS", "LAS", "PIR"]

@@ -176,7 +176,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         work_shape = resampled_shape(image_shape, factors)
         x = resample(x, factors)
         notes.append(f"resampled {image_shape} -> {work_shape} to the training spacing "
-                     f"{tuple(spec.spacing)} mm")
+                     f"{tuple(spec.spacing or ())} mm")
     else:
         work_shape = image_shape
     # After reorientation and resampling, where MONAI's pipelines normalize (clipping and

@@ -66,11 +66,6 @@ class Prediction:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.quantized.shape[1:])
 
-    def default_thresholds(self) -> list[float] | None:
-        """The one default rule (API, CLI and widget): softmax models label by the most probable
-        class (None: the argmax); sigmoid models by 0.5 per channel."""
-        return None if self.output == "softmax" else [0.5] * len(self.class_names)
-
     @property
     def uncertainty(self) -> np.ndarray:
         """(*image_shape) float32 in [0, 1], computed once: the normalised entropy of the class

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..models import ModelSpec
+from ..models import REGISTRY, ModelSpec
 
 # zscore: (x - mean) / std over the whole image, as MONAI's NormalizeIntensityd and the official
 # code's NormalizeMedic; zscore_nonzero: NormalizeIntensityd(nonzero=True), zeros stay zero;
 # range: ScaleIntensityRanged(a_min, a_max, b_min, b_max, clip); ct: a HU window onto [0, 1].
 NORMALIZATION_MODES = ("none", "zscore", "zscore_nonzero", "zscore_foreground", "ct", "percentile",
                        "range")
-FAMILY_DEFAULT_NORMALIZATION = {"official": "zscore", "monai": "none", "leejunhyun": "none"}
 DEFAULT_CT_WINDOW = (-160.0, 240.0)  # abdominal soft tissue, in HU
 DEFAULT_PERCENTILES = (0.5, 99.5)
 
@@ -35,7 +34,7 @@ class Normalization:
     clip: bool = True  # range: clip to the target
 
     @classmethod
-    def parse(cls, value: str | dict | "Normalization" | None) -> "Normalization":
+    def parse(cls, value: str | dict | Normalization | None) -> Normalization:
         if isinstance(value, Normalization):
             return value
         if value is None:
@@ -48,9 +47,9 @@ class Normalization:
         if mode == "range":
             data.setdefault("window", (data.get("a_min", 0.0), data.get("a_max", 1.0)))
             data.setdefault("target", (data.get("b_min", 0.0), data.get("b_max", 1.0)))
-        window = tuple(float(v) for v in data.get("window", DEFAULT_CT_WINDOW))
-        percentiles = tuple(float(v) for v in data.get("percentiles", DEFAULT_PERCENTILES))
-        target = tuple(float(v) for v in data.get("target", (0.0, 1.0)))
+        window = _pair(data, "window", DEFAULT_CT_WINDOW)
+        percentiles = _pair(data, "percentiles", DEFAULT_PERCENTILES)
+        target = _pair(data, "target", (0.0, 1.0))
         if window[1] <= window[0] or percentiles[1] <= percentiles[0]:
             raise InputError(f"normalization {data}: the upper bound must exceed the lower.")
         return cls(mode, window, percentiles, target, bool(data.get("clip", True)))
@@ -66,13 +65,20 @@ class Normalization:
         return out
 
 
+def _pair(data: dict, key: str, default: tuple[float, float]) -> tuple[float, float]:
+    values = tuple(float(v) for v in data.get(key, default))
+    if len(values) != 2:
+        raise InputError(f"normalization {data}: {key} takes two numbers, not {len(values)}.")
+    return values[0], values[1]
+
+
 def resolve_normalization(argument, spec: ModelSpec) -> Normalization:
     """The argument if given, else the checkpoint's metadata, else the family's usual preset."""
     if argument is not None:
         return Normalization.parse(argument)
     if spec.normalization:
         return Normalization.parse(spec.normalization)
-    return Normalization.parse(FAMILY_DEFAULT_NORMALIZATION[spec.family])
+    return Normalization.parse(REGISTRY[spec.family].normalization)
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ def fit(channel: np.ndarray, norm: Normalization) -> IntensityMap:
         if norm.mode == "percentile":
             lo, hi = (float(v) for v in np.percentile(_sample(x), norm.percentiles))
         gain = (target[1] - target[0]) / max(hi - lo, 1e-8)
-        clip = tuple(target) if (norm.clip or norm.mode != "range") else None
+        clip = (target[0], target[1]) if (norm.clip or norm.mode != "range") else None
         return IntensityMap(gain, target[0] - lo * gain, clip)
     values = x
     if norm.mode == "zscore_nonzero":

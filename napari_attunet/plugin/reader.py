@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import SUFFIXES as CHECKPOINT_SUFFIXES
 from ..io import SCAN_SUFFIXES
+from ..suffixes import CHECKPOINT_SUFFIXES
 from .transforms import GEOMETRY_KEY, data_to_world, display_kwargs, layer_state, same_grid
 from .orientation import AXIS_LABELS
 

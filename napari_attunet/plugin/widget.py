@@ -381,7 +381,7 @@ class AttUNetWidget(Container):
             pred = yield from iter_predict(data, model, spacing=spacing,
                                            channel_axis=channel_axis, cancel=cancel,
                                            name=f"layer {name!r}", **options)
-            pred.uncertainty  # computed here, off the event loop (cached on the prediction)
+            pred.uncertainty  # noqa: B018 computed here, off the event loop (cached on the prediction)
             return pred
 
         return work()
@@ -396,7 +396,9 @@ class AttUNetWidget(Container):
             return None
         point = np.array(self.viewer.dims.point[-layer.ndim:], dtype=float)
         lead = self.viewer.dims.ndim - layer.ndim
-        for axis, c in zip(list(self.viewer.dims.displayed)[-2:], self.viewer.camera.center[-2:]):
+        from .orientation import camera_of
+
+        for axis, c in zip(list(self.viewer.dims.displayed)[-2:], camera_of(self.viewer).center[-2:]):
             if axis >= lead:
                 point[axis - lead] = c
         centre = np.round(layer.world_to_data(point)).astype(int)
