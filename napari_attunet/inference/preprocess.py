@@ -278,7 +278,7 @@ def check_resampled_size(shape: Sequence[int], spacing, spec: ModelSpec, name: s
     voxels = float(np.prod([float(n) for n in grid]))
     needed = voxels * 4 * (3 * spec.in_channels + 2 * spec.out_channels + 1)
     refuse_over(needed, f"{name}, resampled from {tuple(shape)} to {grid} voxels (the training "
-                f"spacing {tuple(spec.spacing)} mm),", "check the scan's spacing, crop it, or use "
+                f"spacing {tuple(spec.spacing or ())} mm),", "check the scan's spacing, crop it, or use "
                 "a checkpoint trained at a coarser spacing.", InputError)
 
 
