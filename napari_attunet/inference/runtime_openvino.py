@@ -22,11 +22,13 @@ import tempfile
 import warnings
 import weakref
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..models import AttentionUNetBase
 from .optimize import prepared
 
 CACHE_ENV = "NAPARI_ATTUNET_CACHE"
@@ -53,7 +55,7 @@ def cache_root() -> Path:
 class _AllOutputs(nn.Module):
     """The network as one graph with plain outputs: ``(logits, *gates)``."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: AttentionUNetBase) -> None:
         super().__init__()
         self.net = net
 
@@ -62,7 +64,7 @@ class _AllOutputs(nn.Module):
         return (logits, *gates)
 
 
-def weights_sha256(model: nn.Module) -> str:
+def weights_sha256(model: AttentionUNetBase) -> str:
     """sha256 of the spec and every tensor of the state dict (names, dtypes, shapes, bytes)."""
     digest = hashlib.sha256(model.spec.to_json().encode())
     for name, tensor in sorted(model.state_dict().items()):
@@ -78,14 +80,14 @@ def _versions() -> dict:
     return {"openvino": openvino.__version__, "torch": torch.__version__, "format": FORMAT}
 
 
-def entry_key(model: nn.Module) -> tuple[str, dict]:
+def entry_key(model: AttentionUNetBase) -> tuple[str, dict]:
     """The cache entry's name and what it was made from."""
     fields = {"weights": _weights_digest(model), **_versions()}
     name = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
     return name, fields
 
 
-def _weights_digest(model: nn.Module) -> str:
+def _weights_digest(model: AttentionUNetBase) -> str:
     versions = tuple(p._version for p in model.parameters())
     memo = _DIGESTS.get(model)
     if memo is None or memo[0] != versions:
@@ -139,13 +141,14 @@ def _store_entry(ov_model, folder: Path, fields: dict) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def convert(model: nn.Module):
+def convert(model: AttentionUNetBase):
     """The network (BatchNorm folded) as an OpenVINO model for (B, C, *spatial) inputs whose
     spatial sizes are multiples of the total stride (the engine's tiles always are)."""
     import openvino
 
     spec = model.spec
-    net = _AllOutputs(prepared(model, torch.device("cpu"), fold=True, layout=False)).eval()
+    folded = cast(AttentionUNetBase, prepared(model, torch.device("cpu"), fold=True, layout=False))
+    net = _AllOutputs(folded).eval()
     # Traced on a small input: the graph keeps its shapes symbolic, so size is no matter.
     example = torch.zeros((1, spec.in_channels) + tuple(2 * s for s in spec.total_stride))
     shape = openvino.PartialShape([-1, spec.in_channels] + [-1] * spec.spatial_dims)
@@ -199,14 +202,14 @@ class OpenVINONet:
         return [np.asarray(result[i]) for i in range(1 + self.gates)]
 
 
-def cached_model(model: nn.Module) -> tuple[object | None, Path, dict]:
+def cached_model(model: AttentionUNetBase) -> tuple[object | None, Path, dict]:
     """(the stored ov.Model or None, its entry folder, its key fields)."""
     name, fields = entry_key(model)
     folder = cache_root() / "openvino" / name
     return _load_entry(folder, fields, 1 + len(model.spec.gates)), folder, fields
 
 
-def converted(model: nn.Module):
+def converted(model: AttentionUNetBase):
     """The stored conversion of ``model``, converting and storing it if needed."""
     ov_model, folder, fields = cached_model(model)
     if ov_model is None:
@@ -221,13 +224,14 @@ def compile_network(ov_model, gates: int, precision: str = "fp32",
     hint, honoured where the CPU has bf16); ``hint`` 'LATENCY' or 'THROUGHPUT'."""
     import openvino
 
-    config = {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": _PRECISION[precision]}
+    config: dict[str, str | int] = {"PERFORMANCE_HINT": hint,
+                                    "INFERENCE_PRECISION_HINT": _PRECISION[precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return OpenVINONet(openvino.Core().compile_model(ov_model, "CPU", config), gates)
 
 
-def network(model: nn.Module, precision: str = "fp32", hint: str = "LATENCY") -> OpenVINONet:
+def network(model: AttentionUNetBase, precision: str = "fp32", hint: str = "LATENCY") -> OpenVINONet:
     """The compiled network, kept for the next run with the same weights and settings (like
     ``optimize.prepared``)."""
     key = (_weights_digest(model), precision, hint)
@@ -238,7 +242,7 @@ def network(model: nn.Module, precision: str = "fp32", hint: str = "LATENCY") ->
     return memo[key]
 
 
-def is_ready(model: nn.Module) -> bool:
+def is_ready(model: AttentionUNetBase) -> bool:
     """Whether :func:`network` will not have to convert (compiled already, or stored)."""
     digest = _weights_digest(model)
     if any(key[0] == digest for key in _COMPILED.get(model, {})):
