@@ -1,0 +1,466 @@
+"""Block by block on Dask: volumes larger than memory, read window by window, results written
+(to memory or to an OME-Zarr store) as blocks finish.
+
+Each block is a Dask task that reads its region plus a context of half a tile on each side and
+runs the in-memory engine on it (``iter_predict`` with ``region``), with the intensity
+statistics of the whole volume. Block origins are multiples of the window step and of the
+network's total stride, so the context's windows are the whole run's windows and the gate grids
+line up: inside the volume the blocks agree with one in-memory run, with no seams.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import Cancelled, InputError
+from ..models import AttentionUNetBase
+from .lazy import LazySource, as_dask, fit_lazy
+from .postprocess import GateMap, Prediction
+from .preprocess import resample_factors, resampled_shape, resolve_normalization
+from .tiling import default_tile, round_up
+
+BLOCK_BUDGET = 48 * 1024 ** 2  # context voxels of one block (float32 input ~200 MB)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One task: ``region`` (spatial slices it writes), ``outer`` (what it reads) and
+    ``inner`` (the region within ``outer``)."""
+
+    region: tuple[slice, ...]
+    outer: tuple[slice, ...]
+    inner: tuple[slice, ...]
+
+
+@dataclass(frozen=True)
+class GateGrid:
+    """Where one gate's whole-volume grid lies, in scan voxels."""
+
+    heads: int
+    stride: tuple[float, ...]
+    offset: tuple[float, ...]
+    cells: tuple[int, ...]
+    name: str
+
+
+@dataclass
+class Plan:
+    spatial: tuple[int, ...]
+    tile: tuple[int, ...]
+    block: tuple[int, ...]
+    blocks: list[Block]
+    gates: list[GateGrid]
+    stack: bool = False
+
+
+def plan(spatial: Sequence[int], model: AttentionUNetBase, *, tile=None, block=None,
+         spacing=None, layout=None, attention: bool = True) -> Plan:
+    """Cut ``spatial`` into blocks of whole tiles, each with its context."""
+    from .engine import context_slices
+
+    spec = model.spec
+    dims = spec.spatial_dims
+    spatial = tuple(int(n) for n in spatial)
+    stack = len(spatial) == 3 and dims == 2
+    perm = tuple(range(len(spatial))) if layout is None or layout.identity else layout.permutation
+    net_shape = tuple(spatial[p] for p in perm)
+    factors = resample_factors(spacing, spec, len(spatial))
+    if factors is not None:
+        factors = tuple(factors[p] for p in perm)
+    work = resampled_shape(net_shape, factors) if factors is not None else net_shape
+    plane = work[-dims:]
+    stride = spec.total_stride
+    if isinstance(tile, int):
+        tile = (tile,) * dims
+    padded = tuple(round_up(n, s) for n, s in zip(plane, stride))
+    tile_ = default_tile(padded, stride, dims, tile or spec.tile)
+    sizes = _block_sizes(spatial, tile_, stride, stack, block)
+    blocks = []
+    ranges = [range(0, n, b) for n, b in zip(spatial, sizes)]
+    for starts in _product(ranges):
+        region = tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, sizes, spatial))
+        outer, inner = context_slices(spatial, region, spec, tile_)
+        blocks.append(Block(region, outer, tuple(slice(a, b) for a, b in inner)))
+    gates = _gate_grids(spec, spatial, plane, perm, layout, factors, stack) if attention else []
+    return Plan(spatial, tile_, sizes, blocks, gates, stack)
+
+
+def _product(ranges):
+    import itertools
+
+    return itertools.product(*ranges)
+
+
+def _block_sizes(spatial, tile, stride, stack: bool, block) -> tuple[int, ...]:
+    """Blocks of whole tiles (a multiple of the largest tile and stride on every plane axis),
+    as large as the budget allows; the whole volume when it fits."""
+    dims = len(tile)
+    step = max(max(tile), max(stride))
+    if block is not None:
+        block = (block,) * len(spatial) if isinstance(block, int) else tuple(block)
+        plane = tuple(round_up(max(int(b), step), step) for b in block[-dims:])
+        lead = tuple(int(b) for b in block[:len(spatial) - dims])
+        return lead + plane
+    plane_shape = spatial[-dims:]
+    if int(np.prod(spatial)) <= BLOCK_BUDGET:
+        return tuple(spatial)
+    k = 1
+    while int(np.prod([min(n, (k + 1) * step + step) for n in plane_shape])) <= BLOCK_BUDGET:
+        k += 1
+    plane = tuple(k * step for _ in plane_shape)
+    if not stack:
+        return plane
+    per_slice = int(np.prod([min(n, b + step) for n, b in zip(plane_shape, plane)]))
+    return (max(1, BLOCK_BUDGET // per_slice),) + plane
+
+
+def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[GateGrid]:
+    """Each gate's grid over the whole scan, as the in-memory engine reports it."""
+    grids = []
+    lead = 1 if stack else 0
+    for k, g in enumerate(spec.gates, start=1):
+        cells = (spatial[perm[0]],) * lead + tuple(math.ceil(n / s) for n, s in zip(plane, g.stride))
+        stride = (1.0,) * lead + tuple(float(s) for s in g.stride)
+        offset = (0.0,) * lead + tuple(float(o) for o in g.offset)
+        if factors is not None:
+            stride = tuple(s / f for s, f in zip(stride, factors))
+            offset = tuple(o / f for o, f in zip(offset, factors))
+        stride, offset = list(stride), list(offset)
+        if layout is not None and not layout.identity:
+            net_shape = tuple(spatial[p] for p in perm)
+            for a in layout.flipped:
+                offset[a] = net_shape[a] - 1 - offset[a] - stride[a] * (cells[a] - 1)
+            inv = layout.inverse
+            stride = [stride[p] for p in inv]
+            offset = [offset[p] for p in inv]
+            cells = tuple(cells[p] for p in inv)
+        grids.append(GateGrid(g.heads, tuple(stride), tuple(offset), tuple(cells), f"gate {k}"))
+    return grids
+
+
+def gate_window(grid: GateGrid, region: Sequence[slice], local: GateMap):
+    """(slices into the whole gate grid, slices into ``local``) for one block's gate map."""
+    dst, src = [], []
+    for a, (sl, s, o, n) in enumerate(zip(region, grid.stride, grid.offset, grid.cells)):
+        first = int(round((sl.start + local.offset[a] - o) / s))
+        count = local.data.shape[1 + a]
+        lo, hi = max(0, first), min(n, first + count)
+        dst.append(slice(lo, max(lo, hi)))
+        src.append(slice(lo - first, lo - first + max(0, hi - lo)))
+    return (slice(None),) + tuple(dst), (slice(None),) + tuple(src)
+
+
+# ---- the model on workers ----------------------------------------------------------------------
+
+_MODELS: dict[str, AttentionUNetBase] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+class ModelRef:
+    """A model for Dask tasks: the object itself on threads; on other processes its weights and
+    spec travel as safetensors bytes (nothing executable) and each process loads it once."""
+
+    def __init__(self, model: AttentionUNetBase, key: str | None = None):
+        self.model = model
+        self.key = key or f"{id(model)}-{time.time_ns()}"
+        _MODELS[self.key] = model
+
+    def get(self) -> AttentionUNetBase:
+        return self.model
+
+    def __reduce__(self):
+        return (_model_from_payload, (self.key, _payload(self.model)))
+
+
+def _payload(model: AttentionUNetBase) -> bytes:
+    import json
+
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save(tensors, metadata={"spec": json.dumps(model.spec.to_dict())})
+
+
+def _model_from_payload(key: str, payload: bytes) -> ModelRef:
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model = load_payload(payload)
+            _MODELS[key] = model
+    ref = ModelRef.__new__(ModelRef)
+    ref.model, ref.key = model, key
+    return ref
+
+
+def load_payload(payload: bytes) -> AttentionUNetBase:
+    """Build a model from ``_payload`` bytes (weights and spec JSON, no pickle)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    from ..models import ModelSpec, build
+
+    state = load(payload)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as fh:  # metadata needs a file
+        fh.write(payload)
+        fh.flush()
+        with safe_open(fh.name, "pt") as f:
+            spec = ModelSpec.from_dict(json.loads(f.metadata()["spec"]))
+    model = build(spec)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+# ---- sinks: where block results go -------------------------------------------------------------
+
+@dataclass
+class BlockResult:
+    """What one block produced (None fields once a sink on the worker has written them)."""
+
+    region: tuple[slice, ...]
+    quantized: np.ndarray | None = None
+    disagreement: np.ndarray | None = None
+    gates: list[GateMap] = field(default_factory=list)
+    counts: np.ndarray | None = None  # voxels per label value (written stores)
+    device: str = "cpu"
+    precision: str = "fp32"
+
+
+class MemorySink:
+    """Whole-volume uint8 probabilities and float32 gate maps in memory."""
+
+    on_worker = True  # threads share the buffers; a remote worker returns its arrays instead
+
+    def __init__(self, channels: int, spatial, gates: list[GateGrid], tta: bool):
+        self.quantized = np.zeros((channels,) + tuple(spatial), np.uint8)
+        self.disagreement = np.zeros(tuple(spatial), np.uint8) if tta else None
+        self.gates = [np.zeros((g.heads,) + g.cells, np.float32) for g in gates]
+        self.grids = gates
+
+    def write(self, result: BlockResult) -> BlockResult:
+        region = result.region
+        self.quantized[(slice(None),) + region] = result.quantized
+        if self.disagreement is not None and result.disagreement is not None:
+            self.disagreement[region] = result.disagreement
+        for buf, grid, gate in zip(self.gates, self.grids, result.gates):
+            dst, src = gate_window(grid, region, gate)
+            buf[dst] = gate.data[src]
+        return BlockResult(region, device=result.device, precision=result.precision)
+
+
+# ---- one block ---------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    """Everything a block task needs besides its pixels."""
+
+    model: ModelRef
+    intensity: list
+    options: dict
+    channel_axis: int | None
+    inner_channel_axis: int | None
+    sink: object | None
+    cancel: object | None = None
+
+
+def run_block(crop: np.ndarray, block: Block, job: Job) -> BlockResult:
+    """Predict one block (its context read into ``crop``) and hand its interior to the sink."""
+    from .engine import _cancelled, predict
+
+    if _cancelled(job.cancel):
+        raise Cancelled("cancelled")
+    import torch
+
+    threads = job.options.get("_threads")
+    if threads:
+        torch.set_num_threads(threads)
+    options = {k: v for k, v in job.options.items() if not k.startswith("_")}
+    pred = predict(np.asarray(crop), job.model.get(), channel_axis=job.inner_channel_axis,
+                   region=block.inner, intensity=job.intensity, cancel=job.cancel, **options)
+    result = BlockResult(block.region, pred.quantized, pred.disagreement, pred.gates,
+                         device=pred.device, precision=pred.precision)
+    if job.sink is not None and job.sink.on_worker:
+        return job.sink.write(result)
+    return result
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axis=None,
+                   normalization=None, tile=None, overlap: float = 0.5, device: str = "auto",
+                   precision: str = "auto", tta: bool = False, cancel=None, batch_size=None,
+                   attention: bool = True, name: str = "the image", fold_batchnorm: bool = True,
+                   channels_last: bool = True, affine=None, file_orientation=None,
+                   orientation=None, out=None, scheduler=None, block=None,
+                   workers: int | None = None, thresholds=None,
+                   ) -> Generator:
+    """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction."""
+    from .engine import Progress
+    from .orientation import network_layout
+
+    started = time.perf_counter()
+    spec = model.spec
+    origin = None
+    if hasattr(image, "array") and hasattr(image, "affine"):  # an io.Volume
+        spacing = image.spacing if spacing is None else spacing
+        affine = image.affine if affine is None else affine
+        file_orientation = file_orientation or image.source.get("orientation")
+        origin = tuple(image.origin)
+        image = image.array
+    if not 0.0 <= overlap < 1.0:
+        raise InputError(f"overlap must be in [0, 1), not {overlap}.")
+    source = LazySource(image, spec, channel_axis, name)
+    spatial = source.spatial
+    if affine is not None and np.shape(affine) != (len(spatial) + 1,) * 2:
+        raise InputError(f"{name}: affine must be {len(spatial) + 1}x{len(spatial) + 1} for an "
+                         f"image with {len(spatial)} spatial axes, not {np.shape(affine)}.")
+    layout = network_layout(spec, len(spatial), affine, file_orientation, orientation)
+    yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
+    norm = resolve_normalization(normalization, spec)
+    intensity = fit_lazy(source, norm)
+    layout_arg = None if layout.identity else layout
+    work = plan(spatial, model, tile=tile, block=block, spacing=spacing, layout=layout_arg,
+                attention=attention)
+    options = dict(spacing=spacing, tile=work.tile, overlap=overlap, device=device,
+                   precision=precision, tta=tta, batch_size=batch_size, attention=attention,
+                   name=name, fold_batchnorm=fold_batchnorm, channels_last=channels_last,
+                   affine=affine, file_orientation=file_orientation, orientation=orientation)
+    client = _client(scheduler)
+    if out is not None:
+        from .store import ZarrSink
+
+        sink = ZarrSink.create(out, spec, work, spacing, origin, tta, thresholds, name)
+    else:
+        sink = MemorySink(spec.out_channels, spatial, work.gates, tta)
+        sink.on_worker = client is None
+    job = Job(ModelRef(model), intensity, options, channel_axis,
+              source.channel_axis, sink, cancel if client is None else None)
+    if client is not None:
+        options["_threads"] = None
+    data = as_dask(source.image)
+    tasks = [_task(data, source, b, job) for b in work.blocks]
+    total = len(tasks)
+    yield Progress("predicting", 0, total, f"{total} blocks of {work.block} voxels "
+                                           f"(tiles of {work.tile})")
+    results: list[BlockResult] = []
+    try:
+        for done, result in enumerate(_execute(tasks, client, workers, cancel), start=1):
+            if not (job.sink.on_worker):
+                result = job.sink.write(result)
+            results.append(result)
+            yield Progress("predicting", done, total)
+    except Cancelled:
+        if out is not None:
+            sink.discard()
+        raise Cancelled(f"prediction on {name} was cancelled; no result was kept.") from None
+    except BaseException:
+        if out is not None:
+            sink.discard()
+        raise
+    first = results[0] if results else BlockResult(())
+    notes = [f"predicted in {total} block(s) of {work.block} on Dask"]
+    if out is not None:
+        yield Progress("stitching", total, total, "finishing the store")
+        sink.finish(results)
+        quantized, disagreement = sink.probabilities(), sink.disagreement_array()
+        gate_data = sink.gate_arrays()
+        notes.append(f"written to {sink.path}")
+    else:
+        quantized, disagreement, gate_data = sink.quantized, sink.disagreement, sink.gates
+    gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates)]
+    return Prediction(
+        quantized=quantized, disagreement=disagreement, output=spec.output,
+        class_names=spec.class_labels, gates=gates,
+        spacing=tuple(float(s) for s in spacing)[-len(spatial):] if spacing is not None else None,
+        device=first.device, precision=first.precision, seconds=time.perf_counter() - started,
+        tile=work.tile, overlap=overlap, notes=notes)
+
+
+def _task(data, source: LazySource, block: Block, job: Job):
+    import dask
+
+    crop = data[source.index(block.outer)]
+    return dask.delayed(run_block, pure=False)(crop, block, job)
+
+
+def _client(scheduler):
+    """None for the local threaded scheduler, else a distributed Client."""
+    if scheduler is None or scheduler in ("threads", "sync", "synchronous"):
+        return None
+    from distributed import Client
+
+    if isinstance(scheduler, Client):
+        return scheduler
+    from .cluster import connect
+
+    return connect(scheduler)
+
+
+def _execute(tasks, client, workers, cancel):
+    """Yield each task's result as it finishes."""
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(tasks)
+        try:
+            for future in as_completed(futures):
+                if cancel is not None and _is_set(cancel):
+                    raise Cancelled("cancelled")
+                yield future.result()
+                future.release()
+        finally:
+            client.cancel(futures)
+        return
+    yield from _threads(tasks, workers or 1, cancel)
+
+
+def _is_set(cancel) -> bool:
+    from .engine import _cancelled
+
+    return _cancelled(cancel)
+
+
+def _threads(tasks, workers: int, cancel):
+    """Dask's threaded scheduler in a background thread, results reported as tasks end."""
+    import dask
+    from dask.callbacks import Callback
+
+    done: queue.Queue = queue.Queue()
+    keys = {t.key for t in tasks}
+
+    class Report(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if key in keys:
+                done.put(("result", result))
+
+    def work():
+        try:
+            with Report():
+                dask.compute(*tasks, scheduler="threads", num_workers=workers)
+            done.put(("end", None))
+        except BaseException as exc:  # handed to the consumer
+            done.put(("error", exc))
+
+    thread = threading.Thread(target=work, name="attunet-blocks", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = done.get()
+            if kind == "result":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        thread.join()
