@@ -268,7 +268,6 @@ class Job:
     intensity: list
     options: dict
     channel_axis: int | None
-    inner_channel_axis: int | None
     sink: object | None
     cancel: object | None = None
 
@@ -279,14 +278,8 @@ def run_block(crop: np.ndarray, block: Block, job: Job) -> BlockResult:
 
     if _cancelled(job.cancel):
         raise Cancelled("cancelled")
-    import torch
-
-    threads = job.options.get("_threads")
-    if threads:
-        torch.set_num_threads(threads)
-    options = {k: v for k, v in job.options.items() if not k.startswith("_")}
-    pred = predict(np.asarray(crop), job.model.get(), channel_axis=job.inner_channel_axis,
-                   region=block.inner, intensity=job.intensity, cancel=job.cancel, **options)
+    pred = predict(np.asarray(crop), job.model.get(), channel_axis=job.channel_axis,
+                   region=block.inner, intensity=job.intensity, cancel=job.cancel, **job.options)
     result = BlockResult(block.region, pred.quantized, pred.disagreement, pred.gates,
                          device=pred.device, precision=pred.precision)
     if job.sink is not None and job.sink.on_worker:
@@ -335,28 +328,43 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
                    precision=precision, tta=tta, batch_size=batch_size, attention=attention,
                    name=name, fold_batchnorm=fold_batchnorm, channels_last=channels_last,
                    affine=affine, file_orientation=file_orientation, orientation=orientation)
-    client = _client(scheduler)
+    client, owned = _client(scheduler)
+    try:
+        return (yield from _run(source, model, work, options, intensity, client, out, spacing,
+                                origin, tta, thresholds, name, cancel, workers, started))
+    finally:
+        if owned:
+            from .cluster import close
+
+            close(client)
+
+
+def _run(source, model, work, options, intensity, client, out, spacing, origin, tta,
+         thresholds, name, cancel, workers, started):
+    from .engine import Progress
+
+    spec = model.spec
+    overlap = options["overlap"]
     if out is not None:
         from .store import ZarrSink
 
         sink = ZarrSink.create(out, spec, work, spacing, origin, tta, thresholds, name)
     else:
-        sink = MemorySink(spec.out_channels, spatial, work.gates, tta)
+        sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
-    job = Job(ModelRef(model), intensity, options, channel_axis,
-              source.channel_axis, sink, cancel if client is None else None)
-    if client is not None:
-        options["_threads"] = None
+    job = Job(ModelRef(model), intensity, options, source.channel_axis,
+              sink if sink.on_worker else None, cancel if client is None else None)
+    job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
     data = as_dask(source.image)
-    tasks = [_task(data, source, b, job) for b in work.blocks]
+    tasks = [_task(data, source, b, job_arg) for b in work.blocks]
     total = len(tasks)
     yield Progress("predicting", 0, total, f"{total} blocks of {work.block} voxels "
                                            f"(tiles of {work.tile})")
     results: list[BlockResult] = []
     try:
         for done, result in enumerate(_execute(tasks, client, workers, cancel), start=1):
-            if not (job.sink.on_worker):
-                result = job.sink.write(result)
+            if not sink.on_worker:
+                result = sink.write(result)
             results.append(result)
             yield Progress("predicting", done, total)
     except Cancelled:
@@ -381,7 +389,7 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
     return Prediction(
         quantized=quantized, disagreement=disagreement, output=spec.output,
         class_names=spec.class_labels, gates=gates,
-        spacing=tuple(float(s) for s in spacing)[-len(spatial):] if spacing is not None else None,
+        spacing=tuple(float(s) for s in spacing)[-len(work.spatial):] if spacing is not None else None,
         device=first.device, precision=first.precision, seconds=time.perf_counter() - started,
         tile=work.tile, overlap=overlap, notes=notes)
 
@@ -394,16 +402,17 @@ def _task(data, source: LazySource, block: Block, job: Job):
 
 
 def _client(scheduler):
-    """None for the local threaded scheduler, else a distributed Client."""
+    """(None, False) for the local threaded scheduler, else (a distributed Client, whether this
+    run started it and must close it)."""
     if scheduler is None or scheduler in ("threads", "sync", "synchronous"):
-        return None
+        return None, False
     from distributed import Client
 
     if isinstance(scheduler, Client):
-        return scheduler
+        return scheduler, False
     from .cluster import connect
 
-    return connect(scheduler)
+    return connect(scheduler), True
 
 
 def _execute(tasks, client, workers, cancel):
