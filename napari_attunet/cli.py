@@ -124,7 +124,12 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference import predict
     from .inference.postprocess import gate_on_image_grid
 
-    model = load_model(args.checkpoint)
+    if getattr(args, "scheduler", None) or args.format == "zarr" \
+            or str(args.output).rstrip("/").endswith(".zarr"):
+        from .cohort import run
+
+        return run(args)
+    model = getattr(args, "model", None) or load_model(args.checkpoint)
     outdir = Path(args.output)
     outdir.mkdir(parents=True, exist_ok=True)
     rows, failures = [], 0
@@ -308,7 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--min-size", type=int, default=0, metavar="VOXELS",
                       help="drop connected components smaller than this")
     pred.add_argument("--fill-holes", action="store_true")
-    pred.add_argument("--format", default=".nii.gz", choices=(".nii.gz", ".nii", ".nrrd", ".mha"))
+    pred.add_argument("--format", default=".nii.gz",
+                      choices=(".nii.gz", ".nii", ".nrrd", ".mha", "zarr"),
+                      help="zarr: one OME-Zarr store per scan, written block by block "
+                           "(also when -o ends in .zarr)")
+    pred.add_argument("--scheduler", metavar="ADDRESS",
+                      help="run on Dask: local:N (N worker processes here) or tcp://host:8786; "
+                           "scans are spread over the workers and finished ones skipped")
     pred.add_argument("-q", "--quiet", action="store_true")
     pred.set_defaults(func=_predict)
 
