@@ -26,7 +26,7 @@ from .postprocess import GateMap, Prediction
 from .preprocess import resample_factors, resampled_shape, resolve_normalization
 from .tiling import default_tile, round_up
 
-BLOCK_BUDGET = 48 * 1024 ** 2  # context voxels of one block (float32 input ~200 MB)
+BLOCK_BUDGET = 64 * 1024 ** 2  # context voxels of one block: ~2 GB at its peak
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,8 @@ def _block_sizes(spatial, tile, stride, stack: bool, block) -> tuple[int, ...]:
     plane_shape = spatial[-dims:]
     if int(np.prod(spatial)) <= BLOCK_BUDGET:
         return tuple(spatial)
-    k = 1
-    while int(np.prod([min(n, (k + 1) * step + step) for n in plane_shape])) <= BLOCK_BUDGET:
+    k = 1  # the most whole tiles per axis whose block and context fit the budget
+    while int(np.prod([min(n, (k + 2) * step) for n in plane_shape])) <= BLOCK_BUDGET:
         k += 1
     plane = tuple(k * step for _ in plane_shape)
     if not stack:
