@@ -295,7 +295,7 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
                    attention: bool = True, name: str = "the image", fold_batchnorm: bool = True,
                    channels_last: bool = True, affine=None, file_orientation=None,
                    orientation=None, out=None, scheduler=None, block=None,
-                   workers: int | None = None, thresholds=None,
+                   workers: int | None = None, thresholds=None, region=None,
                    ) -> Generator:
     """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction."""
     from .engine import Progress
@@ -328,6 +328,16 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
                    precision=precision, tta=tta, batch_size=batch_size, attention=attention,
                    name=name, fold_batchnorm=fold_batchnorm, channels_last=channels_last,
                    affine=affine, file_orientation=file_orientation, orientation=orientation)
+    if region is not None:  # one block: the region and its context, read alone
+        if out is not None:
+            raise InputError("a region is predicted in memory; leave out= unset for it.")
+        from .engine import context_slices, iter_predict
+
+        outer, inner = context_slices(spatial, region, spec, work.tile)
+        return (yield from iter_predict(source.read(outer), model,
+                                        channel_axis=source.channel_axis,
+                                        region=tuple(slice(a, b) for a, b in inner),
+                                        intensity=intensity, cancel=cancel, **options))
     client, owned = _client(scheduler)
     try:
         return (yield from _run(source, model, work, options, intensity, client, out, spacing,

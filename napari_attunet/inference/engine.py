@@ -145,7 +145,8 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
             precision=precision, tta=tta, cancel=cancel, batch_size=batch_size,
             attention=attention, name=name, fold_batchnorm=fold_batchnorm,
             channels_last=channels_last, affine=affine, file_orientation=file_orientation,
-            orientation=orientation, out=out, scheduler=scheduler, **blockwise))
+            orientation=orientation, out=out, scheduler=scheduler, region=region,
+            **blockwise))
     started = time.perf_counter()
     spec = model.spec
     if hasattr(image, "array") and hasattr(image, "affine"):  # an io.Volume

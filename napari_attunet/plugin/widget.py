@@ -305,7 +305,7 @@ class AttUNetWidget(Container):
         if channel_axis is None:
             options.update(_scan_geometry(layer))
         if preview:
-            shape = (data[0] if isinstance(data, list) else data).shape
+            shape = (data[0] if isinstance(data, list) else _full_resolution(data)).shape
             region = self._preview_region(layer, shape)
             if region is not None:
                 options["region"] = region
@@ -318,7 +318,7 @@ class AttUNetWidget(Container):
         self.progress.value = 0
         self.status.value = "starting"
         if not isinstance(data, list):
-            data = np.asarray(data)
+            data = _full_resolution(data)
         worker = self._make_worker(data, spacing, channel_axis, options, layer.name)
         from napari.utils import progress as napari_progress
 
@@ -629,3 +629,13 @@ class AttUNetWidget(Container):
                 rgba = LABEL_COLOURS[(r + 1) % len(LABEL_COLOURS)]
                 item.setBackground(QColor.fromRgbF(*rgba[:3], 1.0))
 
+
+def _full_resolution(data):
+    """A layer's array as the engine takes it: dask and zarr arrays (and the first level of a
+    multiscale layer) stay lazy and are read window by window, anything else becomes numpy."""
+    from ..inference.lazy import is_lazy
+
+    if type(data).__name__ == "MultiScaleData" or (isinstance(data, (list, tuple))
+                                                   and data and hasattr(data[0], "shape")):
+        data = data[0]
+    return data if is_lazy(data) else np.asarray(data)
