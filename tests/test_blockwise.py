@@ -175,3 +175,26 @@ def test_store_opens_with_the_ome_zarr_reader(tmp_path, model3d, volume):
     assert scale["scale"][1:] == pytest.approx([s * t for s, t in zip(spacing, stride)])
     assert shift["translation"][1:] == pytest.approx([o + s * f
                                                       for o, s, f in zip(origin, spacing, offset)])
+
+
+def test_blocks_on_a_local_cluster_load_the_model_once_per_worker(model3d, volume, tmp_path):
+    distributed = pytest.importorskip("distributed")
+
+    ref = na.predict(volume, model3d, tile=32, normalization="zscore")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        pred = na.predict(volume, model3d, tile=32, normalization="zscore", block=32,
+                          scheduler=client, out=tmp_path / "r.zarr")
+        loaded = client.run(_models_here)
+    assert len(plan(volume.shape, model3d, tile=32, block=32).blocks) >= 8
+    assert sorted(loaded.values()) == [1, 1]  # each worker built the network once
+    assert np.abs(pred.quantized[:].astype(int) - ref.quantized.astype(int)).max() <= 1
+    for mine, theirs in zip(pred.gates, ref.gates):
+        assert np.abs(mine.data[:] - theirs.data).max() < 1e-4
+
+
+def _models_here() -> int:
+    from napari_attunet.inference import blockwise
+
+    return len(blockwise._MODELS)

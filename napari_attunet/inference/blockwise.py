@@ -167,16 +167,17 @@ class ModelRef:
     """A model for Dask tasks: the object itself on threads; on other processes its weights and
     spec travel as safetensors bytes (nothing executable) and each process loads it once."""
 
-    def __init__(self, model: AttentionUNetBase, key: str | None = None):
+    def __init__(self, model: AttentionUNetBase):
         self.model = model
-        self.key = key or f"{id(model)}-{time.time_ns()}"
-        _MODELS[self.key] = model
 
     def get(self) -> AttentionUNetBase:
         return self.model
 
     def __reduce__(self):
-        return (_model_from_payload, (self.key, _payload(self.model)))
+        import hashlib
+
+        payload = _payload(self.model)
+        return (_model_from_payload, (hashlib.sha256(payload).hexdigest(), payload))
 
 
 def _payload(model: AttentionUNetBase) -> bytes:
@@ -189,14 +190,15 @@ def _payload(model: AttentionUNetBase) -> bytes:
 
 
 def _model_from_payload(key: str, payload: bytes) -> ModelRef:
+    """On a worker: the model these bytes describe, built once per process (by content)."""
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
+            if len(_MODELS) >= 2:  # a long-lived worker keeps the last models only
+                _MODELS.pop(next(iter(_MODELS)))
             model = load_payload(payload)
             _MODELS[key] = model
-    ref = ModelRef.__new__(ModelRef)
-    ref.model, ref.key = model, key
-    return ref
+    return ModelRef(model)
 
 
 def load_payload(payload: bytes) -> AttentionUNetBase:
