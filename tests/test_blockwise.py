@@ -54,6 +54,28 @@ def test_blocks_agree_with_one_in_memory_run(model3d, volume):
     assert np.allclose(lazy.uncertainty, ref.uncertainty, atol=0.02)
 
 
+@pytest.mark.parametrize("options", [
+    dict(overlap=0.25),
+    dict(overlap=0.6, orientation="RAS"),
+    dict(overlap=0.5, orientation="RAS", tta=True),
+], ids=["overlap-0.25", "reoriented", "reoriented-tta"])
+def test_blocks_agree_on_reoriented_scans_and_any_overlap(model3d, options):
+    """Flipped and permuted network axes, other overlaps, TTA: still one in-memory run."""
+    affine = np.diag([-2.0, 1.0, -1.0, 1.0])
+    affine[:3, 3] = (10.0, 0.0, 5.0)
+    image = np.random.default_rng(1).normal(size=(36, 40, 52)).astype(np.float32)
+    if "orientation" in options:
+        options = dict(options, affine=affine)
+    ref = na.predict(image, model3d, tile=32, **options)
+    pred = na.predict(da.from_array(image, chunks=16), model3d, tile=32, block=16, **options)
+    assert np.abs(pred.quantized.astype(int) - ref.quantized.astype(int)).max() <= 1
+    if options.get("tta"):
+        assert np.abs(pred.disagreement.astype(int) - ref.disagreement.astype(int)).max() <= 1
+    for mine, theirs in zip(pred.gates, ref.gates):
+        assert mine.offset == theirs.offset and mine.data.shape == theirs.data.shape
+        assert np.abs(mine.data - theirs.data).max() < 1e-4
+
+
 def test_seams_of_a_2d_model_on_a_stack():
     """A 2D network over the slices of a zarr volume: blocks along every axis, no seams."""
     model = make_model(monai_spec(2, features=(4, 8, 16)), seed=1)

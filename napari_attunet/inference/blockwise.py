@@ -61,10 +61,8 @@ class Plan:
 
 
 def plan(spatial: Sequence[int], model: AttentionUNetBase, *, tile=None, block=None,
-         spacing=None, layout=None, attention: bool = True) -> Plan:
-    """Cut ``spatial`` into blocks of whole tiles, each with its context."""
-    from .engine import context_slices
-
+         overlap: float = 0.5, spacing=None, layout=None, attention: bool = True) -> Plan:
+    """Cut ``spatial`` into blocks, each with the context its windows need."""
     spec = model.spec
     dims = spec.spatial_dims
     spatial = tuple(int(n) for n in spatial)
@@ -81,15 +79,54 @@ def plan(spatial: Sequence[int], model: AttentionUNetBase, *, tile=None, block=N
         tile = (tile,) * dims
     padded = tuple(round_up(n, s) for n, s in zip(plane, stride))
     tile_ = default_tile(padded, stride, dims, tile or spec.tile)
-    sizes = _block_sizes(spatial, tile_, stride, stack, block)
+    axes = _axis_windows(spatial, tile_, stride, overlap, perm, factors, layout, dims)
+    sizes = _block_sizes(spatial, axes, block)
     blocks = []
-    ranges = [range(0, n, b) for n, b in zip(spatial, sizes)]
-    for starts in _product(ranges):
+    for starts in _product([range(0, n, b) for n, b in zip(spatial, sizes)]):
         region = tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, sizes, spatial))
-        outer, inner = context_slices(spatial, region, spec, tile_)
-        blocks.append(Block(region, outer, tuple(slice(a, b) for a, b in inner)))
+        outer = tuple(_context(r, n, ax) for r, n, ax in zip(region, spatial, axes))
+        inner = tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer))
+        blocks.append(Block(region, outer, inner))
     gates = _gate_grids(spec, spatial, plane, perm, layout, factors, stack) if attention else []
     return Plan(spatial, tile_, sizes, blocks, gates, stack)
+
+
+@dataclass(frozen=True)
+class AxisWindows:
+    """The whole run's windows along one scan axis, in scan voxels (None: a slice axis)."""
+
+    tile: int | None = None
+    step: int = 1
+    stride: int = 1
+    flipped: bool = False
+
+
+def _axis_windows(spatial, tile, stride, overlap, perm, factors, layout, dims):
+    lead = len(spatial) - dims
+    axes = [AxisWindows() for _ in spatial]
+    flipped = set(layout.flipped) if layout is not None and not layout.identity else set()
+    for i in range(dims):
+        net = lead + i
+        f = factors[net] if factors is not None else 1.0
+        t, s = tile[i], stride[i]
+        w = max(s, int(t * (1.0 - overlap)) // s * s)  # as tiling.starts
+        axes[perm[net]] = AxisWindows(max(1, math.ceil(t / f)), max(1, round(w / f)),
+                                      max(1, round(s / f)), net in flipped)
+    return axes
+
+
+def _context(region: slice, n: int, ax: AxisWindows) -> slice:
+    """The part of an axis a block reads: every window of the whole run that touches the
+    region, and nothing that would change the crop's own windows (at least one tile, starts on
+    the run's window grid, ends on one of its windows or the image end)."""
+    if ax.tile is None:
+        return region
+    a, b = (n - region.stop, n - region.start) if ax.flipped else (region.start, region.stop)
+    t, w = ax.tile, ax.step
+    flush = round_up(n, ax.stride) - t  # the last window, flush with the (padded) end
+    lo = min(max(0, ((a - t) // w + 1) * w), max(0, flush // w * w))  # first one touching a
+    hi = n if b - 1 >= flush else min(n, (b - 1) // w * w + t)  # end of the last touching b-1
+    return slice(n - hi, n - lo) if ax.flipped else slice(lo, hi)
 
 
 def _product(ranges):
@@ -98,27 +135,32 @@ def _product(ranges):
     return itertools.product(*ranges)
 
 
-def _block_sizes(spatial, tile, stride, stack: bool, block) -> tuple[int, ...]:
-    """Blocks of whole tiles (a multiple of the largest tile and stride on every plane axis),
-    as large as the budget allows; the whole volume when it fits."""
-    dims = len(tile)
-    step = max(max(tile), max(stride))
+def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
+    """Block sizes per axis: on plane axes a multiple of the window step and stride, at least a
+    tile, as large as the budget allows (the whole volume when it fits); slice axes fill up."""
+    units = [math.lcm(ax.step, ax.stride) if ax.tile else 1 for ax in axes]
     if block is not None:
         block = (block,) * len(spatial) if isinstance(block, int) else tuple(block)
-        plane = tuple(round_up(max(int(b), step), step) for b in block[-dims:])
-        lead = tuple(int(b) for b in block[:len(spatial) - dims])
-        return lead + plane
-    plane_shape = spatial[-dims:]
+        block = block[-len(spatial):]
+        return tuple(round_up(max(int(b), u), u) for b, u in zip(block, units))
     if int(np.prod(spatial)) <= BLOCK_BUDGET:
         return tuple(spatial)
-    k = 1  # the most whole tiles per axis whose block and context fit the budget
-    while int(np.prod([min(n, (k + 2) * step) for n in plane_shape])) <= BLOCK_BUDGET:
-        k += 1
-    plane = tuple(k * step for _ in plane_shape)
-    if not stack:
-        return plane
-    per_slice = int(np.prod([min(n, b + step) for n, b in zip(plane_shape, plane)]))
-    return (max(1, BLOCK_BUDGET // per_slice),) + plane
+
+    def plane_sizes(m: int) -> list[int]:
+        return [round_up(m * ax.tile, u) if ax.tile else 1 for ax, u in zip(axes, units)]
+
+    def context_voxels(sizes) -> int:
+        return int(np.prod([min(n, b + ax.tile) if ax.tile else 1
+                            for n, b, ax in zip(spatial, sizes, axes)]))
+
+    m = 1  # the most tiles per axis whose block and context fit the budget
+    while context_voxels(plane_sizes(m + 1)) <= BLOCK_BUDGET and \
+            any(ax.tile and b < n for ax, b, n in zip(axes, plane_sizes(m), spatial)):
+        m += 1
+    sizes = plane_sizes(m)
+    per_slice = context_voxels(sizes)
+    return tuple(b if ax.tile else max(1, min(n, BLOCK_BUDGET // per_slice))
+                 for b, ax, n in zip(sizes, axes, spatial))
 
 
 def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[GateGrid]:
@@ -272,6 +314,7 @@ class Job:
     channel_axis: int | None
     sink: object | None
     cancel: object | None = None
+    shape: tuple[int, ...] = ()  # the whole volume's spatial shape
 
 
 def run_block(crop: np.ndarray, block: Block, job: Job) -> BlockResult:
@@ -280,13 +323,35 @@ def run_block(crop: np.ndarray, block: Block, job: Job) -> BlockResult:
 
     if _cancelled(job.cancel):
         raise Cancelled("cancelled")
+    # The crop runs whole (its windows are the whole run's) and its interior is kept.
     pred = predict(np.asarray(crop), job.model.get(), channel_axis=job.channel_axis,
-                   region=block.inner, intensity=job.intensity, cancel=job.cancel, **job.options)
-    result = BlockResult(block.region, pred.quantized, pred.disagreement, pred.gates,
+                   intensity=job.intensity, cancel=job.cancel, **job.options)
+    quantized = np.ascontiguousarray(pred.quantized[(slice(None),) + tuple(block.inner)])
+    disagreement = None
+    if pred.disagreement is not None:
+        disagreement = np.ascontiguousarray(pred.disagreement[tuple(block.inner)])
+    gates = [_crop_gate(g, block, job.shape) for g in pred.gates]
+    result = BlockResult(block.region, quantized, disagreement, gates,
                          device=pred.device, precision=pred.precision)
     if job.sink is not None and job.sink.on_worker:
         return job.sink.write(result)
     return result
+
+
+def _crop_gate(gate: GateMap, block: Block, shape) -> GateMap:
+    """The cells of a crop's gate map centred in the block's region, and on the volume's edges
+    also those centred beyond it (the whole run keeps them); offsets relative to the region."""
+    keep, offset = [], []
+    for sl, inner, n, s, o, cells in zip(block.region, block.inner, shape, gate.stride,
+                                          gate.offset, gate.data.shape[1:]):
+        lo = inner.start if sl.start > 0 else -math.inf
+        hi = inner.stop if sl.stop < n else math.inf
+        first = 0 if lo == -math.inf else max(0, math.ceil((lo - o) / s - 1e-9))
+        last = cells if hi == math.inf else min(cells, math.ceil((hi - o) / s - 1e-9))
+        keep.append(slice(first, max(first, last)))
+        offset.append(o + s * first - inner.start)
+    data = np.ascontiguousarray(gate.data[(slice(None),) + tuple(keep)])
+    return GateMap(data, gate.stride, tuple(offset), gate.name)
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -324,8 +389,8 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
     norm = resolve_normalization(normalization, spec)
     intensity = fit_lazy(source, norm)
     layout_arg = None if layout.identity else layout
-    work = plan(spatial, model, tile=tile, block=block, spacing=spacing, layout=layout_arg,
-                attention=attention)
+    work = plan(spatial, model, tile=tile, block=block, overlap=overlap, spacing=spacing,
+                layout=layout_arg, attention=attention)
     options = dict(spacing=spacing, tile=work.tile, overlap=overlap, device=device,
                    precision=precision, tta=tta, batch_size=batch_size, attention=attention,
                    name=name, fold_batchnorm=fold_batchnorm, channels_last=channels_last,
@@ -365,7 +430,8 @@ def _run(source, model, work, options, intensity, client, out, spacing, origin, 
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
     job = Job(ModelRef(model), intensity, options, source.channel_axis,
-              sink if sink.on_worker else None, cancel if client is None else None)
+              sink if sink.on_worker else None, cancel if client is None else None,
+              tuple(work.spatial))
     job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
     data = as_dask(source.image)
     tasks = [_task(data, source, b, job_arg) for b in work.blocks]
