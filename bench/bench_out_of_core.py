@@ -149,23 +149,18 @@ def bench_cohort(args) -> None:
             sitk.WriteImage(img, str(path))
             scans.append(str(path))
         common = ["-c", str(ckpt), "-q", "--precision", "fp32", "--device", "cpu"]
-        timings = {}
-        started = time.perf_counter()
-        assert main(["predict", *scans, "-o", str(root / "seq"), *common]) == 0
-        timings["sequential"] = time.perf_counter() - started
-        for n in args.workers:
+        runs = [("sequential", "seq", [])]
+        runs += [(f"local:{n}", f"local{n}", ["--scheduler", f"local:{n}"]) for n in args.workers]
+        runs += [("rerun (all skipped)", f"local{args.workers[-1]}",
+                  ["--scheduler", f"local:{args.workers[-1]}"])]
+        base = None
+        for name, folder, extra in runs:
             started = time.perf_counter()
-            assert main(["predict", *scans, "-o", str(root / f"local{n}"), "--scheduler",
-                         f"local:{n}", *common]) == 0
-            timings[f"local:{n}"] = time.perf_counter() - started
-        started = time.perf_counter()
-        assert main(["predict", *scans, "-o", str(root / f"local{args.workers[-1]}"),
-                     "--scheduler", f"local:{args.workers[-1]}", *common]) == 0
-        timings["rerun (all skipped)"] = time.perf_counter() - started
-        base = timings["sequential"]
-        for name, seconds in timings.items():
+            code = main(["predict", *scans, "-o", str(root / folder), *extra, *common])
+            seconds = time.perf_counter() - started
+            base = base or seconds
             print(f"{name:>20}: {seconds:7.1f} s  {args.scans / seconds:6.2f} scans/s  "
-                  f"x{base / seconds:.2f} vs sequential", flush=True)
+                  f"x{base / seconds:.2f} vs sequential  (exit {code})", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

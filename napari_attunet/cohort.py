@@ -158,7 +158,7 @@ def _predict_cohort(args) -> int:
             folder.mkdir(parents=True)
             future = client.submit(scan_task, scan, options, str(folder), pure=False)
             futures[future] = (scan, folder)
-        for future in as_completed(list(futures)):
+        for future in as_completed(list(futures)) if futures else ():
             scan, folder = futures[future]
             try:
                 code, err, out = future.result()
