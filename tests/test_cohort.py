@@ -78,6 +78,10 @@ def test_cohort_on_two_workers_equals_the_sequential_command(cohort, capsys):
     assert len(err) == 1 and "broken.nii.gz" in err[0]
     assert {p.name: p.stat().st_mtime_ns for p in par.glob("*.nii.gz")} == stamps
     assert _rows(par) == _rows(seq)
+    good = [s for s in scans if "broken" not in s]
+    assert main(["predict", *good, "-o", str(par), "--scheduler", "local:2", *common]) == 0
+    assert capsys.readouterr().err.strip() == ""  # every scan done: no cluster started
+    assert _rows(par) == _rows(seq)
 
 
 def test_cohort_scheduler_that_makes_no_sense_is_one_line(cohort, capsys):
