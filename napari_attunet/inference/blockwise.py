@@ -1,11 +1,11 @@
 """Block by block on Dask: volumes larger than memory, read window by window, results written
 (to memory or to an OME-Zarr store) as blocks finish.
 
-Each block is a Dask task that reads its region plus a context of half a tile on each side and
-runs the in-memory engine on it (``iter_predict`` with ``region``), with the intensity
-statistics of the whole volume. Block origins are multiples of the window step and of the
-network's total stride, so the context's windows are the whole run's windows and the gate grids
-line up: inside the volume the blocks agree with one in-memory run, with no seams.
+Each block is a Dask task that reads its region plus every window of the whole run that touches
+it (half a tile on each side at overlap 0.5), runs the in-memory engine on that crop with the
+intensity statistics of the whole volume, and keeps its region. Block origins are multiples of
+the window step and of the network's total stride, so the crop's windows are the whole run's
+windows and the gate grids line up: the blocks agree with one in-memory run, with no seams.
 """
 
 from __future__ import annotations
@@ -429,17 +429,17 @@ def _run(source, model, work, options, intensity, client, out, spacing, origin, 
     else:
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
-    job = Job(ModelRef(model), intensity, options, source.channel_axis,
-              sink if sink.on_worker else None, cancel if client is None else None,
-              tuple(work.spatial))
-    job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
-    data = as_dask(source.image)
-    tasks = [_task(data, source, b, job_arg) for b in work.blocks]
-    total = len(tasks)
-    yield Progress("predicting", 0, total, f"{total} blocks of {work.block} voxels "
-                                           f"(tiles of {work.tile})")
     results: list[BlockResult] = []
     try:
+        job = Job(ModelRef(model), intensity, options, source.channel_axis,
+                  sink if sink.on_worker else None, cancel if client is None else None,
+                  tuple(work.spatial))
+        job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
+        data = as_dask(source.image)
+        tasks = [_task(data, source, b, job_arg) for b in work.blocks]
+        total = len(tasks)
+        yield Progress("predicting", 0, total, f"{total} blocks of {work.block} voxels "
+                                               f"(tiles of {work.tile})")
         for done, result in enumerate(_execute(tasks, client, workers, cancel), start=1):
             if not sink.on_worker:
                 result = sink.write(result)
