@@ -40,7 +40,8 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 flags = open("/proc/cpuinfo").read()
                 caps = [c for c in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if c in flags]
-                return f"{line.split(':', 1)[1].strip()} ({', '.join(caps)}), {os.cpu_count()} cores"
+                name = line.split(":", 1)[1].strip()
+                return f"{name} ({', '.join(caps)}), {os.cpu_count()} cores"
     except OSError:
         pass
     return platform.processor() or "unknown CPU"

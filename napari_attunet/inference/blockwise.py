@@ -168,7 +168,8 @@ def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[Gate
     grids = []
     lead = 1 if stack else 0
     for k, g in enumerate(spec.gates, start=1):
-        cells = (spatial[perm[0]],) * lead + tuple(math.ceil(n / s) for n, s in zip(plane, g.stride))
+        cells = (spatial[perm[0]],) * lead + tuple(math.ceil(n / s)
+                                                   for n, s in zip(plane, g.stride))
         stride = (1.0,) * lead + tuple(float(s) for s in g.stride)
         offset = (0.0,) * lead + tuple(float(o) for o in g.offset)
         if factors is not None:
@@ -467,7 +468,8 @@ def _run(source, model, work, options, intensity, client, out, spacing, origin, 
     return Prediction(
         quantized=quantized, disagreement=disagreement, output=spec.output,
         class_names=spec.class_labels, gates=gates,
-        spacing=tuple(float(s) for s in spacing)[-len(work.spatial):] if spacing is not None else None,
+        spacing=(tuple(float(s) for s in spacing)[-len(work.spatial):]
+                 if spacing is not None else None),
         device=first.device, precision=first.precision, seconds=time.perf_counter() - started,
         tile=work.tile, overlap=overlap, notes=notes)
 
