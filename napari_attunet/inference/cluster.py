@@ -34,8 +34,12 @@ def connect(scheduler: str):
 
     kind, workers = parse(scheduler)
     if kind == "local":
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=40)
+        try:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=40)
+        except (RuntimeError, OSError) as exc:
+            raise InputError(f"could not start {workers} local Dask worker process(es) "
+                             f"({str(exc).splitlines()[0]}).") from None
         client = Client(cluster)
         client._attunet_cluster = cluster
         threads = max(1, (os.cpu_count() or 1) // workers)
