@@ -77,6 +77,8 @@ def plan(spatial: Sequence[int], model: AttentionUNetBase, *, tile=None, block=N
     stride = spec.total_stride
     if isinstance(tile, int):
         tile = (tile,) * dims
+    elif tile is not None and len(tile) == 1:  # `--tile 128`: every axis
+        tile = tuple(tile) * dims
     padded = tuple(round_up(n, s) for n, s in zip(plane, stride))
     tile_ = default_tile(padded, stride, dims, tile or spec.tile)
     axes = _axis_windows(spatial, tile_, stride, overlap, perm, factors, layout, dims)
