@@ -382,6 +382,10 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
         image = image.array
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), not {overlap}.")
+    if out is not None:
+        from .store import check_free
+
+        check_free(out)
     source = LazySource(image, spec, channel_axis, name)
     spatial = source.spatial
     if affine is not None and np.shape(affine) != (len(spatial) + 1,) * 2:

@@ -60,6 +60,12 @@ def multiscales(name: str, ndim: int, channel: bool, scale: Sequence[float],
         "type": "none"}]
 
 
+def check_free(out) -> None:
+    """Refuse an output store that exists, before any work is done."""
+    if Path(out).exists():
+        raise InputError(f"{out} already exists; remove it or choose another output.")
+
+
 class ZarrSink:
     """Writes blocks into the store; picklable (paths only), so Dask workers write directly."""
 
@@ -74,8 +80,7 @@ class ZarrSink:
         import zarr
 
         path = Path(out)
-        if path.exists():
-            raise InputError(f"{path} already exists; remove it or choose another output.")
+        check_free(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
         spatial, block = plan.spatial, plan.block
