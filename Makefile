@@ -2,14 +2,22 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench
+.PHONY: setup lint test test-core demo bench
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: setup lint
 	$(VENV)/bin/npe2 validate napari-attunet --imports
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q -ra
+
+# The core without a display (no Xvfb): every test not marked gui.
+test-core: setup lint
+	$(PY) -m pytest -q -ra -m "not gui"
 
 demo: setup
 	$(VENV)/bin/napari-attunet demo

@@ -1,4 +1,4 @@
-"""How fast a threshold change reaches the Labels layer, on a 256^3 volume (DESIGN: < 100 ms).
+"""How fast a threshold change reaches the Labels layer, on a 256^3 volume (target: < 100 ms).
 
     xvfb-run -a python bench/bench_thresholds.py
 

@@ -22,8 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import napari_attunet as na  # noqa: E402
 import test_pipeline_parity as T  # noqa: E402
-from conftest import randomise_bn  # noqa: E402
-from helpers import make_model, official_spec  # noqa: E402
+from helpers import make_model, official_spec, randomise_bn  # noqa: E402
 
 
 def main() -> None:

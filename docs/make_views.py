@@ -42,7 +42,7 @@ def main(out: str = str(Path(__file__).with_name("views"))) -> None:
     def shot(name: str, view=None) -> None:
         viewer.reset_view()
         if view is not None:
-            viewer.camera.set_view_direction(*view)
+            viewer.scene.camera.set_view_direction(*view)
         _settle()
         path = out_dir / f"{name}.png"
         viewer.screenshot(str(path), canvas_only=False)

@@ -19,15 +19,14 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .limits import fits, gib
 from .models import AttentionUNetBase, ModelSpec, build
-from .models import leejunhyun, monai_unet, official
+from .models import REGISTRY
+from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES, TORCH_SUFFIXES
 
 METADATA_KEY = "napari_attunet"
 FORMAT_VERSION = 1
-TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
-SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
-_FAMILY_MODULES = {"official": official, "monai": monai_unet, "leejunhyun": leejunhyun}
 _FIX = ("save the weights with torch.save(model.state_dict(), path), or convert them with "
         "'napari-attunet convert'")
 
@@ -71,9 +70,59 @@ def _sniff(path: Path) -> str:
     raise CheckpointError(f"{path}: not a checkpoint this tool reads (expected {', '.join(SUFFIXES)}).")
 
 
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+                      "I8": 1, "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "C64": 8,
+                      "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _safetensors_declared_bytes(path: Path) -> int | None:
+    """The bytes the header says the tensors take, read without loading any of them."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return None
+        size = int.from_bytes(head, "little")
+        if size > min(path.stat().st_size, 100 << 20):
+            return None  # safetensors itself refuses such a header, with its own sentence
+        try:
+            header = json.loads(fh.read(size))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+    total = 0
+    for key, entry in header.items():
+        if key == "__metadata__" or not isinstance(entry, dict):
+            continue
+        count = 1
+        for n in entry.get("shape") or []:
+            count *= int(n)
+        total += count * _SAFETENSORS_BYTES.get(str(entry.get("dtype")), 8)
+    return total
+
+
+def _torch_declared_bytes(path: Path) -> int | None:
+    """Uncompressed bytes of a torch zip's tensor storages, from its central directory."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(info.file_size for info in archive.infolist()
+                       if "/data/" in info.filename and not info.filename.endswith("/"))
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def _check_declared_size(path: Path, declared: int | None) -> None:
+    if declared is None:
+        return
+    ok, free = fits(declared)
+    if not ok:
+        raise CheckpointError(f"{path} declares {gib(declared)} of tensors, more than the "
+                              f"{gib(free)} of memory free; it was not loaded. Check that this is "
+                              "the right file, or load it on a machine with more memory.")
+
+
 def _read_safetensors(path: Path) -> RawCheckpoint:
     from safetensors import safe_open
 
+    _check_declared_size(path, _safetensors_declared_bytes(path))
     try:
         with safe_open(str(path), framework="pt") as fh:
             header = fh.metadata() or {}
@@ -103,6 +152,7 @@ def _read_torch(path: Path) -> RawCheckpoint:
     if _is_torchscript(path):
         raise CheckpointError(f"{path} is a TorchScript archive, which carries code and is not "
                               f"loaded. Instead, {_FIX}.")
+    _check_declared_size(path, _torch_declared_bytes(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -150,7 +200,32 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
     raw = _read_safetensors(path) if _sniff(path) == "safetensors" else _read_torch(path)
     if not raw.state_dict:
         raise CheckpointError(f"{path} holds no tensors. Pick the file the training run saved.")
+    _check_tensors(raw.state_dict, path)
     return raw
+
+
+def _check_tensors(sd: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights that would load and silently predict garbage: sparse, meta (no data), complex,
+    or with NaN/inf values."""
+    for key, value in sd.items():
+        if value.layout != torch.strided:
+            raise CheckpointError(f"{path}: tensor {key!r} is sparse ({value.layout}); save dense "
+                                  "weights (tensor.to_dense()) from the trained network.")
+        if value.is_meta:
+            raise CheckpointError(f"{path}: tensor {key!r} has no data (a meta tensor); save the "
+                                  "trained weights, not a model built on the meta device.")
+        if value.is_complex():
+            raise CheckpointError(f"{path}: tensor {key!r} is complex ({value.dtype}); an "
+                                  "Attention U-Net has real weights. Check that this is the right "
+                                  "file.")
+    bad = {key: int(value.numel() - torch.isfinite(value).sum())
+           for key, value in sd.items() if value.is_floating_point()}
+    bad = {key: n for key, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise CheckpointError(f"{path}: {sum(bad.values())} weights are NaN or infinite (in "
+                              f"{len(bad)} tensors, such as {first!r}); the training probably "
+                              "diverged. Use an earlier checkpoint.")
 
 
 # ---- family detection ---------------------------------------------------------------------
@@ -175,7 +250,7 @@ def _common_prefix(sd: dict) -> str | None:
 
 
 def _score(sd: dict, family: str) -> float:
-    signature = _FAMILY_MODULES[family].SIGNATURE
+    signature = REGISTRY[family].signature
     return sum(key in sd for key in signature) / len(signature)
 
 
@@ -194,25 +269,25 @@ def detect(sd: dict[str, torch.Tensor], family: str | None = None,
     Returns the spec and the state dict with wrapper prefixes removed.
     """
     sd = _strip(sd)
-    families = [family] if family else list(_FAMILY_MODULES)
+    families = [family] if family else list(REGISTRY)
     for name in families:
-        if name not in _FAMILY_MODULES:
+        if name not in REGISTRY:
             raise CheckpointError(f"{source}: unknown family {name!r}; use one of "
-                                  f"{', '.join(_FAMILY_MODULES)} or leave family unset.")
+                                  f"{', '.join(REGISTRY)} or leave family unset.")
     best = (0.0, families[0], sd)
     for candidate in _candidates(sd):
         for name in families:
             score = _score(candidate, name)
             if score == 1.0:
                 try:
-                    return _FAMILY_MODULES[name].infer_spec(candidate), candidate
+                    return REGISTRY[name].infer_spec(candidate), candidate
                 except (KeyError, IndexError, ValueError) as exc:
                     raise CheckpointError(f"{source}: looks like a {name} checkpoint, but {exc}. "
                                           "Check that it is an Attention U-Net.") from exc
             if score > best[0]:
                 best = (score, name, candidate)
     score, name, candidate = best
-    missing = [k for k in _FAMILY_MODULES[name].SIGNATURE if k not in candidate]
+    missing = [k for k in REGISTRY[name].signature if k not in candidate]
     sample = ", ".join(list(candidate)[:4])
     hint = ""
     if any(word in k.lower() for k in candidate for word in ("excit", "squeeze", "fc1", "se.")):
@@ -221,8 +296,8 @@ def detect(sd: dict[str, torch.Tensor], family: str | None = None,
     raise CheckpointError(
         f"{source} matches no Attention U-Net family. Closest: {name} "
         f"({score:.0%} of its key names), missing {', '.join(missing[:5])}; the file has "
-        f"{len(candidate)} tensors such as {sample}.{hint} Supported: official "
-        "(Attention-Gated-Networks), MONAI AttentionUnet, LeeJunHyun AttU_Net, and native "
+        f"{len(candidate)} tensors such as {sample}.{hint} Supported: "
+        f"{', '.join(row.title for row in REGISTRY.values())}, and native "
         ".safetensors; pass family=... if the names were changed.")
 
 
@@ -274,13 +349,32 @@ def load_model(path: str | os.PathLike, family: str | None = None, *,
             spec = spec.replace(**_normalise_overrides(overrides, spec))
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: invalid overrides ({exc}).") from exc
-    model = build(spec)
-    _check_shapes(model, sd, source)
+    model = _build_checked(spec, sd, source)
     model.load_state_dict(sd, strict=True)
     model.eval()
     model.source = raw.path
     model.metadata = raw.metadata or {}
     return model
+
+
+def _build_checked(spec: ModelSpec, sd: dict, source: str) -> AttentionUNetBase:
+    """The network, built for real only once its size fits in memory and its shapes match the
+    file's tensors: both are checked on a network with no data (the meta device)."""
+    try:
+        with torch.device("meta"):
+            skeleton = build(spec)
+    except (ValueError, TypeError, IndexError, RuntimeError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"{source}: its spec does not describe a network that can be "
+                              f"built ({_first_line(exc)}). Re-save it with "
+                              "napari_attunet.save_model.") from None
+    size = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
+    ok, free = fits(size)
+    if not ok:
+        raise CheckpointError(f"{source}: its spec (features {list(spec.features)}) makes a "
+                              f"network of {gib(size)}, more than the {gib(free)} of memory free; "
+                              "it was not built. Check the spec in the file.")
+    _check_shapes(skeleton, sd, source)
+    return build(spec)
 
 
 def _normalise_overrides(overrides: dict, spec: ModelSpec) -> dict:

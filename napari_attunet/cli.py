@@ -10,6 +10,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from .models.registry import FAMILIES, REGISTRY
+
 
 def _info(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, parameter_count, sha256
@@ -30,8 +32,8 @@ def _info(args: argparse.Namespace) -> int:
         ("orientation", f"{spec.network_orientation}: the network sees scans "
                         f"{spec.orientation_label}"),
     ]
-    if spec.family == "official":
-        rows.append(("gate mode", spec.gate_mode))
+    for name in REGISTRY[spec.family].info_fields:
+        rows.append((name.replace("_", " "), getattr(spec, name)))
     for k, g in enumerate(spec.gates, start=1):
         rows.append((f"gate {k}", f"stride {'x'.join(map(str, g.stride))}, offset "
                      f"{'/'.join(f'{o:g}' for o in g.offset)} voxels, {g.heads} map(s)"))
@@ -113,13 +115,79 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_options(args: argparse.Namespace, spec) -> dict:
+    """Every option checked before any scan is read: an error names the option."""
+    from .errors import InputError
+    from .inference.devices import resolve_device, resolve_precision
+    from .inference.preprocess import Normalization
+
+    try:
+        normalization = _parse_normalization(args.normalization)
+        if normalization is not None:
+            Normalization.parse(normalization)
+    except InputError as exc:
+        raise InputError(f"--normalization {args.normalization!r}: {exc}") from None
+    except ValueError as exc:
+        raise InputError(f"--normalization {args.normalization!r} is not understood "
+                         f"({str(exc).rstrip('.')}); give numbers after the colon, as in "
+                         "ct:-160,240 or percentile:0.5,99.5.") from None
+    try:
+        device = resolve_device(args.device)
+    except InputError as exc:
+        raise InputError(f"--device {args.device}: {exc}") from None
+    try:
+        resolve_precision(args.precision, device)
+    except InputError as exc:
+        raise InputError(f"--precision {args.precision}: {exc}") from None
+    if args.thresholds is not None and len(args.thresholds) not in (1, spec.out_channels):
+        raise InputError(f"--thresholds: {len(args.thresholds)} values given, but the model has "
+                         f"{spec.out_channels} classes ({', '.join(spec.class_labels)}); give one "
+                         "per class.")
+    if args.tile is not None and (len(args.tile) not in (1, spec.spatial_dims)
+                                  or min(args.tile) <= 0):
+        raise InputError(f"--tile {' '.join(map(str, args.tile))}: give one positive size or "
+                         f"{spec.spatial_dims} (one per axis of this {spec.spatial_dims}D model).")
+    if not 0.0 <= args.overlap < 1.0:
+        raise InputError(f"--overlap {args.overlap:g}: give a fraction in [0, 1).")
+    if args.min_size < 0:
+        raise InputError(f"--min-size {args.min_size}: give a number of voxels, 0 or more.")
+    return {"normalization": normalization,
+            "tile": None if args.tile is None else (args.tile[0] if len(args.tile) == 1
+                                                   else tuple(args.tile))}
+
+
+def _output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
+    """The files ``predict`` writes for one scan, known before it runs."""
+    suffix = args.format
+    names = [f"{name}_labels{suffix}"]
+    if args.attention:
+        for k, gate in enumerate(spec.gates, start=1):
+            for h in range(gate.heads):
+                names.append(f"{name}_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
+                             + suffix)
+    if args.uncertainty:
+        names.append(f"{name}_uncertainty{suffix}")
+    if args.probabilities:
+        for cname in spec.class_labels:
+            names.append(f"{name}_prob_{_safe(cname)}{suffix}")
+    return names
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text)
+
+
 def _predict(args: argparse.Namespace) -> int:
-    """Each scan in turn; a bad one gets one line on stderr and the next one runs."""
+    """Each scan in turn; a bad one gets one line on stderr and the next one runs.
+
+    Outputs never replace existing files without --overwrite, two inputs never share output
+    names, and a scan's files appear together or not at all (see ``outputs``).
+    """
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from . import io
+    from . import io, outputs
     from .checkpoint import load_model
     from .inference import predict
     from .inference.postprocess import gate_on_image_grid
@@ -130,15 +198,22 @@ def _predict(args: argparse.Namespace) -> int:
 
         return run(args)
     model = getattr(args, "model", None) or load_model(args.checkpoint)
-    outdir = Path(args.output)
-    outdir.mkdir(parents=True, exist_ok=True)
-    rows, failures = [], 0
-    for scan in args.scans:
+    spec = model.spec
+    options = _predict_options(args, spec)
+    thresholds = args.thresholds
+    if thresholds is not None and len(thresholds) == 1:
+        thresholds = thresholds[0]
+    outdir = outputs.check_folder(args.output, "-o/--output")
+    names = getattr(args, "names", None) or outputs.unique_names(args.scans, io._stem)
+    failures = 0
+    for scan, name in zip(args.scans, names):
         try:
+            planned = _output_names(name, spec, args)
+            if not args.overwrite:
+                for planned_name in planned:
+                    outputs.check_target(outdir / planned_name, False)
             volume = io.read(scan)
-            for note in volume.notes:
-                print(note, file=sys.stderr)
-            with tqdm(total=1, desc=volume.name, unit="batch", leave=False,
+            with tqdm(total=1, desc=name, unit="batch", leave=False,
                       disable=args.quiet) as bar:
                 def progress(done, total):
                     bar.total = total
@@ -146,43 +221,55 @@ def _predict(args: argparse.Namespace) -> int:
                     bar.refresh()
 
                 pred = predict(volume, model, orientation=args.orientation,
-                               normalization=_parse_normalization(args.normalization),
-                               tile=args.tile, overlap=args.overlap, device=args.device,
+                               normalization=options["normalization"], tile=options["tile"],
+                               overlap=args.overlap, device=args.device,
                                precision=args.precision, tta=args.tta, progress=progress,
                                name=str(scan), attention=args.attention)
-            labels = pred.labels(args.thresholds, min_size=args.min_size,
+            for note in volume.notes:  # after the run: a scan that fails gets one line only
+                print(note, file=sys.stderr)
+            labels = pred.labels(thresholds, min_size=args.min_size,
                                  fill_holes=args.fill_holes)
             suffix = args.format
-            io.write(outdir / f"{volume.name}_labels{suffix}", labels, volume)
-            if args.attention:
-                for k, gate in enumerate(pred.gates, start=1):
-                    for h in range(gate.heads):
-                        tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
-                        io.write(outdir / f"{volume.name}{tag}{suffix}",
-                                 gate_on_image_grid(gate, labels.shape, h), volume)
-            if args.uncertainty:
-                io.write(outdir / f"{volume.name}_uncertainty{suffix}", pred.uncertainty, volume)
-            if args.probabilities:
-                probs = pred.probabilities
-                for c, cname in enumerate(pred.class_names):
-                    safe = "".join(ch if ch.isalnum() else "_" for ch in cname)
-                    io.write(outdir / f"{volume.name}_prob_{safe}{suffix}", probs[c], volume)
-            for cname, ml in pred.volumes_ml(labels, volume.spacing).items():
-                rows.append((volume.name, cname, f"{ml:.3f}"))
+            with outputs.staged(outdir, args.overwrite) as stage:
+                io.write_staged(stage, f"{name}_labels{suffix}", labels, volume)
+                if args.attention:
+                    for k, gate in enumerate(pred.gates, start=1):
+                        for h in range(gate.heads):
+                            tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
+                            io.write_staged(stage, f"{name}{tag}{suffix}",
+                                            gate_on_image_grid(gate, labels.shape, h), volume)
+                if args.uncertainty:
+                    io.write_staged(stage, f"{name}_uncertainty{suffix}", pred.uncertainty,
+                                    volume)
+                if args.probabilities:
+                    probs = pred.probabilities
+                    for c, cname in enumerate(pred.class_names):
+                        io.write_staged(stage, f"{name}_prob_{_safe(cname)}{suffix}", probs[c],
+                                        volume)
+            full_path = str(Path(scan).expanduser().absolute())
+            rows = [(name, cname, f"{ml:.3f}", full_path)
+                    for cname, ml in pred.volumes_ml(labels, volume.spacing).items()]
+            outputs.merge_volumes(outdir / "volumes.csv", rows)  # per scan: an interrupt keeps it
             if not args.quiet:
-                print(f"{volume.name}: {labels.shape} in {pred.seconds:.1f} s on {pred.device} "
+                print(f"{name}: {labels.shape} in {pred.seconds:.1f} s on {pred.device} "
                       f"({pred.precision}) -> {outdir}")
         except (ValueError, OSError) as exc:
             failures += 1
-            print(f"napari-attunet predict: {exc}", file=sys.stderr)
-    if rows:
-        import csv
-
-        with open(outdir / "volumes.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["scan", "class", "volume_ml"])
-            writer.writerows(rows)
+            print(f"napari-attunet predict: {_sentence(exc)}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - one line per scan, the next one runs
+            failures += 1
+            print(f"napari-attunet predict: {scan}: failed ({_sentence(exc)}); nothing was "
+                  "written for it.", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _sentence(exc: BaseException) -> str:
+    """An exception as one line, without ``[Errno N]`` prefixes."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror.lower()}."
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return " ".join(lines)[:400] if lines else type(exc).__name__
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -256,14 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="describe a checkpoint")
     info.add_argument("checkpoint")
-    info.add_argument("--family", choices=("official", "monai", "leejunhyun"))
+    info.add_argument("--family", choices=FAMILIES)
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_info)
 
     conv = sub.add_parser("convert", help="turn any checkpoint into a native .safetensors")
     conv.add_argument("checkpoint")
     conv.add_argument("out", help="the .safetensors file to write")
-    conv.add_argument("--family", choices=("official", "monai", "leejunhyun"))
+    conv.add_argument("--family", choices=FAMILIES)
     conv.add_argument("--class-names", nargs="+", metavar="NAME")
     conv.add_argument("--normalization", metavar="MODE",
                       help="none | zscore (NormalizeIntensityd) | zscore_nonzero (nonzero=True) | "
@@ -320,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--scheduler", metavar="ADDRESS",
                       help="run on Dask: local:N (N worker processes here) or tcp://host:8786; "
                            "scans are spread over the workers and finished ones skipped")
+    pred.add_argument("--overwrite", action="store_true",
+                      help="replace output files that already exist (default: refuse)")
     pred.add_argument("-q", "--quiet", action="store_true")
     pred.set_defaults(func=_predict)
 
@@ -331,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("-o", "--output", required=True, help="the .safetensors to write (best epoch)")
     tr.add_argument("--class-names", nargs="+", metavar="NAME")
     tr.add_argument("--normalization", metavar="MODE", help="as for predict (default zscore)")
-    tr.add_argument("--family", default="official", choices=("official", "monai", "leejunhyun"))
-    tr.add_argument("--variant", choices=("single_att_dsv", "multi_att_dsv", "grid_attention"),
+    tr.add_argument("--family", default="official", choices=FAMILIES)
+    tr.add_argument("--variant", choices=REGISTRY["official"].variants,
                     help="official variant (default single_att_dsv, the paper's design)")
     tr.add_argument("--features", type=int, nargs="+", default=(8, 16, 32, 64, 128),
                     help="encoder widths, finest first (official: exactly 5)")
@@ -361,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, OSError) as exc:  # our errors are ValueErrors; each is one sentence
-        print(f"napari-attunet {args.command}: {exc}", file=sys.stderr)
+        print(f"napari-attunet {args.command}: {_sentence(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"napari-attunet {args.command}: interrupted", file=sys.stderr)

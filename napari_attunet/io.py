@@ -8,8 +8,6 @@ by any tool lines up with its scan voxel for voxel, in the same orientation.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import numpy as np
 
 from . import dicom
 from . import geometry as geo
-from . import nifti
+from . import nifti, scanheader
 from .errors import InputError
 
 CANONICAL = "LPS"
@@ -64,11 +62,6 @@ def _stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
-
-
-def is_scan_path(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return p.is_dir() or p.name.lower().endswith(SCAN_SUFFIXES)
 
 
 def _sitk():
@@ -131,6 +124,7 @@ def _read_image(path: Path):
     if path.is_dir() or dicom.is_dicom_file(path):
         scan = dicom.read(path)
         return scan.image, scan.notes, ({"plane": scan.plane} if scan.plane else {})
+    scanheader.check(path)
     _check_complete(path)
     if nifti.is_nifti(path):
         return (*_read_nifti(path, []), {})
@@ -153,13 +147,29 @@ def _read_nifti(path: Path, notes: list[str]):
             raise InputError(f"{path}: cannot be read as NIfTI-2 ({exc}).") from exc
         image = sitk.GetImageFromArray(np.ascontiguousarray(data.T))
     else:
-        image = sitk.ReadImage(str(path))
+        image = _with_nonfinite(sitk.ReadImage(str(path)), path, header)
     if image.GetDimension() == 3 and (header.version == 2 or header.uses_sform()):
         notes += _place_by_header(image, header, path)
     return image, notes
 
 
-def _place_by_header(image, header: "nifti.Header", path: Path) -> list[str]:
+def _with_nonfinite(image, path: Path, header: nifti.Header):
+    """ITK reads a NIfTI's NaN/inf voxels as 0; put them back, so that every format shows them
+    alike (a note counts them, and a run refuses them instead of segmenting made-up zeros)."""
+    sitk = _sitk()
+    indices, values = nifti.nonfinite_voxels(path, header)
+    if not indices.size or image.GetNumberOfComponentsPerPixel() != 1:
+        return image
+    array = sitk.GetArrayFromImage(image)  # (k, j, i): its C order is the file's Fortran order
+    if not np.issubdtype(array.dtype, np.floating) or indices.max() >= array.size:
+        return image
+    array.reshape(-1)[indices] = values
+    restored = sitk.GetImageFromArray(array)
+    restored.CopyInformation(image)
+    return restored
+
+
+def _place_by_header(image, header: nifti.Header, path: Path) -> list[str]:
     """Set the image's geometry from the header's chosen transform (ITK took the qform)."""
     lps = nifti.RAS_TO_LPS @ header.affine_ras()
     linear = lps[:3, :3]
@@ -201,8 +211,9 @@ def read(path: str | os.PathLike) -> Volume:
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         reason = next((line.split("ERROR:")[-1] for line in lines if "ERROR" in line),
                       lines[-1] if lines else "")
+        reason = scanheader.clean_itk_message(reason).strip().rstrip(":.")
         raise InputError(f"{path}: cannot be read as a scan; it may be truncated, corrupt or of "
-                         f"an unknown format ({reason.strip()[:160]}).") from exc
+                         f"an unknown format ({reason[:160]}).") from None
     if image.GetNumberOfComponentsPerPixel() > 1 and image.GetDimension() == 3:
         raise InputError(f"{path} holds {image.GetNumberOfComponentsPerPixel()} components per "
                          "voxel; the tool reads single-component scans.")
@@ -261,7 +272,7 @@ def _to_volume(image, path: Path, notes: list[str]) -> Volume:
 
 
 def write(path: str | os.PathLike, array: np.ndarray, like: Volume | dict | None = None,
-          spacing=None, origin=None) -> Path:
+          spacing=None, origin=None, *, overwrite: bool = False) -> Path:
     """Write ``array`` (napari axis order) where its geometry places it.
 
     ``like`` is the source Volume, or a geometry dict: ``affine`` (array index -> world, see
@@ -269,11 +280,27 @@ def write(path: str | os.PathLike, array: np.ndarray, like: Volume | dict | None
     geometry). Without it, ``spacing`` and ``origin`` are used with an identity direction. When
     the array lies on its source scan's grid, it is stored in the scan's file orientation with
     the scan's exact geometry (for NIfTI: its qform and sform fields), so that any tool lines the
-    two up voxel for voxel. The file appears whole or not at all.
+    two up voxel for voxel. The file appears whole or not at all (see ``outputs``); an existing
+    file is replaced only with ``overwrite=True``, else an ``outputs.OutputExists`` is raised.
     """
-    sitk = _sitk()
+    from . import outputs
+
     path = Path(path).expanduser()
     if not path.name.lower().endswith(WRITE_SUFFIXES):
+        raise InputError(f"{path}: write .nii.gz, .nii, .nrrd, .mha or .mhd.")
+    outputs.check_target(path, overwrite, "overwrite=True")
+    outputs.check_folder(path.parent, "the output path")
+    with outputs.staged(path.parent, overwrite, "overwrite=True") as stage:
+        write_staged(stage, path.name, array, like, spacing, origin)
+    return path
+
+
+def write_staged(stage, name: str, array: np.ndarray, like: Volume | dict | None = None,
+                 spacing=None, origin=None) -> Path:
+    """Write into an ``outputs.Staging`` set: checked on disk, moved into place on commit."""
+    sitk = _sitk()
+    path = stage.folder / name
+    if not name.lower().endswith(WRITE_SUFFIXES):
         raise InputError(f"{path}: write .nii.gz, .nii, .nrrd, .mha or .mhd.")
     array = np.ascontiguousarray(array)
     if array.dtype == bool:
@@ -294,15 +321,23 @@ def write(path: str | os.PathLike, array: np.ndarray, like: Volume | dict | None
             image.SetDirection(tuple(source["direction"]))
     nifti_source = source.get("nifti") or {}
     header_fields = nifti_source if on_source_grid else {}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".attunet-", dir=path.parent))
+    version = nifti_source.get("version", 1)
+    return stage.write(name, lambda target: _write_image(image, target, header_fields, version),
+                       lambda target: _verify_written(target, tuple(image.GetSize())))
+
+
+def _verify_written(path: Path, size: tuple[int, ...]) -> None:
+    """Read a written file back whole: a full disk can leave a fragment without an error."""
+    if nifti.is_nifti(path):
+        _check_complete(path)
+        return
+    sitk = _sitk()
     try:
-        _write_image(image, staging / path.name, header_fields, nifti_source.get("version", 1))
-        for produced in staging.iterdir():
-            os.replace(produced, path.parent / produced.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return path
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise OSError(5, "the file did not read back") from exc
+    if tuple(image.GetSize()) != size:
+        raise OSError(5, f"the file read back with size {image.GetSize()}, not {size}")
 
 
 def _affine_of(geometry: dict, ndim: int, spacing, origin) -> np.ndarray:

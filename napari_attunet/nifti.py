@@ -119,6 +119,41 @@ def read_header(path: Path | str) -> Header | None:
         return parse_header(fh.read(540))
 
 
+def nonfinite_voxels(path: Path | str, header: Header,
+                     chunk: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """Flat (Fortran-order) indices and scaled values of the NaN/inf voxels of a float NIfTI.
+
+    ITK reads them as 0 without a word; with these, the reader puts them back and says so. The
+    voxels are streamed, never held whole. Both arrays are empty for integer types.
+    """
+    f = header.fields
+    code = int(f["datatype"])
+    if DTYPES.get(code) not in ("f4", "f8"):
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    dtype = np.dtype(header.endian + DTYPES[code])
+    total = int(np.prod(header.shape))
+    slope, inter = float(f["scl_slope"]), float(f["scl_inter"])
+    indices, values = [], []
+    with _open(Path(path)) as fh:
+        fh.read(int(f["vox_offset"]))
+        done = 0
+        while done < total:
+            raw = fh.read(min(chunk, total - done) * dtype.itemsize)
+            if not raw:
+                break
+            block = np.frombuffer(raw[: len(raw) - len(raw) % dtype.itemsize], dtype)
+            bad = np.flatnonzero(~np.isfinite(block))
+            if bad.size:
+                indices.append(bad + done)
+                found = block[bad].astype(np.float64)
+                values.append(found * slope + inter if slope not in (0.0, 1.0) or inter
+                              else found)
+            done += block.size
+    if not indices:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    return np.concatenate(indices), np.concatenate(values)
+
+
 def read_nifti2(path: Path | str, header: Header) -> np.ndarray:
     """The voxels of a NIfTI-2 file, as a numpy array indexed (i, j, k), scaled."""
     f = header.fields

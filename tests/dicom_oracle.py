@@ -25,7 +25,7 @@ def _frame_geometry(ds) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         out = []
         for item in ds.PerFrameFunctionalGroupsSequence:
             def pick(seq, key):
-                for source in (item, shared):
+                for source in (item, shared):  # noqa: B023 (called in this iteration)
                     if seq in source and key in source[seq].value[0]:
                         return np.array(source[seq].value[0][key].value, float)
                 raise KeyError(key)

@@ -1,4 +1,5 @@
-"""Small networks and geometry helpers shared by test_predict, test_io and test_cli_predict."""
+"""Small networks and geometry helpers shared by the tests: the one spec factory, the one
+batch-norm randomiser, seeded models, images, scans and DICOM series."""
 
 from __future__ import annotations
 
@@ -6,42 +7,60 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_attunet.models import ModelSpec, build
-from napari_attunet.models.official import official_strides
+from napari_attunet.models import ModelSpec, build, family
 
 TOL_Q = 1.0 / 255 + 1e-6  # probabilities are stored as uint8 levels
+
+
+def make_spec(family_name: str = "official", dims: int = 3, in_ch: int = 1, out_ch: int = 2,
+              features=(4, 8, 16, 32, 64), variant: str | None = None, **changes) -> ModelSpec:
+    """The one spec factory: the family's default network (``models.registry``), small.
+
+    Arrays in scan order unless ``axes`` says otherwise, so that results compare directly with
+    the network's own forward pass (test_axes.py covers the family defaults); one output
+    channel means sigmoid.
+    """
+    changes.setdefault("axes", "zyx"[-dims:])
+    changes.setdefault("output", "sigmoid" if out_ch == 1 else "softmax")
+    return family(family_name).default_spec(dims, in_ch, out_ch, tuple(features), variant,
+                                            **changes)
 
 
 def official_spec(dims: int = 3, in_ch: int = 1, out_ch: int = 2,
                   features=(4, 8, 16, 32, 64), variant: str = "single_att_dsv",
                   **changes) -> ModelSpec:
-    # Scan order, so that results compare directly with the network's own forward pass;
-    # test_axes.py covers the family default ("xyz").
-    changes.setdefault("axes", "zyx"[-dims:])
-    return ModelSpec(family="official", variant=variant, spatial_dims=dims, in_channels=in_ch,
-                     out_channels=out_ch, features=tuple(features),
-                     output="sigmoid" if out_ch == 1 else "softmax",
-                     strides=official_strides(variant, dims), kernel_size=(3,) * dims,
-                     attention_dsample=(2,) * dims, **changes)
+    return make_spec("official", dims, in_ch, out_ch, features, variant, **changes)
 
 
 def monai_spec(dims: int = 2, in_ch: int = 1, out_ch: int = 2, features=(4, 8, 16),
                **changes) -> ModelSpec:
-    changes.setdefault("axes", "zyx"[-dims:])
-    return ModelSpec(family="monai", variant="attention_unet", spatial_dims=dims,
-                     in_channels=in_ch, out_channels=out_ch, features=tuple(features),
-                     output="sigmoid" if out_ch == 1 else "softmax",
-                     strides=((2,) * dims,) * (len(features) - 1), kernel_size=(3,) * dims,
-                     up_kernel_size=(3,) * dims, **changes)
+    return make_spec("monai", dims, in_ch, out_ch, features, **changes)
 
 
 def lee_spec(dims: int = 2, in_ch: int = 1, out_ch: int = 2, features=(4, 8, 16),
              **changes) -> ModelSpec:
-    return ModelSpec(family="leejunhyun", variant="attu_net", spatial_dims=dims,
-                     in_channels=in_ch, out_channels=out_ch, features=tuple(features),
-                     output="sigmoid" if out_ch == 1 else "softmax",
-                     strides=((2,) * dims,) * (len(features) - 1), kernel_size=(3,) * dims,
-                     **changes)
+    changes.setdefault("axes", "")  # the family's own default
+    return make_spec("leejunhyun", dims, in_ch, out_ch, features, **changes)
+
+
+def randomise_bn(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch-norm layer random running statistics and affine parameters, seeded.
+
+    With the defaults (mean 0, var 1, weight 1, bias 0) an eval-mode BN is almost the identity,
+    which would hide a BN that is skipped, misplaced or given the wrong statistics.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                n = layer.num_features
+                if layer.running_mean is not None:
+                    layer.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
+                    layer.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                if layer.weight is not None:
+                    layer.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    layer.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+    return module
 
 
 def make_model(spec: ModelSpec, seed: int = 0):

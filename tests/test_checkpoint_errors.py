@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 from torch import nn
 
 import napari_attunet as na
-from napari_attunet.models import ModelSpec, build
-from napari_attunet.models.official import official_strides
+from helpers import lee_spec, official_spec
+from napari_attunet.models import build
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def _official_sd(dims=3):
-    spec = ModelSpec(family="official", variant="single_att_dsv", spatial_dims=dims,
-                     in_channels=1, out_channels=2, features=(4, 8, 16, 32, 64),
-                     strides=official_strides("single_att_dsv", dims), kernel_size=(3,) * dims,
-                     attention_dsample=(2,) * dims)
+    spec = official_spec(dims, axes="")
     return build(spec).state_dict()
 
 
@@ -109,9 +105,7 @@ def test_truncated_legacy_format_pth(tmp_path, fraction):
 
 
 def test_truncated_safetensors(tmp_path):
-    model = build(ModelSpec(family="leejunhyun", variant="attu_net", spatial_dims=2,
-                            in_channels=1, out_channels=2, features=(4, 8, 16),
-                            strides=((2, 2),) * 2, kernel_size=(3, 3)))
+    model = build(lee_spec(2, in_ch=1, out_ch=2, features=(4, 8, 16)))
     good = na.save_model(model, tmp_path / "good.safetensors")
     data = good.read_bytes()
     path = tmp_path / "truncated.safetensors"
@@ -134,9 +128,7 @@ def test_plain_cnn_matches_no_family(tmp_path):
 
 def test_plain_unet_names_the_closest_family(tmp_path):
     """LeeJunHyun's plain ``U_Net`` has the same names as ``AttU_Net`` minus the gates."""
-    model = build(ModelSpec(family="leejunhyun", variant="attu_net", spatial_dims=2,
-                            in_channels=3, out_channels=1, features=(4, 8, 16, 32, 64),
-                            strides=((2, 2),) * 4, kernel_size=(3, 3)))
+    model = build(lee_spec(2, in_ch=3, out_ch=1, features=(4, 8, 16, 32, 64)))
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("Att")}
     path = tmp_path / "unet.pth"
     torch.save(sd, path)
@@ -234,6 +226,8 @@ def test_legacy_non_zip_pickle_with_code(tmp_path):
     assert not marker.exists()
 
 
+# torch.jit.script makes the archive under test; its deprecation is torch's, not ours
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_torchscript_archive_is_refused(tmp_path):
     class Tiny(nn.Module):
         def __init__(self):
@@ -278,9 +272,7 @@ def test_bad_native_metadata(tmp_path):
 
 
 def test_save_model_refuses_bad_arguments(tmp_path):
-    model = build(ModelSpec(family="leejunhyun", variant="attu_net", spatial_dims=2,
-                            in_channels=1, out_channels=2, features=(4, 8),
-                            strides=((2, 2),), kernel_size=(3, 3)))
+    model = build(lee_spec(2, in_ch=1, out_ch=2, features=(4, 8)))
     with pytest.raises(na.CheckpointError):
         na.save_model(model, tmp_path / "m.pth")
     with pytest.raises(na.CheckpointError):
@@ -293,9 +285,7 @@ def test_plain_safetensors_without_metadata_is_detected(tmp_path, randomize_bn):
     """A state dict written with safetensors.torch.save_file by the training code itself."""
     from safetensors.torch import save_file
 
-    spec = ModelSpec(family="leejunhyun", variant="attu_net", spatial_dims=2, in_channels=3,
-                     out_channels=1, features=(4, 8, 16, 32, 64), output="sigmoid",
-                     strides=((2, 2),) * 4, kernel_size=(3, 3))
+    spec = lee_spec(2, in_ch=3, out_ch=1, features=(4, 8, 16, 32, 64))
     net = randomize_bn(build(spec), seed=1).eval()
     path = tmp_path / "attu.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))

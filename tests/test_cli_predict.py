@@ -75,7 +75,7 @@ def test_predict_good_and_bad_scans(workspace, capsys):
 
     model = na.load_model(w["ckpt"])
     rows = list(csv.reader(open(out / "volumes.csv", newline="")))
-    assert rows[0] == ["scan", "class", "volume_ml"]
+    assert rows[0] == ["scan", "class", "volume_ml", "path"]
     body = rows[1:]
     assert {(r[0], r[1]) for r in body} == {(n, c) for n in ("patient1", "ct_series")
                                             for c in ("liver", "liver tumour")}
@@ -133,7 +133,7 @@ def test_predict_only_good_scans_exits_zero(workspace, capsys):
     assert (out / "ct_series_labels.nii.gz").is_file()
     assert not list(out.glob("*_gate*")) and not list(out.glob("*_prob_*"))
     rows = list(csv.reader(open(out / "volumes.csv", newline="")))
-    assert rows[0] == ["scan", "class", "volume_ml"] and len(rows) == 5
+    assert rows[0] == ["scan", "class", "volume_ml", "path"] and len(rows) == 5
 
 
 def test_predict_with_only_bad_scans_writes_no_table(workspace, capsys):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import napari_attunet as na
-from napari_attunet.models import ModelSpec, build
+from helpers import lee_spec
+from napari_attunet.models import build
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -111,10 +112,7 @@ def original_key_names(img_ch_dims: int = 2) -> set[str]:
 # ---- tests ----------------------------------------------------------------------------------
 
 def _spec(dims, img_ch, output_ch, features=(4, 8, 16, 32, 64)):
-    return ModelSpec(family="leejunhyun", variant="attu_net", spatial_dims=dims,
-                     in_channels=img_ch, out_channels=output_ch, features=features,
-                     output="sigmoid" if output_ch == 1 else "softmax",
-                     strides=((2,) * dims,) * (len(features) - 1), kernel_size=(3,) * dims)
+    return lee_spec(dims, img_ch, output_ch, features)
 
 
 CASES = {

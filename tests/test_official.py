@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import napari_attunet as na
-from napari_attunet.models import ModelSpec, build
+from helpers import make_spec
+from napari_attunet.models import build
 from napari_attunet.models.official import official_strides
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -108,16 +109,11 @@ SMALL = (4, 8, 16, 32, 64)
 
 
 def _spec(variant, dims, *, deconv=False, in_ch=1, out_ch=3, features=SMALL, batchnorm=True):
-    grid3d = variant == "grid_attention" and dims == 3
-    kernel = (3, 3, 1) if grid3d else (3,) * dims
     up_kernel = ()
     if deconv:
-        up_kernel = (4, 4, 1) if grid3d else (4,) * dims
-    return ModelSpec(
-        family="official", variant=variant, spatial_dims=dims, in_channels=in_ch,
-        out_channels=out_ch, features=features, output="sigmoid" if out_ch == 1 else "softmax",
-        strides=official_strides(variant, dims), kernel_size=kernel, up_kernel_size=up_kernel,
-        attention_dsample=(2,) * dims, batchnorm=batchnorm, deconv=deconv)
+        up_kernel = (4, 4, 1) if variant == "grid_attention" and dims == 3 else (4,) * dims
+    return make_spec("official", dims, in_ch, out_ch, features, variant, axes="",
+                     up_kernel_size=up_kernel, batchnorm=batchnorm, deconv=deconv)
 
 
 VARIANTS = {

@@ -23,7 +23,7 @@ import torch
 import napari_attunet as na
 from napari_attunet import io
 
-from conftest import randomise_bn
+from helpers import randomise_bn
 
 MNI = Path(na.__file__).parent / "data" / "mni152_t1_2mm.nii.gz"
 ORIENTATIONS = ["RAS", "LPS", "LAS", "PIR"]
@@ -92,7 +92,7 @@ def our_probabilities(path: Path, model, folder: Path, **options) -> np.ndarray:
     pred = na.predict(volume, model, precision="fp32", **options)
     out = []
     for c in range(pred.probabilities.shape[0]):
-        written = io.write(folder / f"p{c}.nii.gz", pred.probabilities[c], volume)
+        written = io.write(folder / f"p{c}.nii.gz", pred.probabilities[c], volume, overwrite=True)
         out.append(nib.load(written).get_fdata())
     return np.stack(out)
 

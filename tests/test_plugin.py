@@ -10,7 +10,8 @@ import SimpleITK as sitk
 import torch
 
 import napari_attunet as na
-from napari_attunet.models import ModelSpec, build
+from helpers import lee_spec, official_spec, randomise_bn
+from napari_attunet.models import build
 from napari_attunet.phantom import make_phantom
 
 SPACING_XYZ = (0.8, 0.8, 2.5)
@@ -25,14 +26,7 @@ def _isolated_config(tmp_path, monkeypatch):
 @pytest.fixture
 def checkpoint(tmp_path):
     torch.manual_seed(0)
-    spec = ModelSpec(family="official", variant="single_att_dsv", spatial_dims=3, in_channels=1,
-                     out_channels=3, features=(4, 8, 16, 32, 64), strides=((2, 2, 2),) * 4,
-                     kernel_size=(3, 3, 3), attention_dsample=(2, 2, 2))
-    net = build(spec).eval()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
+    net = randomise_bn(build(official_spec(3, out_ch=3, axes=""))).eval()
     # A bias towards the organ class so that labels are not empty and thresholds matter.
     with torch.no_grad():
         net.final.bias.copy_(torch.tensor([0.0, 1.5, -1.0]))
@@ -303,9 +297,7 @@ def test_preview_runs_a_crop_around_the_current_slice(make_napari_viewer, qtbot,
 
 def test_several_layers_as_channels(make_napari_viewer, qtbot, tmp_path):
     torch.manual_seed(1)
-    spec = ModelSpec(family="leejunhyun", variant="attu_net", spatial_dims=2, in_channels=2,
-                     out_channels=2, features=(4, 8, 16), strides=((2, 2),) * 2,
-                     kernel_size=(3, 3))
+    spec = lee_spec(2, in_ch=2, out_ch=2, features=(4, 8, 16))
     path = tmp_path / "two.safetensors"
     na.save_model(build(spec).eval(), path, class_names=["background", "thing"])
     viewer = make_napari_viewer()
@@ -331,7 +323,6 @@ def test_widget_and_cli_give_the_same_labels(make_napari_viewer, qtbot, tmp_path
     from napari_attunet import io
     from napari_attunet.cli import main
 
-    from conftest import randomise_bn
 
     torch.manual_seed(1)
     net = randomise_bn(AttentionUnet(spatial_dims=3, in_channels=1, out_channels=3,

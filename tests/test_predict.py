@@ -15,7 +15,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import napari_attunet as na
 from helpers import (TOL_Q, address_space_limit, lee_spec, make_model, monai_spec, official_spec,
@@ -101,7 +100,7 @@ def test_gate_geometry(case):
     pred = na.predict(random_image(shape, seed=8), model, normalization="none", **FP32)
     assert len(pred.gates) == len(spec.gates) == len(spec.features) - (2 if spec.family == "official" else 1)
     previous = 0
-    for k, (gm, geometry) in enumerate(zip(pred.gates, spec.gates), start=1):
+    for gm, geometry in zip(pred.gates, spec.gates):
         assert tuple(gm.stride) == tuple(float(s) for s in geometry.stride)
         assert tuple(gm.offset) == tuple(float(o) for o in geometry.offset)
         assert gm.heads == geometry.heads

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -103,6 +102,7 @@ def test_shipped_demo_reproduces_its_reported_dice():
         assert abs(value - reported[name]) <= 0.01
 
 
+@pytest.mark.gui  # napari in a subprocess: needs a display
 def test_demo_screenshot(tmp_path):
     shot = tmp_path / "demo.png"
     result = subprocess.run([str(SCRIPTS / "napari-attunet"), "demo", "--screenshot", str(shot)],

@@ -3,7 +3,6 @@ colours, the uncertainty layer and the readout at the cursor, in real viewers un
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -82,12 +81,12 @@ def test_planes_read_like_a_clinical_viewer(make_napari_viewer, qtbot, marker_sc
     viewer.dims.order = (0, 1, 2)
     viewer.dims.ndisplay = 3
     viewer.reset_view()
-    viewer.camera.set_view_direction((0, 1, 0), (1, 0, 0))
+    viewer.scene.camera.set_view_direction((0, 1, 0), (1, 0, 0))
     _settle(qtbot)
     row, col = _marker_on_screen(viewer)
     assert row < 0.5 and col > 0.5, (row, col)
     # and from behind (looking along -P) the left is on screen left
-    viewer.camera.set_view_direction((0, -1, 0), (1, 0, 0))
+    viewer.scene.camera.set_view_direction((0, -1, 0), (1, 0, 0))
     _settle(qtbot)
     row, col = _marker_on_screen(viewer)
     assert row < 0.5 and col < 0.5, (row, col)
@@ -247,7 +246,6 @@ def test_uncertainty_of_a_sigmoid_model_and_tta_disagreement():
 def test_tta_run_reports_disagreement():
     import itertools
 
-    import torch
     from helpers import make_model, official_spec, reference
 
     model = make_model(official_spec(dims=3, out_ch=3))

@@ -33,6 +33,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         resolved = torch.device(name)
     except RuntimeError as exc:
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or mps.") from exc
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"device {device!r} is not supported; use auto, cpu, cuda or mps.")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise InputError(f"device {device!r} is not available: this machine has no CUDA GPU "

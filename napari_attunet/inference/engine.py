@@ -22,8 +22,9 @@ from .devices import autocast, free_memory, resolve_device, resolve_precision, s
 from .optimize import prepared
 from .orientation import Layout, network_layout
 from .postprocess import GateMap, Prediction, quantize
-from .preprocess import (fit, prepare_channels, resample, resample_back,
-                         resample_factors, resampled_shape, resolve_normalization)
+from .preprocess import (check_resampled_size, check_spacing, check_tile, fit,
+                         prepare_channels, resample, resample_back, resample_factors,
+                         resampled_shape, resolve_normalization, spatial_shape)
 from .tiling import Stitcher, default_tile, round_up, window_grid
 
 GiB = 1024 ** 3
@@ -156,10 +157,13 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         image = image.array
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), not {overlap}.")
+    spacing = check_spacing(spacing, name)
+    tile = check_tile(tile, spec.spatial_dims)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     notes: list[str] = []
     _early_memory_check(image, spec, name)
+    check_resampled_size(spatial_shape(image, channel_axis), spacing, spec, name)
     yield Progress("preparing", 0, 1, "normalizing")
 
     channels = prepare_channels(image, spec, channel_axis, name)
@@ -191,7 +195,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         work_shape = resampled_shape(image_shape, factors)
         x = resample(x, factors)
         notes.append(f"resampled {image_shape} -> {work_shape} to the training spacing "
-                     f"{tuple(spec.spacing)} mm")
+                     f"{tuple(spec.spacing or ())} mm")
     else:
         work_shape = image_shape
     # After reorientation and resampling, where MONAI's pipelines normalize (clipping and
@@ -279,6 +283,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         gate_maps = [_gate_from_network(g, layout, image_shape) for g in gate_maps]
     if context is not None:
         probs, gate_maps = _crop_context(probs, gate_maps, context)
+    _check_finite_output(probs, x, name)
     quantized = quantize(probs)
     del probs, blended
     return Prediction(
@@ -287,6 +292,17 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         spacing=tuple(float(s) for s in spacing)[-len(scan_shape):] if spacing is not None else None,
         device=str(dev), precision=prec, seconds=time.perf_counter() - started, tile=tile_,
         overlap=overlap, notes=notes)
+
+
+def _check_finite_output(probs: torch.Tensor, x: torch.Tensor, name: str) -> None:
+    """Finite inputs can still overflow the network (values near the float32 limit with no
+    normalization): refuse probabilities that are not numbers rather than return zeros."""
+    bad = int(probs.numel() - torch.isfinite(probs).sum())
+    if bad:
+        top = float(x.abs().max()) if x.numel() else 0.0
+        raise InputError(f"{name}: the network's output is not a number at {bad} places: its "
+                         f"input reaches {top:.3g}, far outside what it was trained on; choose "
+                         "a normalization (zscore, ct:LOW,HIGH or percentile) for this image.")
 
 
 def _to_network(x: torch.Tensor, layout: Layout) -> torch.Tensor:

@@ -6,11 +6,15 @@ never modified: the rewritten copy is cached on it.
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+if TYPE_CHECKING:
+    from ..models import AttentionUNetBase
 
 _CONV = (nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -50,9 +54,10 @@ def fold_batchnorm(model: nn.Module) -> int:
                     folded += 1
         adn = getattr(module, "adn", None)
         conv = getattr(module, "conv", None)
-        if isinstance(adn, nn.Sequential) and isinstance(getattr(adn, "N", None), _BatchNorm) \
+        norm = getattr(adn, "N", None)
+        if isinstance(adn, nn.Sequential) and isinstance(norm, _BatchNorm) \
                 and isinstance(conv, _CONV + _TRANSPOSED):
-            module.conv = fuse_conv_bn_eval(conv, adn.N, transpose=isinstance(conv, _TRANSPOSED))
+            module.conv = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, _TRANSPOSED))
             adn.N = nn.Identity()
             folded += 1
     return folded
@@ -60,10 +65,10 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 def channels_last(model: nn.Module, spatial_dims: int) -> nn.Module:
     fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
-    return model.to(memory_format=fmt)
+    return model.to(memory_format=fmt)  # type: ignore[call-overload]  # torch's stubs lack it
 
 
-def prepared(model: nn.Module, device: torch.device, fold: bool = True,
+def prepared(model: AttentionUNetBase, device: torch.device, fold: bool = True,
              layout: bool = True) -> nn.Module:
     """An eval-mode copy for inference on ``device``, cached on ``model``."""
     versions = tuple(p._version for p in model.parameters())  # changes when weights do
@@ -71,7 +76,7 @@ def prepared(model: nn.Module, device: torch.device, fold: bool = True,
     cache = model.__dict__.setdefault("_attunet_prepared", {})
     if key not in cache:
         cache.clear()  # one prepared copy at a time: they can be large on a GPU
-        copy_ = copy.deepcopy(model).eval()
+        copy_: nn.Module = copy.deepcopy(model).eval()
         copy_.__dict__.pop("_attunet_prepared", None)
         if fold:
             fold_batchnorm(copy_)

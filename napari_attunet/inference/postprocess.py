@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 PROBABILITY_LEVELS = 255  # probabilities are stored as uint8: p = q / 255
 
 
@@ -63,11 +65,6 @@ class Prediction:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.quantized.shape[1:])
-
-    def default_thresholds(self) -> list[float] | None:
-        """The one default rule (API, CLI and widget): softmax models label by the most probable
-        class (None: the argmax); sigmoid models by 0.5 per channel."""
-        return None if self.output == "softmax" else [0.5] * len(self.class_names)
 
     @property
     def uncertainty(self) -> np.ndarray:
@@ -127,7 +124,8 @@ def threshold_labels(quantized: np.ndarray, output: str,
     if isinstance(thresholds, (int, float)):
         thresholds = [float(thresholds)] * channels
     if thresholds is not None and len(thresholds) != channels:
-        raise ValueError(f"{len(thresholds)} thresholds for {channels} classes.")
+        raise InputError(f"thresholds: {len(thresholds)} values for {channels} classes; give one "
+                         "per class.")
     q = torch.from_numpy(np.ascontiguousarray(quantized))
     labels = torch.zeros(q.shape[1:], dtype=torch.uint8 if channels < 255 else torch.int16)
     if thresholds is None:  # softmax argmax; ties go to the lower class, as np.argmax does

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..models import ModelSpec
+from ..models import REGISTRY, ModelSpec
 
 # zscore: (x - mean) / std over the whole image, as MONAI's NormalizeIntensityd and the official
 # code's NormalizeMedic; zscore_nonzero: NormalizeIntensityd(nonzero=True), zeros stay zero;
 # range: ScaleIntensityRanged(a_min, a_max, b_min, b_max, clip); ct: a HU window onto [0, 1].
 NORMALIZATION_MODES = ("none", "zscore", "zscore_nonzero", "zscore_foreground", "ct", "percentile",
                        "range")
-FAMILY_DEFAULT_NORMALIZATION = {"official": "zscore", "monai": "none", "leejunhyun": "none"}
 DEFAULT_CT_WINDOW = (-160.0, 240.0)  # abdominal soft tissue, in HU
 DEFAULT_PERCENTILES = (0.5, 99.5)
 
@@ -35,7 +34,7 @@ class Normalization:
     clip: bool = True  # range: clip to the target
 
     @classmethod
-    def parse(cls, value: str | dict | "Normalization" | None) -> "Normalization":
+    def parse(cls, value: str | dict | Normalization | None) -> Normalization:
         if isinstance(value, Normalization):
             return value
         if value is None:
@@ -48,9 +47,9 @@ class Normalization:
         if mode == "range":
             data.setdefault("window", (data.get("a_min", 0.0), data.get("a_max", 1.0)))
             data.setdefault("target", (data.get("b_min", 0.0), data.get("b_max", 1.0)))
-        window = tuple(float(v) for v in data.get("window", DEFAULT_CT_WINDOW))
-        percentiles = tuple(float(v) for v in data.get("percentiles", DEFAULT_PERCENTILES))
-        target = tuple(float(v) for v in data.get("target", (0.0, 1.0)))
+        window = _pair(data, "window", DEFAULT_CT_WINDOW)
+        percentiles = _pair(data, "percentiles", DEFAULT_PERCENTILES)
+        target = _pair(data, "target", (0.0, 1.0))
         if window[1] <= window[0] or percentiles[1] <= percentiles[0]:
             raise InputError(f"normalization {data}: the upper bound must exceed the lower.")
         return cls(mode, window, percentiles, target, bool(data.get("clip", True)))
@@ -66,13 +65,20 @@ class Normalization:
         return out
 
 
+def _pair(data: dict, key: str, default: tuple[float, float]) -> tuple[float, float]:
+    values = tuple(float(v) for v in data.get(key, default))
+    if len(values) != 2:
+        raise InputError(f"normalization {data}: {key} takes two numbers, not {len(values)}.")
+    return values[0], values[1]
+
+
 def resolve_normalization(argument, spec: ModelSpec) -> Normalization:
     """The argument if given, else the checkpoint's metadata, else the family's usual preset."""
     if argument is not None:
         return Normalization.parse(argument)
     if spec.normalization:
         return Normalization.parse(spec.normalization)
-    return Normalization.parse(FAMILY_DEFAULT_NORMALIZATION[spec.family])
+    return Normalization.parse(REGISTRY[spec.family].normalization)
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ def fit(channel: np.ndarray, norm: Normalization) -> IntensityMap:
         if norm.mode == "percentile":
             lo, hi = (float(v) for v in np.percentile(_sample(x), norm.percentiles))
         gain = (target[1] - target[0]) / max(hi - lo, 1e-8)
-        clip = tuple(target) if (norm.clip or norm.mode != "range") else None
+        clip = (target[0], target[1]) if (norm.clip or norm.mode != "range") else None
         return IntensityMap(gain, target[0] - lo * gain, clip)
     values = x
     if norm.mode == "zscore_nonzero":
@@ -229,6 +235,62 @@ def _finish(array: np.ndarray, spec: ModelSpec, name: str) -> np.ndarray:
                          f"{spec.in_channels}; choose channel_axis or pass one array per channel.")
     _check_finite(array, name)
     return array
+
+
+# ---- options checked before any copy is made --------------------------------------------------
+
+def check_spacing(spacing: Sequence[float] | None, name: str) -> tuple[float, ...] | None:
+    """Voxel sizes in mm, each finite and positive."""
+    if spacing is None:
+        return None
+    try:
+        values = tuple(float(s) for s in np.ravel(np.asarray(spacing, dtype=object)))
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: spacing {spacing!r} is not a list of numbers (mm per axis)."
+                         ) from None
+    if not values or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"{name}: spacing {tuple(spacing)} must be positive millimetres per axis; "
+                         "fix the scan's header or pass the right spacing.")
+    return values
+
+
+def check_tile(tile, dims: int) -> tuple[int, ...] | None:
+    """One size for every axis, or one per axis of the network; each positive."""
+    if tile is None:
+        return None
+    sizes = (tile,) if isinstance(tile, (int, np.integer)) else tuple(tile)
+    if len(sizes) == 1:
+        sizes = sizes * dims
+    if len(sizes) != dims or not all(isinstance(t, (int, np.integer)) and t > 0 for t in sizes):
+        raise InputError(f"tile {tile!r}: give one positive size, or {dims} (one per axis of this "
+                         f"{dims}D model).")
+    return tuple(int(t) for t in sizes)
+
+
+def check_resampled_size(shape: Sequence[int], spacing, spec: ModelSpec, name: str) -> None:
+    """Refuse, before resampling, a scan whose training-spacing grid cannot fit in memory."""
+    from ..limits import refuse_over
+
+    factors = resample_factors(spacing, spec, len(shape))
+    if factors is None:
+        return
+    grid = resampled_shape(shape, factors)
+    voxels = float(np.prod([float(n) for n in grid]))
+    needed = voxels * 4 * (3 * spec.in_channels + 2 * spec.out_channels + 1)
+    refuse_over(needed, f"{name}, resampled from {tuple(shape)} to {grid} voxels (the training "
+                f"spacing {tuple(spec.spacing or ())} mm),", "check the scan's spacing, crop it, or use "
+                "a checkpoint trained at a coarser spacing.", InputError)
+
+
+def spatial_shape(image, channel_axis: int | None) -> tuple[int, ...]:
+    """The spatial shape of an image (one array, or a list of channel arrays), from shapes
+    alone: no data is read."""
+    if isinstance(image, (list, tuple)):
+        return tuple(np.shape(image[0])) if image else ()
+    shape = list(np.shape(image))
+    if channel_axis is not None and shape:
+        del shape[channel_axis]
+    return tuple(shape)
 
 
 # ---- resampling ------------------------------------------------------------------------------

@@ -1,34 +1,37 @@
-"""Attention U-Net families: one configurable class each, built from a ModelSpec."""
+"""Attention U-Net families: one configurable class each, built from a ModelSpec.
+
+Which families exist, and what tells them apart, is in ``registry``. Importing this package
+imports no torch; the networks load when first built.
+"""
 
 from __future__ import annotations
 
-from .blocks import AttentionUNetBase
-from .spec import FAMILIES, GATE_MODES, GateGeometry, ModelSpec
+from typing import TYPE_CHECKING, Any
+
+from .registry import FAMILIES, REGISTRY, Family, family
+from .spec import GATE_MODES, GateGeometry, ModelSpec
+
+if TYPE_CHECKING:
+    from .blocks import AttentionUNetBase
 
 
 def build(spec: ModelSpec) -> AttentionUNetBase:
     """A freshly initialised network for ``spec`` (load weights into it afterwards)."""
-    if spec.family == "official":
-        from .official import OfficialAttentionUNet
-        return OfficialAttentionUNet(spec)
-    if spec.family == "monai":
-        from .monai_unet import MonaiAttentionUNet
-        return MonaiAttentionUNet(spec)
-    from .leejunhyun import LeeAttUNet
-    return LeeAttUNet(spec)
+    return family(spec.family).build(spec)
 
 
 def gate_geometry(spec: ModelSpec) -> tuple[GateGeometry, ...]:
     """Stride, offset and number of maps of each gate, finest first, in input voxels."""
-    if spec.family == "official":
-        from .official import official_gates
-        return official_gates(spec)
-    if spec.family == "monai":
-        from .monai_unet import monai_gates
-        return monai_gates(spec)
-    from .leejunhyun import leejunhyun_gates
-    return leejunhyun_gates(spec)
+    return family(spec.family).gates(spec)
 
 
-__all__ = ["AttentionUNetBase", "FAMILIES", "GATE_MODES", "GateGeometry", "ModelSpec", "build",
-           "gate_geometry"]
+def __getattr__(name: str) -> Any:
+    if name == "AttentionUNetBase":  # the torch base class, imported when first asked for
+        from .blocks import AttentionUNetBase
+
+        return AttentionUNetBase
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["AttentionUNetBase", "FAMILIES", "GATE_MODES", "Family", "GateGeometry", "ModelSpec",
+           "REGISTRY", "build", "family", "gate_geometry"]

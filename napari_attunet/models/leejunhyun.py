@@ -99,10 +99,19 @@ class LeeAttUNet(AttentionUNetBase):
         return self.Conv_1x1(d)
 
 
-def leejunhyun_gates(spec: ModelSpec) -> tuple[GateGeometry, ...]:
+def gate_geometry(spec: ModelSpec) -> tuple[GateGeometry, ...]:
     """Att2 gates Conv1's full-resolution features, Att3 those of Conv2, and so on."""
     levels = pooled_geometry(list(spec.strides), spec.spatial_dims, centred=True)
     return tuple(gate(*levels[i]) for i in range(len(spec.features) - 1))
+
+
+def default_spec(dims: int, in_channels: int, out_channels: int, features: tuple[int, ...],
+                 variant: str | None = None, **fields) -> ModelSpec:
+    """A network to train: AttU_Net with the given widths."""
+    return ModelSpec(family="leejunhyun", variant=variant or "attu_net", spatial_dims=dims,
+                     in_channels=in_channels, out_channels=out_channels, features=features,
+                     strides=((2,) * dims,) * (len(features) - 1), kernel_size=(3,) * dims,
+                     **fields)
 
 
 SIGNATURE = ("Conv1.conv.0.weight", "Conv2.conv.0.weight", "Up2.up.1.weight",
@@ -112,7 +121,7 @@ SIGNATURE = ("Conv1.conv.0.weight", "Conv2.conv.0.weight", "Up2.up.1.weight",
 def infer_spec(sd: dict) -> ModelSpec:
     first = sd["Conv1.conv.0.weight"]
     dims = first.ndim - 2
-    features = []
+    features: list[int] = []
     while f"Conv{len(features) + 1}.conv.0.weight" in sd:
         features.append(int(sd[f"Conv{len(features) + 1}.conv.0.weight"].shape[0]))
     out = int(sd["Conv_1x1.weight"].shape[0])

@@ -23,10 +23,9 @@ class ConvUnit(nn.Module):
                  act: nn.Module | None = None):
         super().__init__()
         self.conv = conv
-        if norm is not None:
+        self.adn: nn.Sequential | None = None
+        if norm is not None and act is not None:
             self.adn = nn.Sequential(OrderedDict([("N", norm), ("A", act)]))
-        else:
-            self.adn = None
 
     def forward(self, x):
         x = self.conv(x)
@@ -115,10 +114,19 @@ class MonaiAttentionUNet(AttentionUNetBase):
         return self.model[2](y)
 
 
-def monai_gates(spec: ModelSpec) -> tuple[GateGeometry, ...]:
+def gate_geometry(spec: ModelSpec) -> tuple[GateGeometry, ...]:
     """Gate k sits on the grid of encoder level k; strided same-padded convs keep offset 0."""
     levels = pooled_geometry(list(spec.strides), spec.spatial_dims, centred=False)
     return tuple(gate(*levels[i]) for i in range(len(spec.features) - 1))
+
+
+def default_spec(dims: int, in_channels: int, out_channels: int, features: tuple[int, ...],
+                 variant: str | None = None, **fields) -> ModelSpec:
+    """A network to train: stride 2 per level and 3-voxel kernels, MONAI's defaults."""
+    return ModelSpec(family="monai", variant=variant or "attention_unet", spatial_dims=dims,
+                     in_channels=in_channels, out_channels=out_channels, features=features,
+                     strides=((2,) * dims,) * (len(features) - 1), kernel_size=(3,) * dims,
+                     up_kernel_size=(3,) * dims, **fields)
 
 
 SIGNATURE = ("model.0.conv.0.conv.weight", "model.1.attention.psi.0.conv.weight",

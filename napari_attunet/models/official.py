@@ -172,6 +172,7 @@ class OfficialAttentionUNet(AttentionUNetBase):
         sub = spec.attention_dsample
         for level in (2, 3, 4):
             size = f[level - 1]
+            block: nn.Module
             if grid:
                 block = GridAttentionBlock(d, size, f[3], size, sub, spec.gate_mode, ac)
             else:
@@ -179,6 +180,7 @@ class OfficialAttentionUNet(AttentionUNetBase):
             self.add_module(f"attentionblock{level}", block)
 
         for level in (4, 3, 2, 1):
+            up: nn.Module
             if grid:
                 up = UpGrid(d, f[level], f[level - 1], k, bn, spec.deconv, spec.strides[level - 1],
                             deconv_kernel, ac)
@@ -233,7 +235,7 @@ class OfficialAttentionUNet(AttentionUNetBase):
         return logits
 
 
-def official_gates(spec: ModelSpec) -> tuple[GateGeometry, ...]:
+def gate_geometry(spec: ModelSpec) -> tuple[GateGeometry, ...]:
     """The maps come back on the grids of conv2, conv3 and conv4 (the skips they gate)."""
     levels = pooled_geometry(list(spec.strides), spec.spatial_dims, centred=True)
     heads = 2 if spec.variant == "multi_att_dsv" else 1
@@ -245,6 +247,17 @@ def official_strides(variant: str, dims: int) -> tuple[tuple[int, ...], ...]:
     if variant == "grid_attention" and dims == 3:
         return ((2, 2, 1),) * 4
     return ((2,) * dims,) * 4
+
+
+def default_spec(dims: int, in_channels: int, out_channels: int, features: tuple[int, ...],
+                 variant: str | None = None, **fields) -> ModelSpec:
+    """A network to train; without a variant, the paper's single-gate deep-supervised one."""
+    variant = variant or "single_att_dsv"
+    kernel = (3, 3, 1) if variant == "grid_attention" and dims == 3 else (3,) * dims
+    return ModelSpec(family="official", variant=variant, spatial_dims=dims,
+                     in_channels=in_channels, out_channels=out_channels, features=features,
+                     strides=official_strides(variant, dims), kernel_size=kernel,
+                     attention_dsample=(2,) * dims, **fields)
 
 
 SIGNATURE = ("conv1.conv1.0.weight", "conv2.conv1.0.weight", "conv3.conv1.0.weight",

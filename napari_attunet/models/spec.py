@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-FAMILIES = ("official", "monai", "leejunhyun")
-VARIANTS = {
-    "official": ("single_att_dsv", "multi_att_dsv", "grid_attention"),
-    "monai": ("attention_unet",),
-    "leejunhyun": ("attu_net",),
-}
+from .registry import FAMILIES, REGISTRY
+
 GATE_MODES = ("concatenation", "concatenation_debug", "concatenation_residual")
 OUTPUTS = ("softmax", "sigmoid")
-# How a 3D network was shown scans, when a checkpoint does not say (see ModelSpec.orientation):
-# MONAI pipelines reorient to RAS (its Orientationd tutorials, bundles and MONAI Label); the
-# official code and LeeJunHyun's read arrays as the file stores them (nib.load(f).get_data()).
-DEFAULT_ORIENTATION = {"monai": "RAS", "official": "native", "leejunhyun": "native"}
 ORIENTATION_WORDS = ("native", "display")
 
 
@@ -76,7 +69,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
-        if self.variant not in VARIANTS[self.family]:
+        if self.variant not in REGISTRY[self.family].variants:
             raise ValueError(f"unknown {self.family} variant {self.variant!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, not {self.output!r}")
@@ -89,6 +82,31 @@ class ModelSpec:
         if self.orientation and not valid_orientation(self.orientation, self.spatial_dims):
             raise ValueError(f"orientation must be an axis code such as 'RAS' or 'LPS', 'native' "
                              f"or 'display', not {self.orientation!r}")
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """Counts and sizes that would otherwise fail deep inside the network's construction."""
+        def positive_ints(values) -> bool:
+            return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+        if not positive_ints((self.in_channels, self.out_channels)):
+            raise ValueError(f"in_channels and out_channels must be positive integers, not "
+                             f"{self.in_channels} and {self.out_channels}")
+        if len(self.features) < 2 or not positive_ints(self.features):
+            raise ValueError(f"features must be two or more positive integers, not "
+                             f"{list(self.features)}")
+        if len(self.strides) != len(self.features) - 1 or not all(
+                len(step) == self.spatial_dims and positive_ints(step) for step in self.strides):
+            raise ValueError(f"strides must give {len(self.features) - 1} steps of "
+                             f"{self.spatial_dims} positive integers (one per level below the "
+                             f"first), not {[list(step) for step in self.strides]}")
+        for name in ("kernel_size", "up_kernel_size", "attention_dsample", "tile"):
+            values = getattr(self, name) or ()
+            if not positive_ints(values):
+                raise ValueError(f"{name} must be positive integers, not {list(values)}")
+        if self.spacing is not None and not all(
+                isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.spacing):
+            raise ValueError(f"spacing must be positive millimetres, not {list(self.spacing)}")
 
     @property
     def network_orientation(self) -> str:
@@ -98,14 +116,14 @@ class ModelSpec:
         2 toward Superior) is what MONAI's ``Orientationd`` produces. "native" is the scan as its
         file stores it, "display" the array as napari shows it, in ``network_axes`` order. 2D
         networks see images as displayed; 3D ones take the checkpoint's orientation, else the
-        axes it states, else their family's training convention (DEFAULT_ORIENTATION).
+        axes it states, else their family's training convention (``models.registry``).
         """
         if self.orientation:
             return self.orientation if self.orientation in ORIENTATION_WORDS \
                 else self.orientation.upper()
         if self.spatial_dims == 2 or self.axes:
             return "display"
-        return DEFAULT_ORIENTATION[self.family]
+        return REGISTRY[self.family].orientation
 
     @property
     def network_axes(self) -> str:
@@ -117,9 +135,9 @@ class ModelSpec:
         """
         if self.axes:
             return self.axes
-        if self.spatial_dims == 3 and self.family in ("official", "monai"):
-            return "xyz"
-        return "zyx"[-self.spatial_dims:]
+        if self.spatial_dims == 3:
+            return REGISTRY[self.family].axes_3d
+        return "yx"
 
     # ---- derived geometry -------------------------------------------------------------
     @property
@@ -133,9 +151,7 @@ class ModelSpec:
     @property
     def gates(self) -> tuple[GateGeometry, ...]:
         """Geometry of each attention gate's map, finest first."""
-        from . import gate_geometry
-
-        return gate_geometry(self)
+        return REGISTRY[self.family].gates(self)
 
     @property
     def class_labels(self) -> tuple[str, ...]:
@@ -144,7 +160,7 @@ class ModelSpec:
             return tuple(self.class_names)
         return tuple(f"class {i}" for i in range(self.out_channels))
 
-    def replace(self, **changes: Any) -> "ModelSpec":
+    def replace(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
 
     # ---- serialisation ----------------------------------------------------------------
@@ -155,7 +171,7 @@ class ModelSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
+    def from_dict(cls, data: dict) -> ModelSpec:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -171,10 +187,6 @@ class ModelSpec:
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ModelSpec":
-        return cls.from_dict(json.loads(text))
 
     def summary(self) -> str:
         """One line for people: family, dimensions, classes, gates."""

@@ -20,7 +20,7 @@ LABEL_COLOURS = [
 
 @dataclass(frozen=True)
 class SourceGeometry:
-    """What output layers copy from the source layer (DESIGN: geometry rules)."""
+    """What output layers copy from the source layer (docs/architecture.md: where each rule lives)."""
 
     name: str
     scale: tuple[float, ...]
@@ -31,7 +31,7 @@ class SourceGeometry:
     metadata: dict = field(default_factory=dict)
 
     @classmethod
-    def from_layer(cls, layer, spatial_ndim: int | None = None) -> "SourceGeometry":
+    def from_layer(cls, layer, spatial_ndim: int | None = None) -> SourceGeometry:
         """The spatial part of an Image layer's geometry (dropping an RGB channel axis)."""
         n = spatial_ndim or layer.ndim
         affine = _physical_affine(layer, n)

@@ -18,7 +18,7 @@ import weakref
 
 # Increasing index along each scan axis points this way (LPS).
 AXIS_LABELS = ("superior", "posterior", "left")
-_hooked: "weakref.WeakSet" = weakref.WeakSet()
+_hooked: weakref.WeakSet = weakref.WeakSet()
 _busy: set[int] = set()
 
 
@@ -61,11 +61,17 @@ def clinical_order(order: tuple[int, ...], ndisplay: int, first_scan_axis: int) 
     return tuple(order[:-ndisplay] + shown)
 
 
+def camera_of(viewer):
+    """The viewer's camera: ``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before."""
+    scene = getattr(viewer, "scene", None)
+    return viewer.camera if scene is None else scene.camera
+
+
 def apply(viewer) -> None:
     """Set the dims order and camera orientation for the current plane (no-op without scans)."""
     if id(viewer) in _busy or not any(is_scan_layer(layer) for layer in viewer.layers):
         return
-    dims, camera = viewer.dims, viewer.camera
+    dims, camera = viewer.dims, camera_of(viewer)
     if dims.ndim < 3:
         return
     first = dims.ndim - 3  # scan axes are the last three world axes

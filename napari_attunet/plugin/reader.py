@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import SUFFIXES as CHECKPOINT_SUFFIXES
 from ..io import SCAN_SUFFIXES
+from ..suffixes import CHECKPOINT_SUFFIXES
 from .transforms import GEOMETRY_KEY, data_to_world, display_kwargs, layer_state, same_grid
 from .orientation import AXIS_LABELS
 
@@ -44,6 +44,10 @@ def _has_dicom(folder: Path) -> bool:
 def _contrast_limits(array: np.ndarray) -> tuple[float, float]:
     """A soft-tissue window for CT (values in Hounsfield units), else robust percentiles."""
     sample = array.reshape(-1)[:: max(1, array.size // 1_000_000)]
+    if np.issubdtype(sample.dtype, np.floating):
+        sample = sample[np.isfinite(sample)]  # NaN/inf voxels (a note says so) set no limits
+        if sample.size == 0:
+            return (0.0, 1.0)
     lo, hi = float(sample.min()), float(sample.max())
     if lo <= -500 and hi >= 300:
         return CT_SOFT_TISSUE
@@ -62,21 +66,25 @@ def read_scan(path):
     path = path[0] if isinstance(path, (list, tuple)) else path
     try:
         volume = io.read(path)
+        ndim = volume.array.ndim
+        kwargs = {
+            "name": volume.name,
+            **display_kwargs(volume.affine),
+            "units": ("mm",) * ndim,
+            "axis_labels": AXIS_LABELS if ndim == 3 else ("y", "x"),
+            "contrast_limits": _contrast_limits(volume.array),
+            "metadata": {GEOMETRY_KEY: volume.geometry()},
+        }
     except ValueError as exc:
         show_error(str(exc))
+        return [(None,)]
+    except Exception as exc:  # noqa: BLE001 - a notification, never a half-added layer
+        show_error(f"{path}: could not be opened ({type(exc).__name__}: "
+                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}).")
         return [(None,)]
     for note in volume.notes:
         show_info(note)
     _link_new_labels()
-    ndim = volume.array.ndim
-    kwargs = {
-        "name": volume.name,
-        **display_kwargs(volume.affine),
-        "units": ("mm",) * ndim,
-        "axis_labels": AXIS_LABELS if ndim == 3 else ("y", "x"),
-        "contrast_limits": _contrast_limits(volume.array),
-        "metadata": {GEOMETRY_KEY: volume.geometry()},
-    }
     return [(volume.array, kwargs, "image")]
 
 

@@ -14,6 +14,7 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlid
                               FloatSpinBox, Label, ProgressBar, PushButton, Select, SpinBox,
                               Table, create_widget)
 
+from .edits import EditWatch
 from .layers import (LABEL_COLOURS, SourceGeometry, gate_layers, labels_layer,
                      uncertainty_layer)
 from .readout import has_readout, readout, with_readout
@@ -65,9 +66,13 @@ class RunState:
         self.prediction = prediction
         self.source = source
         self.tag = labels_layer.metadata["attunet"]["run"]
-        self.edited = False
         self.offset = offset
-        labels_layer.events.paint.connect(self._mark_edited)
+        self.watch = EditWatch(labels_layer)
+
+    @property
+    def edited(self) -> bool:
+        """Painted, filled, or changed in any other way (``layer.data = ...``, in place)."""
+        return self.watch.edited
 
     def layer(self, viewer):
         """The Labels layer of this run, or None when the user removed it."""
@@ -75,9 +80,6 @@ class RunState:
             if (layer.metadata.get("attunet") or {}).get("run") == self.tag:
                 return layer
         return None
-
-    def _mark_edited(self, event=None) -> None:
-        self.edited = True
 
 
 class AttUNetWidget(Container):
@@ -93,6 +95,7 @@ class AttUNetWidget(Container):
         self._activity = None
         self._pending: list = []
         self._pending_names: list[str] = []
+        self._closed = False
         from qtpy.QtCore import QTimer
 
         self._relabel_timer = QTimer()  # the whole volume, once a threshold slider rests
@@ -154,6 +157,7 @@ class AttUNetWidget(Container):
         self.uncertainty_level.changed.connect(self._on_uncertainty_level)
         self.argmax.changed.connect(self._on_threshold)
         self.viewer.events.status.connect(self._on_status)
+        self.native.destroyed.connect(lambda *_: self._on_closed())
         from .orientation import install
 
         install(self.viewer)
@@ -171,6 +175,10 @@ class AttUNetWidget(Container):
     def _channel_data(self, layer):
         """The arrays a multi-channel model takes: the chosen layer, then "more channels"."""
         spec = self.model.spec
+        if getattr(layer, "rgb", False) and spec.in_channels not in (3, 4):
+            raise ValueError(f"layer {layer.name!r} is RGB ({layer.data.shape[-1]} channels), but "
+                             f"the model takes {spec.in_channels}; convert it to greyscale first "
+                             "(or pick a scan layer).")
         if spec.in_channels == 1 or getattr(layer, "rgb", False):
             return layer.data, (-1 if getattr(layer, "rgb", False) else None)
         extra = [other for other in self.channels.value if other is not layer]
@@ -179,7 +187,7 @@ class AttUNetWidget(Container):
             raise ValueError(f"the model takes {spec.in_channels} channels: choose "
                              f"{spec.in_channels - 1} more image layer(s) under 'more channels' "
                              f"(chosen: {', '.join(lay.name for lay in layers)}).")
-        return [np.asarray(lay.data) for lay in layers], None
+        return [lay.data for lay in layers], None  # read in the worker, not here
 
     # ---- checkpoints ---------------------------------------------------------------------
     @staticmethod
@@ -215,8 +223,10 @@ class AttUNetWidget(Container):
 
         try:
             model = load_model(path)
-        except ValueError as exc:
-            _notify("error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - CheckpointError, or anything torch raised
+            message = str(exc) if isinstance(exc, ValueError) else (
+                f"{path}: could not be loaded ({type(exc).__name__}: {exc}).")
+            _notify("error", message)
             self.model_info.value = "checkpoint not loaded (see the message)"
             return False
         self.model = model
@@ -295,10 +305,45 @@ class AttUNetWidget(Container):
         if self.worker is not None:
             return None
         try:
-            data, channel_axis = self._channel_data(layer)
+            return self._launch(layer, preview)
         except ValueError as exc:
             _notify("warning", str(exc))
-            return None
+        except Exception as exc:  # noqa: BLE001 - the Run button must stay usable
+            _notify("error", f"layer {layer.name!r}: the run could not start "
+                    f"({type(exc).__name__}: {exc}).")
+        self.worker = None
+        self._idle_buttons()
+        return None
+
+    def _idle_buttons(self) -> None:
+        self.run.enabled = True
+        self.preview.enabled = True
+        self.cancel.enabled = False
+
+    def _estimate(self, data, channel_axis, name: str) -> None:
+        """Refuse a layer too large for memory from its shape alone: a lazy (dask, zarr) layer
+        is never read in the GUI thread; the worker reads it."""
+        from ..errors import InputError
+        from ..inference.lazy import is_lazy
+        from ..limits import refuse_over
+
+        spec = self.model.spec
+        first = data[0] if isinstance(data, list) else data
+        shape = list(np.shape(first))
+        if channel_axis is not None:
+            del shape[channel_axis]
+        voxels = float(np.prod([float(n) for n in shape]))
+        needed = voxels * 4 * (3 * spec.in_channels + 2 * spec.out_channels + 1)
+        if is_lazy(first):  # read and predicted block by block; the result is held here
+            needed = voxels * (spec.out_channels + 5)  # uint8 probabilities, uncertainty, labels
+        refuse_over(needed, f"layer {name!r} ({' x '.join(map(str, shape))} voxels)",
+                    "crop it (or open a region of it) first.", InputError)
+
+    def _launch(self, layer, preview: bool):
+        data, channel_axis = self._channel_data(layer)
+        if not isinstance(data, list):
+            data = _full_resolution(data)
+        self._estimate(data, channel_axis, layer.name)
         source = SourceGeometry.from_layer(layer, layer.ndim)
         offset = None
         options = self._options()
@@ -317,8 +362,6 @@ class AttUNetWidget(Container):
         self.cancel.enabled = True
         self.progress.value = 0
         self.status.value = "starting"
-        if not isinstance(data, list):
-            data = _full_resolution(data)
         worker = self._make_worker(data, spacing, channel_axis, options, layer.name)
         from napari.utils import progress as napari_progress
 
@@ -343,7 +386,7 @@ class AttUNetWidget(Container):
             pred = yield from iter_predict(data, model, spacing=spacing,
                                            channel_axis=channel_axis, cancel=cancel,
                                            name=f"layer {name!r}", **options)
-            pred.uncertainty  # computed here, off the event loop (cached on the prediction)
+            pred.uncertainty  # noqa: B018 computed here, off the event loop (cached on the prediction)
             return pred
 
         return work()
@@ -358,7 +401,9 @@ class AttUNetWidget(Container):
             return None
         point = np.array(self.viewer.dims.point[-layer.ndim:], dtype=float)
         lead = self.viewer.dims.ndim - layer.ndim
-        for axis, c in zip(list(self.viewer.dims.displayed)[-2:], self.viewer.camera.center[-2:]):
+        from .orientation import camera_of
+
+        for axis, c in zip(list(self.viewer.dims.displayed)[-2:], camera_of(self.viewer).center[-2:]):
             if axis >= lead:
                 point[axis - lead] = c
         centre = np.round(layer.world_to_data(point)).astype(int)
@@ -370,11 +415,19 @@ class AttUNetWidget(Container):
             stops.append(min(start + size, n))
         return tuple(slice(a, b) for a, b in zip(starts, stops))
 
+    def _on_closed(self) -> None:
+        """The viewer (or this dock) was closed: stop the run; its result goes nowhere."""
+        self._closed = True
+        self._pending.clear()
+        self._cancel.set()
+
     def request_cancel(self) -> None:
         self._cancel.set()
         self.status.value = "cancelling"
 
     def _on_progress(self, step) -> None:
+        if self._closed:
+            return
         self.progress.max = max(step.total, 1)
         self.progress.value = min(step.done, step.total)
         self.status.value = f"{step.stage} {step.done}/{step.total}" + (
@@ -388,6 +441,8 @@ class AttUNetWidget(Container):
     def _on_error(self, exc) -> None:
         from ..errors import Cancelled
 
+        if self._closed:
+            return
         if isinstance(exc, Cancelled):
             _notify("info", str(exc))
             self.status.value = "cancelled"
@@ -403,13 +458,15 @@ class AttUNetWidget(Container):
         if self._activity is not None:
             self._activity.close()
             self._activity = None
-        self.run.enabled = True
-        self.preview.enabled = True
-        self.cancel.enabled = False
+        if self._closed:
+            return
+        self._idle_buttons()
 
     def _on_result(self, pred, source: SourceGeometry, offset, preview: bool) -> None:
         """Show a finished run. Layer changes are spread over event-loop turns (one layer each),
         and layers from an earlier run are updated in place, so napari never freezes long."""
+        if self._closed:
+            return
         if offset is not None:
             shift = np.asarray(source.scale) * np.asarray(offset)
             source = SourceGeometry(source.name, source.scale,
@@ -450,7 +507,7 @@ class AttUNetWidget(Container):
         """Apply one pending layer change, then yield to the event loop."""
         from qtpy.QtCore import QTimer
 
-        if self._pending:
+        if self._pending and not self._closed:
             self._pending.pop(0)()
             QTimer.singleShot(0, self._drain)
 
@@ -582,7 +639,12 @@ class AttUNetWidget(Container):
         plane = np.take(pred.quantized, index, axis=axis + 1)
         region = [slice(None)] * 3
         region[axis] = index
-        layer.data[tuple(region)] = threshold_labels(plane, pred.output, self.threshold_values())
+        region = tuple(region)
+        if not state.watch.matches(region):
+            return False  # changed meanwhile: _relabel_all puts the thresholds on a new layer
+        values = threshold_labels(plane, pred.output, self.threshold_values())
+        layer.data[region] = values
+        state.watch.record(values, region)
         layer.refresh()
         return True
 
@@ -602,6 +664,7 @@ class AttUNetWidget(Container):
         else:
             layer.features = kwargs["features"]
             layer.data = labels
+            state.watch.record(labels)
         self._show_volumes(kwargs["features"], labels)
 
     def _show_volumes(self, features: dict, labels: np.ndarray) -> None:
@@ -631,11 +694,8 @@ class AttUNetWidget(Container):
 
 
 def _full_resolution(data):
-    """A layer's array as the engine takes it: dask and zarr arrays (and the first level of a
-    multiscale layer) stay lazy and are read window by window, anything else becomes numpy."""
-    from ..inference.lazy import is_lazy
-
-    if type(data).__name__ == "MultiScaleData" or (isinstance(data, (list, tuple))
-                                                   and data and hasattr(data[0], "shape")):
-        data = data[0]
-    return data if is_lazy(data) else np.asarray(data)
+    """The first level of a multiscale layer's data (dask and zarr arrays stay lazy: the engine
+    reads them window by window, in the worker)."""
+    if type(data).__name__ == "MultiScaleData":
+        return data[0]
+    return data

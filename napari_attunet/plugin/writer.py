@@ -19,6 +19,16 @@ def _geometry(meta: dict, ndim: int) -> dict:
 
 
 def write_layer(path: str, data, meta: dict) -> list[str]:
+    """napari asked for this path (its save dialog confirms a replacement), so an existing file
+    is replaced; the new one appears whole or not at all. A failure raises an OutputError,
+    which napari shows, and never reports a fragment as saved."""
+    from ..outputs import OutputError
+
     array = np.asarray(data)
-    out = io.write(path, array, _geometry(meta, array.ndim))
+    try:
+        out = io.write(path, array, _geometry(meta, array.ndim), overwrite=True)
+    except OutputError as exc:
+        # napari turns a ValueError from a writer into "not a valid writer"; an OSError
+        # reaches the caller (and, from the Save dialog, the user as an error notification).
+        raise OSError(str(exc)) from None
     return [str(out)]

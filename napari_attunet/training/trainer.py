@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..checkpoint import save_model
 from ..inference import predict
 from ..inference.devices import cpu_has_fast_bf16, resolve_device
-from ..models import ModelSpec, build
+from ..models import ModelSpec, build, family as model_family
 from .data import Case, PatchSampler
 
 
@@ -50,21 +50,9 @@ def default_spec(dims: int, in_channels: int, classes: int, features=(8, 16, 32,
                  family: str = "official", variant: str | None = None) -> ModelSpec:
     """A network to train. The default is the paper's design: the official single-gate,
     deep-supervised network. ``features`` are the encoder widths, finest first."""
-    from ..models.official import official_strides
-
-    common = dict(family=family, spatial_dims=dims, in_channels=in_channels,
-                  out_channels=classes, features=tuple(features), output="softmax",
-                  axes="zyx"[-dims:])  # trained here on scan-order arrays
-    if family == "official":
-        variant = variant or "single_att_dsv"
-        kernel = (3, 3, 1) if variant == "grid_attention" and dims == 3 else (3,) * dims
-        return ModelSpec(variant=variant, strides=official_strides(variant, dims),
-                         kernel_size=kernel, attention_dsample=(2,) * dims, **common)
-    steps = ((2,) * dims,) * (len(features) - 1)
-    if family == "monai":
-        return ModelSpec(variant="attention_unet", strides=steps, kernel_size=(3,) * dims,
-                         up_kernel_size=(3,) * dims, **common)
-    return ModelSpec(variant="attu_net", strides=steps, kernel_size=(3,) * dims, **common)
+    return model_family(family).default_spec(dims, in_channels, classes, tuple(features), variant,
+                                             output="softmax",
+                                             axes="zyx"[-dims:])  # trained on scan-order arrays
 
 
 # ---- loss ------------------------------------------------------------------------------------

@@ -1,0 +1,320 @@
+"""Output files that appear whole or not at all, never replace what was not meant to be replaced,
+and say in one sentence why they could not be written.
+
+Files are written into a hidden staging folder next to their destination (same file system, so
+the final rename is atomic), flushed to disk, checked, and only then moved into place: without
+``overwrite`` by a hard link, which fails when the name exists (also when another process got
+there first), with it by ``os.replace``. A failure (a full disk included) removes the staging
+folder, so nothing partial or empty is left and every file that was there before is untouched.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import InputError
+
+STAGING_PREFIX = ".attunet-"
+VOLUME_COLUMNS = ("scan", "class", "volume_ml", "path")
+
+
+class OutputError(InputError):
+    """An output that could not be written (nothing was left behind)."""
+
+
+class OutputExists(OutputError):
+    """An output whose name is taken, and replacing it was not asked for."""
+
+
+NOTHING_LEFT = "nothing was written and any file already there is unchanged"
+
+
+def _reason(exc: BaseException, folder: Path) -> str:
+    """A few words for an OS error, without its ``[Errno N]`` text."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if code == errno.EROFS:
+        return "the file system is read-only"
+    if code == errno.ENAMETOOLONG:
+        return "the name is too long"
+    if _disk_full(folder):  # ITK reports no errno, and may even leave a fragment silently
+        return "the disk is full"
+    text = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+    return (text if isinstance(text, str) else text[0]).lower()
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def check_folder(folder: str | os.PathLike, option: str = "the output folder") -> Path:
+    """The folder, created if needed; an InputError naming ``option`` when it cannot be used."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} is a file, not a folder; give {option} a folder.")
+    parent = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(f"{folder}: {parent} is a file, not a folder; give {option} a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=STAGING_PREFIX):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write into {folder} ({_reason(exc, folder)}); choose another "
+                          f"folder for {option}.") from None
+    return folder
+
+
+def check_target(path: str | os.PathLike, overwrite: bool, option: str = "--overwrite") -> Path:
+    """Refuse a destination that is a folder, or that exists when ``overwrite`` is not given."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name (such as labels.nii.gz).")
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path} already exists and was left as it is; pass {option} to "
+                           "replace it, or choose another output folder.")
+    return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        _fsync(folder)
+    except OSError:  # some file systems cannot sync a folder; the rename is still atomic
+        pass
+
+
+@contextmanager
+def _deferred_signals():
+    """SIGINT/SIGTERM held back while a set of files is moved into place (main thread only), so
+    that an interrupt cannot leave half of the set."""
+    import signal
+    import threading
+
+    block = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+            signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, block)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class Staging:
+    """Files written together and moved into ``folder`` together by :meth:`commit`."""
+
+    def __init__(self, folder: str | os.PathLike, overwrite: bool = False,
+                 option: str = "--overwrite"):
+        self.folder = Path(folder)
+        self.overwrite = overwrite
+        self.option = option
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.root = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.folder))
+        except OSError as exc:
+            raise OutputError(f"cannot write into {self.folder} ({_reason(exc, self.folder)}); "
+                              f"{NOTHING_LEFT}.") from None
+        self.names: list[str] = []
+
+    def write(self, name: str, writer: Callable[[Path], None],
+              verify: Callable[[Path], None] | None = None) -> Path:
+        """Run ``writer(path)`` on a staged path, flush what it produced to disk and check it.
+
+        ``verify(path)`` reads the file back and raises when it is not whole.
+        """
+        target = self.folder / name
+        check_target(target, self.overwrite, self.option)
+        staged = self.root / name
+        before = set(self.root.iterdir())
+        try:
+            writer(staged)
+            produced = sorted(set(self.root.iterdir()) - before)
+            for path in produced:
+                if path.stat().st_size == 0:
+                    raise OSError(errno.EIO, "an empty file was produced")
+                _fsync(path)
+            if verify is not None:
+                verify(staged)
+        except (OSError, RuntimeError, ValueError, EOFError) as exc:
+            reason = _reason(exc, self.root)
+            self.abort()
+            raise OutputError(f"{target} could not be written ({reason}); {NOTHING_LEFT}.") from None
+        self.names += [p.name for p in produced if p.name not in self.names]
+        return target
+
+    def commit(self) -> list[Path]:
+        """Move every staged file into place; without ``overwrite``, a taken name is refused
+        (also when another process took it meanwhile) and nothing of this set is moved."""
+        try:
+            with _deferred_signals():
+                return self._move_all()
+        finally:
+            self.abort()
+
+    def _move_all(self) -> list[Path]:
+        moved: list[Path] = []
+        try:
+            if not self.overwrite:
+                for name in self.names:
+                    check_target(self.folder / name, False, self.option)
+            for name in self.names:
+                source, target = self.root / name, self.folder / name
+                if self.overwrite:
+                    os.replace(source, target)
+                else:
+                    os.link(source, target)  # fails if the name exists: no clobbering race
+                moved.append(target)
+            _fsync_folder(self.folder)
+        except FileExistsError as exc:
+            self._undo(moved)
+            raise OutputExists(f"{exc.filename} was created by someone else meanwhile and was "
+                               f"left as it is; pass {self.option} to replace it.") from None
+        except OutputError:
+            self._undo(moved)
+            raise
+        except OSError as exc:
+            self._undo(moved)
+            raise OutputError(f"{self.folder / self.names[len(moved)]} could not be moved into "
+                              f"place ({_reason(exc, self.folder)}); {NOTHING_LEFT}.") from None
+        return moved
+
+    def _undo(self, moved: Sequence[Path]) -> None:
+        if not self.overwrite:  # linked names were new: remove them; replaced ones cannot return
+            for path in moved:
+                path.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def staged(folder: str | os.PathLike, overwrite: bool = False, option: str = "--overwrite"):
+    """``with staged(folder) as stage: stage.write(...)``: all files or none of them."""
+    stage = Staging(folder, overwrite, option)
+    try:
+        yield stage
+    except BaseException:
+        stage.abort()
+        raise
+    stage.commit()
+
+
+# ---- names ---------------------------------------------------------------------------------
+
+def unique_names(paths: Sequence[str | os.PathLike], stem: Callable[[Path], str]) -> list[str]:
+    """One output name per input path: the file's stem; where different inputs share it, the
+    suffix tells apart files of one folder (``scan_nrrd``, ``scan_nii_gz``) and as many parent
+    folder names as it takes tell apart folders (``site_a_ct``, ``site_b_ct``). The same path
+    given twice is numbered."""
+    paths = [Path(p).expanduser().absolute() for p in paths]
+    distinct = list(dict.fromkeys(paths))
+    names = {p: stem(p) for p in distinct}
+    for group in _collisions(names):
+        folders = [p.parent for p in group]
+        for p in group:
+            if folders.count(p.parent) > 1:
+                tail = p.name[len(stem(p)):].strip(".").replace(".", "_")
+                names[p] = f"{names[p]}_{tail}" if tail else names[p]
+    base = dict(names)
+    depth = 0
+    while (groups := _collisions(names)) and depth < 64:
+        depth += 1
+        for group in groups:
+            for p in group:
+                names[p] = _with_parents(p, base[p], depth)
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        n = names[p]
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return out
+
+
+def _collisions(names: dict[Path, str]) -> list[list[Path]]:
+    groups: dict[str, list[Path]] = {}
+    for p, n in names.items():
+        groups.setdefault(n, []).append(p)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _with_parents(path: Path, stem: str, depth: int) -> str:
+    parts = [p for p in path.parent.parts[-depth:] if p not in ("/", "\\")]
+    return "_".join(parts + [stem]) if parts else stem
+
+
+# ---- volumes.csv -----------------------------------------------------------------------------
+
+@contextmanager
+def _locked(folder: Path, name: str):
+    """An exclusive lock on the folder itself (advisory, between cooperating processes): no
+    lock file is left behind."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def merge_volumes(path: str | os.PathLike, rows: Iterable[Sequence[str]]) -> Path:
+    """Add this run's rows (scan, class, volume_ml, path) to ``path`` without losing any other
+    run's: under a lock, the file is read, rows of the same input path are replaced, and the
+    whole table is written atomically."""
+    path = Path(path)
+    rows = [tuple(str(v) for v in r) for r in rows]
+    with _locked(path.parent, path.name):
+        kept: list[tuple[str, ...]] = []
+        if path.exists():
+            with open(path, newline="") as fh:
+                table = list(csv.reader(fh))
+            header = table[0] if table else []
+            ours = {r[3] for r in rows}
+            for row in table[1:]:
+                record = dict(zip(header, row))
+                old = tuple(record.get(c, "") for c in VOLUME_COLUMNS)
+                if old[3] not in ours or not old[3]:
+                    kept.append(old)
+
+        def write(target: Path) -> None:
+            with open(target, "w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(VOLUME_COLUMNS)
+                writer.writerows(kept + rows)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        def verify(target: Path) -> None:
+            with open(target, newline="") as fh:
+                if sum(1 for _ in csv.reader(fh)) != 1 + len(kept) + len(rows):
+                    raise OSError(errno.EIO, "the table did not read back whole")
+
+        with staged(path.parent, overwrite=True) as stage:
+            stage.write(path.name, write, verify)
+    return path
