@@ -23,7 +23,8 @@ from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
 from .lazy import LazySource, as_dask, fit_lazy
 from .postprocess import GateMap, Prediction
-from .preprocess import resample_factors, resampled_shape, resolve_normalization
+from .preprocess import (check_spacing, check_tile, resample_factors, resampled_shape,
+                         resolve_normalization)
 from .tiling import default_tile, round_up
 
 BLOCK_BUDGET = 64 * 1024 ** 2  # context voxels of one block: ~2 GB at its peak
@@ -382,6 +383,8 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
         image = image.array
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), not {overlap}.")
+    spacing = check_spacing(spacing, name)
+    tile = check_tile(tile, spec.spatial_dims)
     if out is not None:
         from .store import check_free
 
