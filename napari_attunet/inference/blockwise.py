@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Generator, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -173,12 +174,11 @@ def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[Gate
     for k, g in enumerate(spec.gates, start=1):
         cells = (spatial[perm[0]],) * lead + tuple(math.ceil(n / s)
                                                    for n, s in zip(plane, g.stride))
-        stride = (1.0,) * lead + tuple(float(s) for s in g.stride)
-        offset = (0.0,) * lead + tuple(float(o) for o in g.offset)
+        stride = [1.0] * lead + [float(s) for s in g.stride]
+        offset = [0.0] * lead + [float(o) for o in g.offset]
         if factors is not None:
-            stride = tuple(s / f for s, f in zip(stride, factors))
-            offset = tuple(o / f for o, f in zip(offset, factors))
-        stride, offset = list(stride), list(offset)
+            stride = [s / f for s, f in zip(stride, factors)]
+            offset = [o / f for o, f in zip(offset, factors)]
         if layout is not None and not layout.identity:
             net_shape = tuple(spatial[p] for p in perm)
             for a in layout.flipped:
@@ -297,9 +297,10 @@ class MemorySink:
 
     def write(self, result: BlockResult) -> BlockResult:
         region = result.region
+        assert result.quantized is not None  # a block that ran, not one written elsewhere
         self.quantized[(slice(None),) + region] = result.quantized
         if self.disagreement is not None and result.disagreement is not None:
-            self.disagreement[region] = result.disagreement
+            self.disagreement[region] = np.asarray(result.disagreement)
         for buf, grid, gate in zip(self.gates, self.grids, result.gates):
             dst, src = gate_window(grid, region, gate)
             buf[dst] = gate.data[src]
@@ -316,8 +317,8 @@ class Job:
     intensity: list
     options: dict
     channel_axis: int | None
-    sink: object | None
-    cancel: object | None = None
+    sink: Any
+    cancel: Any = None
     shape: tuple[int, ...] = ()  # the whole volume's spatial shape
 
 
@@ -367,7 +368,7 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
                    channels_last: bool = True, affine=None, file_orientation=None,
                    orientation=None, out=None, scheduler=None, block=None,
                    workers: int | None = None, thresholds=None, region=None,
-                   ) -> Generator:
+                   ) -> Generator[Any, None, Prediction]:
     """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction."""
     from .engine import Progress
     from .orientation import network_layout
@@ -427,7 +428,7 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
 
 
 def _run(source, model, work, options, intensity, client, out, spacing, origin, tta,
-         thresholds, name, cancel, workers, started):
+         thresholds, name, cancel, workers, started) -> Generator[Any, None, Prediction]:
     from .engine import Progress
 
     spec = model.spec

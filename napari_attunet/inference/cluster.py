@@ -9,6 +9,8 @@ import os
 
 from ..errors import InputError
 
+_STARTED: dict = {}  # id(client) -> the LocalCluster this module started for it
+
 
 def parse(scheduler: str) -> tuple[str, int | None]:
     """("local", N) or ("remote", None) for an address; InputError for anything else."""
@@ -41,8 +43,8 @@ def connect(scheduler: str):
             raise InputError(f"could not start {workers} local Dask worker process(es) "
                              f"({str(exc).splitlines()[0]}).") from None
         client = Client(cluster)
-        client._attunet_cluster = cluster
-        threads = max(1, (os.cpu_count() or 1) // workers)
+        _STARTED[id(client)] = cluster
+        threads = max(1, (os.cpu_count() or 1) // (workers or 1))
         client.run(_set_threads, threads)
         return client
     try:
@@ -52,7 +54,7 @@ def connect(scheduler: str):
 
 
 def close(client) -> None:
-    cluster = getattr(client, "_attunet_cluster", None)
+    cluster = _STARTED.pop(id(client), None)
     client.close()
     if cluster is not None:
         cluster.close()

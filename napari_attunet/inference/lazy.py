@@ -72,11 +72,11 @@ class LazySource:
 
     def index(self, spatial: Sequence[slice], channel: int | None = None) -> tuple:
         """The index into the original array for a spatial window (and one channel)."""
-        spatial = list(spatial)
+        index: list[slice | int] = list(spatial)
         if self.channel_axis is None:
-            return tuple(spatial)
-        spatial.insert(self.channel_axis, slice(None) if channel is None else channel)
-        return tuple(spatial)
+            return tuple(index)
+        index.insert(self.channel_axis, slice(None) if channel is None else channel)
+        return tuple(index)
 
     def read(self, spatial: Sequence[slice], channel: int | None = None) -> np.ndarray:
         return np.asarray(self.image[self.index(spatial, channel)])

@@ -37,9 +37,8 @@ _OPEN: dict[tuple[str, str], object] = {}
 
 
 def _axes(ndim: int, channel: bool, unit: str | None) -> list[dict]:
-    names = "zyx"[-ndim:] if ndim <= 3 else None
-    axes = [{"name": "c", "type": "channel"}] if channel else []
-    for n in names:
+    axes: list[dict] = [{"name": "c", "type": "channel"}] if channel else []
+    for n in "zyx"[-ndim:]:
         axis = {"name": n, "type": "space"}
         if unit:
             axis["unit"] = unit
@@ -71,9 +70,11 @@ class ZarrSink:
 
     on_worker = True
 
-    def __init__(self, path: str, tmp: str, output: str, thresholds, channels: int):
+    def __init__(self, path: str, tmp: str, output: str, thresholds, channels: int,
+                 grids: list, tta: bool):
         self.path, self.tmp, self.output = path, tmp, output
         self.thresholds, self.channels = thresholds, channels
+        self.grids, self.tta = grids, tta
 
     @classmethod
     def create(cls, out, spec, plan, spacing, origin, tta: bool, thresholds, name: str):
@@ -98,7 +99,7 @@ class ZarrSink:
             "multiscales": multiscales(f"{name} probabilities", ndim, True, spacing, origin,
                                        unit),
             "omero": {"name": f"{name} probabilities", "version": NGFF_VERSION, "channels": [
-                {"label": n, "color": "%02X%02X%02X" % COLOURS[k % len(COLOURS)], "active": True,
+                {"label": n, "color": "".join(f"{v:02X}" for v in COLOURS[k % len(COLOURS)]), "active": True,
                  "window": {"start": 0, "end": PROBABILITY_LEVELS, "min": 0,
                             "max": PROBABILITY_LEVELS}} for k, n in enumerate(names)]},
             "attunet": {"output": spec.output, "class_names": names,
@@ -124,9 +125,8 @@ class ZarrSink:
             group.create_array("0", shape=spatial, chunks=chunks, dtype="uint8", fill_value=0)
             group.attrs.update({"multiscales": multiscales(f"{name} {key}", ndim, False, spacing,
                                                            origin, unit)})
-        gates = root.require_group("gates") if plan.gates else None
         for k, g in enumerate(plan.gates, start=1):
-            group = gates.require_group(f"gate{k}")
+            group = root.require_group("gates").require_group(f"gate{k}")
             gchunks = tuple(max(1, int(round(b / s))) for b, s in zip(chunks, g.stride))
             group.create_array("0", shape=(g.heads,) + g.cells, chunks=(g.heads,) + gchunks,
                                dtype="float32", fill_value=0.0)
@@ -134,10 +134,7 @@ class ZarrSink:
                 f"{name} gate {k}", ndim, True, [s * st for s, st in zip(spacing, g.stride)],
                 [o + s * off for o, s, off in zip(origin, spacing, g.offset)], unit),
                 "attunet": {"stride": list(g.stride), "offset": list(g.offset)}})
-        sink = cls(str(path), str(tmp), spec.output, thresholds, channels)
-        sink.grids = list(plan.gates)
-        sink.tta = tta
-        return sink
+        return cls(str(path), str(tmp), spec.output, thresholds, channels, list(plan.gates), tta)
 
     # -- on the workers --
     def _array(self, key: str):
@@ -179,7 +176,7 @@ class ZarrSink:
                 counts = np.pad(counts, (0, size - counts.size)) + np.pad(r.counts,
                                                                           (0, size - r.counts.size))
         root = zarr.open_group(self.tmp, mode="r+", zarr_format=2)
-        meta = dict(root.attrs["attunet"])
+        meta: dict = dict(root.attrs["attunet"])  # type: ignore[arg-type]
         meta["label_voxels"] = [int(c) for c in counts]
         root.attrs["attunet"] = meta
         _forget(self.tmp)
@@ -210,10 +207,3 @@ class ZarrSink:
 def _forget(tmp: str) -> None:
     for key in [k for k in _OPEN if k[0] == tmp]:
         del _OPEN[key]
-
-
-def label_voxels(path) -> list[int]:
-    """Voxels per label value, as recorded when the store was finished."""
-    import zarr
-
-    return list(zarr.open_group(str(path), mode="r").attrs["attunet"]["label_voxels"])
