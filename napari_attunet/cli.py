@@ -192,14 +192,19 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference import predict
     from .inference.postprocess import gate_on_image_grid
 
-    model = load_model(args.checkpoint)
+    if getattr(args, "scheduler", None) or args.format == "zarr" \
+            or str(args.output).rstrip("/").endswith(".zarr"):
+        from .cohort import run
+
+        return run(args)
+    model = getattr(args, "model", None) or load_model(args.checkpoint)
     spec = model.spec
     options = _predict_options(args, spec)
     thresholds = args.thresholds
     if thresholds is not None and len(thresholds) == 1:
         thresholds = thresholds[0]
     outdir = outputs.check_folder(args.output, "-o/--output")
-    names = outputs.unique_names(args.scans, io._stem)
+    names = getattr(args, "names", None) or outputs.unique_names(args.scans, io._stem)
     failures = 0
     for scan, name in zip(args.scans, names):
         try:
@@ -399,7 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--min-size", type=int, default=0, metavar="VOXELS",
                       help="drop connected components smaller than this")
     pred.add_argument("--fill-holes", action="store_true")
-    pred.add_argument("--format", default=".nii.gz", choices=(".nii.gz", ".nii", ".nrrd", ".mha"))
+    pred.add_argument("--format", default=".nii.gz",
+                      choices=(".nii.gz", ".nii", ".nrrd", ".mha", "zarr"),
+                      help="zarr: one OME-Zarr store per scan, written block by block "
+                           "(also when -o ends in .zarr)")
+    pred.add_argument("--scheduler", metavar="ADDRESS",
+                      help="run on Dask: local:N (N worker processes here) or tcp://host:8786; "
+                           "scans are spread over the workers and finished ones skipped")
     pred.add_argument("--overwrite", action="store_true",
                       help="replace output files that already exist (default: refuse)")
     pred.add_argument("-q", "--quiet", action="store_true")

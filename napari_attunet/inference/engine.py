@@ -118,7 +118,8 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
                  name: str = "the image", fold_batchnorm: bool = True,
                  channels_last: bool = True, affine=None, file_orientation: str | None = None,
                  orientation: str | None = None, region: Sequence[slice] | None = None,
-                 runtime: str = "auto") -> Generator[Progress, None, Prediction]:
+                 runtime: str = "auto", intensity=None, out=None, scheduler=None, **blockwise,
+                 ) -> Generator[Progress, None, Prediction]:
     """Run ``model`` over ``image`` tile by tile, yielding a Progress after each batch.
 
     ``image`` is an array (napari axis order) or a scan from ``napari_attunet.io.read``, whose
@@ -132,7 +133,24 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     'torch' or 'openvino'. Returns (as the generator's value) a :class:`Prediction` on the
     input grid (the region's grid with ``region``). Raises InputError for images the model
     cannot take and Cancelled when ``cancel`` fires.
+
+    A dask or zarr ``image``, or an ``out`` store, runs block by block on Dask (see
+    ``blockwise``, whose options ``block``, ``workers``, ``thresholds`` pass through);
+    ``intensity`` (one fitted IntensityMap per channel) skips the fit.
     """
+    from .lazy import is_lazy
+
+    if out is not None or is_lazy(image) or scheduler is not None or blockwise:
+        from .blockwise import iter_blockwise
+
+        return (yield from iter_blockwise(
+            image, model, spacing=spacing, channel_axis=channel_axis,
+            normalization=normalization, tile=tile, overlap=overlap, device=device,
+            precision=precision, tta=tta, cancel=cancel, batch_size=batch_size,
+            attention=attention, name=name, fold_batchnorm=fold_batchnorm,
+            channels_last=channels_last, affine=affine, file_orientation=file_orientation,
+            orientation=orientation, out=out, scheduler=scheduler, region=region,
+            runtime=runtime, **blockwise))
     started = time.perf_counter()
     spec = model.spec
     if hasattr(image, "array") and hasattr(image, "affine"):  # an io.Volume
@@ -157,7 +175,8 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     channels = prepare_channels(image, spec, channel_axis, name)
     norm = resolve_normalization(normalization, spec)
     # A region takes its statistics from the whole image, as the full run would.
-    intensity = [fit(c, norm) for c in channels] if region is not None else None
+    if intensity is None and region is not None:
+        intensity = [fit(c, norm) for c in channels]
     x = torch.from_numpy(np.array(channels, dtype=np.float32))  # a copy: normalized in place
     dims = spec.spatial_dims
     if affine is not None and np.shape(affine) != (x.dim(), x.dim()):
@@ -335,7 +354,14 @@ def _gate_from_network(gate: GateMap, layout: Layout, network_shape) -> GateMap:
 
 def _with_context(x: torch.Tensor, region: Sequence[slice], spec, tile) -> tuple:
     """The region grown by half a tile on each side (within the image), and where it lies."""
-    shape = tuple(x.shape[1:])
+    outer, inner = context_slices(tuple(x.shape[1:]), region, spec, tile)
+    return x[(slice(None),) + outer], inner
+
+
+def context_slices(shape: Sequence[int], region: Sequence[slice], spec,
+                   tile) -> tuple[tuple[slice, ...], tuple[tuple[int, int], ...]]:
+    """The slices of ``region`` grown by its context, and the region's bounds inside them."""
+    shape = tuple(shape)
     if len(region) != len(shape):
         raise InputError(f"region has {len(region)} axes, the image {len(shape)}.")
     dims = spec.spatial_dims
@@ -356,7 +382,7 @@ def _with_context(x: torch.Tensor, region: Sequence[slice], spec, tile) -> tuple
         lo, hi = max(0, (start - m) // grid * grid), min(n, stop + m)
         outer.append(slice(lo, hi))
         inner.append((start - lo, stop - lo))
-    return x[(slice(None),) + tuple(outer)], tuple(inner)
+    return tuple(outer), tuple(inner)
 
 
 def _crop_context(probs: torch.Tensor, gates: list[GateMap], inner) -> tuple:

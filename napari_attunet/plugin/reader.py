@@ -22,6 +22,10 @@ def get_reader(path):
             return None
         path = path[0]
     name = str(path).lower()
+    if name.rstrip("/").endswith(".zarr"):
+        from .store_reader import is_result_store, read_store
+
+        return read_store if is_result_store(path) else None
     if name.endswith(CHECKPOINT_SUFFIXES):
         return read_checkpoint
     if name.endswith(SCAN_SUFFIXES) or (os.path.isdir(path) and _has_dicom(Path(path))):

@@ -329,6 +329,7 @@ class AttUNetWidget(Container):
         """Refuse a layer too large for memory from its shape alone: a lazy (dask, zarr) layer
         is never read in the GUI thread; the worker reads it."""
         from ..errors import InputError
+        from ..inference.lazy import is_lazy
         from ..limits import refuse_over
 
         spec = self.model.spec
@@ -338,11 +339,15 @@ class AttUNetWidget(Container):
             del shape[channel_axis]
         voxels = float(np.prod([float(n) for n in shape]))
         needed = voxels * 4 * (3 * spec.in_channels + 2 * spec.out_channels + 1)
+        if is_lazy(first):  # read and predicted block by block; the result is held here
+            needed = voxels * (spec.out_channels + 5)  # uint8 probabilities, uncertainty, labels
         refuse_over(needed, f"layer {name!r} ({' x '.join(map(str, shape))} voxels)",
                     "crop it (or open a region of it) first.", InputError)
 
     def _launch(self, layer, preview: bool):
         data, channel_axis = self._channel_data(layer)
+        if not isinstance(data, list):
+            data = _full_resolution(data)
         self._estimate(data, channel_axis, layer.name)
         source = SourceGeometry.from_layer(layer, layer.ndim)
         offset = None
@@ -350,7 +355,7 @@ class AttUNetWidget(Container):
         if channel_axis is None:
             options.update(_scan_geometry(layer))
         if preview:
-            shape = (data[0] if isinstance(data, list) else data).shape
+            shape = (data[0] if isinstance(data, list) else _full_resolution(data)).shape
             region = self._preview_region(layer, shape)
             if region is not None:
                 options["region"] = region
@@ -693,3 +698,10 @@ class AttUNetWidget(Container):
                 rgba = LABEL_COLOURS[(r + 1) % len(LABEL_COLOURS)]
                 item.setBackground(QColor.fromRgbF(*rgba[:3], 1.0))
 
+
+def _full_resolution(data):
+    """The first level of a multiscale layer's data (dask and zarr arrays stay lazy: the engine
+    reads them window by window, in the worker)."""
+    if type(data).__name__ == "MultiScaleData":
+        return data[0]
+    return data

@@ -1,0 +1,189 @@
+"""Out-of-core prediction and cohorts on Dask: peak memory against volume size, throughput against
+the in-memory engine, and cohort throughput on a LocalCluster against the sequential command.
+
+    python bench/bench_out_of_core.py rss [--sizes 256 512] [--memory-sizes 256]
+    python bench/bench_out_of_core.py cohort [--scans 20] [--workers 1 2]
+
+``rss``: every run is a fresh process (peak RSS = ru_maxrss of that process). A uint16 volume of
+smooth noise is written to a zarr store on disk chunk by chunk; ``store`` runs read it lazily and
+write an OME-Zarr result; ``memory`` runs hold it as numpy and call the in-memory ``predict``.
+Same random network (official single_att_dsv 3D, features 4..64), tile 128, fp32.
+``cohort``: 20 small NIfTI scans; the sequential ``napari-attunet predict`` (in process) against
+``--scheduler local:N``. Figures, not pass/fail: these machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+FEATURES = (4, 8, 16, 32, 64)
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                flags = open("/proc/cpuinfo").read()
+                caps = [c for c in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if c in flags]
+                name = line.split(":", 1)[1].strip()
+                return f"{name} ({', '.join(caps)}), {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def network(seed: int = 0):
+    import torch
+
+    from napari_attunet.models import ModelSpec, build
+    from napari_attunet.models.official import official_strides
+
+    torch.manual_seed(seed)
+    spec = ModelSpec(family="official", variant="single_att_dsv", spatial_dims=3, in_channels=1,
+                     out_channels=2, features=FEATURES, output="softmax",
+                     strides=official_strides("single_att_dsv", 3), kernel_size=(3,) * 3,
+                     attention_dsample=(2,) * 3, axes="zyx")
+    return build(spec).eval()
+
+
+def write_volume(path: Path, size: int, chunk: int = 128) -> None:
+    """Smooth uint16 noise, written one chunk slab at a time (never whole in memory)."""
+    import zarr
+    from scipy import ndimage
+
+    array = zarr.create_array(str(path), shape=(size,) * 3, chunks=(chunk,) * 3, dtype="uint16")
+    rng = np.random.default_rng(size)
+    for z in range(0, size, chunk):
+        slab = ndimage.gaussian_filter(rng.normal(size=(min(chunk, size - z), size, size))
+                                       .astype(np.float32), 3)
+        array[z:z + chunk] = np.clip(slab * 8000 + 2000, 0, 65535).astype(np.uint16)
+
+
+def child(mode: str, source: str, out: str) -> None:
+    """One run in this (fresh) process; prints a JSON line."""
+    import zarr
+
+    import napari_attunet as na
+
+    model = network()
+    array = zarr.open_array(source, mode="r")
+    started = time.perf_counter()
+    if mode == "memory":
+        image = array[:]
+        pred = na.predict(image, model, normalization="zscore", precision="fp32", device="cpu")
+        pred.labels()
+    else:
+        pred = na.predict(array, model, normalization="zscore", precision="fp32", device="cpu",
+                          out=out)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"mode": mode, "voxels": int(np.prod(array.shape)), "seconds": seconds,
+                      "peak_bytes": peak, "notes": pred.notes}))
+
+
+def run_child(mode: str, source: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    proc = subprocess.run([sys.executable, __file__, "_child", mode, str(source), str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_rss(args) -> None:
+    root = Path(tempfile.mkdtemp(prefix="attunet-ooc-", dir=args.workdir))
+    print(f"CPU: {cpu_name()}; torch threads default; results in fresh processes")
+    print(f"{'size':>6} {'mode':>7} {'voxels/s':>12} {'seconds':>9} {'peak RSS':>10}")
+    try:
+        for size in args.sizes:
+            source = root / f"vol{size}.zarr"
+            write_volume(source, size)
+            rows = {}
+            modes = (["memory"] if size in args.memory_sizes else []) + ["store"]
+            for mode in modes:
+                r = run_child(mode, source, root / f"out{size}.zarr")
+                rows[mode] = r
+                print(f"{size:>5}^3 {mode:>7} {r['voxels'] / r['seconds']:>12,.0f} "
+                      f"{r['seconds']:>9.1f} {r['peak_bytes'] / 1024 ** 3:>8.2f} GB"
+                      f"  {'; '.join(r['notes'][:1])}", flush=True)
+            if len(rows) == 2:
+                ratio = rows["store"]["seconds"] / rows["memory"]["seconds"]
+                print(f"       store/memory time ratio at {size}^3: {ratio:.2f}", flush=True)
+            shutil.rmtree(source, ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_cohort(args) -> None:
+    import SimpleITK as sitk
+
+    import napari_attunet as na
+    from napari_attunet.cli import main
+    from napari_attunet.phantom import make_phantom
+
+    root = Path(tempfile.mkdtemp(prefix="attunet-cohort-", dir=args.workdir))
+    print(f"CPU: {cpu_name()}; {args.scans} scans of {tuple(args.shape)}")
+    try:
+        ckpt = na.save_model(network(), root / "net.safetensors",
+                             class_names=["background", "organ"])
+        scans = []
+        for k in range(args.scans):
+            image, _ = make_phantom(tuple(args.shape), seed=k)
+            img = sitk.GetImageFromArray((image * 300 - 100).astype(np.int16))
+            img.SetSpacing((1.0, 1.0, 2.0))
+            path = root / f"scan{k:02d}.nii.gz"
+            sitk.WriteImage(img, str(path))
+            scans.append(str(path))
+        common = ["-c", str(ckpt), "-q", "--precision", "fp32", "--device", "cpu"]
+        runs = [("sequential", "seq", [])]
+        runs += [(f"local:{n}", f"local{n}", ["--scheduler", f"local:{n}"]) for n in args.workers]
+        runs += [("rerun (all skipped)", f"local{args.workers[-1]}",
+                  ["--scheduler", f"local:{args.workers[-1]}"])]
+        base = None
+        for name, folder, extra in runs:
+            started = time.perf_counter()
+            code = main(["predict", *scans, "-o", str(root / folder), *extra, *common])
+            seconds = time.perf_counter() - started
+            base = base or seconds
+            print(f"{name:>20}: {seconds:7.1f} s  {args.scans / seconds:6.2f} scans/s  "
+                  f"x{base / seconds:.2f} vs sequential  (exit {code})", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        child(*sys.argv[2:5])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    rss = sub.add_parser("rss")
+    rss.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    rss.add_argument("--memory-sizes", type=int, nargs="*", default=[256])
+    rss.add_argument("--workdir", default=None)
+    cohort = sub.add_parser("cohort")
+    cohort.add_argument("--scans", type=int, default=20)
+    cohort.add_argument("--shape", type=int, nargs=3, default=(32, 64, 64))
+    cohort.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    cohort.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    (bench_rss if args.what == "rss" else bench_cohort)(args)
+
+
+if __name__ == "__main__":
+    main()

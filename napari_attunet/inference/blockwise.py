@@ -1,0 +1,569 @@
+"""Block by block on Dask: volumes larger than memory, read window by window, results written
+(to memory or to an OME-Zarr store) as blocks finish.
+
+Each block is a Dask task that reads its region plus every window of the whole run that touches
+it (half a tile on each side at overlap 0.5), runs the in-memory engine on that crop with the
+intensity statistics of the whole volume, and keeps its region. Block origins are multiples of
+the window step and of the network's total stride, so the crop's windows are the whole run's
+windows and the gate grids line up: the blocks agree with one in-memory run, with no seams.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Generator, Sequence
+from typing import Any
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import Cancelled, InputError
+from ..models import AttentionUNetBase
+from .lazy import LazySource, as_dask, fit_lazy
+from .postprocess import GateMap, Prediction
+from .preprocess import (check_spacing, check_tile, resample_factors, resampled_shape,
+                         resolve_normalization)
+from .tiling import default_tile, round_up
+
+BLOCK_BUDGET = 64 * 1024 ** 2  # context voxels of one block: ~2 GB at its peak
+
+
+@dataclass(frozen=True)
+class Block:
+    """One task: ``region`` (spatial slices it writes), ``outer`` (what it reads) and
+    ``inner`` (the region within ``outer``)."""
+
+    region: tuple[slice, ...]
+    outer: tuple[slice, ...]
+    inner: tuple[slice, ...]
+
+
+@dataclass(frozen=True)
+class GateGrid:
+    """Where one gate's whole-volume grid lies, in scan voxels."""
+
+    heads: int
+    stride: tuple[float, ...]
+    offset: tuple[float, ...]
+    cells: tuple[int, ...]
+    name: str
+
+
+@dataclass
+class Plan:
+    spatial: tuple[int, ...]
+    tile: tuple[int, ...]
+    block: tuple[int, ...]
+    blocks: list[Block]
+    gates: list[GateGrid]
+    stack: bool = False
+
+
+def plan(spatial: Sequence[int], model: AttentionUNetBase, *, tile=None, block=None,
+         overlap: float = 0.5, spacing=None, layout=None, attention: bool = True) -> Plan:
+    """Cut ``spatial`` into blocks, each with the context its windows need."""
+    spec = model.spec
+    dims = spec.spatial_dims
+    spatial = tuple(int(n) for n in spatial)
+    stack = len(spatial) == 3 and dims == 2
+    perm = tuple(range(len(spatial))) if layout is None or layout.identity else layout.permutation
+    net_shape = tuple(spatial[p] for p in perm)
+    factors = resample_factors(spacing, spec, len(spatial))
+    if factors is not None:
+        factors = tuple(factors[p] for p in perm)
+    work = resampled_shape(net_shape, factors) if factors is not None else net_shape
+    plane = work[-dims:]
+    stride = spec.total_stride
+    if isinstance(tile, int):
+        tile = (tile,) * dims
+    elif tile is not None and len(tile) == 1:  # `--tile 128`: every axis
+        tile = tuple(tile) * dims
+    padded = tuple(round_up(n, s) for n, s in zip(plane, stride))
+    tile_ = default_tile(padded, stride, dims, tile or spec.tile)
+    axes = _axis_windows(spatial, tile_, stride, overlap, perm, factors, layout, dims)
+    sizes = _block_sizes(spatial, axes, block)
+    blocks = []
+    for starts in _product([range(0, n, b) for n, b in zip(spatial, sizes)]):
+        region = tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, sizes, spatial))
+        outer = tuple(_context(r, n, ax) for r, n, ax in zip(region, spatial, axes))
+        inner = tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer))
+        blocks.append(Block(region, outer, inner))
+    gates = _gate_grids(spec, spatial, plane, perm, layout, factors, stack) if attention else []
+    return Plan(spatial, tile_, sizes, blocks, gates, stack)
+
+
+@dataclass(frozen=True)
+class AxisWindows:
+    """The whole run's windows along one scan axis, in scan voxels (None: a slice axis)."""
+
+    tile: int | None = None
+    step: int = 1
+    stride: int = 1
+    flipped: bool = False
+
+
+def _axis_windows(spatial, tile, stride, overlap, perm, factors, layout, dims):
+    lead = len(spatial) - dims
+    axes = [AxisWindows() for _ in spatial]
+    flipped = set(layout.flipped) if layout is not None and not layout.identity else set()
+    for i in range(dims):
+        net = lead + i
+        f = factors[net] if factors is not None else 1.0
+        t, s = tile[i], stride[i]
+        w = max(s, int(t * (1.0 - overlap)) // s * s)  # as tiling.starts
+        axes[perm[net]] = AxisWindows(max(1, math.ceil(t / f)), max(1, round(w / f)),
+                                      max(1, round(s / f)), net in flipped)
+    return axes
+
+
+def _context(region: slice, n: int, ax: AxisWindows) -> slice:
+    """The part of an axis a block reads: every window of the whole run that touches the
+    region, and nothing that would change the crop's own windows (at least one tile, starts on
+    the run's window grid, ends on one of its windows or the image end)."""
+    if ax.tile is None:
+        return region
+    a, b = (n - region.stop, n - region.start) if ax.flipped else (region.start, region.stop)
+    t, w = ax.tile, ax.step
+    flush = round_up(n, ax.stride) - t  # the last window, flush with the (padded) end
+    lo = min(max(0, ((a - t) // w + 1) * w), max(0, flush // w * w))  # first one touching a
+    hi = n if b - 1 >= flush else min(n, (b - 1) // w * w + t)  # end of the last touching b-1
+    return slice(n - hi, n - lo) if ax.flipped else slice(lo, hi)
+
+
+def _product(ranges):
+    import itertools
+
+    return itertools.product(*ranges)
+
+
+def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
+    """Block sizes per axis: on plane axes a multiple of the window step and stride, at least a
+    tile, as large as the budget allows (the whole volume when it fits); slice axes fill up."""
+    units = [math.lcm(ax.step, ax.stride) if ax.tile else 1 for ax in axes]
+    if block is not None:
+        block = (block,) * len(spatial) if isinstance(block, int) else tuple(block)
+        block = block[-len(spatial):]
+        return tuple(round_up(max(int(b), u), u) for b, u in zip(block, units))
+    if int(np.prod(spatial)) <= BLOCK_BUDGET:
+        return tuple(spatial)
+
+    def plane_sizes(m: int) -> list[int]:
+        return [round_up(m * ax.tile, u) if ax.tile else 1 for ax, u in zip(axes, units)]
+
+    def context_voxels(sizes) -> int:
+        return int(np.prod([min(n, b + ax.tile) if ax.tile else 1
+                            for n, b, ax in zip(spatial, sizes, axes)]))
+
+    m = 1  # the most tiles per axis whose block and context fit the budget
+    while context_voxels(plane_sizes(m + 1)) <= BLOCK_BUDGET and \
+            any(ax.tile and b < n for ax, b, n in zip(axes, plane_sizes(m), spatial)):
+        m += 1
+    sizes = plane_sizes(m)
+    per_slice = context_voxels(sizes)
+    return tuple(b if ax.tile else max(1, min(n, BLOCK_BUDGET // per_slice))
+                 for b, ax, n in zip(sizes, axes, spatial))
+
+
+def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[GateGrid]:
+    """Each gate's grid over the whole scan, as the in-memory engine reports it."""
+    grids = []
+    lead = 1 if stack else 0
+    for k, g in enumerate(spec.gates, start=1):
+        cells = (spatial[perm[0]],) * lead + tuple(math.ceil(n / s)
+                                                   for n, s in zip(plane, g.stride))
+        stride = [1.0] * lead + [float(s) for s in g.stride]
+        offset = [0.0] * lead + [float(o) for o in g.offset]
+        if factors is not None:
+            stride = [s / f for s, f in zip(stride, factors)]
+            offset = [o / f for o, f in zip(offset, factors)]
+        if layout is not None and not layout.identity:
+            net_shape = tuple(spatial[p] for p in perm)
+            for a in layout.flipped:
+                offset[a] = net_shape[a] - 1 - offset[a] - stride[a] * (cells[a] - 1)
+            inv = layout.inverse
+            stride = [stride[p] for p in inv]
+            offset = [offset[p] for p in inv]
+            cells = tuple(cells[p] for p in inv)
+        grids.append(GateGrid(g.heads, tuple(stride), tuple(offset), tuple(cells), f"gate {k}"))
+    return grids
+
+
+def gate_window(grid: GateGrid, region: Sequence[slice], local: GateMap):
+    """(slices into the whole gate grid, slices into ``local``) for one block's gate map."""
+    dst, src = [], []
+    for a, (sl, s, o, n) in enumerate(zip(region, grid.stride, grid.offset, grid.cells)):
+        first = int(round((sl.start + local.offset[a] - o) / s))
+        count = local.data.shape[1 + a]
+        lo, hi = max(0, first), min(n, first + count)
+        dst.append(slice(lo, max(lo, hi)))
+        src.append(slice(lo - first, lo - first + max(0, hi - lo)))
+    return (slice(None),) + tuple(dst), (slice(None),) + tuple(src)
+
+
+# ---- the model on workers ----------------------------------------------------------------------
+
+_MODELS: dict[str, AttentionUNetBase] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+class ModelRef:
+    """A model for Dask tasks: the object itself on threads; on other processes its weights and
+    spec travel as safetensors bytes (nothing executable) and each process loads it once."""
+
+    def __init__(self, model: AttentionUNetBase):
+        self.model = model
+
+    def get(self) -> AttentionUNetBase:
+        return self.model
+
+    def __reduce__(self):
+        import hashlib
+
+        payload = _payload(self.model)
+        return (_model_from_payload, (hashlib.sha256(payload).hexdigest(), payload))
+
+
+def _payload(model: AttentionUNetBase) -> bytes:
+    import json
+
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save(tensors, metadata={"spec": json.dumps(model.spec.to_dict())})
+
+
+def _model_from_payload(key: str, payload: bytes) -> ModelRef:
+    """On a worker: the model these bytes describe, built once per process (by content)."""
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            if len(_MODELS) >= 2:  # a long-lived worker keeps the last models only
+                _MODELS.pop(next(iter(_MODELS)))
+            model = load_payload(payload)
+            _MODELS[key] = model
+    return ModelRef(model)
+
+
+def load_payload(payload: bytes) -> AttentionUNetBase:
+    """Build a model from ``_payload`` bytes (weights and spec JSON, no pickle)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    from ..models import ModelSpec, build
+
+    state = load(payload)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".safetensors") as fh:  # metadata needs a file
+        fh.write(payload)
+        fh.flush()
+        with safe_open(fh.name, "pt") as f:
+            spec = ModelSpec.from_dict(json.loads(f.metadata()["spec"]))
+    model = build(spec)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+# ---- sinks: where block results go -------------------------------------------------------------
+
+@dataclass
+class BlockResult:
+    """What one block produced (None fields once a sink on the worker has written them)."""
+
+    region: tuple[slice, ...]
+    quantized: np.ndarray | None = None
+    disagreement: np.ndarray | None = None
+    gates: list[GateMap] = field(default_factory=list)
+    counts: np.ndarray | None = None  # voxels per label value (written stores)
+    device: str = "cpu"
+    precision: str = "fp32"
+    runtime: str = "torch"
+
+
+class MemorySink:
+    """Whole-volume uint8 probabilities and float32 gate maps in memory."""
+
+    on_worker = True  # threads share the buffers; a remote worker returns its arrays instead
+
+    def __init__(self, channels: int, spatial, gates: list[GateGrid], tta: bool):
+        self.quantized = np.zeros((channels,) + tuple(spatial), np.uint8)
+        self.disagreement = np.zeros(tuple(spatial), np.uint8) if tta else None
+        self.gates = [np.zeros((g.heads,) + g.cells, np.float32) for g in gates]
+        self.grids = gates
+
+    def write(self, result: BlockResult) -> BlockResult:
+        region = result.region
+        assert result.quantized is not None  # a block that ran, not one written elsewhere
+        self.quantized[(slice(None),) + region] = result.quantized
+        if self.disagreement is not None and result.disagreement is not None:
+            self.disagreement[region] = np.asarray(result.disagreement)
+        for buf, grid, gate in zip(self.gates, self.grids, result.gates):
+            dst, src = gate_window(grid, region, gate)
+            buf[dst] = gate.data[src]
+        return BlockResult(region, device=result.device, precision=result.precision,
+                           runtime=result.runtime)
+
+
+# ---- one block ---------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    """Everything a block task needs besides its pixels."""
+
+    model: ModelRef
+    intensity: list
+    options: dict
+    channel_axis: int | None
+    sink: Any
+    cancel: Any = None
+    shape: tuple[int, ...] = ()  # the whole volume's spatial shape
+
+
+def run_block(crop: np.ndarray, block: Block, job: Job) -> BlockResult:
+    """Predict one block (its context read into ``crop``) and hand its interior to the sink."""
+    from .engine import _cancelled, predict
+
+    if _cancelled(job.cancel):
+        raise Cancelled("cancelled")
+    # The crop runs whole (its windows are the whole run's) and its interior is kept.
+    pred = predict(np.asarray(crop), job.model.get(), channel_axis=job.channel_axis,
+                   intensity=job.intensity, cancel=job.cancel, **job.options)
+    quantized = np.ascontiguousarray(pred.quantized[(slice(None),) + tuple(block.inner)])
+    disagreement = None
+    if pred.disagreement is not None:
+        disagreement = np.ascontiguousarray(pred.disagreement[tuple(block.inner)])
+    gates = [_crop_gate(g, block, job.shape) for g in pred.gates]
+    result = BlockResult(block.region, quantized, disagreement, gates,
+                         device=pred.device, precision=pred.precision, runtime=pred.runtime)
+    if job.sink is not None and job.sink.on_worker:
+        return job.sink.write(result)
+    return result
+
+
+def _crop_gate(gate: GateMap, block: Block, shape) -> GateMap:
+    """The cells of a crop's gate map centred in the block's region, and on the volume's edges
+    also those centred beyond it (the whole run keeps them); offsets relative to the region."""
+    keep, offset = [], []
+    for sl, inner, n, s, o, cells in zip(block.region, block.inner, shape, gate.stride,
+                                          gate.offset, gate.data.shape[1:]):
+        lo = inner.start if sl.start > 0 else -math.inf
+        hi = inner.stop if sl.stop < n else math.inf
+        first = 0 if lo == -math.inf else max(0, math.ceil((lo - o) / s - 1e-9))
+        last = cells if hi == math.inf else min(cells, math.ceil((hi - o) / s - 1e-9))
+        keep.append(slice(first, max(first, last)))
+        offset.append(o + s * first - inner.start)
+    data = np.ascontiguousarray(gate.data[(slice(None),) + tuple(keep)])
+    return GateMap(data, gate.stride, tuple(offset), gate.name)
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axis=None,
+                   normalization=None, tile=None, overlap: float = 0.5, device: str = "auto",
+                   precision: str = "auto", tta: bool = False, cancel=None, batch_size=None,
+                   attention: bool = True, name: str = "the image", fold_batchnorm: bool = True,
+                   channels_last: bool = True, affine=None, file_orientation=None,
+                   orientation=None, out=None, scheduler=None, block=None,
+                   workers: int | None = None, thresholds=None, region=None,
+                   runtime: str = "auto") -> Generator[Any, None, Prediction]:
+    """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction."""
+    from .engine import Progress
+    from .orientation import network_layout
+
+    started = time.perf_counter()
+    spec = model.spec
+    origin = None
+    if hasattr(image, "array") and hasattr(image, "affine"):  # an io.Volume
+        spacing = image.spacing if spacing is None else spacing
+        affine = image.affine if affine is None else affine
+        file_orientation = file_orientation or image.source.get("orientation")
+        origin = tuple(image.origin)
+        image = image.array
+    if not 0.0 <= overlap < 1.0:
+        raise InputError(f"overlap must be in [0, 1), not {overlap}.")
+    spacing = check_spacing(spacing, name)
+    tile = check_tile(tile, spec.spatial_dims)
+    if out is not None:
+        from .store import check_free
+
+        check_free(out)
+    source = LazySource(image, spec, channel_axis, name)
+    spatial = source.spatial
+    if affine is not None and np.shape(affine) != (len(spatial) + 1,) * 2:
+        raise InputError(f"{name}: affine must be {len(spatial) + 1}x{len(spatial) + 1} for an "
+                         f"image with {len(spatial)} spatial axes, not {np.shape(affine)}.")
+    layout = network_layout(spec, len(spatial), affine, file_orientation, orientation)
+    yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
+    norm = resolve_normalization(normalization, spec)
+    intensity = fit_lazy(source, norm)
+    layout_arg = None if layout.identity else layout
+    work = plan(spatial, model, tile=tile, block=block, overlap=overlap, spacing=spacing,
+                layout=layout_arg, attention=attention)
+    options = dict(spacing=spacing, tile=work.tile, overlap=overlap, device=device,
+                   precision=precision, tta=tta, batch_size=batch_size, attention=attention,
+                   name=name, fold_batchnorm=fold_batchnorm, channels_last=channels_last,
+                   affine=affine, file_orientation=file_orientation, orientation=orientation,
+                   runtime=runtime)
+    if region is not None:  # one block: the region and its context, read alone
+        if out is not None:
+            raise InputError("a region is predicted in memory; leave out= unset for it.")
+        from .engine import context_slices, iter_predict
+
+        outer, inner = context_slices(spatial, region, spec, work.tile)
+        return (yield from iter_predict(source.read(outer), model,
+                                        channel_axis=source.channel_axis,
+                                        region=tuple(slice(a, b) for a, b in inner),
+                                        intensity=intensity, cancel=cancel, **options))
+    client, owned = _client(scheduler)
+    try:
+        return (yield from _run(source, model, work, options, intensity, client, out, spacing,
+                                origin, tta, thresholds, name, cancel, workers, started))
+    finally:
+        if owned:
+            from .cluster import close
+
+            close(client)
+
+
+def _run(source, model, work, options, intensity, client, out, spacing, origin, tta,
+         thresholds, name, cancel, workers, started) -> Generator[Any, None, Prediction]:
+    from .engine import Progress
+
+    spec = model.spec
+    overlap = options["overlap"]
+    if out is not None:
+        from .store import ZarrSink
+
+        sink = ZarrSink.create(out, spec, work, spacing, origin, tta, thresholds, name)
+    else:
+        sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
+        sink.on_worker = client is None
+    results: list[BlockResult] = []
+    try:
+        job = Job(ModelRef(model), intensity, options, source.channel_axis,
+                  sink if sink.on_worker else None, cancel if client is None else None,
+                  tuple(work.spatial))
+        job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
+        data = as_dask(source.image)
+        tasks = [_task(data, source, b, job_arg) for b in work.blocks]
+        total = len(tasks)
+        yield Progress("predicting", 0, total, f"{total} blocks of {work.block} voxels "
+                                               f"(tiles of {work.tile})")
+        for done, result in enumerate(_execute(tasks, client, workers, cancel), start=1):
+            if not sink.on_worker:
+                result = sink.write(result)
+            results.append(result)
+            yield Progress("predicting", done, total)
+    except Cancelled:
+        if out is not None:
+            sink.discard()
+        raise Cancelled(f"prediction on {name} was cancelled; no result was kept.") from None
+    except BaseException:
+        if out is not None:
+            sink.discard()
+        raise
+    first = results[0] if results else BlockResult(())
+    notes = [f"predicted in {total} block(s) of {work.block} on Dask"]
+    if out is not None:
+        yield Progress("stitching", total, total, "finishing the store")
+        sink.finish(results)
+        quantized, disagreement = sink.probabilities(), sink.disagreement_array()
+        gate_data = sink.gate_arrays()
+        notes.append(f"written to {sink.path}")
+    else:
+        quantized, disagreement, gate_data = sink.quantized, sink.disagreement, sink.gates
+    gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates)]
+    return Prediction(
+        quantized=quantized, disagreement=disagreement, output=spec.output,
+        class_names=spec.class_labels, gates=gates,
+        spacing=(tuple(float(s) for s in spacing)[-len(work.spatial):]
+                 if spacing is not None else None),
+        device=first.device, precision=first.precision, runtime=first.runtime,
+        seconds=time.perf_counter() - started,
+        tile=work.tile, overlap=overlap, notes=notes)
+
+
+def _task(data, source: LazySource, block: Block, job: Job):
+    import dask
+
+    crop = data[source.index(block.outer)]
+    return dask.delayed(run_block, pure=False)(crop, block, job)
+
+
+def _client(scheduler):
+    """(None, False) for the local threaded scheduler, else (a distributed Client, whether this
+    run started it and must close it)."""
+    if scheduler is None or scheduler in ("threads", "sync", "synchronous"):
+        return None, False
+    from distributed import Client
+
+    if isinstance(scheduler, Client):
+        return scheduler, False
+    from .cluster import connect
+
+    return connect(scheduler), True
+
+
+def _execute(tasks, client, workers, cancel):
+    """Yield each task's result as it finishes."""
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(tasks)
+        try:
+            for future in as_completed(futures):
+                if cancel is not None and _is_set(cancel):
+                    raise Cancelled("cancelled")
+                yield future.result()
+                future.release()
+        finally:
+            client.cancel(futures)
+        return
+    yield from _threads(tasks, workers or 1, cancel)
+
+
+def _is_set(cancel) -> bool:
+    from .engine import _cancelled
+
+    return _cancelled(cancel)
+
+
+def _threads(tasks, workers: int, cancel):
+    """Dask's threaded scheduler in a background thread, results reported as tasks end."""
+    import dask
+    from dask.callbacks import Callback
+
+    done: queue.Queue = queue.Queue()
+    keys = {t.key for t in tasks}
+
+    class Report(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if key in keys:
+                done.put(("result", result))
+
+    def work():
+        try:
+            with Report():
+                dask.compute(*tasks, scheduler="threads", num_workers=workers)
+            done.put(("end", None))
+        except BaseException as exc:  # handed to the consumer
+            done.put(("error", exc))
+
+    thread = threading.Thread(target=work, name="attunet-blocks", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = done.get()
+            if kind == "result":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        thread.join()

@@ -1,0 +1,159 @@
+"""Images that are not held in memory (dask and zarr arrays): window reads, and the intensity
+statistics of a normalization computed slab by slab, never on a copy of the whole volume.
+
+The slabs run along the first spatial axis, so that the flat (C-order) voxel order of each
+channel is preserved: the strided sample that percentile and Otsu statistics take is the very
+sample the in-memory path takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..models import ModelSpec
+from .preprocess import (IntensityMap, Normalization, _check_dtype, _otsu, fit)
+
+SLAB_VOXELS = 1 << 24  # voxels per statistics read (64 MiB as float32)
+SAMPLE_LIMIT = 4_000_000  # as preprocess._sample
+
+
+def is_lazy(image) -> bool:
+    """True for a dask array, a zarr array, or any array-like that is not numpy but has chunks."""
+    if isinstance(image, np.ndarray) or isinstance(image, (list, tuple)):
+        return False
+    module = type(image).__module__.split(".")[0]
+    return module in ("dask", "zarr") or (hasattr(image, "chunks") and hasattr(image, "shape")
+                                          and hasattr(image, "dtype"))
+
+
+def as_dask(image):
+    """A dask array over ``image`` (zarr, dask or numpy), reading nothing yet."""
+    import dask.array as da
+
+    if isinstance(image, da.Array):
+        return image
+    chunks = getattr(image, "chunks", None)
+    if not (isinstance(chunks, tuple) and all(isinstance(c, int) for c in chunks)):
+        chunks = "auto"
+    return da.from_array(image, chunks=chunks, asarray=False, lock=False)
+
+
+class LazySource:
+    """One lazy image as the network's channels: ``shape`` is (C, *spatial)."""
+
+    def __init__(self, image, spec: ModelSpec, channel_axis: int | None, name: str):
+        self.image, self.name = image, name
+        shape = tuple(int(n) for n in image.shape)
+        _check_dtype(np.empty(0, dtype=image.dtype), name)
+        if int(np.prod(shape)) == 0:
+            raise InputError(f"{name} is empty (shape {shape}).")
+        if channel_axis is None and len(shape) == 3 and shape[-1] in (3, 4) \
+                and spec.spatial_dims == 2 and spec.in_channels in (3, 4):
+            channel_axis = -1
+        self.channel_axis = None if channel_axis is None else channel_axis % len(shape)
+        spatial = tuple(n for a, n in enumerate(shape) if a != self.channel_axis)
+        channels = 1 if self.channel_axis is None else shape[self.channel_axis]
+        if len(spatial) > 3:
+            raise InputError(f"{name} has {len(spatial)} spatial axes {spatial}; the tool takes "
+                             "2D images and 3D volumes (pick one time point or channel).")
+        if len(spatial) < 2:
+            raise InputError(f"{name} has shape {spatial}: not an image.")
+        if len(spatial) == 2 and spec.spatial_dims == 3:
+            raise InputError(f"{name} is 2D, but the checkpoint is a 3D model; open the volume "
+                             "it was made for, or use a 2D checkpoint.")
+        if channels != spec.in_channels:
+            raise InputError(f"{name} has {channels} channel(s), but the model takes "
+                             f"{spec.in_channels}; choose channel_axis or pass one array per "
+                             "channel.")
+        self.spatial, self.channels = spatial, channels
+
+    def index(self, spatial: Sequence[slice], channel: int | None = None) -> tuple:
+        """The index into the original array for a spatial window (and one channel)."""
+        index: list[slice | int] = list(spatial)
+        if self.channel_axis is None:
+            return tuple(index)
+        index.insert(self.channel_axis, slice(None) if channel is None else channel)
+        return tuple(index)
+
+    def read(self, spatial: Sequence[slice], channel: int | None = None) -> np.ndarray:
+        return np.asarray(self.image[self.index(spatial, channel)])
+
+    def slabs(self, channel: int) -> Iterator[np.ndarray]:
+        """One channel as float32 slabs along the first spatial axis, in order."""
+        plane = int(np.prod(self.spatial[1:]))
+        chunks = getattr(self.image, "chunksize", None) or getattr(self.image, "chunks", None)
+        first = 1
+        if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int):
+            axis0 = 0 if self.channel_axis != 0 else 1
+            first = max(1, int(chunks[axis0]))
+        depth = max(1, SLAB_VOXELS // max(plane, 1) // first) * first
+        rest = [slice(None)] * (len(self.spatial) - 1)
+        for start in range(0, self.spatial[0], depth):
+            slab = self.read([slice(start, start + depth)] + rest, channel)
+            yield slab.astype(np.float32, copy=False)
+
+
+def fit_lazy(source: LazySource, norm: Normalization) -> list[IntensityMap]:
+    """The per-channel IntensityMap ``preprocess.fit`` would give on the whole array."""
+    return [_fit_channel(source, c if source.channel_axis is not None else None, norm)
+            for c in range(source.channels)]
+
+
+def _fit_channel(source: LazySource, channel: int | None, norm: Normalization) -> IntensityMap:
+    if norm.mode in ("none", "ct", "range"):
+        return fit(np.zeros(1, np.float32), norm)  # these need no statistics
+    size = int(np.prod(source.spatial))
+    if norm.mode == "percentile":
+        sample = _sample(source, channel, size)
+        lo, hi = (float(v) for v in np.percentile(sample, norm.percentiles))
+        gain = 1.0 / max(hi - lo, 1e-8)
+        return IntensityMap(gain, -lo * gain, (0.0, 1.0))
+    keep = None
+    if norm.mode == "zscore_nonzero":
+        def keep(x):
+            return x != 0
+    elif norm.mode == "zscore_foreground":
+        level = _otsu(_sample(source, channel, size))
+
+        def keep(x):
+            return x > level
+    count, mean, std = _moments(source, channel, keep)
+    if count == 0:
+        count, mean, std = _moments(source, channel, None)
+    if norm.mode == "zscore_nonzero" and std <= 0:
+        std = np.float32(1.0)
+    gain = 1.0 / max(float(std), 1e-8)
+    return IntensityMap(gain, -float(mean) * gain, None, norm.mode == "zscore_nonzero")
+
+
+def _moments(source: LazySource, channel, keep) -> tuple[int, np.float32, np.float32]:
+    """Count, mean and population std in float64 accumulators, one slab at a time."""
+    count, total, total_sq = 0, 0.0, 0.0
+    for slab in source.slabs(channel):
+        if np.issubdtype(slab.dtype, np.floating) and not np.isfinite(slab).all():
+            bad = int(slab.size - np.count_nonzero(np.isfinite(slab)))
+            raise InputError(f"{source.name} has NaN or infinite voxels ({bad} in one slab); "
+                             "replace them (e.g. with np.nan_to_num) before running.")
+        values = slab[keep(slab)] if keep is not None else slab.reshape(-1)
+        values = values.astype(np.float64)
+        count += values.size
+        total += values.sum()
+        total_sq += np.dot(values, values)
+    mean = total / max(count, 1)
+    std = np.sqrt(max(total_sq / max(count, 1) - mean * mean, 0.0))
+    return count, np.float32(mean), np.float32(std)
+
+
+def _sample(source: LazySource, channel, size: int) -> np.ndarray:
+    """``flat[::step]`` of the whole channel, gathered slab by slab."""
+    step = max(1, size // SAMPLE_LIMIT)
+    pieces, offset = [], 0
+    for slab in source.slabs(channel):
+        flat = slab.reshape(-1)
+        first = -offset % step
+        pieces.append(flat[first::step].copy())
+        offset += flat.size
+    return np.concatenate(pieces)

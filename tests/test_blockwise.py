@@ -1,0 +1,222 @@
+"""Block by block on Dask: lazy inputs, seams, the OME-Zarr store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import napari_attunet as na
+from napari_attunet.inference.blockwise import plan
+
+from helpers import make_model, monai_spec, official_spec, sharpen_gates
+
+da = pytest.importorskip("dask.array")
+zarr = pytest.importorskip("zarr")
+
+
+@pytest.fixture(scope="module")
+def model3d():
+    return sharpen_gates(make_model(official_spec(3, features=(4, 8, 16, 32, 64)), seed=3))
+
+
+@pytest.fixture(scope="module")
+def volume():
+    rng = np.random.default_rng(7)
+    smooth = ndimage.gaussian_filter(rng.normal(size=(48, 72, 88)), 2.0)
+    return (smooth * 4000 + 300).astype(np.int16)
+
+
+def _dice(a: np.ndarray, b: np.ndarray, value: int) -> float:
+    x, y = a == value, b == value
+    total = x.sum() + y.sum()
+    return 1.0 if total == 0 else 2.0 * (x & y).sum() / total
+
+
+def test_blocks_agree_with_one_in_memory_run(model3d, volume):
+    """>= 8 blocks: probabilities, labels and every gate map equal the in-memory run's."""
+    options = dict(tile=32, normalization="zscore", spacing=(2.0, 1.0, 1.0))
+    ref = na.predict(volume, model3d, **options)
+    work = plan(volume.shape, model3d, tile=32, block=32)
+    assert len(work.blocks) >= 8
+    lazy = na.predict(da.from_array(volume, chunks=(16, 24, 24)), model3d, block=32, **options)
+    assert lazy.quantized.shape == ref.quantized.shape
+    assert np.abs(lazy.quantized.astype(int) - ref.quantized.astype(int)).max() <= 1
+    labels, expected = lazy.labels(), ref.labels()
+    for value in range(model3d.spec.out_channels):
+        assert _dice(labels, expected, value) >= 0.999
+    assert len(lazy.gates) == len(ref.gates) == 3
+    for mine, theirs in zip(lazy.gates, ref.gates):
+        assert mine.stride == theirs.stride and mine.offset == theirs.offset
+        assert mine.data.shape == theirs.data.shape
+        assert theirs.data.std() > 0.01  # the maps vary, so the comparison means something
+        assert np.abs(mine.data - theirs.data).max() < 1e-4
+    assert np.allclose(lazy.uncertainty, ref.uncertainty, atol=0.02)
+
+
+@pytest.mark.parametrize("options", [
+    dict(overlap=0.25),
+    dict(overlap=0.6, orientation="RAS"),
+    dict(overlap=0.5, orientation="RAS", tta=True),
+], ids=["overlap-0.25", "reoriented", "reoriented-tta"])
+def test_blocks_agree_on_reoriented_scans_and_any_overlap(model3d, options):
+    """Flipped and permuted network axes, other overlaps, TTA: still one in-memory run."""
+    affine = np.diag([-2.0, 1.0, -1.0, 1.0])
+    affine[:3, 3] = (10.0, 0.0, 5.0)
+    image = np.random.default_rng(1).normal(size=(36, 40, 52)).astype(np.float32)
+    if "orientation" in options:
+        options = dict(options, affine=affine)
+    ref = na.predict(image, model3d, tile=32, **options)
+    pred = na.predict(da.from_array(image, chunks=16), model3d, tile=32, block=16, **options)
+    assert np.abs(pred.quantized.astype(int) - ref.quantized.astype(int)).max() <= 1
+    if options.get("tta"):
+        assert np.abs(pred.disagreement.astype(int) - ref.disagreement.astype(int)).max() <= 1
+    for mine, theirs in zip(pred.gates, ref.gates):
+        assert mine.offset == theirs.offset and mine.data.shape == theirs.data.shape
+        assert np.abs(mine.data - theirs.data).max() < 1e-4
+
+
+def test_seams_of_a_2d_model_on_a_stack():
+    """A 2D network over the slices of a zarr volume: blocks along every axis, no seams."""
+    model = make_model(monai_spec(2, features=(4, 8, 16)), seed=1)
+    rng = np.random.default_rng(2)
+    image = ndimage.gaussian_filter(rng.normal(size=(6, 40, 56)), (0, 2, 2)).astype(np.float32)
+    ref = na.predict(image, model, tile=16, normalization="zscore")
+    store = zarr.create_array(zarr.storage.MemoryStore(), shape=image.shape, chunks=(2, 16, 16),
+                              dtype="float32")
+    store[:] = image
+    lazy = na.predict(store, model, tile=16, normalization="zscore", block=(2, 16, 16))
+    assert len(plan(image.shape, model, tile=16, block=(2, 16, 16)).blocks) == 3 * 3 * 4
+    assert np.abs(lazy.quantized.astype(int) - ref.quantized.astype(int)).max() <= 1
+    for mine, theirs in zip(lazy.gates, ref.gates):
+        assert mine.data.shape == theirs.data.shape
+        assert np.abs(mine.data - theirs.data).max() < 1e-4
+
+
+class GuardedArray:
+    """A zarr array that counts its reads and refuses one of the whole volume."""
+
+    def __init__(self, array):
+        self.array, self.reads, self.largest = array, 0, 0
+        self.shape, self.dtype, self.chunks, self.ndim = (array.shape, array.dtype, array.chunks,
+                                                          array.ndim)
+
+    def __getitem__(self, index):
+        data = self.array[index]
+        if data.size >= int(np.prod(self.shape)):
+            raise AssertionError("the whole volume was read at once")
+        self.reads += 1
+        self.largest = max(self.largest, data.size)
+        return data
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("np.asarray on the whole volume")
+
+
+@pytest.mark.parametrize("mode", ["zscore", "percentile"])
+def test_zarr_input_is_read_window_by_window(tmp_path, model3d, volume, mode, monkeypatch):
+    from napari_attunet.inference import lazy
+
+    monkeypatch.setattr(lazy, "SLAB_VOXELS", 48 * 72 * 88 // 4)  # statistics in 4+ slabs
+    array = zarr.create_array(tmp_path / "scan.zarr", shape=volume.shape, chunks=(16, 24, 24),
+                              dtype=volume.dtype)
+    array[:] = volume
+    guarded = GuardedArray(zarr.open_array(tmp_path / "scan.zarr", mode="r"))
+    ref = na.predict(volume, model3d, tile=32, normalization=mode)
+    pred = na.predict(guarded, model3d, tile=32, normalization=mode, block=32)
+    assert guarded.reads > 8
+    assert guarded.largest <= volume.size // 3
+    if mode == "zscore":  # exact chunked float64 moments: the very same statistics
+        assert np.abs(pred.quantized.astype(int) - ref.quantized.astype(int)).max() <= 1
+    else:  # the same strided sample, so the same percentiles
+        assert np.array_equal(pred.labels(), ref.labels())
+
+
+def test_a_nan_in_a_lazy_volume_is_one_sentence(model3d):
+    image = np.zeros((32, 32, 32), np.float32)
+    image[5, 6, 7] = np.nan
+    with pytest.raises(na.InputError, match="NaN"):
+        na.predict(da.from_array(image, chunks=16), model3d, tile=32, normalization="zscore")
+
+
+def test_store_holds_what_the_run_returns(tmp_path, model3d, volume):
+    out = tmp_path / "result.zarr"
+    ref = na.predict(volume, model3d, tile=32, normalization="zscore", spacing=(2.0, 1.0, 1.0))
+    pred = na.predict(da.from_array(volume, chunks=24), model3d, tile=32, normalization="zscore",
+                      spacing=(2.0, 1.0, 1.0), block=32, out=out)
+    root = zarr.open_group(out, mode="r")
+    assert np.array_equal(root["0"][:], pred.quantized[:])
+    assert np.abs(root["0"][:].astype(int) - ref.quantized.astype(int)).max() <= 1
+    assert np.array_equal(root["labels/attunet/0"][:], ref.labels())
+    unc = root["uncertainty/0"][:].astype(np.float32) / 255
+    assert np.abs(unc - ref.uncertainty).max() <= 1 / 255 + 0.02
+    for k, gate in enumerate(ref.gates, start=1):
+        assert np.abs(root[f"gates/gate{k}/0"][:] - gate.data).max() < 1e-4
+    counts = np.bincount(ref.labels().reshape(-1))
+    assert root.attrs["attunet"]["label_voxels"][:len(counts)] == counts.tolist()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    with pytest.raises(na.InputError, match="already exists"):
+        na.predict(volume, model3d, tile=32, block=32, out=out)
+
+
+def test_a_cancelled_store_leaves_nothing(tmp_path, model3d, volume):
+    import threading
+
+    cancel = threading.Event()
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if done >= 2:
+            cancel.set()
+
+    with pytest.raises(na.Cancelled):
+        na.predict(volume, model3d, tile=32, block=32, out=tmp_path / "r.zarr",
+                   progress=progress, cancel=cancel)
+    assert calls and list(tmp_path.iterdir()) == []
+
+
+def test_store_opens_with_the_ome_zarr_reader(tmp_path, model3d, volume):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    out = tmp_path / "result.zarr"
+    spacing, origin = (2.0, 0.5, 0.75), (10.0, -20.0, 30.0)
+    scan = na.io.Volume(volume, spacing, origin, np.eye(3))
+    pred = na.predict(scan, model3d, tile=32, normalization="zscore", block=32, out=out)
+    image = next(n for n in Reader(parse_url(str(out)))())
+    assert image.data[0].shape == (2,) + volume.shape
+    transforms = image.metadata["coordinateTransformations"][0]
+    assert transforms[0]["scale"] == [1.0, *spacing]
+    assert transforms[1]["translation"] == [0.0, *origin]
+    labels = [n for n in Reader(parse_url(str(out)))() if "image-label" in n.zarr.root_attrs]
+    assert len(labels) == 1 and np.array_equal(np.asarray(labels[0].data[0]), pred.labels())
+    gate = next(Reader(parse_url(str(out / "gates" / "gate2")))())
+    scale, shift = gate.metadata["coordinateTransformations"][0]
+    stride, offset = pred.gates[1].stride, pred.gates[1].offset
+    assert scale["scale"][1:] == pytest.approx([s * t for s, t in zip(spacing, stride)])
+    assert shift["translation"][1:] == pytest.approx([o + s * f
+                                                      for o, s, f in zip(origin, spacing, offset)])
+
+
+def test_blocks_on_a_local_cluster_load_the_model_once_per_worker(model3d, volume, tmp_path):
+    distributed = pytest.importorskip("distributed")
+
+    ref = na.predict(volume, model3d, tile=32, normalization="zscore")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        pred = na.predict(volume, model3d, tile=32, normalization="zscore", block=32,
+                          scheduler=client, out=tmp_path / "r.zarr")
+        loaded = client.run(_models_here)
+    assert len(plan(volume.shape, model3d, tile=32, block=32).blocks) >= 8
+    assert sorted(loaded.values()) == [1, 1]  # each worker built the network once
+    assert np.abs(pred.quantized[:].astype(int) - ref.quantized.astype(int)).max() <= 1
+    for mine, theirs in zip(pred.gates, ref.gates):
+        assert np.abs(mine.data[:] - theirs.data).max() < 1e-4
+
+
+def _models_here() -> int:
+    from napari_attunet.inference import blockwise
+
+    return len(blockwise._MODELS)
