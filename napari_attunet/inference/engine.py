@@ -6,7 +6,6 @@ with a plain callback. The napari widget runs ``iter_predict`` in a worker threa
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 import warnings
@@ -19,7 +18,8 @@ import torch
 
 from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase, GateGeometry
-from .devices import autocast, free_memory, resolve_device, resolve_precision, system_memory
+from .devices import autocast, resolve_device, resolve_precision
+from .memory import check_memory, check_shape_memory, estimate_memory
 from .optimize import prepared
 from .orientation import Layout, network_layout
 from .postprocess import GateMap, Prediction, quantize
@@ -28,8 +28,9 @@ from .preprocess import (check_resampled_size, check_spacing, check_tile, fit,
                          resampled_shape, resolve_normalization, spatial_shape)
 from .runtime import resolve_runtime, runtime_device
 from .tiling import Stitcher, default_tile, round_up, window_grid
+from .tta import activation, flip_mean, flips as tta_flips, forward_flips, unflip_gate
 
-GiB = 1024 ** 3
+__all__ = ["Progress", "context_slices", "estimate_memory", "iter_predict", "predict", "unflip_gate"]
 
 
 @dataclass(frozen=True)
@@ -48,66 +49,6 @@ def _cancelled(cancel) -> bool:
     if hasattr(cancel, "is_set"):
         return bool(cancel.is_set())
     return bool(cancel())
-
-
-def _flips(dims: int, tta: bool) -> list[tuple[int, ...]]:
-    """The mirrored flips over the spatial axes of a (B, C, *spatial) tensor."""
-    axes = tuple(range(2, 2 + dims))
-    if not tta:
-        return [()]
-    return [c for r in range(dims + 1) for c in itertools.combinations(axes, r)]
-
-
-def _activation(logits: torch.Tensor, output: str, dim: int) -> torch.Tensor:
-    return torch.softmax(logits, dim=dim) if output == "softmax" else torch.sigmoid(logits)
-
-
-def estimate_memory(model: AttentionUNetBase, padded: Sequence[int], tile: Sequence[int],
-                    batch: int, stack: int, attention: bool) -> tuple[int, int]:
-    """(host bytes, device bytes) a run needs at its peak, roughly and on the safe side."""
-    spec = model.spec
-    voxels = int(np.prod(padded)) * stack
-    host = voxels * 4 * (2 * spec.in_channels + 2 * spec.out_channels + 1)  # input, stitch
-    host += voxels * spec.out_channels  # uint8 probabilities
-    if attention:
-        for g in spec.gates:
-            host += voxels // int(np.prod(g.stride)) * 4 * (g.heads + 1)
-    tile_voxels = int(np.prod(tile))
-    # Activations: each level holds a few feature maps of its width at its resolution.
-    per_tile = sum(f * tile_voxels / (2 ** (spec.spatial_dims * i))
-                   for i, f in enumerate(spec.features)) * 4 * 6
-    params = sum(p.numel() for p in model.parameters()) * 4 * 2
-    return int(host), int(batch * per_tile + params)
-
-
-def _check_memory(host: int, device_bytes: int, device: torch.device, name: str) -> bool:
-    """Raise InputError when the host cannot hold the run; True when the GPU can stitch."""
-    available = system_memory()
-    needed_host = host + (device_bytes if device.type == "cpu" else 0)
-    if available is not None and needed_host > 0.9 * available:
-        raise InputError(
-            f"{name} needs about {needed_host / GiB:.1f} GiB of memory to predict, but only "
-            f"{available / GiB:.1f} GiB is free; crop the scan, close other programs, or "
-            "predict a region (Preview).")
-    if device.type == "cpu":
-        return False
-    free = free_memory(device)
-    return free is not None and device_bytes + host < 0.8 * free
-
-
-def _early_memory_check(image, spec, name: str) -> None:
-    """Refuse a hopeless volume from its shape alone, before any copy is made."""
-    arrays = image if isinstance(image, (list, tuple)) else [image]
-    voxels = sum(int(np.prod(np.shape(a))) for a in arrays) // max(len(arrays), 1)
-    if len(arrays) == 1:
-        voxels //= max(spec.in_channels, 1)
-    needed = voxels * 4 * (3 * spec.in_channels + 2 * spec.out_channels + 1)
-    available = system_memory()
-    if available is not None and needed > 0.9 * available:
-        raise InputError(
-            f"{name} needs about {needed / GiB:.1f} GiB of memory to predict, but only "
-            f"{available / GiB:.1f} GiB is free; crop the scan, close other programs, or "
-            "predict a region (Preview).")
 
 
 def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | None = None,
@@ -168,7 +109,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     if engine == "openvino":
         channels_last = False  # OpenVINO picks its own layouts; it takes plain arrays
     notes: list[str] = []
-    _early_memory_check(image, spec, name)
+    check_shape_memory(image, spec, name)
     check_resampled_size(spatial_shape(image, channel_axis), spacing, spec, name)
     yield Progress("preparing", 0, 1, "normalizing")
 
@@ -222,7 +163,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     batch_size = max(1, min(batch_size, len(jobs)))
 
     host, device_bytes = estimate_memory(model, padded, tile_, batch_size, stack, attention)
-    stitch_on_device = _check_memory(host, device_bytes, dev, name)
+    stitch_on_device = check_memory(host, device_bytes, dev, name)
     if dev.type != "cpu" and not stitch_on_device:
         notes.append("stitching on the CPU: the GPU cannot hold the whole-image buffers")
 
@@ -242,7 +183,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
         net = prepared(model, dev, fold=fold_batchnorm, layout=channels_last)
     autocast_precision = "fp32" if engine == "openvino" else prec  # OpenVINO has its own hint
     gates = spec.gates if attention else ()
-    flips = _flips(dims, tta)
+    flips = tta_flips(dims, tta)
     spread = len(flips) > 1  # one more channel: the flips' disagreement (Prediction.uncertainty)
     stitcher = Stitcher(spec.out_channels + spread, padded, tile_, gates, stack,
                         dev if stitch_on_device else "cpu")
@@ -269,7 +210,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
                 batch_size = max(1, batch_size // 2)
                 message = f"GPU out of memory: batch size lowered to {batch_size}"
             elif stitcher.device.type != "cpu":
-                stitcher = _to_cpu(stitcher)
+                stitcher.to("cpu")
                 message = "GPU out of memory: stitching moved to the CPU"
             else:
                 raise InputError(f"{name}: even one tile of {tile_} does not fit in GPU memory; "
@@ -292,7 +233,7 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     del stitcher
     crop = (slice(None),) + ((slice(None),) if stack > 1 else ()) + tuple(slice(0, n) for n in plane)
     blended = blended[crop]
-    probs = blended if tta else _activation(blended, spec.output, 0)
+    probs = blended if tta else activation(blended, spec.output, 0)
     if factors is not None:
         probs = resample_back(probs, factors, image_shape)
     gate_maps = _gate_maps(gate_sums, gates, plane, stack, factors, image_shape, work_shape)
@@ -401,25 +342,6 @@ def _crop_context(probs: torch.Tensor, gates: list[GateMap], inner) -> tuple:
     return probs, cropped
 
 
-def unflip_gate(alpha: torch.Tensor, axes: tuple[int, ...], geometry: GateGeometry) -> torch.Tensor:
-    """A gate map computed on a flipped tile, put back on the unflipped tile's gate grid.
-
-    Flipping cell i of a grid centred on ``offset + stride * i`` lands it ``stride - 1 -
-    2 * offset`` voxels off the grid: zero for max-pooled grids, a fraction of a cell for grids of
-    strided convolutions (offset 0), which is interpolated back linearly.
-    """
-    alpha = alpha.flip(axes)
-    for axis in axes:
-        a = axis - 2
-        shift = (geometry.stride[a] - 1 - 2 * geometry.offset[a]) / geometry.stride[a]
-        if shift == 0 or alpha.shape[axis] < 2:
-            continue
-        before = torch.cat([alpha.narrow(axis, 0, 1), alpha.narrow(axis, 0, alpha.shape[axis] - 1)],
-                           axis)
-        alpha = (1 - shift) * alpha + shift * before
-    return alpha
-
-
 def _run_batch(net, x, chunk, tile, dev, prec, flips, output, gate_geometry, memory_format):
     """Forward one batch of tiles (with TTA flips), returning float32 values and gate maps."""
     stacked = x.dim() - 1 > len(tile)
@@ -428,43 +350,9 @@ def _run_batch(net, x, chunk, tile, dev, prec, flips, output, gate_geometry, mem
         region = tuple(slice(s, s + t) for s, t in zip(start, tile))
         crops.append(x[(slice(None), z) + region] if stacked else x[(slice(None),) + region])
     batch = torch.stack(crops).to(dev, non_blocking=True).contiguous(memory_format=memory_format)
-    values, maps, squares = None, None, None
     with torch.inference_mode(), autocast(dev, prec):
-        for axes in flips:
-            inp = batch.flip(axes) if axes else batch
-            if gate_geometry:
-                logits, gates = net.forward_with_attention(inp)
-            else:
-                logits, gates = net(inp), []
-            logits = logits.float()
-            gates = [g.float() for g in gates]
-            if axes:
-                logits = logits.flip(axes)
-                gates = [unflip_gate(g, axes, geo) for g, geo in zip(gates, gate_geometry)]
-            if len(flips) > 1:
-                logits = _activation(logits, output, 1)
-                squares = logits * logits if squares is None else squares.addcmul_(logits, logits)
-            values = logits if values is None else values.add_(logits)
-            maps = gates if maps is None else [m.add_(g) for m, g in zip(maps, gates)]
-    if len(flips) > 1:
-        values = values / len(flips)
-        # the largest per-class standard deviation over the flips, x2 so that it spans [0, 1]
-        std = (squares / len(flips) - values * values).clamp_(min=0).sqrt_().amax(1, keepdim=True)
-        values = torch.cat([values, std.mul_(2)], 1)
-        maps = [m / len(flips) for m in maps]
-    return values, maps
-
-
-def _to_cpu(stitcher: Stitcher) -> Stitcher:
-    cpu = torch.device("cpu")
-    stitcher.sum, stitcher.weight = stitcher.sum.cpu(), stitcher.weight.cpu()
-    stitcher.tile_weight = stitcher.tile_weight.cpu()
-    for buf in stitcher.gates:
-        buf.sum, buf.weight, buf.tile_weight = buf.sum.cpu(), buf.weight.cpu(), buf.tile_weight.cpu()
-        if buf.shared:  # keeps sharing the logits' weights
-            buf.weight, buf.tile_weight = stitcher.weight, stitcher.tile_weight
-    stitcher.device = cpu
-    return stitcher
+        values, maps, squares = forward_flips(net, batch, flips, output, gate_geometry)
+    return flip_mean(values, maps, squares, len(flips))
 
 
 def _gate_maps(sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane, stack: int,

@@ -134,6 +134,19 @@ class Stitcher:
             if not buf.shared:
                 buf.weight[g_region] += buf.tile_weight
 
+    def to(self, device) -> Stitcher:
+        """Move every buffer to ``device`` (in place; shared gate weights stay shared)."""
+        self.device = torch.device(device)
+        self.sum, self.weight = self.sum.to(self.device), self.weight.to(self.device)
+        self.tile_weight = self.tile_weight.to(self.device)
+        for buf in self.gates:
+            buf.sum = buf.sum.to(self.device)
+            if buf.shared:
+                buf.weight, buf.tile_weight = self.weight, self.tile_weight
+            else:
+                buf.weight, buf.tile_weight = buf.weight.to(self.device), buf.tile_weight.to(self.device)
+        return self
+
     def result(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Blended values and gate maps; frees the accumulators as it goes."""
         values = self.sum.div_(self.weight)
