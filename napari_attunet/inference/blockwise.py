@@ -326,7 +326,8 @@ class Job:
 
 def run_block(crop: np.ndarray, block: Block, job: Job) -> BlockResult:
     """Predict one block (its context read into ``crop``) and hand its interior to the sink."""
-    from .engine import _cancelled, predict
+    from .engine import predict
+    from .progress import cancelled as _cancelled
 
     if _cancelled(job.cancel):
         raise Cancelled("cancelled")
@@ -528,7 +529,7 @@ def _execute(tasks, client, workers, cancel):
 
 
 def _is_set(cancel) -> bool:
-    from .engine import _cancelled
+    from .progress import cancelled as _cancelled
 
     return _cancelled(cancel)
 

@@ -1,0 +1,107 @@
+"""The last stage of a run: blended values and gate maps cropped, resampled and laid out back
+on the input's grid, checked and quantized."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..models import GateGeometry
+from .orientation import Layout
+from .plan import Plan
+from .postprocess import GateMap, quantize
+from .preprocess import resample_back
+from .tta import activation
+
+
+def finish(plan: Plan, blended: torch.Tensor, gate_sums: list[torch.Tensor], spec, *,
+           tta: bool, attention: bool, name: str) -> tuple[np.ndarray, list[GateMap]]:
+    """Crop the padding, resample and lay out back on the input's grid, quantize."""
+    lead = (slice(None),) if plan.stack > 1 else ()
+    blended = blended[(slice(None),) + lead + tuple(slice(0, n) for n in plan.plane)]
+    probs = blended if tta else activation(blended, spec.output, 0)
+    if plan.factors is not None:
+        probs = resample_back(probs, plan.factors, plan.image_shape)
+    gate_maps = _gate_maps(gate_sums, spec.gates if attention else (), plan.plane, plan.stack,
+                           plan.factors, plan.image_shape, plan.work_shape)
+    if not plan.layout.identity:
+        probs = _from_network(probs, plan.layout)
+        gate_maps = [_gate_from_network(g, plan.layout, plan.image_shape) for g in gate_maps]
+    if plan.context is not None:
+        probs, gate_maps = _crop_context(probs, gate_maps, plan.context)
+    _check_finite_output(probs, plan.x, name)
+    quantized = quantize(probs)
+    del probs
+    return quantized, gate_maps
+
+
+def _gate_maps(sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane, stack: int,
+               factors, image_shape, work_shape) -> list[GateMap]:
+    """Crop each stitched gate to the image and express its geometry in input voxels."""
+    out = []
+    for k, (data, g) in enumerate(zip(sums, gates), start=1):
+        cells = tuple(math.ceil(n / s) for n, s in zip(plane, g.stride))
+        lead = (slice(None),) if stack > 1 else ()
+        data = data[(slice(None),) + lead + tuple(slice(0, c) for c in cells)]
+        stride = ((1.0,) if stack > 1 else ()) + tuple(float(s) for s in g.stride)
+        offset = ((0.0,) if stack > 1 else ()) + tuple(float(o) for o in g.offset)
+        if factors is not None:
+            # Resampled voxel r lies at input index r / f (see preprocess.resample).
+            stride = tuple(s / f for s, f in zip(stride, factors))
+            offset = tuple(o / f for o, f in zip(offset, factors))
+        out.append(GateMap(data.clamp_(0, 1).cpu().numpy(), stride, offset, f"gate {k}"))
+    return out
+
+
+def _from_network(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    if layout.flipped:
+        x = x.flip([1 + a for a in layout.flipped])
+    return x.permute(0, *[1 + p for p in layout.inverse])
+
+
+def _gate_from_network(gate: GateMap, layout: Layout, network_shape) -> GateMap:
+    """A gate map computed on the network's layout, brought back to the scan's.
+
+    Flipping an axis of n voxels reverses the cells: cell i, centred on ``offset + stride * i``,
+    lands on ``n - 1 - offset - stride * i``, so the grid keeps its stride and gets a new offset.
+    """
+    data, stride, offset = gate.data, list(gate.stride), list(gate.offset)
+    for a in layout.flipped:
+        cells = data.shape[1 + a]
+        offset[a] = network_shape[a] - 1 - offset[a] - stride[a] * (cells - 1)
+        data = np.flip(data, 1 + a)
+    inverse = layout.inverse
+    data = np.ascontiguousarray(np.transpose(data, (0,) + tuple(1 + p for p in inverse)))
+    return GateMap(data, tuple(stride[p] for p in inverse), tuple(offset[p] for p in inverse),
+                   gate.name)
+
+
+def _crop_context(probs: torch.Tensor, gates: list[GateMap], inner) -> tuple:
+    """Keep the region: probabilities by slicing, gate maps by the cells centred inside it."""
+    probs = probs[(slice(None),) + tuple(slice(a, b) for a, b in inner)]
+    cropped = []
+    for g in gates:
+        keep, offset = [], []
+        for (a, b), s, o, n in zip(inner, g.stride, g.offset, g.data.shape[1:]):
+            first = max(0, math.ceil((a - o) / s - 1e-9))
+            last = min(n, math.ceil((b - o) / s - 1e-9))
+            keep.append(slice(first, max(first + 1, last)))
+            offset.append(o + s * first - a)
+        data = np.ascontiguousarray(g.data[(slice(None),) + tuple(keep)])
+        cropped.append(GateMap(data, g.stride, tuple(offset), g.name))
+    return probs, cropped
+
+
+def _check_finite_output(probs: torch.Tensor, x: torch.Tensor, name: str) -> None:
+    """Finite inputs can still overflow the network (values near the float32 limit with no
+    normalization): refuse probabilities that are not numbers rather than return zeros."""
+    bad = int(probs.numel() - torch.isfinite(probs).sum())
+    if bad:
+        top = float(x.abs().max()) if x.numel() else 0.0
+        raise InputError(f"{name}: the network's output is not a number at {bad} places: its "
+                         f"input reaches {top:.3g}, far outside what it was trained on; choose "
+                         "a normalization (zscore, ct:LOW,HIGH or percentile) for this image.")

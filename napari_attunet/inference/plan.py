@@ -1,0 +1,173 @@
+"""The first stage of a run: the input checked, laid out, resampled, normalized and padded for
+the network, and the tiles, batches and memory decided from its shape."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..models import AttentionUNetBase
+from .memory import check_memory, check_shape_memory, estimate_memory
+from .orientation import Layout, network_layout
+from .preprocess import (check_resampled_size, fit, prepare_channels, resample, resample_factors,
+                         resampled_shape, resolve_normalization, spatial_shape)
+from .progress import Progress
+from .tiling import default_tile, round_up, window_grid
+
+
+@dataclass
+class Plan:
+    """One run's input, laid out, resampled, normalized and padded for the network, and the
+    shapes and tiles that the run and its finish share."""
+
+    x: torch.Tensor                 # (C, [stack,] *padded plane): what the tiles are cut from
+    layout: Layout
+    factors: tuple[float, ...] | None  # resampling, on the network's axes
+    context: tuple[tuple[int, int], ...] | None  # the region inside ``x`` (with ``region``)
+    scan_shape: tuple[int, ...]     # the input's spatial shape (the region's, with context)
+    image_shape: tuple[int, ...]    # the same on the network's axes
+    work_shape: tuple[int, ...]     # ... resampled
+    stack: int                      # slices of a volume run through a 2D model, else 1
+    plane: tuple[int, ...]          # the network's spatial axes of ``work_shape``
+    padded: tuple[int, ...]         # ``plane`` padded to the total stride
+    tile: tuple[int, ...]
+    jobs: list[tuple[int, tuple[int, ...]]]  # (slice, window start) of every tile
+    batch_size: int
+    auto_batch: bool
+    stitch_on_device: bool
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how the network runs."""
+
+    dev: torch.device
+    precision: str
+    engine: str                     # 'torch' or 'openvino'
+    channels_last: bool
+
+
+def make_plan(image, model: AttentionUNetBase, target: Target, *, spacing, channel_axis,
+              normalization, tile, overlap: float, batch_size: int | None, attention: bool,
+              name: str, affine, file_orientation, orientation, region, intensity,
+              ) -> Generator[Progress, None, Plan]:
+    """Checks, channels, layout, resampling and normalization; then tiles, batches, memory."""
+    spec = model.spec
+    notes: list[str] = []
+    check_shape_memory(image, spec, name)
+    check_resampled_size(spatial_shape(image, channel_axis), spacing, spec, name)
+    yield Progress("preparing", 0, 1, "normalizing")
+
+    channels = prepare_channels(image, spec, channel_axis, name)
+    norm = resolve_normalization(normalization, spec)
+    # A region takes its statistics from the whole image, as the full run would.
+    if intensity is None and region is not None:
+        intensity = [fit(c, norm) for c in channels]
+    x = torch.from_numpy(np.array(channels, dtype=np.float32))  # a copy: normalized in place
+    dims = spec.spatial_dims
+    if affine is not None and np.shape(affine) != (x.dim(), x.dim()):
+        raise InputError(f"{name}: affine must be {x.dim()}x{x.dim()} for an image with "
+                         f"{x.dim() - 1} spatial axes, not {np.shape(affine)}.")
+    layout = network_layout(spec, x.dim() - 1, affine, file_orientation, orientation)
+    context = None
+    if region is not None:
+        x, context = _with_context(x, region, spec, tile)
+    scan_shape = tuple(x.shape[1:])
+    stack = scan_shape[0] if len(scan_shape) == 3 and dims == 2 else 1
+
+    # From here on, spatial axes are laid out as the network was trained to see them.
+    factors = resample_factors(spacing, spec, len(scan_shape))
+    if not layout.identity:
+        x = _to_network(x, layout)
+        factors = None if factors is None else tuple(factors[p] for p in layout.permutation)
+        notes.append(f"the network saw the scan {layout.description}")
+    image_shape = tuple(x.shape[1:])
+    if factors is not None:
+        work_shape = resampled_shape(image_shape, factors)
+        x = resample(x, factors)
+        notes.append(f"resampled {image_shape} -> {work_shape} to the training spacing "
+                     f"{tuple(spec.spacing or ())} mm")
+    else:
+        work_shape = image_shape
+    # After reorientation and resampling, where MONAI's pipelines normalize (clipping and
+    # `nonzero` are decided on the voxels the network sees).
+    for c in range(x.shape[0]):
+        (intensity[c] if intensity else fit(x[c].numpy(), norm)).apply(x[c])
+    plane = work_shape[-dims:]
+    padded = tuple(round_up(n, s) for n, s in zip(plane, spec.total_stride))
+    tile_, jobs, batch, auto_batch = _tiles(padded, spec, target.dev, tile, overlap, stack,
+                                            batch_size)
+    host, device_bytes = estimate_memory(model, padded, tile_, batch, stack, attention)
+    stitch_on_device = check_memory(host, device_bytes, target.dev, name)
+    if target.dev.type != "cpu" and not stitch_on_device:
+        notes.append("stitching on the CPU: the GPU cannot hold the whole-image buffers")
+    return Plan(_pad(x, plane, padded), layout, factors, context, scan_shape, image_shape,
+                work_shape, stack, plane, padded, tile_, jobs, batch, auto_batch,
+                stitch_on_device, notes)
+
+
+def _tiles(padded, spec, dev: torch.device, tile, overlap: float, stack: int,
+           batch_size: int | None) -> tuple[tuple[int, ...], list, int, bool]:
+    """The tile, every (slice, window start), the batch size and whether it was chosen here."""
+    dims = spec.spatial_dims
+    if isinstance(tile, int):
+        tile = (tile,) * dims
+    tile_ = default_tile(padded, spec.total_stride, dims, tile or spec.tile)
+    windows = window_grid(padded, tile_, spec.total_stride, overlap)
+    jobs = [(z, w) for z in range(stack) for w in windows]
+    auto_batch = batch_size is None
+    if batch_size is None:
+        batch_size = (8 if dev.type == "cpu" else 32) if dims == 2 else (1 if dev.type == "cpu" else 4)
+    return tile_, jobs, max(1, min(batch_size, len(jobs))), auto_batch
+
+
+def _pad(x: torch.Tensor, plane, padded) -> torch.Tensor:
+    """Zeros after the end of each plane axis, up to ``padded``."""
+    pad = []
+    for n, p in zip(reversed(plane), reversed(padded)):
+        pad += [0, p - n]
+    return torch.nn.functional.pad(x, pad) if any(pad) else x
+
+
+def _to_network(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """A (C, *scan) tensor laid out for the network (see ``orientation``)."""
+    x = x.permute(0, *[1 + p for p in layout.permutation])
+    return x.flip([1 + a for a in layout.flipped]) if layout.flipped else x
+
+
+def _with_context(x: torch.Tensor, region: Sequence[slice], spec, tile) -> tuple:
+    """The region grown by half a tile on each side (within the image), and where it lies."""
+    outer, inner = context_slices(tuple(x.shape[1:]), region, spec, tile)
+    return x[(slice(None),) + outer], inner
+
+
+def context_slices(shape: Sequence[int], region: Sequence[slice], spec,
+                   tile) -> tuple[tuple[slice, ...], tuple[tuple[int, int], ...]]:
+    """The slices of ``region`` grown by its context, and the region's bounds inside them."""
+    shape = tuple(shape)
+    if len(region) != len(shape):
+        raise InputError(f"region has {len(region)} axes, the image {len(shape)}.")
+    dims = spec.spatial_dims
+    if isinstance(tile, int):
+        tile = (tile,) * dims
+    padded = tuple(round_up(n, st) for n, st in zip(shape[-dims:], spec.total_stride))
+    full_tile = default_tile(padded, spec.total_stride, dims, tile or spec.tile)
+    # Half of the largest tile dimension on every plane axis, whatever the network's axis order.
+    margin = max(max(full_tile) // 2, max(spec.total_stride))
+    # Context starts on a multiple of the total stride, so gate grids match a full run's.
+    step = max(spec.total_stride)
+    margins = [(0, 1)] * (len(shape) - dims) + [(margin, step)] * dims
+    inner, outer = [], []
+    for sl, n, (m, grid) in zip(region, shape, margins):
+        start, stop, _ = sl.indices(n)
+        if stop <= start:
+            raise InputError(f"region {tuple(region)} is empty for an image of shape {shape}.")
+        lo, hi = max(0, (start - m) // grid * grid), min(n, stop + m)
+        outer.append(slice(lo, hi))
+        inner.append((start - lo, stop - lo))
+    return tuple(outer), tuple(inner)
