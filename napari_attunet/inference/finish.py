@@ -21,12 +21,13 @@ from .tta import activation
 def finish(plan: Plan, blended: torch.Tensor, gate_sums: list[torch.Tensor], spec, *,
            tta: bool, attention: bool, name: str) -> tuple[np.ndarray, list[GateMap]]:
     """Crop the padding, resample and lay out back on the input's grid, quantize."""
-    lead = (slice(None),) if plan.stack > 1 else ()
-    blended = blended[(slice(None),) + lead + tuple(slice(0, n) for n in plan.plane)]
+    if plan.stack == 1:  # the leading axis was the Stitcher's alone
+        blended, gate_sums = blended[:, 0], [g[:, 0] for g in gate_sums]
+    blended = blended[(Ellipsis,) + tuple(slice(0, n) for n in plan.plane)]
     probs = blended if tta else activation(blended, spec.output, 0)
     if plan.factors is not None:
         probs = resample_back(probs, plan.factors, plan.image_shape)
-    gate_maps = _gate_maps(gate_sums, spec.gates if attention else (), plan.plane, plan.stack,
+    gate_maps = _gate_maps(gate_sums, spec.gates if attention else (), plan.plane,
                            plan.factors, plan.image_shape, plan.work_shape)
     if not plan.layout.identity:
         probs = _from_network(probs, plan.layout)
@@ -39,16 +40,16 @@ def finish(plan: Plan, blended: torch.Tensor, gate_sums: list[torch.Tensor], spe
     return quantized, gate_maps
 
 
-def _gate_maps(sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane, stack: int,
+def _gate_maps(sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane,
                factors, image_shape, work_shape) -> list[GateMap]:
     """Crop each stitched gate to the image and express its geometry in input voxels."""
     out = []
     for k, (data, g) in enumerate(zip(sums, gates), start=1):
         cells = tuple(math.ceil(n / s) for n, s in zip(plane, g.stride))
-        lead = (slice(None),) if stack > 1 else ()
-        data = data[(slice(None),) + lead + tuple(slice(0, c) for c in cells)]
-        stride = ((1.0,) if stack > 1 else ()) + tuple(float(s) for s in g.stride)
-        offset = ((0.0,) if stack > 1 else ()) + tuple(float(o) for o in g.offset)
+        data = data[(Ellipsis,) + tuple(slice(0, c) for c in cells)]
+        lead = data.dim() - 1 - len(cells)  # the slices of a volume through a 2D model
+        stride = (1.0,) * lead + tuple(float(s) for s in g.stride)
+        offset = (0.0,) * lead + tuple(float(o) for o in g.offset)
         if factors is not None:
             # Resampled voxel r lies at input index r / f (see preprocess.resample).
             stride = tuple(s / f for s, f in zip(stride, factors))

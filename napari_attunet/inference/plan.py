@@ -24,7 +24,7 @@ class Plan:
     """One run's input, laid out, resampled, normalized and padded for the network, and the
     shapes and tiles that the run and its finish share."""
 
-    x: torch.Tensor                 # (C, [stack,] *padded plane): what the tiles are cut from
+    x: torch.Tensor                 # (C, stack, *padded plane): what the tiles are cut from
     layout: Layout
     factors: tuple[float, ...] | None  # resampling, on the network's axes
     context: tuple[tuple[int, int], ...] | None  # the region inside ``x`` (with ``region``)
@@ -106,7 +106,10 @@ def make_plan(image, model: AttentionUNetBase, target: Target, *, spacing, chann
     stitch_on_device = check_memory(host, device_bytes, target.dev, name)
     if target.dev.type != "cpu" and not stitch_on_device:
         notes.append("stitching on the CPU: the GPU cannot hold the whole-image buffers")
-    return Plan(_pad(x, plane, padded), layout, factors, context, scan_shape, image_shape,
+    x = _pad(x, plane, padded)
+    if x.dim() == 1 + dims:  # one leading axis for every run: a single image is a stack of one
+        x = x.unsqueeze(1)
+    return Plan(x, layout, factors, context, scan_shape, image_shape,
                 work_shape, stack, plane, padded, tile_, jobs, batch, auto_batch,
                 stitch_on_device, notes)
 

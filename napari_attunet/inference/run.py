@@ -98,11 +98,10 @@ def run_tiles(plan: Plan, model: AttentionUNetBase, target: Target, *, tta: bool
 
 def _run_batch(net, x, chunk, tile, dev, prec, flips, output, gate_geometry, memory_format):
     """Forward one batch of tiles (with TTA flips), returning float32 values and gate maps."""
-    stacked = x.dim() - 1 > len(tile)
     crops = []
     for z, start in chunk:
         region = tuple(slice(s, s + t) for s, t in zip(start, tile))
-        crops.append(x[(slice(None), z) + region] if stacked else x[(slice(None),) + region])
+        crops.append(x[(slice(None), z) + region])
     batch = torch.stack(crops).to(dev, non_blocking=True).contiguous(memory_format=memory_format)
     with torch.inference_mode(), autocast(dev, prec):
         values, maps, squares = forward_flips(net, batch, flips, output, gate_geometry)

@@ -89,8 +89,8 @@ class GateBuffer:
 class Stitcher:
     """Accumulates weighted tiles of logits (or probabilities) and gate maps.
 
-    Buffers cover an image of ``size`` (a multiple of the total stride); with ``stack`` > 1 they
-    hold that many independent 2D images (the slices of a volume run through a 2D model).
+    Buffers cover ``stack`` independent images of ``size`` (a multiple of the total stride) on
+    a leading axis: the slices of a volume run through a 2D model, else one image.
     """
 
     def __init__(self, channels: int, size: Sequence[int], tile: Sequence[int],
@@ -98,7 +98,7 @@ class Stitcher:
                  sigma_scale: float = 0.125):
         self.size, self.tile, self.stack = tuple(size), tuple(tile), stack
         self.device = torch.device(device)
-        lead = (stack,) if stack > 1 else ()
+        lead = (stack,)
         self.sum = torch.zeros((channels,) + lead + self.size, device=self.device)
         self.weight = torch.zeros(lead + self.size, device=self.device)
         self.tile_weight = importance(tile, sigma_scale=sigma_scale).to(self.device)
@@ -119,8 +119,8 @@ class Stitcher:
 
     def add(self, index: int, start: Sequence[int], values: torch.Tensor,
             gate_maps: Sequence[torch.Tensor] = ()) -> None:
-        """Add one tile: ``values`` (C, *tile) and each gate map (heads, *cells)."""
-        lead = (index,) if self.stack > 1 else ()
+        """Add one tile of image ``index``: ``values`` (C, *tile) and each gate map (heads, *cells)."""
+        lead = (index,)
         region = lead + tuple(slice(s, s + t) for s, t in zip(start, self.tile))
         w = self.tile_weight
         self.sum[(slice(None),) + region].addcmul_(values.to(self.device, torch.float32), w)
