@@ -40,7 +40,7 @@ def main(size: int = 256, repeats: int = 5) -> None:
     logits = torch.randn((3,) + (size // 8,) * 3)
     logits = torch.nn.functional.interpolate(logits[None], size=(size,) * 3, mode="trilinear")[0]
     pred = Prediction(quantize(torch.softmax(4 * logits, 0)), "softmax", ("background", "a", "b"), [])
-    widget._on_result(pred, SourceGeometry.from_layer(image), None, False)
+    widget.results.show(pred, SourceGeometry.from_layer(image), None, False)
     while widget.busy:
         QApplication.processEvents()
     slice_times, full_times = [], []
@@ -49,9 +49,9 @@ def main(size: int = 256, repeats: int = 5) -> None:
         widget.thresholds[0].value = 0.3 + 0.1 * k
         QApplication.processEvents()  # paint
         slice_times.append(time.perf_counter() - t)
-        widget._relabel_timer.stop()
+        widget.results.relabel_timer.stop()
         t = time.perf_counter()
-        widget._relabel_all()
+        widget.results.relabel_all()
         QApplication.processEvents()
         full_times.append(time.perf_counter() - t)
     print(f"{size}^3, 3 classes: visible slice re-labelled and painted in "

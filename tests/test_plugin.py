@@ -146,7 +146,7 @@ def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan,
         # The slice on screen follows at once, the rest of the volume once the slider rests.
         assert np.array_equal(labels.data[z], expected[z])
         assert not np.array_equal(before[z], labels.data[z])
-        qtbot.waitUntil(lambda: not widget._relabel_timer.isActive(), timeout=5_000)
+        qtbot.waitUntil(lambda: not widget.results.relabel_timer.isActive(), timeout=5_000)
     assert counter.calls == 0
     assert np.array_equal(labels.data, expected)
     assert (labels.data == 1).sum() < (before == 1).sum()
@@ -277,7 +277,7 @@ def test_phantom_sample(make_napari_viewer):
 
 
 def test_preview_runs_a_crop_around_the_current_slice(make_napari_viewer, qtbot, checkpoint):
-    import napari_attunet.plugin.widget as widget_module
+    from napari_attunet.plugin.run_inputs import PREVIEW_DEPTH
 
     viewer = make_napari_viewer()
     data = np.random.default_rng(2).normal(size=(80, 40, 40)).astype(np.float32)
@@ -289,7 +289,7 @@ def test_preview_runs_a_crop_around_the_current_slice(make_napari_viewer, qtbot,
     widget.preview.clicked.emit()
     _wait(qtbot, widget)
     preview = viewer.layers["long attunet preview"]
-    depth = widget_module.PREVIEW_DEPTH
+    depth = PREVIEW_DEPTH
     assert preview.data.shape == (depth, 40, 40)
     start = 60 - depth // 2
     np.testing.assert_allclose(preview.translate, (5.0 + 2.0 * start, 0.0, 0.0))

@@ -1,0 +1,154 @@
+"""Job control: one run at a time, in a worker thread over the engine's generator.
+
+``iter_predict`` yields progress steps and returns a Prediction; ``Jobs`` starts it in napari's
+thread worker, shows its progress (the progress bar, the status line and napari's activity
+dock), cancels it on request or when the viewer closes, and hands the prediction to a callback.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class JobControls:
+    """The widget's controls a job drives (magicgui buttons, progress bar and label)."""
+
+    run: Any
+    preview: Any
+    cancel: Any
+    progress: Any
+    status: Any
+
+
+def progress_text(step) -> str:
+    """The status line of a progress step."""
+    return f"{step.stage} {step.done}/{step.total}" + (f": {step.message}" if step.message else "")
+
+
+def finished_text(pred) -> str:
+    """The status line of a finished run: time, device, precision, runtime, engine notes."""
+    notes = "; ".join(pred.notes)
+    return (f"done in {pred.seconds:.1f} s on {pred.device} ({pred.precision}, {pred.runtime})"
+            + (f"; {notes}" if notes else ""))
+
+
+def failure(exc: BaseException) -> tuple[str, str, str]:
+    """(notification kind, message, status line) for a run that raised ``exc``."""
+    from ..errors import Cancelled
+
+    if isinstance(exc, Cancelled):
+        return "info", str(exc), "cancelled"
+    if isinstance(exc, ValueError):  # InputError and the like: the message is for the user
+        return "error", str(exc), "failed"
+    return "error", f"The run failed: {type(exc).__name__}: {exc}", "failed"
+
+
+def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axis, options: dict,
+                   name: str):
+    """An unstarted napari thread worker running ``iter_predict`` on ``data``."""
+    from napari.qt.threading import thread_worker
+
+    from ..inference import iter_predict
+
+    @thread_worker(ignore_errors=True)  # errors are shown by Jobs._on_error
+    def work():
+        pred = yield from iter_predict(data, model, spacing=spacing, channel_axis=channel_axis,
+                                       cancel=cancel, name=f"layer {name!r}", **options)
+        pred.uncertainty  # noqa: B018 computed here, off the event loop (cached on the prediction)
+        return pred
+
+    return work()
+
+
+class Jobs:
+    """Starts, follows and cancels the widget's runs, one at a time."""
+
+    def __init__(self, controls: JobControls):
+        self.controls = controls
+        self.worker = None
+        self.cancel_event = threading.Event()
+        self.closed = False
+        self._activity = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def launch(self, model, data, *, spacing, channel_axis, options: dict, name: str,
+               on_result: Callable[[Any], None]):
+        """Start a run on ``data`` (the layer ``name``); ``on_result(prediction)`` shows it.
+        Returns the started worker."""
+        from napari.utils import progress as napari_progress
+
+        self.cancel_event = threading.Event()
+        self._set_buttons(running=True)
+        self.controls.progress.value = 0
+        self.controls.status.value = "starting"
+        worker = predict_worker(model, data, self.cancel_event, spacing=spacing,
+                                channel_axis=channel_axis, options=options, name=name)
+        self._activity = napari_progress(total=0, desc=f"Attention U-Net on {name}")
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda pred: self._on_returned(pred, on_result))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def abandon(self) -> None:
+        """A run that could not start: the buttons are usable again."""
+        self.worker = None
+        self._set_buttons(running=False)
+
+    def request_cancel(self) -> None:
+        self.cancel_event.set()
+        self.controls.status.value = "cancelling"
+
+    def close(self) -> None:
+        """The viewer (or the dock) was closed: stop the run; its result goes nowhere."""
+        self.closed = True
+        self.cancel_event.set()
+
+    def _set_buttons(self, running: bool) -> None:
+        self.controls.run.enabled = not running
+        self.controls.preview.enabled = not running
+        self.controls.cancel.enabled = running
+
+    def _on_progress(self, step) -> None:
+        if self.closed:
+            return
+        self.controls.progress.max = max(step.total, 1)
+        self.controls.progress.value = min(step.done, step.total)
+        self.controls.status.value = progress_text(step)
+        activity = self._activity
+        if activity is not None:
+            activity.total = step.total
+            activity.n = step.done
+            activity.set_description(f"Attention U-Net: {step.stage}")
+
+    def _on_returned(self, pred, on_result: Callable[[Any], None]) -> None:
+        if self.closed:
+            return
+        on_result(pred)
+        self.controls.status.value = finished_text(pred)
+
+    def _on_error(self, exc) -> None:
+        from .notify import notify
+
+        if self.closed:
+            return
+        kind, message, status = failure(exc)
+        notify(kind, message)
+        self.controls.status.value = status
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
+        if not self.closed:
+            self._set_buttons(running=False)

@@ -1,0 +1,338 @@
+"""The layers a run leaves in the viewer, and threshold re-labelling from its cached probabilities.
+
+``ResultLayers`` adds or updates the labels, attention-gate and uncertainty layers of the latest
+run, keeps the volume table and colour legend, and never overwrites a Labels layer edited by hand
+(``edits.EditWatch``): a re-run or a threshold change then goes to a new layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .edits import EditWatch
+from .layers import LABEL_COLOURS, SourceGeometry, gate_layers, labels_layer, uncertainty_layer
+from .notify import notify
+from .readout import has_readout, readout, with_readout
+
+VOLUME_COLUMNS = ("colour", "class", "mL", "uncertain mL")
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """What the widget asks of the result layers, read when a layer is put."""
+
+    thresholds: list[float] | None  # None: the default rule (Prediction.labels)
+    show_attention: bool
+    show_uncertainty: bool
+    uncertainty_level: float
+
+
+class RunState:
+    """The latest finished run: its prediction, and the Labels layer showing it.
+
+    The layer is found again by a tag in its metadata: napari hands plugins proxies of its
+    layers, so identity comparisons do not hold.
+    """
+
+    def __init__(self, prediction, source: SourceGeometry, labels_layer, offset=None):
+        self.prediction = prediction
+        self.source = source
+        self.tag = labels_layer.metadata["attunet"]["run"]
+        self.offset = offset
+        self.watch = EditWatch(labels_layer)
+
+    @property
+    def edited(self) -> bool:
+        """Painted, filled, or changed in any other way (``layer.data = ...``, in place)."""
+        return self.watch.edited
+
+    def layer(self, viewer):
+        """The Labels layer of this run, or None when the user removed it."""
+        for layer in viewer.layers:
+            if (layer.metadata.get("attunet") or {}).get("run") == self.tag:
+                return layer
+        return None
+
+
+def shifted(source: SourceGeometry, offset) -> SourceGeometry:
+    """The geometry of a region of ``source`` starting at voxel ``offset`` (a Preview)."""
+    if offset is None:
+        return source
+    shift = np.asarray(source.scale) * np.asarray(offset)
+    return SourceGeometry(source.name, source.scale, tuple(np.asarray(source.translate) + shift),
+                          source.units, source.axis_labels, source.affine, source.metadata)
+
+
+def result_name(source_name: str, preview: bool) -> str:
+    return f"{source_name} attunet" + (" preview" if preview else "")
+
+
+def volume_rows(features: dict, uncertain: list[float]) -> dict[str, list]:
+    """The volume table's columns from a Labels layer's features (row 0 is the background)."""
+    rows = len(features["class"]) - 1
+    return {"colour": [""] * rows, "class": list(features["class"][1:]),
+            "mL": [round(v, 3) for v in features["volume_ml"][1:]],
+            "uncertain mL": [round(v, 3) for v in uncertain]}
+
+
+def finished_note(pred) -> str:
+    notes = "; ".join(pred.notes)
+    return (f"done in {pred.seconds:.1f} s on {pred.device} ({pred.precision}, {pred.runtime})"
+            + (f"; {notes}" if notes else ""))
+
+
+def warm_imports() -> None:
+    """Modules napari loads when the first Labels layer with features appears (about 1 s).
+    Imported when the widget opens, they freeze neither a run nor the landing of its result
+    (imported in the worker instead, they hold the GIL and stall the window during the run)."""
+    import pandas  # noqa: F401
+    import skimage.color  # noqa: F401
+    import skimage.exposure  # noqa: F401
+
+
+class ResultLayers:
+    """The latest run's layers in one viewer, and the volume table beside them."""
+
+    def __init__(self, viewer, volumes, settings: Callable[[], ViewSettings]):
+        from qtpy.QtCore import QTimer
+
+        self.viewer = viewer
+        self.volumes = volumes  # a magicgui Table with VOLUME_COLUMNS
+        self.settings = settings
+        self.state: RunState | None = None
+        self._pending: list = []
+        self._pending_names: list[str] = []
+        self._closed = False
+        self.relabel_timer = QTimer()  # the whole volume, once a threshold slider rests
+        self.relabel_timer.setSingleShot(True)
+        self.relabel_timer.setInterval(150)
+        self.relabel_timer.timeout.connect(self.relabel_all)
+        warm_imports()
+
+    @property
+    def pending(self) -> bool:
+        """Layers of a finished run still on the way."""
+        return bool(self._pending)
+
+    def close(self) -> None:
+        """The viewer went away: put nothing more."""
+        self._closed = True
+        self._pending.clear()
+
+    def labels_layer(self):
+        """The Labels layer of the latest run, or None."""
+        return self.state.layer(self.viewer) if self.state is not None else None
+
+    # ---- a finished run ------------------------------------------------------------------
+    def show(self, pred, source: SourceGeometry, offset, preview: bool) -> None:
+        """Show a finished run. Layer changes are spread over event-loop turns (one layer each),
+        and layers from an earlier run are updated in place, so napari never freezes long."""
+        if self._closed:
+            return
+        source = shifted(source, offset)
+        labels = pred.labels(self.settings().thresholds)
+        name = result_name(source.name, preview)
+        existing = self.labels_layer()
+        reuse = (existing is not None and existing.name == name and not self.state.edited
+                 and existing.data.shape == labels.shape)
+        data, kwargs, _ = labels_layer(pred, source, labels, name)
+        if reuse:
+            kwargs["metadata"]["attunet"]["run"] = existing.metadata["attunet"]["run"]
+            existing.metadata = kwargs["metadata"]
+            existing.scale, existing.translate = kwargs["scale"], kwargs["translate"]
+            existing.features = kwargs["features"]
+            existing.data = data
+            layer = existing
+        else:
+            if name in self.viewer.layers:
+                kwargs["name"] = name + " (new)"
+            layer = self.viewer.add_labels(data, **kwargs)
+        self.state = RunState(pred, source, layer, offset)
+        self.show_volumes(kwargs["features"], labels)
+        gates = gate_layers(pred, source)
+        self._pending_names = [k["name"] for _, k, _ in gates]
+        self._pending = [lambda d=d, k=k: self._put_gate(d, k) for d, k, _ in gates]
+        self._pending.append(lambda: self._drop_stale_gates(source.name))
+        if self.settings().show_uncertainty or f"{source.name} uncertainty" in self.viewer.layers:
+            self._pending.append(self._put_uncertainty)
+        self._pending.append(self._select_labels)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Apply one pending layer change, then yield to the event loop."""
+        from qtpy.QtCore import QTimer
+
+        if self._pending and not self._closed:
+            self._pending.pop(0)()
+            QTimer.singleShot(0, self._drain)
+
+    def _put_gate(self, data, kwargs) -> None:
+        kwargs["visible"] = kwargs["visible"] and self.settings().show_attention
+        name = kwargs["name"]
+        if name in self.viewer.layers and self.viewer.layers[name].data.ndim == data.ndim:
+            layer = self.viewer.layers[name]
+            layer.data = data
+            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+            layer.contrast_limits = kwargs["contrast_limits"]
+            layer.iso_threshold = kwargs["iso_threshold"]
+            layer.metadata = kwargs["metadata"]
+        else:
+            self.viewer.add_image(data, **kwargs)
+
+    def _put_uncertainty(self) -> None:
+        """The ``<image> uncertainty`` layer of the latest run (shown when the toggle is on)."""
+        if self.state is None:
+            return
+        settings = self.settings()
+        data, kwargs, _ = uncertainty_layer(self.state.prediction, self.state.source,
+                                            settings.uncertainty_level)
+        kwargs["visible"] = settings.show_uncertainty
+        name = kwargs["name"]
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape == data.shape:
+            layer = self.viewer.layers[name]
+            layer.data = data
+            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+            layer.metadata = kwargs["metadata"]
+            layer.visible = kwargs["visible"]
+        else:
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.viewer.add_image(data, **kwargs)
+
+    def _select_labels(self) -> None:
+        layer = self.labels_layer()
+        if layer is None:
+            return
+        if self.viewer.dims.ndisplay == 3 and self.viewer.cursor._view_direction is None:
+            # napari 0.9 fails to compute a 3D Labels status before the cursor has moved
+            return
+        self.viewer.layers.selection.active = layer
+
+    def _drop_stale_gates(self, source_name: str) -> None:
+        """Gates of an earlier run with more gates than this one."""
+        for layer in list(self.viewer.layers):
+            meta = layer.metadata.get("attunet_gate") if hasattr(layer, "metadata") else None
+            if meta and meta.get("source") == source_name and layer.name not in self._pending_names:
+                self.viewer.layers.remove(layer)
+
+    # ---- toggles -------------------------------------------------------------------------
+    def toggle_gates(self, show: bool) -> None:
+        for layer in self.viewer.layers:
+            meta = layer.metadata.get("attunet_gate")
+            if meta and meta.get("index") == 1:
+                layer.visible = bool(show)
+
+    def toggle_uncertainty(self, show: bool) -> None:
+        if self.state is None:
+            return
+        name = f"{self.state.source.name} uncertainty"
+        if name in self.viewer.layers:
+            self.viewer.layers[name].visible = bool(show)
+        elif show:
+            self._put_uncertainty()
+            self._select_labels()
+
+    def on_uncertainty_level(self, value=None) -> None:
+        level = self.settings().uncertainty_level
+        if self.state is not None and f"{self.state.source.name} uncertainty" in self.viewer.layers:
+            self.viewer.layers[f"{self.state.source.name} uncertainty"].iso_threshold = level
+        layer = self.labels_layer()
+        if layer is not None:
+            self.show_volumes(layer.features.to_dict("list"), np.asarray(layer.data))
+
+    def on_status(self, event=None) -> None:
+        """Append the readout under the cursor to napari's status bar text."""
+        status = self.viewer.status
+        state = self.state
+        if state is None or has_readout(status) or not self.viewer.mouse_over_canvas:
+            return
+        try:
+            line = readout(self.viewer, state.prediction, state.layer(self.viewer),
+                           state.source.name)
+        except (ValueError, IndexError):  # a layer changed shape under the cursor
+            return
+        if line:
+            self.viewer.status = with_readout(status, line)
+
+    # ---- thresholds ----------------------------------------------------------------------
+    def apply_thresholds(self) -> None:
+        """Re-label from the cached probabilities: the network does not run again.
+
+        The slice on screen is re-labelled at once (a few ms); the whole volume, its features
+        and the volume table follow once the slider rests (about 0.1 s for 256^3).
+        """
+        state = self.state
+        layer = self.labels_layer()
+        if state is None or layer is None:
+            return
+        if not state.edited and self._relabel_visible_slice(state, layer):
+            self.relabel_timer.start()
+        else:
+            self.relabel_all()
+
+    def _relabel_visible_slice(self, state: RunState, layer) -> bool:
+        hidden = [a - (self.viewer.dims.ndim - layer.ndim) for a in self.viewer.dims.not_displayed]
+        hidden = [a for a in hidden if a >= 0]
+        if layer.ndim != 3 or len(hidden) != 1:
+            return False
+        axis = hidden[0]
+        index = int(round(layer.world_to_data(self.viewer.dims.point[-layer.ndim:])[axis]))
+        if not 0 <= index < layer.data.shape[axis]:
+            return False
+        from ..inference.postprocess import threshold_labels
+
+        pred = state.prediction
+        plane = np.take(pred.quantized, index, axis=axis + 1)
+        region: list = [slice(None)] * 3
+        region[axis] = index
+        if not state.watch.matches(tuple(region)):
+            return False  # changed meanwhile: relabel_all puts the thresholds on a new layer
+        values = threshold_labels(plane, pred.output, self.settings().thresholds)
+        layer.data[tuple(region)] = values
+        state.watch.record(values, tuple(region))
+        layer.refresh()
+        return True
+
+    def relabel_all(self) -> None:
+        state = self.state
+        layer = self.labels_layer()
+        if state is None or layer is None:
+            return
+        labels = state.prediction.labels(self.settings().thresholds)
+        data, kwargs, _ = labels_layer(state.prediction, state.source, labels,
+                                       f"{layer.name} (thresholds)")
+        if state.edited:
+            notify("info", f"{layer.name} was edited by hand; the new thresholds go to a new layer.")
+            self.state = RunState(state.prediction, state.source,
+                                  self.viewer.add_labels(data, **kwargs), state.offset)
+        else:
+            layer.features = kwargs["features"]
+            layer.data = labels
+            state.watch.record(labels)
+        self.show_volumes(kwargs["features"], labels)
+
+    # ---- volume table --------------------------------------------------------------------
+    def show_volumes(self, features: dict, labels: np.ndarray) -> None:
+        """The per-class table and colour legend, from a Labels layer's features (row 0 is the
+        background), with the volume of each class's voxels over the uncertainty level."""
+        state = self.state
+        uncertain = [0.0] * (len(features["class"]) - 1)
+        if state is not None and labels.shape == state.prediction.shape:
+            level = self.settings().uncertainty_level
+            mls = state.prediction.uncertain_volumes_ml(labels, level, state.source.scale)
+            uncertain = [mls.get(name, 0.0) for name in features["class"][1:]]
+        self.volumes.value = volume_rows(features, uncertain)
+        self._paint_swatches(len(features["class"]) - 1)
+
+    def _paint_swatches(self, rows: int) -> None:
+        from qtpy.QtGui import QColor
+
+        table = self.volumes.native
+        for r in range(rows):
+            item = table.item(r, 0)
+            if item is not None:
+                rgba = LABEL_COLOURS[(r + 1) % len(LABEL_COLOURS)]
+                item.setBackground(QColor.fromRgbF(*rgba[:3], 1.0))
