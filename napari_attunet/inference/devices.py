@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import nullcontext
 
 import torch
 
 from ..errors import InputError
+from ..limits import free_memory as host_free_memory
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -88,17 +88,7 @@ def free_memory(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return host_free_memory()
 
 
 def system_memory() -> int | None:
