@@ -540,7 +540,7 @@ def test_napari_closing_the_viewer_mid_run_cancels_cleanly(files, make_napari_vi
     assert widget.load_checkpoint(files["good"])
     widget.image.value = layer
     worker = widget.start()
-    cancel = widget._cancel
+    cancel = widget.jobs.cancel_event
     viewer.close()
     assert cancel.is_set()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)

@@ -78,12 +78,6 @@ def volume_rows(features: dict, uncertain: list[float]) -> dict[str, list]:
             "uncertain mL": [round(v, 3) for v in uncertain]}
 
 
-def finished_note(pred) -> str:
-    notes = "; ".join(pred.notes)
-    return (f"done in {pred.seconds:.1f} s on {pred.device} ({pred.precision}, {pred.runtime})"
-            + (f"; {notes}" if notes else ""))
-
-
 def warm_imports() -> None:
     """Modules napari loads when the first Labels layer with features appears (about 1 s).
     Imported when the widget opens, they freeze neither a run nor the landing of its result

@@ -6,17 +6,17 @@ this module only wires it to napari. torch is imported lazily so that napari sta
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider,
                               FloatSpinBox, Label, ProgressBar, PushButton, Select, SpinBox,
                               Table, create_widget)
 
+from .jobs import JobControls, Jobs
 from .layers import SourceGeometry
 from .notify import notify
 from .recent import recent_checkpoints, remember_checkpoint
-from .results import VOLUME_COLUMNS, ResultLayers, RunState, ViewSettings, finished_note
+from .results import VOLUME_COLUMNS, ResultLayers, RunState, ViewSettings
 from .run_inputs import (channel_data, full_resolution, preview_region, refuse_too_large,
                          run_options, scan_geometry, threshold_values)
 
@@ -33,10 +33,6 @@ class AttUNetWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.model = None
-        self.worker = None
-        self._cancel = threading.Event()
-        self._activity = None
-        self._closed = False
 
         import napari
 
@@ -85,12 +81,13 @@ class AttUNetWidget(Container):
                      self.tta, self.tile, self.overlap, self.preview, self.run, self.cancel,
                      self.progress, self.status, self.volumes])
         self.results = ResultLayers(self.viewer, self.volumes, self._view_settings)
+        self.jobs = Jobs(JobControls(self.run, self.preview, self.cancel, self.progress, self.status))
 
         self.checkpoint.changed.connect(self._on_checkpoint)
         self.recent.changed.connect(self._on_recent)
         self.run.changed.connect(lambda: self.start(preview=False))
         self.preview.changed.connect(lambda: self.start(preview=True))
-        self.cancel.changed.connect(self.request_cancel)
+        self.cancel.changed.connect(self.jobs.request_cancel)
         self.show_attention.changed.connect(self.results.toggle_gates)
         self.show_uncertainty.changed.connect(self.results.toggle_uncertainty)
         self.uncertainty_level.changed.connect(self.results.on_uncertainty_level)
@@ -215,7 +212,7 @@ class AttUNetWidget(Container):
         if self.model is None:
             notify("warning", "Choose a checkpoint first (a .safetensors, .pt, .pth or .ckpt file).")
             return None
-        if self.worker is not None:
+        if self.jobs.running:
             return None
         try:
             return self._launch(layer, preview)
@@ -224,14 +221,8 @@ class AttUNetWidget(Container):
         except Exception as exc:  # noqa: BLE001 - the Run button must stay usable
             notify("error", f"layer {layer.name!r}: the run could not start "
                     f"({type(exc).__name__}: {exc}).")
-        self.worker = None
-        self._idle_buttons()
+        self.jobs.abandon()
         return None
-
-    def _idle_buttons(self) -> None:
-        self.run.enabled = True
-        self.preview.enabled = True
-        self.cancel.enabled = False
 
     def _launch(self, layer, preview: bool):
         spec = self.model.spec
@@ -250,94 +241,23 @@ class AttUNetWidget(Container):
             if region is not None:
                 options["region"] = region
                 offset = tuple(r.start for r in region)
-        spacing = source.scale
-        self._cancel = threading.Event()
-        self.run.enabled = False
-        self.preview.enabled = False
-        self.cancel.enabled = True
-        self.progress.value = 0
-        self.status.value = "starting"
-        worker = self._make_worker(data, spacing, channel_axis, options, layer.name)
-        from napari.utils import progress as napari_progress
-
-        self._activity = napari_progress(total=0, desc=f"Attention U-Net on {layer.name}")
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda pred: self._on_result(pred, source, offset, preview))
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        worker.start()
-        return worker
-
-    def _make_worker(self, data, spacing, channel_axis, options, name):
-        from napari.qt.threading import thread_worker
-
-        from ..inference import iter_predict
-
-        model, cancel = self.model, self._cancel
-
-        @thread_worker(ignore_errors=True)  # errors are shown by _on_error
-        def work():
-            pred = yield from iter_predict(data, model, spacing=spacing,
-                                           channel_axis=channel_axis, cancel=cancel,
-                                           name=f"layer {name!r}", **options)
-            pred.uncertainty  # noqa: B018 computed here, off the event loop (cached on the prediction)
-            return pred
-
-        return work()
+        return self.jobs.launch(self.model, data, spacing=source.scale, channel_axis=channel_axis,
+                                options=options, name=layer.name,
+                                on_result=lambda pred: self.results.show(pred, source, offset,
+                                                                         preview))
 
     def _on_closed(self) -> None:
         """The viewer (or this dock) was closed: stop the run; its result goes nowhere."""
-        self._closed = True
+        self.jobs.close()
         self.results.close()
-        self._cancel.set()
 
     def request_cancel(self) -> None:
-        self._cancel.set()
-        self.status.value = "cancelling"
+        self.jobs.request_cancel()
 
-    def _on_progress(self, step) -> None:
-        if self._closed:
-            return
-        self.progress.max = max(step.total, 1)
-        self.progress.value = min(step.done, step.total)
-        self.status.value = f"{step.stage} {step.done}/{step.total}" + (
-            f": {step.message}" if step.message else "")
-        activity = self._activity
-        if activity is not None:
-            activity.total = step.total
-            activity.n = step.done
-            activity.set_description(f"Attention U-Net: {step.stage}")
-
-    def _on_error(self, exc) -> None:
-        from ..errors import Cancelled
-
-        if self._closed:
-            return
-        if isinstance(exc, Cancelled):
-            notify("info", str(exc))
-            self.status.value = "cancelled"
-        elif isinstance(exc, ValueError):
-            notify("error", str(exc))
-            self.status.value = "failed"
-        else:
-            notify("error", f"The run failed: {type(exc).__name__}: {exc}")
-            self.status.value = "failed"
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        if self._activity is not None:
-            self._activity.close()
-            self._activity = None
-        if self._closed:
-            return
-        self._idle_buttons()
-
-    def _on_result(self, pred, source: SourceGeometry, offset, preview: bool) -> None:
-        if self._closed:
-            return
-        self.results.show(pred, source, offset, preview)
-        self.status.value = finished_note(pred)
+    @property
+    def worker(self):
+        """The running job's thread worker, or None."""
+        return self.jobs.worker
 
     @property
     def state(self) -> RunState | None:
@@ -347,7 +267,7 @@ class AttUNetWidget(Container):
     @property
     def busy(self) -> bool:
         """A run, or its layers, still on the way."""
-        return self.worker is not None or self.results.pending
+        return self.jobs.running or self.results.pending
 
     def _view_settings(self) -> ViewSettings:
         return ViewSettings(self.threshold_values(), bool(self.show_attention.value),
