@@ -252,8 +252,7 @@ def _predict(args: argparse.Namespace) -> int:
                     for cname, ml in pred.volumes_ml(labels, volume.spacing).items()]
             outputs.merge_volumes(outdir / "volumes.csv", rows)  # per scan: an interrupt keeps it
             if not args.quiet:
-                print(f"{name}: {labels.shape} in {pred.seconds:.1f} s on {pred.device} "
-                      f"({pred.precision}, {pred.runtime}) -> {outdir}")
+                print(done_line(name, labels.shape, pred, outdir))
         except (ValueError, OSError) as exc:
             failures += 1
             print(f"napari-attunet predict: {_sentence(exc)}", file=sys.stderr)
@@ -262,6 +261,12 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"napari-attunet predict: {scan}: failed ({_sentence(exc)}); nothing was "
                   "written for it.", file=sys.stderr)
     return 1 if failures else 0
+
+
+def done_line(name: str, shape, pred, target) -> str:
+    """The line printed when one scan is done."""
+    return (f"{name}: {tuple(shape)} in {pred.seconds:.1f} s on {pred.device} "
+            f"({pred.precision}, {pred.runtime}) -> {target}")
 
 
 def _sentence(exc: BaseException) -> str:

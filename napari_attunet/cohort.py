@@ -117,7 +117,7 @@ def _predict_stores(args) -> int:
 
     from . import io, outputs
     from .checkpoint import load_model
-    from .cli import _predict_options
+    from .cli import _predict_options, _sentence, done_line
     from .inference import predict
 
     if args.min_size or args.fill_holes:
@@ -168,11 +168,10 @@ def _predict_stores(args) -> int:
                 if not single:  # -o result.zarr names a store, not a folder to add a table to
                     _merge_rows(outdir, scan, name, target)
                 if not args.quiet:
-                    print(f"{name}: {pred.shape} in {pred.seconds:.1f} s on {pred.device} "
-                          f"({pred.precision}) -> {target}")
+                    print(done_line(name, pred.shape, pred, target))
             except (ValueError, OSError) as exc:
                 failures += 1
-                print(f"napari-attunet predict: {exc}", file=sys.stderr)
+                print(f"napari-attunet predict: {_sentence(exc)}", file=sys.stderr)
     finally:
         if owned:
             from .inference.cluster import close

@@ -167,12 +167,8 @@ class ResultLayers:
         kwargs["visible"] = kwargs["visible"] and self.settings().show_attention
         name = kwargs["name"]
         if name in self.viewer.layers and self.viewer.layers[name].data.ndim == data.ndim:
-            layer = self.viewer.layers[name]
-            layer.data = data
-            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
-            layer.contrast_limits = kwargs["contrast_limits"]
-            layer.iso_threshold = kwargs["iso_threshold"]
-            layer.metadata = kwargs["metadata"]
+            _update_image(self.viewer.layers[name], data, kwargs,
+                          ("contrast_limits", "iso_threshold"))
         else:
             self.viewer.add_image(data, **kwargs)
 
@@ -186,11 +182,7 @@ class ResultLayers:
         kwargs["visible"] = settings.show_uncertainty
         name = kwargs["name"]
         if name in self.viewer.layers and self.viewer.layers[name].data.shape == data.shape:
-            layer = self.viewer.layers[name]
-            layer.data = data
-            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
-            layer.metadata = kwargs["metadata"]
-            layer.visible = kwargs["visible"]
+            _update_image(self.viewer.layers[name], data, kwargs, ("visible",))
         else:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
@@ -330,3 +322,12 @@ class ResultLayers:
             if item is not None:
                 rgba = LABEL_COLOURS[(r + 1) % len(LABEL_COLOURS)]
                 item.setBackground(QColor.fromRgbF(*rgba[:3], 1.0))
+
+
+def _update_image(layer, data, kwargs: dict, extra: tuple[str, ...]) -> None:
+    """Put a new run's data and placement into an existing Image layer (keeps its controls)."""
+    layer.data = data
+    layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+    for key in extra:
+        setattr(layer, key, kwargs[key])
+    layer.metadata = kwargs["metadata"]
