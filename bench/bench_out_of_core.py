@@ -54,10 +54,19 @@ def network(seed: int = 0):
     from napari_attunet.models.official import official_strides
 
     torch.manual_seed(seed)
-    spec = ModelSpec(family="official", variant="single_att_dsv", spatial_dims=3, in_channels=1,
-                     out_channels=2, features=FEATURES, output="softmax",
-                     strides=official_strides("single_att_dsv", 3), kernel_size=(3,) * 3,
-                     attention_dsample=(2,) * 3, axes="zyx")
+    spec = ModelSpec(
+        family="official",
+        variant="single_att_dsv",
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=2,
+        features=FEATURES,
+        output="softmax",
+        strides=official_strides("single_att_dsv", 3),
+        kernel_size=(3,) * 3,
+        attention_dsample=(2,) * 3,
+        axes="zyx",
+    )
     return build(spec).eval()
 
 
@@ -69,9 +78,10 @@ def write_volume(path: Path, size: int, chunk: int = 128) -> None:
     array = zarr.create_array(str(path), shape=(size,) * 3, chunks=(chunk,) * 3, dtype="uint16")
     rng = np.random.default_rng(size)
     for z in range(0, size, chunk):
-        slab = ndimage.gaussian_filter(rng.normal(size=(min(chunk, size - z), size, size))
-                                       .astype(np.float32), 3)
-        array[z:z + chunk] = np.clip(slab * 8000 + 2000, 0, 65535).astype(np.uint16)
+        slab = ndimage.gaussian_filter(
+            rng.normal(size=(min(chunk, size - z), size, size)).astype(np.float32), 3
+        )
+        array[z : z + chunk] = np.clip(slab * 8000 + 2000, 0, 65535).astype(np.uint16)
 
 
 def child(mode: str, source: str, out: str) -> None:
@@ -88,18 +98,27 @@ def child(mode: str, source: str, out: str) -> None:
         pred = na.predict(image, model, normalization="zscore", precision="fp32", device="cpu")
         pred.labels()
     else:
-        pred = na.predict(array, model, normalization="zscore", precision="fp32", device="cpu",
-                          out=out)
+        pred = na.predict(array, model, normalization="zscore", precision="fp32", device="cpu", out=out)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"mode": mode, "voxels": int(np.prod(array.shape)), "seconds": seconds,
-                      "peak_bytes": peak, "notes": pred.notes}))
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "voxels": int(np.prod(array.shape)),
+                "seconds": seconds,
+                "peak_bytes": peak,
+                "notes": pred.notes,
+            }
+        )
+    )
 
 
 def run_child(mode: str, source: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    proc = subprocess.run([sys.executable, __file__, "_child", mode, str(source), str(out)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "_child", mode, str(source), str(out)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -118,9 +137,12 @@ def bench_rss(args) -> None:
             for mode in modes:
                 r = run_child(mode, source, root / f"out{size}.zarr")
                 rows[mode] = r
-                print(f"{size:>5}^3 {mode:>7} {r['voxels'] / r['seconds']:>12,.0f} "
-                      f"{r['seconds']:>9.1f} {r['peak_bytes'] / 1024 ** 3:>8.2f} GB"
-                      f"  {'; '.join(r['notes'][:1])}", flush=True)
+                print(
+                    f"{size:>5}^3 {mode:>7} {r['voxels'] / r['seconds']:>12,.0f} "
+                    f"{r['seconds']:>9.1f} {r['peak_bytes'] / 1024**3:>8.2f} GB"
+                    f"  {'; '.join(r['notes'][:1])}",
+                    flush=True,
+                )
             if len(rows) == 2:
                 ratio = rows["store"]["seconds"] / rows["memory"]["seconds"]
                 print(f"       store/memory time ratio at {size}^3: {ratio:.2f}", flush=True)
@@ -139,8 +161,7 @@ def bench_cohort(args) -> None:
     root = Path(tempfile.mkdtemp(prefix="attunet-cohort-", dir=args.workdir))
     print(f"CPU: {cpu_name()}; {args.scans} scans of {tuple(args.shape)}")
     try:
-        ckpt = na.save_model(network(), root / "net.safetensors",
-                             class_names=["background", "organ"])
+        ckpt = na.save_model(network(), root / "net.safetensors", class_names=["background", "organ"])
         scans = []
         for k in range(args.scans):
             image, _ = make_phantom(tuple(args.shape), seed=k)
@@ -152,16 +173,20 @@ def bench_cohort(args) -> None:
         common = ["-c", str(ckpt), "-q", "--precision", "fp32", "--device", "cpu"]
         runs = [("sequential", "seq", [])]
         runs += [(f"local:{n}", f"local{n}", ["--scheduler", f"local:{n}"]) for n in args.workers]
-        runs += [("rerun (all skipped)", f"local{args.workers[-1]}",
-                  ["--scheduler", f"local:{args.workers[-1]}"])]
+        runs += [
+            ("rerun (all skipped)", f"local{args.workers[-1]}", ["--scheduler", f"local:{args.workers[-1]}"])
+        ]
         base = None
         for name, folder, extra in runs:
             started = time.perf_counter()
             code = main(["predict", *scans, "-o", str(root / folder), *extra, *common])
             seconds = time.perf_counter() - started
             base = base or seconds
-            print(f"{name:>20}: {seconds:7.1f} s  {args.scans / seconds:6.2f} scans/s  "
-                  f"x{base / seconds:.2f} vs sequential  (exit {code})", flush=True)
+            print(
+                f"{name:>20}: {seconds:7.1f} s  {args.scans / seconds:6.2f} scans/s  "
+                f"x{base / seconds:.2f} vs sequential  (exit {code})",
+                flush=True,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -101,7 +101,7 @@ class PeakRSS:
 
     @property
     def mib(self) -> float:
-        return (self.peak - self.base) / 2 ** 20
+        return (self.peak - self.base) / 2**20
 
 
 def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
@@ -123,10 +123,12 @@ def cpu_description() -> dict:
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         flags = next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split()
-        info["flags"] = sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16",
-                                                         "amx_bf16", "amx_tile", "avx512_vnni"})
-        info["mhz"] = float(next(line for line in cpuinfo.splitlines()
-                                 if line.startswith("cpu MHz")).split(":")[1])
+        info["flags"] = sorted(
+            f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"}
+        )
+        info["mhz"] = float(
+            next(line for line in cpuinfo.splitlines() if line.startswith("cpu MHz")).split(":")[1]
+        )
     except (OSError, StopIteration, ValueError):
         pass
     info["torch"] = torch.backends.cpu.get_cpu_capability()
@@ -160,16 +162,21 @@ def monai_windows(shape_xyz, roi, overlap) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", type=int, nargs=3, default=(96, 160, 192),
-                        help="napari (z, y, x); MONAI sees (x, y, z)")
+    parser.add_argument(
+        "--shape", type=int, nargs=3, default=(96, 160, 192), help="napari (z, y, x); MONAI sees (x, y, z)"
+    )
     parser.add_argument("--tile", type=int, default=96)
     parser.add_argument("--overlap", type=float, default=0.25)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after a warm-up")
     parser.add_argument("--pairs", type=int, default=3, help="interleaved runs with/without maps")
     parser.add_argument("--train-seconds", type=float, default=600)
-    parser.add_argument("--flops-per-cycle", type=float, default=32,
-                        help="fp32 FLOP per cycle and core (2 FMA units x 8 lanes x 2)")
+    parser.add_argument(
+        "--flops-per-cycle",
+        type=float,
+        default=32,
+        help="fp32 FLOP per cycle and core (2 FMA units x 8 lanes x 2)",
+    )
     parser.add_argument("--weights", type=Path, default=HERE / ".cache" / "monai_phantom.pth")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,12 +196,16 @@ def main() -> None:
 
     cpu = cpu_description()
     peak = (cpu["cores"] * args.flops_per_cycle * cpu["mhz"] / 1e3) if cpu["mhz"] else None
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores at {cpu['mhz']} MHz; flags "
-          f"{' '.join(cpu['flags'])}; torch capability {cpu['torch']}; fast bf16 "
-          f"{cpu['fast_bf16']}; OpenVINO {cpu['openvino']} {cpu.get('openvino_caps', '')}")
+    print(
+        f"CPU: {cpu['model']}, {cpu['cores']} cores at {cpu['mhz']} MHz; flags "
+        f"{' '.join(cpu['flags'])}; torch capability {cpu['torch']}; fast bf16 "
+        f"{cpu['fast_bf16']}; OpenVINO {cpu['openvino']} {cpu.get('openvino_caps', '')}"
+    )
     if peak:
-        print(f"fp32 peak assumed: {cpu['cores']} cores x {args.flops_per_cycle:.0f} FLOP/cycle x "
-              f"{cpu['mhz']:.0f} MHz = {peak:.0f} GFLOP/s")
+        print(
+            f"fp32 peak assumed: {cpu['cores']} cores x {args.flops_per_cycle:.0f} FLOP/cycle x "
+            f"{cpu['mhz']:.0f} MHz = {peak:.0f} GFLOP/s"
+        )
 
     image, truth = make_phantom(tuple(args.shape), seed=7)
     roi = (args.tile,) * 3
@@ -203,22 +214,35 @@ def main() -> None:
     ours = len(window_grid(args.shape, roi, model.spec.total_stride, args.overlap))
     per_tile = tile_flops(roi)
     flops = per_tile * windows  # the network's work; stitching and the rest come on top
-    print(f"volume (x, y, z) {tuple(x.shape[2:])}, tile {roi}, overlap {args.overlap}, "
-          f"{windows} windows (na.predict: {ours}), {per_tile / 1e9:.1f} GFLOP per tile, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(
+        f"volume (x, y, z) {tuple(x.shape[2:])}, tile {roi}, overlap {args.overlap}, "
+        f"{windows} windows (na.predict: {ours}), {per_tile / 1e9:.1f} GFLOP per tile, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
 
     def run_monai(bf16: bool):
         def run():
             with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-                out = sliding_window_inference(x, roi, 1, net, overlap=args.overlap,
-                                               mode="gaussian", sigma_scale=0.125)
+                out = sliding_window_inference(
+                    x, roi, 1, net, overlap=args.overlap, mode="gaussian", sigma_scale=0.125
+                )
             return torch.softmax(out.float(), 1)[0].cpu().numpy().transpose(0, 3, 2, 1)
+
         return run
 
     def run_ours(**options):
         def run():
-            return na.predict(image, model, normalization="none", tile=roi, overlap=args.overlap,
-                              device=args.device, orientation="native", **options)
+            return na.predict(
+                image,
+                model,
+                normalization="none",
+                tile=roi,
+                overlap=args.overlap,
+                device=args.device,
+                orientation="native",
+                **options,
+            )
+
         return run
 
     configs = [("MONAI sliding_window_inference, fp32", run_monai(False), "monai")]
@@ -232,8 +256,11 @@ def main() -> None:
         configs += [
             ("na.predict openvino, fp32", run_ours(runtime="openvino", precision="fp32"), "ours"),
             ("na.predict openvino, auto", run_ours(runtime="openvino", precision="auto"), "ours"),
-            ("na.predict openvino, auto, no maps",
-             run_ours(runtime="openvino", precision="auto", attention=False), "ours"),
+            (
+                "na.predict openvino, auto, no maps",
+                run_ours(runtime="openvino", precision="auto", attention=False),
+                "ours",
+            ),
         ]
     for _, fn, _ in configs:  # warm-up: one-time costs (OpenVINO conversion, allocator) first
         fn()
@@ -247,8 +274,10 @@ def main() -> None:
     best = {label: min(ts) for label, ts in times.items()}
     monai_best = min(t for (label, _, kind), t in zip(configs, best.values()) if kind == "monai")
     reference = outputs[configs[0][0]].argmax(0)
-    print(f"{'run':46s} {'s':>6s} {'x MONAI best':>12s} {'GFLOP/s':>8s} {'% peak':>6s}  "
-          "Dice vs MONAI fp32 (bg, organ, lesion)")
+    print(
+        f"{'run':46s} {'s':>6s} {'x MONAI best':>12s} {'GFLOP/s':>8s} {'% peak':>6s}  "
+        "Dice vs MONAI fp32 (bg, organ, lesion)"
+    )
     for label, _, kind in configs:
         out = outputs[label]
         labels = out.argmax(0) if kind == "monai" else out.labels()
@@ -256,10 +285,15 @@ def main() -> None:
         scores = ", ".join(f"{dice(labels, reference, c):.5f}" for c in (0, 1, 2))
         gflops = flops / best[label] / 1e9
         share = f"{100 * gflops / peak:5.0f}%" if peak else "     -"
-        print(f"{label + precision:46s} {best[label]:6.2f} {monai_best / best[label]:11.2f}x "
-              f"{gflops:8.1f} {share}  {scores}")
-    print(f"(best of {args.repeats} interleaved runs; MONAI fp32 labels vs truth: "
-          + ", ".join(f"{dice(reference, truth, c):.3f}" for c in (1, 2)) + ")")
+        print(
+            f"{label + precision:46s} {best[label]:6.2f} {monai_best / best[label]:11.2f}x "
+            f"{gflops:8.1f} {share}  {scores}"
+        )
+    print(
+        f"(best of {args.repeats} interleaved runs; MONAI fp32 labels vs truth: "
+        + ", ".join(f"{dice(reference, truth, c):.3f}" for c in (1, 2))
+        + ")"
+    )
 
     if cpu["openvino"]:
         ratios = []
@@ -270,8 +304,10 @@ def main() -> None:
                 run_ours(runtime="openvino", attention=attention)()
                 pair.append(time.perf_counter() - t)
             ratios.append(pair[0] / pair[1])
-        print(f"\nattention maps add {(np.median(ratios) - 1) * 100:+.1f}% to an openvino run "
-              f"(median of {args.pairs} interleaved pairs)")
+        print(
+            f"\nattention maps add {(np.median(ratios) - 1) * 100:+.1f}% to an openvino run "
+            f"(median of {args.pairs} interleaved pairs)"
+        )
         hints(model, roi, args.repeats, per_tile, peak)
 
     print("\nin fresh processes (peak RSS above the level after loading):")
@@ -292,32 +328,54 @@ def hints(model, roi, repeats: int, per_tile: float, peak) -> None:
     from napari_attunet.inference import runtime_openvino
 
     ov_model = runtime_openvino.converted(model)
-    nets = {(p, h): runtime_openvino.compile_network(ov_model, len(model.spec.gates), p, h)
-            for p in ("fp32", "bf16") for h in ("LATENCY", "THROUGHPUT")}
+    nets = {
+        (p, h): runtime_openvino.compile_network(ov_model, len(model.spec.gates), p, h)
+        for p in ("fp32", "bf16")
+        for h in ("LATENCY", "THROUGHPUT")
+    }
     batch = torch.rand((4, 1) + roi)
     times = {key: [] for key in nets}
     for _ in range(repeats + 1):
         for key, net in nets.items():
             t = time.perf_counter()
             for i in range(0, len(batch), net.parallel):
-                net.forward_with_attention(batch[i:i + net.parallel])
+                net.forward_with_attention(batch[i : i + net.parallel])
             times[key].append((time.perf_counter() - t) / len(batch))
     print("\nOpenVINO per 96^3 tile (4 tiles, batches of the requests the hint asks for):")
     for (precision, hint), ts in times.items():
         ms = 1000 * min(ts[1:])
         share = f", {100 * per_tile / ms / 1e6 / peak:.0f}% of fp32 peak" if peak else ""
-        print(f"  {precision} {hint:10s} {nets[precision, hint].parallel} requests: {ms:6.0f} ms "
-              f"({per_tile / ms / 1e6:.0f} GFLOP/s{share})")
+        print(
+            f"  {precision} {hint:10s} {nets[precision, hint].parallel} requests: {ms:6.0f} ms "
+            f"({per_tile / ms / 1e6:.0f} GFLOP/s{share})"
+        )
 
 
 def _child(which: str, args, cache: str | None = None) -> str:
     env = dict(os.environ)
     if cache:
         env["NAPARI_ATTUNET_CACHE"] = cache
-    out = subprocess.run([sys.executable, __file__, "--child", which, "--shape",
-                          *map(str, args.shape), "--tile", str(args.tile), "--overlap",
-                          str(args.overlap), "--device", args.device, "--weights",
-                          str(args.weights)], capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            which,
+            "--shape",
+            *map(str, args.shape),
+            "--tile",
+            str(args.tile),
+            "--overlap",
+            str(args.overlap),
+            "--device",
+            args.device,
+            "--weights",
+            str(args.weights),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     if out.returncode != 0:
         return "failed: " + out.stderr.strip().splitlines()[-1]
     return out.stdout.strip().splitlines()[-1]
@@ -346,21 +404,28 @@ def child(which: str, args) -> None:
         if runtime == "openvino":  # conversion and compilation are not the run's memory
             from napari_attunet.inference import runtime_openvino
 
-            runtime_openvino.network(model, "bf16" if precision == "auto" and
-                                     cpu_has_fast_bf16() else "fp32")
+            runtime_openvino.network(model, "bf16" if precision == "auto" and cpu_has_fast_bf16() else "fp32")
     with PeakRSS() as mem:
         t = time.perf_counter()
         if which == "monai":
             with torch.inference_mode():
                 xyz = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 1, 0)))
-                out = sliding_window_inference(xyz[None, None], roi, 1, net,
-                                               overlap=args.overlap, mode="gaussian",
-                                               sigma_scale=0.125)
+                out = sliding_window_inference(
+                    xyz[None, None], roi, 1, net, overlap=args.overlap, mode="gaussian", sigma_scale=0.125
+                )
                 out.argmax(1)
         else:
-            na.predict(image, model, normalization="none", tile=roi, overlap=args.overlap,
-                       device=args.device, precision=precision, runtime=runtime,
-                       orientation="native").labels()
+            na.predict(
+                image,
+                model,
+                normalization="none",
+                tile=roi,
+                overlap=args.overlap,
+                device=args.device,
+                precision=precision,
+                runtime=runtime,
+                orientation="native",
+            ).labels()
         seconds = time.perf_counter() - t
     print(f"{mem.mib:5.0f} MiB ({seconds:.1f} s)")
 

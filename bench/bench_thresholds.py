@@ -31,9 +31,17 @@ def main(size: int = 256, repeats: int = 5) -> None:
     viewer = napari.Viewer()
     image = viewer.add_image(np.zeros((size,) * 3, np.float32), name="volume")
     _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
-    spec = ModelSpec(family="official", variant="single_att_dsv", spatial_dims=3, in_channels=1,
-                     out_channels=3, features=(4, 8, 16, 32, 64), strides=((2, 2, 2),) * 4,
-                     kernel_size=(3, 3, 3), attention_dsample=(2, 2, 2))
+    spec = ModelSpec(
+        family="official",
+        variant="single_att_dsv",
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=3,
+        features=(4, 8, 16, 32, 64),
+        strides=((2, 2, 2),) * 4,
+        kernel_size=(3, 3, 3),
+        attention_dsample=(2, 2, 2),
+    )
     path = Path("/tmp/attunet_bench_thresholds.safetensors")
     na.save_model(build(spec), path, class_names=["background", "a", "b"])
     widget.load_checkpoint(path)
@@ -54,9 +62,11 @@ def main(size: int = 256, repeats: int = 5) -> None:
         widget.results.relabel_all()
         QApplication.processEvents()
         full_times.append(time.perf_counter() - t)
-    print(f"{size}^3, 3 classes: visible slice re-labelled and painted in "
-          f"{np.median(slice_times) * 1000:.0f} ms (median of {repeats}); whole volume with "
-          f"features and table {np.median(full_times) * 1000:.0f} ms")
+    print(
+        f"{size}^3, 3 classes: visible slice re-labelled and painted in "
+        f"{np.median(slice_times) * 1000:.0f} ms (median of {repeats}); whole volume with "
+        f"features and table {np.median(full_times) * 1000:.0f} ms"
+    )
     viewer.close()
 
 

@@ -44,8 +44,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tta", action="store_true")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
 
     volume = io.read(DEMO_SCAN)
     model = na.load_model(DEMO_CHECKPOINT)
@@ -56,22 +58,32 @@ def main() -> None:
         runs.append(pred.seconds)
     run = min(runs)
     entropy = _best(lambda: uncertainty_map(pred.quantized, pred.output), args.repeats)
-    print(f"demo {pred.shape}, {len(pred.class_names)} classes: run {run:.2f} s, "
-          f"uncertainty {entropy * 1000:.1f} ms = {100 * entropy / run:.2f} % of the run")
+    print(
+        f"demo {pred.shape}, {len(pred.class_names)} classes: run {run:.2f} s, "
+        f"uncertainty {entropy * 1000:.1f} ms = {100 * entropy / run:.2f} % of the run"
+    )
 
     rng = np.random.default_rng(0)
     logits = torch.from_numpy(rng.normal(size=(3,) + (args.size,) * 3).astype(np.float32))
-    synthetic = Prediction(quantized=quantize(torch.softmax(logits, 0)), output="softmax",
-                           class_names=("background", "a", "b"), gates=[])
+    synthetic = Prediction(
+        quantized=quantize(torch.softmax(logits, 0)),
+        output="softmax",
+        class_names=("background", "a", "b"),
+        gates=[],
+    )
     del logits
     big = _best(lambda: uncertainty_map(synthetic.quantized, "softmax"), args.repeats)
-    print(f"synthetic {args.size}^3, 3 classes: uncertainty {big * 1000:.0f} ms, "
-          f"{synthetic.shape[0] * synthetic.shape[1] * synthetic.shape[2] * 4 / 2**20:.0f} MiB "
-          "float32 layer")
+    print(
+        f"synthetic {args.size}^3, 3 classes: uncertainty {big * 1000:.0f} ms, "
+        f"{synthetic.shape[0] * synthetic.shape[1] * synthetic.shape[2] * 4 / 2**20:.0f} MiB "
+        "float32 layer"
+    )
 
     if args.tta:
-        times = [na.predict(volume.array, model, spacing=volume.spacing, tta=True).seconds
-                 for _ in range(max(1, args.repeats // 2))]
+        times = [
+            na.predict(volume.array, model, spacing=volume.spacing, tta=True).seconds
+            for _ in range(max(1, args.repeats // 2))
+        ]
         print(f"demo with TTA (8 flips, disagreement included): run {min(times):.2f} s")
 
 

@@ -21,9 +21,9 @@ sys.path.insert(0, str(checkout))
 sys.path.insert(1, str(here / "tests"))
 warnings.simplefilter("ignore")
 
+import dicom_oracle as oracle  # noqa: E402
 import numpy as np  # noqa: E402
 
-import dicom_oracle as oracle  # noqa: E402
 from napari_attunet import io  # noqa: E402
 
 
@@ -36,26 +36,53 @@ def cases(tmp: Path):
     yield "uneven spacing (2 mm then 3 mm)", data / "uneven", files(data / "uneven"), None
     dup = files(data / "duplicate")
     yield "duplicate slice position", data / "duplicate", dup[:-1], None
-    yield "corrupt slice in the folder", oracle.folder_with_corrupt_slice(tmp), \
-        [p for p in axial if p.name != "IM0003.dcm"], None
-    yield "foreign files (RT dose, SEG, SR, DICOMDIR, truncated, text)", \
-        oracle.folder_with_foreign_files(tmp), axial, None
+    yield (
+        "corrupt slice in the folder",
+        oracle.folder_with_corrupt_slice(tmp),
+        [p for p in axial if p.name != "IM0003.dcm"],
+        None,
+    )
+    yield (
+        "foreign files (RT dose, SEG, SR, DICOMDIR, truncated, text)",
+        oracle.folder_with_foreign_files(tmp),
+        axial,
+        None,
+    )
     yield "gantry tilt 25 deg", data / "tilt", files(data / "tilt"), None
     yield "oblique series (20/-15/30 deg)", data / "oblique", files(data / "oblique"), None
-    yield "enhanced CT multi-frame (built, oblique)", data / "enhanced_ct.dcm", \
-        [data / "enhanced_ct.dcm"], None
-    yield "enhanced CT multi-frame (pydicom eCT_Supplemental)", \
-        oracle.single_file(tmp, "eCT_Supplemental.dcm"), None, "sample"
+    yield (
+        "enhanced CT multi-frame (built, oblique)",
+        data / "enhanced_ct.dcm",
+        [data / "enhanced_ct.dcm"],
+        None,
+    )
+    yield (
+        "enhanced CT multi-frame (pydicom eCT_Supplemental)",
+        oracle.single_file(tmp, "eCT_Supplemental.dcm"),
+        None,
+        "sample",
+    )
     yield "single sagittal slice (built)", data / "sagittal", files(data / "sagittal"), None
     yield "single coronal slice (built)", data / "coronal", files(data / "coronal"), None
-    yield "single sagittal slice stored transposed", data / "sagittal_flipped", \
-        files(data / "sagittal_flipped"), None
-    yield "single axial slice (pydicom CT_small)", oracle.single_file(tmp, "CT_small.dcm"), None, \
-        "sample"
-    yield "single oblique sagittal 1024^2 (pydicom MR2_UNCR)", \
-        oracle.single_file(tmp, "MR2_UNCR.dcm"), None, "sample"
-    yield "single tilted axial J2K (pydicom J2K_pixelrep_mismatch)", \
-        oracle.single_file(tmp, "J2K_pixelrep_mismatch.dcm"), None, "sample"
+    yield (
+        "single sagittal slice stored transposed",
+        data / "sagittal_flipped",
+        files(data / "sagittal_flipped"),
+        None,
+    )
+    yield "single axial slice (pydicom CT_small)", oracle.single_file(tmp, "CT_small.dcm"), None, "sample"
+    yield (
+        "single oblique sagittal 1024^2 (pydicom MR2_UNCR)",
+        oracle.single_file(tmp, "MR2_UNCR.dcm"),
+        None,
+        "sample",
+    )
+    yield (
+        "single tilted axial J2K (pydicom J2K_pixelrep_mismatch)",
+        oracle.single_file(tmp, "J2K_pixelrep_mismatch.dcm"),
+        None,
+        "sample",
+    )
 
 
 def measure(path, expected, mode) -> tuple[str, str, str]:

@@ -13,8 +13,13 @@ import statistics
 import subprocess
 import sys
 
-MODULES = ("napari_attunet", "napari_attunet.io", "napari_attunet.plugin.reader",
-           "napari_attunet.plugin.writer", "napari_attunet.plugin.samples")
+MODULES = (
+    "napari_attunet",
+    "napari_attunet.io",
+    "napari_attunet.plugin.reader",
+    "napari_attunet.plugin.writer",
+    "napari_attunet.plugin.samples",
+)
 HEAVY = ("torch", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari")
 
 _PROBE = """
@@ -29,8 +34,12 @@ print(json.dumps({{"s": elapsed, "heavy": [m for m in {heavy!r} if m in sys.modu
 def measure(module: str, repeats: int) -> tuple[float, list[str]]:
     times, heavy = [], []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", _PROBE.format(module=module, heavy=HEAVY)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", _PROBE.format(module=module, heavy=HEAVY)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         result = json.loads(out.strip().splitlines()[-1])
         times.append(result["s"])
         heavy = result["heavy"]

@@ -19,7 +19,6 @@ sys.path.insert(1, str(HERE / "tests"))
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
-
 import test_world_geometry as T  # noqa: E402
 
 
@@ -38,8 +37,9 @@ def reading(folder: Path) -> dict:
     path = folder / "sq.nii.gz"
     nib.save(image, path)
     out["sform != qform (13.5 mm apart)"] = T.world_error(T.open_layer(path), nib.load(path))
-    path = T.with_unique_values(nib.load(T.NIB_DATA / "example_nifti2.nii.gz"), folder / "n2.nii.gz",
-                                cls=nib.Nifti2Image)
+    path = T.with_unique_values(
+        nib.load(T.NIB_DATA / "example_nifti2.nii.gz"), folder / "n2.nii.gz", cls=nib.Nifti2Image
+    )
     try:
         out["NIfTI-2"] = T.world_error(T.open_layer(path), nib.load(path))
     except Exception as exc:  # the old reader refused it
@@ -58,9 +58,14 @@ def painted_mask(folder: Path) -> float:
     nib.save(nib.Nifti1Image(T.unique_volume((24, 20, 16)), T.oblique_affine(30.0)), path)
     scan = T.open_layer(path)
     state = scan.as_layer_data_tuple()[1]
-    labels = Labels(np.zeros(scan.data.shape, np.uint8), scale=state["scale"],
-                    translate=state["translate"], rotate=state["rotate"], shear=state["shear"],
-                    affine=state["affine"])  # what napari's New labels layer copies
+    labels = Labels(
+        np.zeros(scan.data.shape, np.uint8),
+        scale=state["scale"],
+        translate=state["translate"],
+        rotate=state["rotate"],
+        shear=state["shear"],
+        affine=state["affine"],
+    )  # what napari's New labels layer copies
     painted = T.sample_indices(scan.data.shape, n=10)
     for p in painted:
         labels.data[p] = 1
@@ -88,8 +93,10 @@ def main() -> None:
     for name, value in reading(folder).items():
         print(f"{name:34s} {value if isinstance(value, str) else f'{value:.3f} mm'}")
     error = painted_mask(folder)
-    print(f"{'mask painted on an oblique scan':34s} "
-          f"{'a painted voxel is missing or elsewhere' if np.isinf(error) else f'{error:.3f} mm'}")
+    print(
+        f"{'mask painted on an oblique scan':34s} "
+        f"{'a painted voxel is missing or elsewhere' if np.isinf(error) else f'{error:.3f} mm'}"
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import napari_attunet as na  # noqa: E402
 import test_pipeline_parity as T  # noqa: E402
 from helpers import make_model, official_spec, randomise_bn  # noqa: E402
+
+import napari_attunet as na  # noqa: E402
 
 
 def main() -> None:
@@ -36,11 +37,14 @@ def main() -> None:
     affine[:, 3] = image.affine @ np.array([s.start for s in T.RAS_CROP] + [1.0])
     scan = nib.Nifti1Image(data, affine)
     torch.manual_seed(0)
-    net = randomise_bn(AttentionUnet(spatial_dims=3, in_channels=1, out_channels=3,
-                                     channels=(4, 8, 16), strides=(2, 2)), seed=1).eval()
+    net = randomise_bn(
+        AttentionUnet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2)),
+        seed=1,
+    ).eval()
     torch.save(net.state_dict(), folder / "monai.pt")
-    official = randomise_bn(make_model(official_spec(3, out_ch=3, axes="").replace(
-        orientation=""), seed=7), seed=3)
+    official = randomise_bn(
+        make_model(official_spec(3, out_ch=3, axes="").replace(orientation=""), seed=7), seed=3
+    )
     na.save_model(official, folder / "official.safetensors")
     print("family    file  before mean/max     after mean/max")
     for code in T.ORIENTATIONS:
@@ -48,10 +52,10 @@ def main() -> None:
         theirs = T.monai_probabilities(net, path, NormalizeIntensityd("image"))
         row = []
         for orientation in ("LPS", None):
-            model = na.load_model(folder / "monai.pt",
-                                  overrides={"orientation": orientation} if orientation else None)
-            row.append(T.compare(T.our_probabilities(path, model, folder,
-                                                     normalization="zscore"), theirs))
+            model = na.load_model(
+                folder / "monai.pt", overrides={"orientation": orientation} if orientation else None
+            )
+            row.append(T.compare(T.our_probabilities(path, model, folder, normalization="zscore"), theirs))
         print(f"MONAI     {code}   {row[0][0]:.4f}/{row[0][1]:.3f}      {row[1][0]:.4f}/{row[1][1]:.3f}")
         stored = nib.load(path).get_fdata().astype(np.float32)
         x = torch.from_numpy(T.official_zscore(stored).astype(np.float32))[None, None]
@@ -59,10 +63,11 @@ def main() -> None:
             theirs = torch.softmax(official(x), 1)[0].numpy()
         row = []
         for orientation in ("LPS", None):
-            model = na.load_model(folder / "official.safetensors",
-                                  overrides={"orientation": orientation} if orientation else None)
-            row.append(T.compare(T.our_probabilities(path, model, folder,
-                                                     normalization="zscore"), theirs))
+            model = na.load_model(
+                folder / "official.safetensors",
+                overrides={"orientation": orientation} if orientation else None,
+            )
+            row.append(T.compare(T.our_probabilities(path, model, folder, normalization="zscore"), theirs))
         print(f"official  {code}   {row[0][0]:.4f}/{row[0][1]:.3f}      {row[1][0]:.4f}/{row[1][1]:.3f}")
 
 

@@ -1,6 +1,6 @@
 """Regenerate docs/screenshot.png: the phantom sample, a checkpoint, one run, under Xvfb.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshot.py CKPT
+xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshot.py CKPT
 """
 
 import sys

@@ -63,7 +63,8 @@ def main(out: str = str(Path(__file__).with_name("views"))) -> None:
         mid = scan.data_to_world((0, 0, scan.data.shape[2] // 2))
         for layer in viewer.layers:
             layer.experimental_clipping_planes = [
-                {"position": tuple(mid), "normal": (0, 0, -1), "enabled": True}]
+                {"position": tuple(mid), "normal": (0, 0, -1), "enabled": True}
+            ]
         shot(f"3d{suffix}", ((-0.3, 0.6, -0.75), (1, 0, 0)))
         for layer in viewer.layers:
             layer.experimental_clipping_planes = []

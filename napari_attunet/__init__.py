@@ -20,9 +20,17 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-_LAZY = {"load_model": ".checkpoint", "save_model": ".checkpoint", "GateMap": ".inference",
-         "Prediction": ".inference", "Progress": ".inference", "iter_predict": ".inference",
-         "predict": ".inference", "GateGeometry": ".models", "ModelSpec": ".models"}
+_LAZY = {
+    "load_model": ".checkpoint",
+    "save_model": ".checkpoint",
+    "GateMap": ".inference",
+    "Prediction": ".inference",
+    "Progress": ".inference",
+    "iter_predict": ".inference",
+    "predict": ".inference",
+    "GateGeometry": ".models",
+    "ModelSpec": ".models",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -37,5 +45,18 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-__all__ = ["io", "Cancelled", "CheckpointError", "GateGeometry", "GateMap", "InputError", "ModelSpec",
-           "Prediction", "Progress", "iter_predict", "load_model", "predict", "save_model"]
+__all__ = [
+    "io",
+    "Cancelled",
+    "CheckpointError",
+    "GateGeometry",
+    "GateMap",
+    "InputError",
+    "ModelSpec",
+    "Prediction",
+    "Progress",
+    "iter_predict",
+    "load_model",
+    "predict",
+    "save_model",
+]

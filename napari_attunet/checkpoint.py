@@ -20,15 +20,17 @@ import torch
 
 from .errors import CheckpointError
 from .limits import fits, gib
-from .models import AttentionUNetBase, ModelSpec, build
-from .models import REGISTRY
-from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES, TORCH_SUFFIXES
+from .models import REGISTRY, AttentionUNetBase, ModelSpec, build
+from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES
+from .suffixes import TORCH_SUFFIXES
 
 METADATA_KEY = "napari_attunet"
 FORMAT_VERSION = 1
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")
-_FIX = ("save the weights with torch.save(model.state_dict(), path), or convert them with "
-        "'napari-attunet convert'")
+_FIX = (
+    "save the weights with torch.save(model.state_dict(), path), or convert them with "
+    "'napari-attunet convert'"
+)
 
 
 @dataclass
@@ -42,16 +44,21 @@ class RawCheckpoint:
 
 # ---- reading ----------------------------------------------------------------------------
 
+
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file. Check the path, or pick the checkpoint "
-                              "with the file dialog.")
+        raise CheckpointError(
+            f"{path}: no such file. Check the path, or pick the checkpoint with the file dialog."
+        )
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file. Pick the .safetensors, "
-                              ".pt, .pth or .ckpt file inside it.")
+        raise CheckpointError(
+            f"{path} is a folder, not a checkpoint file. Pick the .safetensors, "
+            ".pt, .pth or .ckpt file inside it."
+        )
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish. "
-                              "Copy the checkpoint again.")
+        raise CheckpointError(
+            f"{path} is empty (0 bytes): the download or copy did not finish. Copy the checkpoint again."
+        )
 
 
 def _sniff(path: Path) -> str:
@@ -70,9 +77,24 @@ def _sniff(path: Path) -> str:
     raise CheckpointError(f"{path}: not a checkpoint this tool reads (expected {', '.join(SUFFIXES)}).")
 
 
-_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
-                      "I8": 1, "U8": 1, "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "C64": 8,
-                      "F8_E4M3": 1, "F8_E5M2": 1}
+_SAFETENSORS_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "U16": 2,
+    "U32": 4,
+    "U64": 8,
+    "C64": 8,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 def _safetensors_declared_bytes(path: Path) -> int | None:
@@ -103,8 +125,11 @@ def _torch_declared_bytes(path: Path) -> int | None:
     """Uncompressed bytes of a torch zip's tensor storages, from its central directory."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return sum(info.file_size for info in archive.infolist()
-                       if "/data/" in info.filename and not info.filename.endswith("/"))
+            return sum(
+                info.file_size
+                for info in archive.infolist()
+                if "/data/" in info.filename and not info.filename.endswith("/")
+            )
     except (zipfile.BadZipFile, OSError):
         return None
 
@@ -114,9 +139,11 @@ def _check_declared_size(path: Path, declared: int | None) -> None:
         return
     ok, free = fits(declared)
     if not ok:
-        raise CheckpointError(f"{path} declares {gib(declared)} of tensors, more than the "
-                              f"{gib(free)} of memory free; it was not loaded. Check that this is "
-                              "the right file, or load it on a machine with more memory.")
+        raise CheckpointError(
+            f"{path} declares {gib(declared)} of tensors, more than the "
+            f"{gib(free)} of memory free; it was not loaded. Check that this is "
+            "the right file, or load it on a machine with more memory."
+        )
 
 
 def _read_safetensors(path: Path) -> RawCheckpoint:
@@ -128,15 +155,18 @@ def _read_safetensors(path: Path) -> RawCheckpoint:
             header = fh.metadata() or {}
             state = {key: fh.get_tensor(key) for key in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types, and OSError
-        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({exc}). "
-                              "Copy or export it again.") from exc
+        raise CheckpointError(
+            f"{path}: truncated or corrupt safetensors file ({exc}). Copy or export it again."
+        ) from exc
     metadata = None
     if METADATA_KEY in header:
         try:
             metadata = json.loads(header[METADATA_KEY])
         except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: its napari-attunet metadata is not valid JSON "
-                                  f"({exc}). Re-save it with napari_attunet.save_model.") from exc
+            raise CheckpointError(
+                f"{path}: its napari-attunet metadata is not valid JSON "
+                f"({exc}). Re-save it with napari_attunet.save_model."
+            ) from exc
     return RawCheckpoint(path, state, metadata)
 
 
@@ -150,8 +180,9 @@ def _is_torchscript(path: Path) -> bool:
 
 def _read_torch(path: Path) -> RawCheckpoint:
     if _is_torchscript(path):
-        raise CheckpointError(f"{path} is a TorchScript archive, which carries code and is not "
-                              f"loaded. Instead, {_FIX}.")
+        raise CheckpointError(
+            f"{path} is a TorchScript archive, which carries code and is not loaded. Instead, {_FIX}."
+        )
     _check_declared_size(path, _torch_declared_bytes(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -159,13 +190,18 @@ def _read_torch(path: Path) -> RawCheckpoint:
         detail = str(exc).split("\n")
         culprit = next((line.strip() for line in detail if "GLOBAL" in line), None)
         if culprit is None:  # not a foreign object: bytes that are no pickle at all
-            raise CheckpointError(f"{path} is not a PyTorch checkpoint, or it is corrupt: its "
-                                  "bytes are not a pickle of tensors. Copy or save it again.") from exc
-        raise CheckpointError(f"{path} holds Python objects besides tensors ({culprit}); they are "
-                              f"never unpickled, because that could run code. Instead, {_FIX}.") from exc
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint, or it is corrupt: its "
+                "bytes are not a pickle of tensors. Copy or save it again."
+            ) from exc
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors ({culprit}); they are "
+            f"never unpickled, because that could run code. Instead, {_FIX}."
+        ) from exc
     except Exception as exc:  # torch's reader fails on broken bytes in many different ways
-        raise CheckpointError(f"{path}: truncated or corrupt file ({_first_line(exc)}). "
-                              "Copy or save it again.") from exc
+        raise CheckpointError(
+            f"{path}: truncated or corrupt file ({_first_line(exc)}). Copy or save it again."
+        ) from exc
     return RawCheckpoint(path, _unwrap(obj, path), None)
 
 
@@ -209,26 +245,38 @@ def _check_tensors(sd: dict[str, torch.Tensor], path: Path) -> None:
     or with NaN/inf values."""
     for key, value in sd.items():
         if value.layout != torch.strided:
-            raise CheckpointError(f"{path}: tensor {key!r} is sparse ({value.layout}); save dense "
-                                  "weights (tensor.to_dense()) from the trained network.")
+            raise CheckpointError(
+                f"{path}: tensor {key!r} is sparse ({value.layout}); save dense "
+                "weights (tensor.to_dense()) from the trained network."
+            )
         if value.is_meta:
-            raise CheckpointError(f"{path}: tensor {key!r} has no data (a meta tensor); save the "
-                                  "trained weights, not a model built on the meta device.")
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has no data (a meta tensor); save the "
+                "trained weights, not a model built on the meta device."
+            )
         if value.is_complex():
-            raise CheckpointError(f"{path}: tensor {key!r} is complex ({value.dtype}); an "
-                                  "Attention U-Net has real weights. Check that this is the right "
-                                  "file.")
-    bad = {key: int(value.numel() - torch.isfinite(value).sum())
-           for key, value in sd.items() if value.is_floating_point()}
+            raise CheckpointError(
+                f"{path}: tensor {key!r} is complex ({value.dtype}); an "
+                "Attention U-Net has real weights. Check that this is the right "
+                "file."
+            )
+    bad = {
+        key: int(value.numel() - torch.isfinite(value).sum())
+        for key, value in sd.items()
+        if value.is_floating_point()
+    }
     bad = {key: n for key, n in bad.items() if n}
     if bad:
         first = next(iter(bad))
-        raise CheckpointError(f"{path}: {sum(bad.values())} weights are NaN or infinite (in "
-                              f"{len(bad)} tensors, such as {first!r}); the training probably "
-                              "diverged. Use an earlier checkpoint.")
+        raise CheckpointError(
+            f"{path}: {sum(bad.values())} weights are NaN or infinite (in "
+            f"{len(bad)} tensors, such as {first!r}); the training probably "
+            "diverged. Use an earlier checkpoint."
+        )
 
 
 # ---- family detection ---------------------------------------------------------------------
+
 
 def _strip(sd: dict[str, torch.Tensor], prefixes=("module.", "_orig_mod.")) -> dict:
     out = {}
@@ -238,7 +286,7 @@ def _strip(sd: dict[str, torch.Tensor], prefixes=("module.", "_orig_mod.")) -> d
             changed = False
             for p in prefixes:
                 if key.startswith(p):
-                    key, changed = key[len(p):], True
+                    key, changed = key[len(p) :], True
         out[key] = value
     return out
 
@@ -258,12 +306,13 @@ def _candidates(sd: dict) -> list[dict]:
     """The state dict as it is, then without a prefix shared by every key (repeatedly)."""
     out = [sd]
     while (prefix := _common_prefix(out[-1])) is not None and len(out) < 4:
-        out.append({k[len(prefix):]: v for k, v in out[-1].items()})
+        out.append({k[len(prefix) :]: v for k, v in out[-1].items()})
     return out
 
 
-def detect(sd: dict[str, torch.Tensor], family: str | None = None,
-           source: str = "checkpoint") -> tuple[ModelSpec, dict]:
+def detect(
+    sd: dict[str, torch.Tensor], family: str | None = None, source: str = "checkpoint"
+) -> tuple[ModelSpec, dict]:
     """The family and hyper-parameters, read from tensor names and shapes.
 
     Returns the spec and the state dict with wrapper prefixes removed.
@@ -272,8 +321,9 @@ def detect(sd: dict[str, torch.Tensor], family: str | None = None,
     families = [family] if family else list(REGISTRY)
     for name in families:
         if name not in REGISTRY:
-            raise CheckpointError(f"{source}: unknown family {name!r}; use one of "
-                                  f"{', '.join(REGISTRY)} or leave family unset.")
+            raise CheckpointError(
+                f"{source}: unknown family {name!r}; use one of {', '.join(REGISTRY)} or leave family unset."
+            )
     best = (0.0, families[0], sd)
     for candidate in _candidates(sd):
         for name in families:
@@ -282,8 +332,10 @@ def detect(sd: dict[str, torch.Tensor], family: str | None = None,
                 try:
                     return REGISTRY[name].infer_spec(candidate), candidate
                 except (KeyError, IndexError, ValueError) as exc:
-                    raise CheckpointError(f"{source}: looks like a {name} checkpoint, but {exc}. "
-                                          "Check that it is an Attention U-Net.") from exc
+                    raise CheckpointError(
+                        f"{source}: looks like a {name} checkpoint, but {exc}. "
+                        "Check that it is an Attention U-Net."
+                    ) from exc
             if score > best[0]:
                 best = (score, name, candidate)
     score, name, candidate = best
@@ -291,22 +343,28 @@ def detect(sd: dict[str, torch.Tensor], family: str | None = None,
     sample = ", ".join(list(candidate)[:4])
     hint = ""
     if any(word in k.lower() for k in candidate for word in ("excit", "squeeze", "fc1", "se.")):
-        hint = (" Its names suggest squeeze-and-excitation blocks, which weight channels and have "
-                "no spatial attention map, so they are not attention gates.")
+        hint = (
+            " Its names suggest squeeze-and-excitation blocks, which weight channels and have "
+            "no spatial attention map, so they are not attention gates."
+        )
     raise CheckpointError(
         f"{source} matches no Attention U-Net family. Closest: {name} "
         f"({score:.0%} of its key names), missing {', '.join(missing[:5])}; the file has "
         f"{len(candidate)} tensors such as {sample}.{hint} Supported: "
         f"{', '.join(row.title for row in REGISTRY.values())}, and native "
-        ".safetensors; pass family=... if the names were changed.")
+        ".safetensors; pass family=... if the names were changed."
+    )
 
 
 def _check_shapes(model: AttentionUNetBase, sd: dict, source: str) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs expected {tuple(v.shape)}"
-             for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} vs expected {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
     if not (missing or unexpected or wrong):
         return
     parts = []
@@ -316,15 +374,19 @@ def _check_shapes(model: AttentionUNetBase, sd: dict, source: str) -> None:
         parts.append(f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:4])})")
     if wrong:
         parts.append(f"{len(wrong)} shapes differ ({'; '.join(wrong[:3])})")
-    raise CheckpointError(f"{source}: looks like a {model.spec.family} {model.spec.variant} "
-                          f"checkpoint, but {', '.join(parts)}. It may come from a modified "
-                          "network; pass overrides=... or family=... to describe it.")
+    raise CheckpointError(
+        f"{source}: looks like a {model.spec.family} {model.spec.variant} "
+        f"checkpoint, but {', '.join(parts)}. It may come from a modified "
+        "network; pass overrides=... or family=... to describe it."
+    )
 
 
 # ---- public entry points -------------------------------------------------------------------
 
-def load_model(path: str | os.PathLike, family: str | None = None, *,
-               overrides: dict | None = None) -> AttentionUNetBase:
+
+def load_model(
+    path: str | os.PathLike, family: str | None = None, *, overrides: dict | None = None
+) -> AttentionUNetBase:
     """Load any supported checkpoint as an eval-mode network with ``.spec``.
 
     ``family`` forces one family when names are ambiguous; ``overrides`` sets spec fields that
@@ -337,8 +399,10 @@ def load_model(path: str | os.PathLike, family: str | None = None, *,
         try:
             spec = ModelSpec.from_dict(raw.metadata["spec"])
         except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source}: its napari-attunet metadata is invalid ({exc}). "
-                                  "Re-save it with napari_attunet.save_model.") from exc
+            raise CheckpointError(
+                f"{source}: its napari-attunet metadata is invalid ({exc}). "
+                "Re-save it with napari_attunet.save_model."
+            ) from exc
         sd = raw.state_dict
         if family and family != spec.family:
             raise CheckpointError(f"{source} records family {spec.family!r}, not {family!r}.")
@@ -364,15 +428,19 @@ def _build_checked(spec: ModelSpec, sd: dict, source: str) -> AttentionUNetBase:
         with torch.device("meta"):
             skeleton = build(spec)
     except (ValueError, TypeError, IndexError, RuntimeError, ZeroDivisionError) as exc:
-        raise CheckpointError(f"{source}: its spec does not describe a network that can be "
-                              f"built ({_first_line(exc)}). Re-save it with "
-                              "napari_attunet.save_model.") from None
+        raise CheckpointError(
+            f"{source}: its spec does not describe a network that can be "
+            f"built ({_first_line(exc)}). Re-save it with "
+            "napari_attunet.save_model."
+        ) from None
     size = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
     ok, free = fits(size)
     if not ok:
-        raise CheckpointError(f"{source}: its spec (features {list(spec.features)}) makes a "
-                              f"network of {gib(size)}, more than the {gib(free)} of memory free; "
-                              "it was not built. Check the spec in the file.")
+        raise CheckpointError(
+            f"{source}: its spec (features {list(spec.features)}) makes a "
+            f"network of {gib(size)}, more than the {gib(free)} of memory free; "
+            "it was not built. Check the spec in the file."
+        )
     _check_shapes(skeleton, sd, source)
     return build(spec)
 
@@ -380,19 +448,26 @@ def _build_checked(spec: ModelSpec, sd: dict, source: str) -> AttentionUNetBase:
 def _normalise_overrides(overrides: dict, spec: ModelSpec) -> dict:
     out = dict(overrides)
     if "strides" in out:
-        out["strides"] = tuple(tuple(s) if isinstance(s, (list, tuple)) else (int(s),) * spec.spatial_dims
-                               for s in out["strides"])
-    for name in ("class_names", "kernel_size", "up_kernel_size", "attention_dsample", "spacing",
-                 "tile"):
+        out["strides"] = tuple(
+            tuple(s) if isinstance(s, (list, tuple)) else (int(s),) * spec.spatial_dims
+            for s in out["strides"]
+        )
+    for name in ("class_names", "kernel_size", "up_kernel_size", "attention_dsample", "spacing", "tile"):
         if out.get(name) is not None:
             out[name] = tuple(out[name])
     return out
 
 
-def save_model(model: AttentionUNetBase, path: str | os.PathLike, *,
-               class_names: list[str] | None = None, normalization: dict | str | None = None,
-               spacing: tuple[float, ...] | None = None, provenance: dict | None = None,
-               **spec_changes: Any) -> Path:
+def save_model(
+    model: AttentionUNetBase,
+    path: str | os.PathLike,
+    *,
+    class_names: list[str] | None = None,
+    normalization: dict | str | None = None,
+    spacing: tuple[float, ...] | None = None,
+    provenance: dict | None = None,
+    **spec_changes: Any,
+) -> Path:
     """Write a native ``.safetensors`` checkpoint: the weights plus spec and metadata as JSON.
 
     The file is written to a temporary name first and renamed, so a crash never leaves half a file.
@@ -404,18 +479,24 @@ def save_model(model: AttentionUNetBase, path: str | os.PathLike, *,
     changes = dict(spec_changes)
     if class_names is not None:
         if len(class_names) != spec.out_channels:
-            raise CheckpointError(f"{path}: {len(class_names)} class names for a model with "
-                                  f"{spec.out_channels} output channels.")
+            raise CheckpointError(
+                f"{path}: {len(class_names)} class names for a model with "
+                f"{spec.out_channels} output channels."
+            )
         changes["class_names"] = tuple(class_names)
     if normalization is not None:
-        changes["normalization"] = ({"mode": normalization} if isinstance(normalization, str)
-                                    else dict(normalization))
+        changes["normalization"] = (
+            {"mode": normalization} if isinstance(normalization, str) else dict(normalization)
+        )
     if spacing is not None:
         changes["spacing"] = tuple(float(s) for s in spacing)
     spec = spec.replace(**changes)
     history = dict(getattr(model, "metadata", {}) or {}).get("provenance", {})
-    metadata = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(),
-                "provenance": {**history, **(provenance or {})}}
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "spec": spec.to_dict(),
+        "provenance": {**history, **(provenance or {})},
+    }
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

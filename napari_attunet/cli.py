@@ -29,14 +29,18 @@ def _info(args: argparse.Namespace) -> int:
         ("features", ", ".join(map(str, spec.features))),
         ("parameters", f"{parameter_count(model):,}"),
         ("total stride", " x ".join(map(str, spec.total_stride))),
-        ("orientation", f"{spec.network_orientation}: the network sees scans "
-                        f"{spec.orientation_label}"),
+        ("orientation", f"{spec.network_orientation}: the network sees scans {spec.orientation_label}"),
     ]
     for name in REGISTRY[spec.family].info_fields:
         rows.append((name.replace("_", " "), getattr(spec, name)))
     for k, g in enumerate(spec.gates, start=1):
-        rows.append((f"gate {k}", f"stride {'x'.join(map(str, g.stride))}, offset "
-                     f"{'/'.join(f'{o:g}' for o in g.offset)} voxels, {g.heads} map(s)"))
+        rows.append(
+            (
+                f"gate {k}",
+                f"stride {'x'.join(map(str, g.stride))}, offset "
+                f"{'/'.join(f'{o:g}' for o in g.offset)} voxels, {g.heads} map(s)",
+            )
+        )
     if spec.normalization:
         rows.append(("normalization", json.dumps(spec.normalization)))
     if spec.spacing:
@@ -45,9 +49,18 @@ def _info(args: argparse.Namespace) -> int:
     if provenance:
         rows.append(("provenance", json.dumps(provenance, sort_keys=True)))
     if args.json:
-        print(json.dumps({"spec": spec.to_dict(), "sha256": rows[1][1],
-                          "parameters": parameter_count(model),
-                          "gates": [g.__dict__ for g in spec.gates]}, indent=2, default=list))
+        print(
+            json.dumps(
+                {
+                    "spec": spec.to_dict(),
+                    "sha256": rows[1][1],
+                    "parameters": parameter_count(model),
+                    "gates": [g.__dict__ for g in spec.gates],
+                },
+                indent=2,
+                default=list,
+            )
+        )
         return 0
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -61,7 +74,8 @@ def _orientation_arg(text: str) -> str:
     value = text if text in ("native", "display") else text.upper()
     if not valid_orientation(value):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an axis code such as RAS or LPS, nor 'native' or 'display'")
+            f"{text!r} is not an axis code such as RAS or LPS, nor 'native' or 'display'"
+        )
     return value
 
 
@@ -105,12 +119,18 @@ def _convert(args: argparse.Namespace) -> int:
     if args.orientation:
         overrides["orientation"] = args.orientation
     model = load_model(args.checkpoint, family=args.family, overrides=overrides or None)
-    out = save_model(model, args.out, class_names=args.class_names,
-                     normalization=_parse_normalization(args.normalization),
-                     spacing=args.spacing,
-                     provenance={"converted_from": str(model.source),
-                                 "source_sha256": sha256(model.source),
-                                 "source_family": model.spec.family})
+    out = save_model(
+        model,
+        args.out,
+        class_names=args.class_names,
+        normalization=_parse_normalization(args.normalization),
+        spacing=args.spacing,
+        provenance={
+            "converted_from": str(model.source),
+            "source_sha256": sha256(model.source),
+            "source_family": model.spec.family,
+        },
+    )
     print(f"wrote {out}: {load_model(out).spec.summary()}")
     return 0
 
@@ -128,9 +148,11 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
     except InputError as exc:
         raise InputError(f"--normalization {args.normalization!r}: {exc}") from None
     except ValueError as exc:
-        raise InputError(f"--normalization {args.normalization!r} is not understood "
-                         f"({str(exc).rstrip('.')}); give numbers after the colon, as in "
-                         "ct:-160,240 or percentile:0.5,99.5.") from None
+        raise InputError(
+            f"--normalization {args.normalization!r} is not understood "
+            f"({str(exc).rstrip('.')}); give numbers after the colon, as in "
+            "ct:-160,240 or percentile:0.5,99.5."
+        ) from None
     try:
         device = resolve_device(args.device)
     except InputError as exc:
@@ -140,20 +162,24 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
     except InputError as exc:
         raise InputError(f"--precision {args.precision}: {exc}") from None
     if args.thresholds is not None and len(args.thresholds) not in (1, spec.out_channels):
-        raise InputError(f"--thresholds: {len(args.thresholds)} values given, but the model has "
-                         f"{spec.out_channels} classes ({', '.join(spec.class_labels)}); give one "
-                         "per class.")
-    if args.tile is not None and (len(args.tile) not in (1, spec.spatial_dims)
-                                  or min(args.tile) <= 0):
-        raise InputError(f"--tile {' '.join(map(str, args.tile))}: give one positive size or "
-                         f"{spec.spatial_dims} (one per axis of this {spec.spatial_dims}D model).")
+        raise InputError(
+            f"--thresholds: {len(args.thresholds)} values given, but the model has "
+            f"{spec.out_channels} classes ({', '.join(spec.class_labels)}); give one "
+            "per class."
+        )
+    if args.tile is not None and (len(args.tile) not in (1, spec.spatial_dims) or min(args.tile) <= 0):
+        raise InputError(
+            f"--tile {' '.join(map(str, args.tile))}: give one positive size or "
+            f"{spec.spatial_dims} (one per axis of this {spec.spatial_dims}D model)."
+        )
     if not 0.0 <= args.overlap < 1.0:
         raise InputError(f"--overlap {args.overlap:g}: give a fraction in [0, 1).")
     if args.min_size < 0:
         raise InputError(f"--min-size {args.min_size}: give a number of voxels, 0 or more.")
-    return {"normalization": normalization,
-            "tile": None if args.tile is None else (args.tile[0] if len(args.tile) == 1
-                                                   else tuple(args.tile))}
+    return {
+        "normalization": normalization,
+        "tile": None if args.tile is None else (args.tile[0] if len(args.tile) == 1 else tuple(args.tile)),
+    }
 
 
 def _output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
@@ -163,8 +189,7 @@ def _output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
     if args.attention:
         for k, gate in enumerate(spec.gates, start=1):
             for h in range(gate.heads):
-                names.append(f"{name}_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
-                             + suffix)
+                names.append(f"{name}_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "") + suffix)
     if args.uncertainty:
         names.append(f"{name}_uncertainty{suffix}")
     if args.probabilities:
@@ -192,8 +217,11 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference import predict
     from .inference.postprocess import gate_on_image_grid
 
-    if getattr(args, "scheduler", None) or args.format == "zarr" \
-            or str(args.output).rstrip("/").endswith(".zarr"):
+    if (
+        getattr(args, "scheduler", None)
+        or args.format == "zarr"
+        or str(args.output).rstrip("/").endswith(".zarr")
+    ):
         from .cohort import run
 
         return run(args)
@@ -213,23 +241,31 @@ def _predict(args: argparse.Namespace) -> int:
                 for planned_name in planned:
                     outputs.check_target(outdir / planned_name, False)
             volume = io.read(scan)
-            with tqdm(total=1, desc=name, unit="batch", leave=False,
-                      disable=args.quiet) as bar:
+            with tqdm(total=1, desc=name, unit="batch", leave=False, disable=args.quiet) as bar:
+
                 def progress(done, total):
                     bar.total = total
                     bar.n = done
                     bar.refresh()
 
-                pred = predict(volume, model, orientation=args.orientation,
-                               normalization=options["normalization"], tile=options["tile"],
-                               overlap=args.overlap, device=args.device,
-                               precision=args.precision, tta=args.tta, progress=progress,
-                               name=str(scan), attention=args.attention,
-                               runtime=args.runtime)
+                pred = predict(
+                    volume,
+                    model,
+                    orientation=args.orientation,
+                    normalization=options["normalization"],
+                    tile=options["tile"],
+                    overlap=args.overlap,
+                    device=args.device,
+                    precision=args.precision,
+                    tta=args.tta,
+                    progress=progress,
+                    name=str(scan),
+                    attention=args.attention,
+                    runtime=args.runtime,
+                )
             for note in volume.notes:  # after the run: a scan that fails gets one line only
                 print(note, file=sys.stderr)
-            labels = pred.labels(thresholds, min_size=args.min_size,
-                                 fill_holes=args.fill_holes)
+            labels = pred.labels(thresholds, min_size=args.min_size, fill_holes=args.fill_holes)
             suffix = args.format
             with outputs.staged(outdir, args.overwrite) as stage:
                 io.write_staged(stage, f"{name}_labels{suffix}", labels, volume)
@@ -237,19 +273,23 @@ def _predict(args: argparse.Namespace) -> int:
                     for k, gate in enumerate(pred.gates, start=1):
                         for h in range(gate.heads):
                             tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
-                            io.write_staged(stage, f"{name}{tag}{suffix}",
-                                            gate_on_image_grid(gate, labels.shape, h), volume)
+                            io.write_staged(
+                                stage,
+                                f"{name}{tag}{suffix}",
+                                gate_on_image_grid(gate, labels.shape, h),
+                                volume,
+                            )
                 if args.uncertainty:
-                    io.write_staged(stage, f"{name}_uncertainty{suffix}", pred.uncertainty,
-                                    volume)
+                    io.write_staged(stage, f"{name}_uncertainty{suffix}", pred.uncertainty, volume)
                 if args.probabilities:
                     probs = pred.probabilities
                     for c, cname in enumerate(pred.class_names):
-                        io.write_staged(stage, f"{name}_prob_{_safe(cname)}{suffix}", probs[c],
-                                        volume)
+                        io.write_staged(stage, f"{name}_prob_{_safe(cname)}{suffix}", probs[c], volume)
             full_path = str(Path(scan).expanduser().absolute())
-            rows = [(name, cname, f"{ml:.3f}", full_path)
-                    for cname, ml in pred.volumes_ml(labels, volume.spacing).items()]
+            rows = [
+                (name, cname, f"{ml:.3f}", full_path)
+                for cname, ml in pred.volumes_ml(labels, volume.spacing).items()
+            ]
             outputs.merge_volumes(outdir / "volumes.csv", rows)  # per scan: an interrupt keeps it
             if not args.quiet:
                 print(done_line(name, labels.shape, pred, outdir))
@@ -258,15 +298,19 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"napari-attunet predict: {_sentence(exc)}", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - one line per scan, the next one runs
             failures += 1
-            print(f"napari-attunet predict: {scan}: failed ({_sentence(exc)}); nothing was "
-                  "written for it.", file=sys.stderr)
+            print(
+                f"napari-attunet predict: {scan}: failed ({_sentence(exc)}); nothing was written for it.",
+                file=sys.stderr,
+            )
     return 1 if failures else 0
 
 
 def done_line(name: str, shape, pred, target) -> str:
     """The line printed when one scan is done."""
-    return (f"{name}: {tuple(shape)} in {pred.seconds:.1f} s on {pred.device} "
-            f"({pred.precision}, {pred.runtime}) -> {target}")
+    return (
+        f"{name}: {tuple(shape)} in {pred.seconds:.1f} s on {pred.device} "
+        f"({pred.precision}, {pred.runtime}) -> {target}"
+    )
 
 
 def _sentence(exc: BaseException) -> str:
@@ -296,23 +340,37 @@ def _train(args: argparse.Namespace) -> int:
         if not (args.images and args.labels):
             raise ValueError("give --images and --labels folders, or --recipe mni152.")
         norm = _parse_normalization(args.normalization) or {"mode": "zscore"}
-        cases = [load_case(i, lab, Normalization.parse(norm))
-                 for i, lab in find_pairs(args.images, args.labels)]
+        cases = [
+            load_case(i, lab, Normalization.parse(norm)) for i, lab in find_pairs(args.images, args.labels)
+        ]
         n_val = max(1, len(cases) // 5) if len(cases) > 1 else 0
         val = cases[-n_val:] if n_val else cases
         cases = cases[:-n_val] if n_val else cases
         classes = int(max(c.labels.max() for c in cases + val)) + 1
         names = args.class_names or ["background"] + [f"class {k}" for k in range(1, classes)]
-        summary = {"images": str(args.images), "labels": str(args.labels),
-                   "train": [c.name for c in cases], "validation": [c.name for c in val]}
+        summary = {
+            "images": str(args.images),
+            "labels": str(args.labels),
+            "train": [c.name for c in cases],
+            "validation": [c.name for c in val],
+        }
     dims = cases[0].labels.ndim
-    spec = default_spec(dims, cases[0].image.shape[0], len(names), args.features, args.family,
-                        args.variant)
+    spec = default_spec(dims, cases[0].image.shape[0], len(names), args.features, args.family, args.variant)
     patch = tuple(args.patch or ((64,) * 3 if dims == 3 else (256,) * 2))
-    config = TrainConfig(out=Path(args.output), spec=spec, patch=patch, normalization=norm,
-                         batch=args.batch, epochs=args.epochs, steps=args.steps, lr=args.lr,
-                         device=args.device, precision=args.precision, seed=args.seed,
-                         resume=args.resume)
+    config = TrainConfig(
+        out=Path(args.output),
+        spec=spec,
+        patch=patch,
+        normalization=norm,
+        batch=args.batch,
+        epochs=args.epochs,
+        steps=args.steps,
+        lr=args.lr,
+        device=args.device,
+        precision=args.precision,
+        seed=args.seed,
+        resume=args.resume,
+    )
     rank = int(__import__("os").environ.get("RANK", "0"))
     bar = tqdm(total=args.epochs * args.steps, disable=args.quiet or rank != 0, unit="step")
     steps = train(config, cases, val, names, summary)
@@ -328,8 +386,10 @@ def _train(args: argparse.Namespace) -> int:
             bar.refresh()
         elif rank == 0 and not args.quiet:
             dice = ", ".join(f"{k} {v:.3f}" for k, v in record.get("dice", {}).items())
-            tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.3f}; validation Dice "
-                       f"{dice}{' (best, saved)' if record.get('best') else ''}")
+            tqdm.write(
+                f"epoch {record['epoch']}: loss {record['loss']:.3f}; validation Dice "
+                f"{dice}{' (best, saved)' if record.get('best') else ''}"
+            )
     bar.close()
     if rank == 0 and not args.quiet:
         print(f"best mean Dice {result['best_mean_dice']:.3f} -> {args.output}")
@@ -343,8 +403,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-attunet",
-                                     description="Attention U-Net inference and attention maps.")
+    parser = argparse.ArgumentParser(
+        prog="napari-attunet", description="Attention U-Net inference and attention maps."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="describe a checkpoint")
@@ -358,66 +419,114 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("out", help="the .safetensors file to write")
     conv.add_argument("--family", choices=FAMILIES)
     conv.add_argument("--class-names", nargs="+", metavar="NAME")
-    conv.add_argument("--normalization", metavar="MODE",
-                      help="none | zscore (NormalizeIntensityd) | zscore_nonzero (nonzero=True) | "
-                           "zscore_foreground | ct:LOW,HIGH | percentile:LOW,HIGH | "
-                           "range:A_MIN,A_MAX[,B_MIN,B_MAX[,noclip]] (ScaleIntensityRanged)")
-    conv.add_argument("--spacing", nargs="+", type=float, metavar="MM",
-                      help="the voxel spacing the model was trained at, in array axis order")
-    conv.add_argument("--gate-mode", choices=("concatenation", "concatenation_debug",
-                                              "concatenation_residual"))
-    conv.add_argument("--align-corners", action="store_true",
-                      help="for official checkpoints trained with PyTorch 0.3")
+    conv.add_argument(
+        "--normalization",
+        metavar="MODE",
+        help="none | zscore (NormalizeIntensityd) | zscore_nonzero (nonzero=True) | "
+        "zscore_foreground | ct:LOW,HIGH | percentile:LOW,HIGH | "
+        "range:A_MIN,A_MAX[,B_MIN,B_MAX[,noclip]] (ScaleIntensityRanged)",
+    )
+    conv.add_argument(
+        "--spacing",
+        nargs="+",
+        type=float,
+        metavar="MM",
+        help="the voxel spacing the model was trained at, in array axis order",
+    )
+    conv.add_argument(
+        "--gate-mode", choices=("concatenation", "concatenation_debug", "concatenation_residual")
+    )
+    conv.add_argument(
+        "--align-corners", action="store_true", help="for official checkpoints trained with PyTorch 0.3"
+    )
     conv.add_argument("--strides", metavar="S,S,...", help="MONAI down-sampling strides")
     conv.add_argument("--output", choices=("softmax", "sigmoid"))
-    conv.add_argument("--orientation", type=_orientation_arg, metavar="CODE",
-                      help="how the training pipeline laid scans out: an axis code such as RAS "
-                           "(MONAI's Orientationd) or LPS, 'native' (as each file stores it) or "
-                           "'display' (as napari shows it); default by family")
-    conv.add_argument("--axes", choices=("xyz", "zyx", "yxz", "xzy", "zxy", "yzx", "yx", "xy"),
-                      help="for orientation 'display' (and 2D networks): the order in which the "
-                           "network saw the displayed axes")
+    conv.add_argument(
+        "--orientation",
+        type=_orientation_arg,
+        metavar="CODE",
+        help="how the training pipeline laid scans out: an axis code such as RAS "
+        "(MONAI's Orientationd) or LPS, 'native' (as each file stores it) or "
+        "'display' (as napari shows it); default by family",
+    )
+    conv.add_argument(
+        "--axes",
+        choices=("xyz", "zyx", "yxz", "xzy", "zxy", "yzx", "yx", "xy"),
+        help="for orientation 'display' (and 2D networks): the order in which the "
+        "network saw the displayed axes",
+    )
     conv.set_defaults(func=_convert)
 
     pred = sub.add_parser("predict", help="segment scans, writing labels, gates and volumes")
     pred.add_argument("scans", nargs="+", help="NIfTI, NRRD, MHA/MHD files or DICOM folders")
     pred.add_argument("-c", "--checkpoint", required=True)
     pred.add_argument("-o", "--output", required=True, help="output folder")
-    pred.add_argument("--attention", action="store_true",
-                      help="also write every gate map, resampled to the scan grid")
+    pred.add_argument(
+        "--attention", action="store_true", help="also write every gate map, resampled to the scan grid"
+    )
     pred.add_argument("--probabilities", action="store_true", help="also write probabilities")
-    pred.add_argument("--uncertainty", action="store_true",
-                      help="also write the per-voxel uncertainty in [0, 1] (normalised entropy; "
-                           "with --tta, or the flips' disagreement where larger)")
+    pred.add_argument(
+        "--uncertainty",
+        action="store_true",
+        help="also write the per-voxel uncertainty in [0, 1] (normalised entropy; "
+        "with --tta, or the flips' disagreement where larger)",
+    )
     pred.add_argument("--device", default="auto")
     pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    pred.add_argument("--runtime", default="auto", choices=("auto", "torch", "openvino"),
-                      help="auto: OpenVINO on the CPU when installed (pip install "
-                           "\"napari-attunet[openvino]\"), else PyTorch")
-    pred.add_argument("--normalization", metavar="MODE",
-                      help="none | zscore (NormalizeIntensityd) | zscore_nonzero (nonzero=True) | "
-                           "zscore_foreground | ct:LOW,HIGH | percentile:LOW,HIGH | "
-                           "range:A_MIN,A_MAX[,B_MIN,B_MAX[,noclip]] (ScaleIntensityRanged)")
-    pred.add_argument("--orientation", type=_orientation_arg, metavar="CODE",
-                      help="override the checkpoint's orientation for this run (see convert)")
+    pred.add_argument(
+        "--runtime",
+        default="auto",
+        choices=("auto", "torch", "openvino"),
+        help="auto: OpenVINO on the CPU when installed (pip install "
+        '"napari-attunet[openvino]"), else PyTorch',
+    )
+    pred.add_argument(
+        "--normalization",
+        metavar="MODE",
+        help="none | zscore (NormalizeIntensityd) | zscore_nonzero (nonzero=True) | "
+        "zscore_foreground | ct:LOW,HIGH | percentile:LOW,HIGH | "
+        "range:A_MIN,A_MAX[,B_MIN,B_MAX[,noclip]] (ScaleIntensityRanged)",
+    )
+    pred.add_argument(
+        "--orientation",
+        type=_orientation_arg,
+        metavar="CODE",
+        help="override the checkpoint's orientation for this run (see convert)",
+    )
     pred.add_argument("--tile", type=int, nargs="+", metavar="N")
     pred.add_argument("--overlap", type=float, default=0.5)
     pred.add_argument("--tta", action="store_true", help="average over mirrored flips")
-    pred.add_argument("--thresholds", type=float, nargs="+", metavar="T",
-                      help="one per class (softmax: background's ignored); default: the most "
-                           "probable class for softmax models, 0.5 per channel for sigmoid")
-    pred.add_argument("--min-size", type=int, default=0, metavar="VOXELS",
-                      help="drop connected components smaller than this")
+    pred.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        metavar="T",
+        help="one per class (softmax: background's ignored); default: the most "
+        "probable class for softmax models, 0.5 per channel for sigmoid",
+    )
+    pred.add_argument(
+        "--min-size",
+        type=int,
+        default=0,
+        metavar="VOXELS",
+        help="drop connected components smaller than this",
+    )
     pred.add_argument("--fill-holes", action="store_true")
-    pred.add_argument("--format", default=".nii.gz",
-                      choices=(".nii.gz", ".nii", ".nrrd", ".mha", "zarr"),
-                      help="zarr: one OME-Zarr store per scan, written block by block "
-                           "(also when -o ends in .zarr)")
-    pred.add_argument("--scheduler", metavar="ADDRESS",
-                      help="run on Dask: local:N (N worker processes here) or tcp://host:8786; "
-                           "scans are spread over the workers and finished ones skipped")
-    pred.add_argument("--overwrite", action="store_true",
-                      help="replace output files that already exist (default: refuse)")
+    pred.add_argument(
+        "--format",
+        default=".nii.gz",
+        choices=(".nii.gz", ".nii", ".nrrd", ".mha", "zarr"),
+        help="zarr: one OME-Zarr store per scan, written block by block (also when -o ends in .zarr)",
+    )
+    pred.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on Dask: local:N (N worker processes here) or tcp://host:8786; "
+        "scans are spread over the workers and finished ones skipped",
+    )
+    pred.add_argument(
+        "--overwrite", action="store_true", help="replace output files that already exist (default: refuse)"
+    )
     pred.add_argument("-q", "--quiet", action="store_true")
     pred.set_defaults(func=_predict)
 
@@ -430,10 +539,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--class-names", nargs="+", metavar="NAME")
     tr.add_argument("--normalization", metavar="MODE", help="as for predict (default zscore)")
     tr.add_argument("--family", default="official", choices=FAMILIES)
-    tr.add_argument("--variant", choices=REGISTRY["official"].variants,
-                    help="official variant (default single_att_dsv, the paper's design)")
-    tr.add_argument("--features", type=int, nargs="+", default=(8, 16, 32, 64, 128),
-                    help="encoder widths, finest first (official: exactly 5)")
+    tr.add_argument(
+        "--variant",
+        choices=REGISTRY["official"].variants,
+        help="official variant (default single_att_dsv, the paper's design)",
+    )
+    tr.add_argument(
+        "--features",
+        type=int,
+        nargs="+",
+        default=(8, 16, 32, 64, 128),
+        help="encoder widths, finest first (official: exactly 5)",
+    )
     tr.add_argument("--patch", type=int, nargs="+")
     tr.add_argument("--batch", type=int, default=2)
     tr.add_argument("--epochs", type=int, default=20)

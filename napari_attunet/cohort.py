@@ -75,26 +75,29 @@ def _predict_cohort(args) -> int:
     outdir = outputs.check_folder(args.output, "-o/--output")
     scans = [os.path.abspath(s) for s in args.scans]
     names = outputs.unique_names(args.scans, io._stem)
-    pending = [(scan, name) for scan, name in zip(scans, names)
-               if args.overwrite or not all((outdir / f).exists()
-                                            for f in _output_names(name, spec, args))]
+    pending = [
+        (scan, name)
+        for scan, name in zip(scans, names)
+        if args.overwrite or not all((outdir / f).exists() for f in _output_names(name, spec, args))
+    ]
     options = {k: v for k, v in vars(args).items() if k not in ("func", "model", "names")}
     options["output"] = str(outdir.resolve())
     failures = 0
-    bar = tqdm(total=len(scans), initial=len(scans) - len(pending), unit="scan",
-               disable=args.quiet)
+    bar = tqdm(total=len(scans), initial=len(scans) - len(pending), unit="scan", disable=args.quiet)
     if len(scans) > len(pending) and not args.quiet:
         tqdm.write(f"{len(scans) - len(pending)} scan(s) already done in {outdir}: skipped")
     client = connect(args.scheduler) if pending else None
     try:
-        futures = {client.submit(scan_task, scan, name, options, pure=False): scan
-                   for scan, name in pending}
+        futures = {client.submit(scan_task, scan, name, options, pure=False): scan for scan, name in pending}
         for future in as_completed(list(futures)) if futures else ():
             try:
                 code, err, out = future.result()
             except Exception as exc:  # noqa: BLE001 - a worker lost: one line, the rest go on
-                code, err, out = 1, f"napari-attunet predict: {futures[future]}: failed " \
-                                    f"({type(exc).__name__}: {exc}).", ""
+                code, err, out = (
+                    1,
+                    f"napari-attunet predict: {futures[future]}: failed ({type(exc).__name__}: {exc}).",
+                    "",
+                )
             for line in err.splitlines():
                 tqdm.write(line, file=sys.stderr)
             if not args.quiet:
@@ -121,14 +124,14 @@ def _predict_stores(args) -> int:
     from .inference import predict
 
     if args.min_size or args.fill_holes:
-        raise InputError("--min-size and --fill-holes need the whole volume in memory; they "
-                         "are not available with zarr output.")
+        raise InputError(
+            "--min-size and --fill-holes need the whole volume in memory; they "
+            "are not available with zarr output."
+        )
     single = str(args.output).rstrip("/").endswith(".zarr")
     if single and len(args.scans) != 1:
-        raise InputError(f"-o {args.output} is one store; give one scan, or a folder with "
-                         "--format zarr.")
-    outdir = outputs.check_folder(Path(args.output).parent if single else args.output,
-                                  "-o/--output")
+        raise InputError(f"-o {args.output} is one store; give one scan, or a folder with --format zarr.")
+    outdir = outputs.check_folder(Path(args.output).parent if single else args.output, "-o/--output")
     model = load_model(args.checkpoint)
     options = _predict_options(args, model.spec)
     names = outputs.unique_names(args.scans, io._stem)
@@ -150,19 +153,30 @@ def _predict_stores(args) -> int:
                     _merge_rows(outdir, scan, name, target)
                     continue
                 volume = io.read(scan)
-                with tqdm(total=1, desc=name, unit="block", leave=False,
-                          disable=args.quiet) as bar:
+                with tqdm(total=1, desc=name, unit="block", leave=False, disable=args.quiet) as bar:
+
                     def progress(done, total):
                         bar.total, bar.n = total, done
                         bar.refresh()
 
-                    pred = predict(volume, model, orientation=args.orientation,
-                                   normalization=options["normalization"], tile=options["tile"],
-                                   overlap=args.overlap, device=args.device,
-                                   precision=args.precision, tta=args.tta, progress=progress,
-                                   name=str(scan), attention=args.attention, out=target,
-                                   scheduler=client, thresholds=args.thresholds,
-                                   runtime=args.runtime)
+                    pred = predict(
+                        volume,
+                        model,
+                        orientation=args.orientation,
+                        normalization=options["normalization"],
+                        tile=options["tile"],
+                        overlap=args.overlap,
+                        device=args.device,
+                        precision=args.precision,
+                        tta=args.tta,
+                        progress=progress,
+                        name=str(scan),
+                        attention=args.attention,
+                        out=target,
+                        scheduler=client,
+                        thresholds=args.thresholds,
+                        runtime=args.runtime,
+                    )
                 for note in volume.notes:
                     print(note, file=sys.stderr)
                 if not single:  # -o result.zarr names a store, not a folder to add a table to
@@ -196,6 +210,11 @@ def _merge_rows(outdir: Path, scan: str, name: str, target: Path) -> None:
     spacing = transforms["coordinateTransformations"][0]["scale"]
     voxel = float(np.prod(spacing)) / 1000.0
     path = str(Path(scan).expanduser().absolute())
-    outputs.merge_volumes(outdir / "volumes.csv", [
-        [name, label, f"{(counts[k] if k < len(counts) else 0) * voxel:.3f}", path]
-        for k, label in enumerate(labels) if k > 0])
+    outputs.merge_volumes(
+        outdir / "volumes.csv",
+        [
+            [name, label, f"{(counts[k] if k < len(counts) else 0) * voxel:.3f}", path]
+            for k, label in enumerate(labels)
+            if k > 0
+        ],
+    )

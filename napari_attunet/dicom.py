@@ -40,9 +40,9 @@ FOREIGN = {
     "1.2.840.10008.5.1.4.1.1.9": "a waveform",
     "1.2.840.10008.5.1.4.1.1.104": "an encapsulated document",
 }
-UNIFORM_TOLERANCE = 0.01   # of the slice step: positions closer than this to a uniform grid
-DUPLICATE_MM = 0.01        # slices closer than this along the normal share a position
-TILT_MM = 0.02             # in-plane drift of slice positions below this is rounding, not tilt
+UNIFORM_TOLERANCE = 0.01  # of the slice step: positions closer than this to a uniform grid
+DUPLICATE_MM = 0.01  # slices closer than this along the normal share a position
+TILT_MM = 0.02  # in-plane drift of slice positions below this is rounding, not tilt
 
 
 @dataclass
@@ -96,6 +96,7 @@ def is_dicom_file(path: Path) -> bool:
 
 
 # ---- headers ---------------------------------------------------------------------------------
+
 
 def _foreign_kind(sop_class: str) -> str | None:
     for prefix in sorted(FOREIGN, key=len, reverse=True):
@@ -161,10 +162,18 @@ def _header(path: Path) -> _File | str:
     else:
         position = _floats(reader, "0020|0032")
         orientation = _floats(reader, "0020|0037")
-        slices = [_Slice(path, 0, _vector(position, 3), _vector(orientation, 6),
-                         spacing or (1.0, 1.0), instance, (rows, cols))]
-    return _File(path, meta("0020|000e"), sop, frames, slices,
-                 step[0] if step and step[0] > 0 else None)
+        slices = [
+            _Slice(
+                path,
+                0,
+                _vector(position, 3),
+                _vector(orientation, 6),
+                spacing or (1.0, 1.0),
+                instance,
+                (rows, cols),
+            )
+        ]
+    return _File(path, meta("0020|000e"), sop, frames, slices, step[0] if step and step[0] > 0 else None)
 
 
 def _vector(values: list[float] | None, n: int) -> np.ndarray | None:
@@ -196,12 +205,23 @@ def _frames(path: Path, frames: int, spacing, instance: int, size) -> list[_Slic
         orientation = group_value(item, (0x0020, 0x9116), (0x0020, 0x0037))
         pixel = group_value(item, (0x0028, 0x9110), (0x0028, 0x0030))
         pixel = (pixel[0], pixel[1]) if pixel and len(pixel) == 2 else spacing
-        slices.append(_Slice(path, k, _vector(position, 3) if per_frame else None,
-                             _vector(orientation, 6), pixel or (1.0, 1.0), instance, size, True))
+        slices.append(
+            _Slice(
+                path,
+                k,
+                _vector(position, 3) if per_frame else None,
+                _vector(orientation, 6),
+                pixel or (1.0, 1.0),
+                instance,
+                size,
+                True,
+            )
+        )
     return slices
 
 
 # ---- choosing the series -----------------------------------------------------------------------
+
 
 def _candidates(path: Path) -> tuple[list[Path], Path]:
     if path.is_dir():
@@ -228,17 +248,22 @@ def _gather(path: Path) -> tuple[list[_File], list[str]]:
     if path.is_file():
         chosen = _header(path)
         if isinstance(chosen, str) and chosen in _UNREADABLE:
-            raise InputError(f"{path}: this file cannot be read as a DICOM image ({chosen}); copy "
-                             "it again.")
+            raise InputError(f"{path}: this file cannot be read as a DICOM image ({chosen}); copy it again.")
         if isinstance(chosen, str):
-            raise InputError(f"{path}: this DICOM file is {chosen}, not an image; open the image "
-                             "series file or folder instead.")
+            raise InputError(
+                f"{path}: this DICOM file is {chosen}, not an image; open the image "
+                "series file or folder instead."
+            )
         if chosen.frames > 1 or not chosen.series:
             return [chosen], notes
-        siblings = [p for p in sorted(path.parent.iterdir())
-                    if p.is_file() and p != path and is_dicom_file(p)]
-        files = [chosen] + [f for f in map(_header, siblings)
-                            if isinstance(f, _File) and f.series == chosen.series and f.frames == 1]
+        siblings = [
+            p for p in sorted(path.parent.iterdir()) if p.is_file() and p != path and is_dicom_file(p)
+        ]
+        files = [chosen] + [
+            f
+            for f in map(_header, siblings)
+            if isinstance(f, _File) and f.series == chosen.series and f.frames == 1
+        ]
         return files, notes
 
     files, folder = _candidates(path)
@@ -251,10 +276,14 @@ def _gather(path: Path) -> tuple[list[_File], list[str]]:
             headers.append(header)
     if not headers:
         subfolders = [p.name for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
-        what = (f"it holds {_count(len(files), 'file')}, none an image of a scan: "
-                f"{_list(skipped, 4)}" if files else "it holds no files")
-        hint = (f"; subfolders are not searched, open one of them ({_list(subfolders, 3)})"
-                if subfolders else "")
+        what = (
+            f"it holds {_count(len(files), 'file')}, none an image of a scan: {_list(skipped, 4)}"
+            if files
+            else "it holds no files"
+        )
+        hint = (
+            f"; subfolders are not searched, open one of them ({_list(subfolders, 3)})" if subfolders else ""
+        )
         raise InputError(f"{path}: no DICOM image series found in this folder: {what}{hint}.")
     series: dict[str, list[_File]] = {}
     for header in headers:
@@ -263,25 +292,31 @@ def _gather(path: Path) -> tuple[list[_File], list[str]]:
     chosen_uid, chosen = ranked[0]
     if len(ranked) > 1:
         others = ", ".join(f"{uid} ({len(f)} files)" for uid, f in ranked[1:])
-        notes.append(f"{folder.name}: opened the largest DICOM series {chosen_uid} "
-                     f"({len(chosen)} files); the folder also holds {others}.")
+        notes.append(
+            f"{folder.name}: opened the largest DICOM series {chosen_uid} "
+            f"({len(chosen)} files); the folder also holds {others}."
+        )
     if skipped:
-        notes.append(f"{folder.name}: skipped {_count(len(skipped), 'file')} that "
-                     f"{'hold' if len(skipped) > 1 else 'holds'} no image of a scan: "
-                     f"{_list(skipped)}.")
+        notes.append(
+            f"{folder.name}: skipped {_count(len(skipped), 'file')} that "
+            f"{'hold' if len(skipped) > 1 else 'holds'} no image of a scan: "
+            f"{_list(skipped)}."
+        )
     multi = [f for f in chosen if f.frames > 1]
     if multi and len(chosen) > 1:
         largest = max(multi, key=lambda f: f.frames)
-        notes.append(f"{folder.name}: the series mixes multi-frame and single files; opened the "
-                     f"largest multi-frame file {largest.path.name} ({largest.frames} frames).")
+        notes.append(
+            f"{folder.name}: the series mixes multi-frame and single files; opened the "
+            f"largest multi-frame file {largest.path.name} ({largest.frames} frames)."
+        )
         chosen = [largest]
     return chosen, notes
 
 
 # ---- pixels ------------------------------------------------------------------------------------
 
-def _pixels(files: list[_File], path: Path,
-            notes: list[str]) -> dict[Path, np.ndarray]:
+
+def _pixels(files: list[_File], path: Path, notes: list[str]) -> dict[Path, np.ndarray]:
     """Pixel arrays (frames, rows, cols[, components]) per file; files that fail are named."""
     sitk = _sitk()
     arrays, failed = {}, []
@@ -297,15 +332,20 @@ def _pixels(files: list[_File], path: Path,
             array = array[None]
         arrays[file.path] = array
     if failed and not arrays:
-        raise InputError(f"{path}: no slice of the series could be read (corrupt or truncated: "
-                         f"{_list(failed, 4)}); copy the files again.")
+        raise InputError(
+            f"{path}: no slice of the series could be read (corrupt or truncated: "
+            f"{_list(failed, 4)}); copy the files again."
+        )
     if failed:
-        notes.append(f"{path.name}: left out {len(failed)} unreadable slice file"
-                     f"{'s' * (len(failed) > 1)} (corrupt or truncated): {_list(failed)}.")
+        notes.append(
+            f"{path.name}: left out {len(failed)} unreadable slice file"
+            f"{'s' * (len(failed) > 1)} (corrupt or truncated): {_list(failed)}."
+        )
     return arrays
 
 
 # ---- geometry ----------------------------------------------------------------------------------
+
 
 def _frame(orientation: np.ndarray) -> np.ndarray:
     """Orthonormal (r, c, n) rows from ImageOrientationPatient (r: along a row, c: down a column)."""
@@ -338,8 +378,10 @@ def read(path: str | Path) -> DicomScan:
         return _unplaced(slices, arrays, step_hint, name, notes)
     slices, others = _placed_group(slices)
     if others:
-        notes.append(f"{name}: left out {others} slice{'s' * (others > 1)} with another "
-                     "orientation or size than the rest (a localizer?).")
+        notes.append(
+            f"{name}: left out {others} slice{'s' * (others > 1)} with another "
+            "orientation or size than the rest (a localizer?)."
+        )
     frame = _frame(slices[0].orientation)
     slices = _sort_unique(slices, frame[2], name, notes)
     image = _series_image(slices)
@@ -369,8 +411,7 @@ def _series_image(slices: list[_Slice]):
         return None
 
 
-def _sort_unique(slices: list[_Slice], normal: np.ndarray, name: str,
-                 notes: list[str]) -> list[_Slice]:
+def _sort_unique(slices: list[_Slice], normal: np.ndarray, name: str, notes: list[str]) -> list[_Slice]:
     depth = np.array([s.position @ normal for s in slices])
     order = sorted(range(len(slices)), key=lambda k: (depth[k], slices[k].instance, slices[k].frame))
     kept, dropped = [order[0]], []
@@ -382,10 +423,12 @@ def _sort_unique(slices: list[_Slice], normal: np.ndarray, name: str,
     if dropped:
         where = sorted({round(float(depth[k]), 2) for k in dropped})
         labels = [_label(slices[k]) for k in dropped]
-        notes.append(f"{name}: {_count(len(dropped), 'slice')} "
-                     f"{'repeat' if len(dropped) > 1 else 'repeats'} a position "
-                     f"already taken ({_list(labels)}, at {_list([f'{d:g} mm' for d in where], 4)} "
-                     "along the slice normal); kept the first of each position by instance number.")
+        notes.append(
+            f"{name}: {_count(len(dropped), 'slice')} "
+            f"{'repeat' if len(dropped) > 1 else 'repeats'} a position "
+            f"already taken ({_list(labels)}, at {_list([f'{d:g} mm' for d in where], 4)} "
+            "along the slice normal); kept the first of each position by instance number."
+        )
     return [slices[k] for k in kept]
 
 
@@ -416,13 +459,15 @@ def _image(array, spacing, origin, frame: np.ndarray):
     return image
 
 
-def _volume(stack, slices: list[_Slice], depth: np.ndarray, frame: np.ndarray,
-            name: str, notes: list[str]) -> DicomScan:
+def _volume(
+    stack, slices: list[_Slice], depth: np.ndarray, frame: np.ndarray, name: str, notes: list[str]
+) -> DicomScan:
     """``stack``: the sorted slices, a numpy array or a SimpleITK image (its geometry replaced)."""
     dy, dx = slices[0].pixel_spacing
     origin = slices[0].position
-    offsets = np.array([[(s.position - origin) @ frame[0], (s.position - origin) @ frame[1]]
-                        for s in slices])  # in-plane drift (along r, along c) per slice, mm
+    offsets = np.array(
+        [[(s.position - origin) @ frame[0], (s.position - origin) @ frame[1]] for s in slices]
+    )  # in-plane drift (along r, along c) per slice, mm
     rel = depth - depth[0]
     count = len(slices)
     steps = np.diff(rel)
@@ -449,30 +494,34 @@ def _volume(stack, slices: list[_Slice], depth: np.ndarray, frame: np.ndarray,
 
 def _gap_note(name, rel, steps, step, slices, grid) -> str:
     worst = int(np.argmax(steps))
-    where = (f"between {slices[worst].path.name} and {slices[worst + 1].path.name}"
-             if slices[worst].path != slices[worst + 1].path
-             else f"between frames {slices[worst].frame + 1} and {slices[worst + 1].frame + 1}")
-    largest = (f"a gap of {steps[worst]:.2f} mm" if steps[worst] > 1.5 * step
-               else f"{steps[worst]:.2f} mm")
-    return (f"{name}: the slices are not evenly spaced: steps of {steps.min():.2f} to "
-            f"{steps.max():.2f} mm along the slice normal, the largest ({largest}) {where}, "
-            f"{rel[worst]:.2f} mm from the first slice; resampled onto a uniform "
-            f"{grid[1] - grid[0]:.3f} mm grid ({len(rel)} -> {len(grid)} slices) by linear "
-            "interpolation between neighbouring slices.")
+    where = (
+        f"between {slices[worst].path.name} and {slices[worst + 1].path.name}"
+        if slices[worst].path != slices[worst + 1].path
+        else f"between frames {slices[worst].frame + 1} and {slices[worst + 1].frame + 1}"
+    )
+    largest = f"a gap of {steps[worst]:.2f} mm" if steps[worst] > 1.5 * step else f"{steps[worst]:.2f} mm"
+    return (
+        f"{name}: the slices are not evenly spaced: steps of {steps.min():.2f} to "
+        f"{steps.max():.2f} mm along the slice normal, the largest ({largest}) {where}, "
+        f"{rel[worst]:.2f} mm from the first slice; resampled onto a uniform "
+        f"{grid[1] - grid[0]:.3f} mm grid ({len(rel)} -> {len(grid)} slices) by linear "
+        "interpolation between neighbouring slices."
+    )
 
 
 def _tilt_note(name, rel, offsets) -> str:
     slope = np.linalg.lstsq(rel[:, None], offsets, rcond=None)[0][0]
     angle = math.degrees(math.atan(float(np.hypot(*slope))))
     shift = float(np.max(np.hypot(offsets[:, 0], offsets[:, 1])))
-    return (f"{name}: the slices are stacked {angle:.1f} degrees off their normal (gantry tilt); "
-            f"resampled onto an orthogonal grid as dcm2niix does, each slice shifted in its plane "
-            f"(up to {shift:.1f} mm, linear interpolation; what comes in from outside the field of "
-            "view is the image minimum).")
+    return (
+        f"{name}: the slices are stacked {angle:.1f} degrees off their normal (gantry tilt); "
+        f"resampled onto an orthogonal grid as dcm2niix does, each slice shifted in its plane "
+        f"(up to {shift:.1f} mm, linear interpolation; what comes in from outside the field of "
+        "view is the image minimum)."
+    )
 
 
-def _resample(stack: np.ndarray, rel: np.ndarray, shifts: np.ndarray,
-              grid: np.ndarray) -> np.ndarray:
+def _resample(stack: np.ndarray, rel: np.ndarray, shifts: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """Sample the stack at depths ``grid``: each slice shifted in-plane back onto slice 0's
     columns (``shifts``: (cols, rows) in pixels), then linear along the normal."""
     from scipy import ndimage
@@ -482,11 +531,13 @@ def _resample(stack: np.ndarray, rel: np.ndarray, shifts: np.ndarray,
     if np.any(np.abs(shifts) > 0):
         for k in range(len(work)):
             if stack.ndim == 3:
-                work[k] = ndimage.shift(work[k], (shifts[k, 1], shifts[k, 0]), order=1,
-                                        mode="constant", cval=fill)
+                work[k] = ndimage.shift(
+                    work[k], (shifts[k, 1], shifts[k, 0]), order=1, mode="constant", cval=fill
+                )
             else:
-                work[k] = ndimage.shift(work[k], (shifts[k, 1], shifts[k, 0], 0), order=1,
-                                        mode="constant", cval=fill)
+                work[k] = ndimage.shift(
+                    work[k], (shifts[k, 1], shifts[k, 0], 0), order=1, mode="constant", cval=fill
+                )
     upper = np.clip(np.searchsorted(rel, grid, side="right"), 1, len(rel) - 1)
     lower = upper - 1
     weight = np.clip((grid - rel[lower]) / (rel[upper] - rel[lower]), 0.0, 1.0)
@@ -500,12 +551,12 @@ def _resample(stack: np.ndarray, rel: np.ndarray, shifts: np.ndarray,
 
 # ---- single slices and files without positions -------------------------------------------------
 
-def _single(plane: np.ndarray, s: _Slice, frame: np.ndarray, name: str,
-            notes: list[str]) -> DicomScan:
+
+def _single(plane: np.ndarray, s: _Slice, frame: np.ndarray, name: str, notes: list[str]) -> DicomScan:
     """One slice as a 2D image, turned (not resampled) to read like a clinical viewer:
     the axis nearest superior-inferior (else anterior-posterior) runs down the screen."""
     dy, dx = s.pixel_spacing
-    axes = [frame[1].copy(), frame[0].copy()]   # array axis 0 runs along c, axis 1 along r
+    axes = [frame[1].copy(), frame[0].copy()]  # array axis 0 runs along c, axis 1 along r
     spacing = [dy, dx]
     # the dominant LPS letter of each axis (0 L, 1 P, 2 S): the down axis is the one nearer S, else P
     if np.argmax(np.abs(axes[1])) > np.argmax(np.abs(axes[0])):
@@ -515,7 +566,7 @@ def _single(plane: np.ndarray, s: _Slice, frame: np.ndarray, name: str,
     for axis in range(2):
         v = axes[axis]
         dominant = int(np.argmax(np.abs(v)))
-        wanted = -1.0 if dominant == 2 else 1.0   # down the screen: inferior, posterior; across: left
+        wanted = -1.0 if dominant == 2 else 1.0  # down the screen: inferior, posterior; across: left
         if np.sign(v[dominant]) != wanted:
             origin = origin + axes[axis] * spacing[axis] * (plane.shape[axis] - 1)
             axes[axis] = -v
@@ -526,11 +577,19 @@ def _single(plane: np.ndarray, s: _Slice, frame: np.ndarray, name: str,
     image.SetOrigin((float(origin @ axes[1]), float(origin @ axes[0])))
     normal = np.cross(axes[1], axes[0])
     view = ("axial", "coronal", "sagittal")[int(np.argmax(np.abs(normal[[2, 1, 0]])))]
-    notes.append(f"{name}: a single {view} slice, opened as a 2D image in its plane (its place "
-                 "in the patient is kept with the layer).")
-    return DicomScan(image, notes, {"origin": [float(v) for v in origin],
-                                    "axes": [[float(v) for v in a] for a in axes],
-                                    "spacing": [float(v) for v in spacing]})
+    notes.append(
+        f"{name}: a single {view} slice, opened as a 2D image in its plane (its place "
+        "in the patient is kept with the layer)."
+    )
+    return DicomScan(
+        image,
+        notes,
+        {
+            "origin": [float(v) for v in origin],
+            "axes": [[float(v) for v in a] for a in axes],
+            "spacing": [float(v) for v in spacing],
+        },
+    )
 
 
 def _unplaced(slices, arrays, step, name, notes) -> DicomScan:
@@ -541,21 +600,26 @@ def _unplaced(slices, arrays, step, name, notes) -> DicomScan:
         sizes.setdefault(s.size, []).append(s)
     slices = max(sizes.values(), key=len)
     if len(sizes) > 1:
-        notes.append(f"{name}: left out {_count(sum(map(len, sizes.values())) - len(slices), 'slice')}"
-                     " of another size than the rest.")
+        notes.append(
+            f"{name}: left out {_count(sum(map(len, sizes.values())) - len(slices), 'slice')}"
+            " of another size than the rest."
+        )
     stack = _stack(sorted(slices, key=lambda s: (s.instance, s.frame, s.path.name)), arrays)
     dy, dx = slices[0].pixel_spacing
     if len(slices) == 1:
         plane = stack[0]
         image = sitk.GetImageFromArray(plane, isVector=plane.ndim == 3)
         image.SetSpacing((dx, dy))
-        notes.append(f"{name}: the image has no patient position or orientation; shown at the "
-                     "origin in file order.")
+        notes.append(
+            f"{name}: the image has no patient position or orientation; shown at the origin in file order."
+        )
         return DicomScan(image, notes)
     image = sitk.GetImageFromArray(stack, isVector=stack.ndim == 4)
     image.SetSpacing((dx, dy, step or 1.0))
-    notes.append(f"{name}: the slices have no patient position or orientation; stacked in file "
-                 f"order at the origin, {step or 1.0:g} mm apart"
-                 f"{' (from the slice spacing tag)' if step else ' (assumed)'}, not placed in the "
-                 "patient.")
+    notes.append(
+        f"{name}: the slices have no patient position or orientation; stacked in file "
+        f"order at the origin, {step or 1.0:g} mm apart"
+        f"{' (from the slice spacing tag)' if step else ' (assumed)'}, not placed in the "
+        "patient."
+    )
     return DicomScan(image, notes)

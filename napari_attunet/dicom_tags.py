@@ -15,8 +15,7 @@ from pathlib import Path
 PIXEL_DATA = (0x7FE0, 0x0010)
 _ITEM, _ITEM_END, _SEQ_END = (0xFFFE, 0xE000), (0xFFFE, 0xE00D), (0xFFFE, 0xE0DD)
 _UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
-             b"UV"}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 IMPLICIT_LE, EXPLICIT_BE, DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 
 
@@ -27,8 +26,10 @@ class _Walker:
         self.little = little
 
     def _tag(self, pos: int) -> tuple[int, int]:
-        return (struct.unpack_from(self.u16, self.buf, pos)[0],
-                struct.unpack_from(self.u16, self.buf, pos + 2)[0])
+        return (
+            struct.unpack_from(self.u16, self.buf, pos)[0],
+            struct.unpack_from(self.u16, self.buf, pos + 2)[0],
+        )
 
     def dataset(self, pos: int, end: int | None, top: bool = False) -> tuple[dict, int]:
         out: dict = {"_walker": self}
@@ -41,7 +42,7 @@ class _Walker:
                 break
             vr = None
             if self.explicit and tag[0] != 0xFFFE:
-                vr = self.buf[pos + 4:pos + 6]
+                vr = self.buf[pos + 4 : pos + 6]
                 if vr in _LONG_VRS:
                     length = struct.unpack_from(self.u32, self.buf, pos + 8)[0]
                     pos += 12
@@ -55,7 +56,7 @@ class _Walker:
                 walker = _Walker(self.buf, False, True) if vr == b"UN" else self
                 out[tag], pos = walker.sequence(pos, length)
             else:
-                out[tag] = bytes(self.buf[pos:pos + length])
+                out[tag] = bytes(self.buf[pos : pos + length])
                 pos += length
         return out, pos
 
@@ -92,7 +93,7 @@ def file_meta(buf: bytes) -> tuple[dict, int] | None:
 
 
 def _element_size(buf: bytes, pos: int) -> int:
-    vr = buf[pos + 4:pos + 6]
+    vr = buf[pos + 4 : pos + 6]
     if vr in _LONG_VRS:
         return 4 + struct.unpack_from("<I", buf, pos + 8)[0]
     return struct.unpack_from("<H", buf, pos + 6)[0]

@@ -23,8 +23,9 @@ OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 AXIS_OF = {"L": "LR", "R": "LR", "P": "PA", "A": "PA", "S": "SI", "I": "SI"}
 
 
-def compose(spacing: Sequence[float], origin: Sequence[float],
-            direction: np.ndarray | None = None) -> np.ndarray:
+def compose(
+    spacing: Sequence[float], origin: Sequence[float], direction: np.ndarray | None = None
+) -> np.ndarray:
     """The affine of a grid: ``origin + direction @ (spacing * index)``."""
     n = len(spacing)
     rotation = np.eye(n) if direction is None else np.asarray(direction, dtype=float)
@@ -34,8 +35,9 @@ def compose(spacing: Sequence[float], origin: Sequence[float],
     return out
 
 
-def decompose(affine: np.ndarray, tolerance: float = 1e-4
-              ) -> tuple[tuple[float, ...], tuple[float, ...], np.ndarray]:
+def decompose(
+    affine: np.ndarray, tolerance: float = 1e-4
+) -> tuple[tuple[float, ...], tuple[float, ...], np.ndarray]:
     """(spacing, origin, direction) of an affine without shear.
 
     Raises ValueError when the columns are not orthogonal (a sheared grid), which a scan file's
@@ -84,8 +86,7 @@ def reorientation(source: str, target: str) -> tuple[tuple[int, ...], tuple[int,
     source axis ``permutation[i]``, reversed when ``i`` is in ``flipped``.
     """
     source, target = source.upper(), target.upper()
-    if len(source) != len(target) or sorted(map(AXIS_OF.get, source)) != sorted(
-            map(AXIS_OF.get, target)):
+    if len(source) != len(target) or sorted(map(AXIS_OF.get, source)) != sorted(map(AXIS_OF.get, target)):
         raise ValueError(f"cannot reorient {source!r} to {target!r}: they name other axes")
     permutation, flipped = [], []
     for i, code in enumerate(target):
@@ -96,8 +97,9 @@ def reorientation(source: str, target: str) -> tuple[tuple[int, ...], tuple[int,
     return tuple(permutation), tuple(flipped)
 
 
-def reoriented_affine(affine: np.ndarray, shape: Sequence[int], permutation: Sequence[int],
-                      flipped: Sequence[int]) -> np.ndarray:
+def reoriented_affine(
+    affine: np.ndarray, shape: Sequence[int], permutation: Sequence[int], flipped: Sequence[int]
+) -> np.ndarray:
     """The affine of ``np.flip(np.transpose(a, permutation), flipped)`` given ``a``'s affine."""
     affine = np.asarray(affine, dtype=float)
     n = affine.shape[0] - 1
@@ -114,8 +116,7 @@ def reoriented_affine(affine: np.ndarray, shape: Sequence[int], permutation: Seq
 
 def is_valid_code(code: str, ndim: int) -> bool:
     code = code.upper()
-    return len(code) == ndim and all(c in AXIS_OF for c in code) and len(
-        {AXIS_OF[c] for c in code}) == ndim
+    return len(code) == ndim and all(c in AXIS_OF for c in code) and len({AXIS_OF[c] for c in code}) == ndim
 
 
 def rotation_about_origin(affine: np.ndarray) -> np.ndarray | None:

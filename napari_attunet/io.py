@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dicom
+from . import dicom, nifti, scanheader
 from . import geometry as geo
-from . import nifti, scanheader
 from .errors import InputError
 
 CANONICAL = "LPS"
@@ -51,9 +50,13 @@ class Volume:
 
     def geometry(self) -> dict:
         """Plain-data geometry to keep in a napari layer's metadata."""
-        return {"spacing": list(self.spacing), "origin": list(self.origin),
-                "direction": np.asarray(self.direction).tolist(), "affine": self.affine.tolist(),
-                "source": dict(self.source)}
+        return {
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": np.asarray(self.direction).tolist(),
+            "affine": self.affine.tolist(),
+            "source": dict(self.source),
+        }
 
 
 def _stem(path: Path) -> str:
@@ -87,7 +90,7 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
         n = int(dims[0])
         if not 1 <= n <= 7:
             return None
-        return max(offset, int(size)) + int(np.prod([max(int(d), 1) for d in dims[1:n + 1]])) * bitpix // 8
+        return max(offset, int(size)) + int(np.prod([max(int(d), 1) for d in dims[1 : n + 1]])) * bitpix // 8
     return None
 
 
@@ -113,8 +116,7 @@ def _check_complete(path: Path) -> None:
         raise InputError(f"{path}: the file is truncated or corrupt ({exc}); copy it again.") from exc
     expected = _nifti_expected_bytes(header)
     if expected is not None and length < expected:
-        raise InputError(f"{path}: the file is truncated ({length} of {expected} bytes); copy it "
-                         "again.")
+        raise InputError(f"{path}: the file is truncated ({length} of {expected} bytes); copy it again.")
 
 
 def _read_image(path: Path):
@@ -139,8 +141,10 @@ def _read_nifti(path: Path, notes: list[str]):
         return sitk.ReadImage(str(path)), notes
     if header.version == 2:
         if not 2 <= header.ndim <= 3:
-            raise InputError(f"{path} has {header.ndim} dimensions; the tool reads 2D images and "
-                             "3D volumes (extract one volume first).")
+            raise InputError(
+                f"{path} has {header.ndim} dimensions; the tool reads 2D images and "
+                "3D volumes (extract one volume first)."
+            )
         try:
             data = nifti.read_nifti2(path, header)
         except ValueError as exc:
@@ -180,8 +184,10 @@ def _place_by_header(image, header: nifti.Header, path: Path) -> list[str]:
     if np.abs(rigid - direction).max() > 1e-4:
         corners = np.array(np.meshgrid(*[[0, n - 1] for n in image.GetSize()])).reshape(3, -1)
         error = np.abs((direction - rigid) @ (spacing[:, None] * corners)).max()
-        notes.append(f"{path.name}: its sform shears the grid; it is placed by the nearest rigid "
-                     f"transform (up to {error:.2f} mm from the sform).")
+        notes.append(
+            f"{path.name}: its sform shears the grid; it is placed by the nearest rigid "
+            f"transform (up to {error:.2f} mm from the sform)."
+        )
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetDirection(tuple(float(v) for v in rigid.reshape(-1)))
     image.SetOrigin(tuple(float(v) for v in lps[:3, 3]))
@@ -191,8 +197,10 @@ def _place_by_header(image, header: nifti.Header, path: Path) -> list[str]:
         corners = np.array(np.meshgrid(*[[0, n] for n in size])).reshape(3, -1)
         shift = np.abs((qform - lps)[:3, :3] @ corners + (qform - lps)[:3, 3:]).max()
         if shift > 1e-3:
-            notes.append(f"{path.name}: placed by its sform, as nibabel, FSL, ANTs and 3D Slicer "
-                         f"do; its qform differs by up to {shift:.1f} mm.")
+            notes.append(
+                f"{path.name}: placed by its sform, as nibabel, FSL, ANTs and 3D Slicer "
+                f"do; its qform differs by up to {shift:.1f} mm."
+            )
     return notes
 
 
@@ -209,14 +217,19 @@ def read(path: str | os.PathLike) -> Volume:
         raise
     except RuntimeError as exc:
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-        reason = next((line.split("ERROR:")[-1] for line in lines if "ERROR" in line),
-                      lines[-1] if lines else "")
+        reason = next(
+            (line.split("ERROR:")[-1] for line in lines if "ERROR" in line), lines[-1] if lines else ""
+        )
         reason = scanheader.clean_itk_message(reason).strip().rstrip(":.")
-        raise InputError(f"{path}: cannot be read as a scan; it may be truncated, corrupt or of "
-                         f"an unknown format ({reason[:160]}).") from None
+        raise InputError(
+            f"{path}: cannot be read as a scan; it may be truncated, corrupt or of "
+            f"an unknown format ({reason[:160]})."
+        ) from None
     if image.GetNumberOfComponentsPerPixel() > 1 and image.GetDimension() == 3:
-        raise InputError(f"{path} holds {image.GetNumberOfComponentsPerPixel()} components per "
-                         "voxel; the tool reads single-component scans.")
+        raise InputError(
+            f"{path} holds {image.GetNumberOfComponentsPerPixel()} components per "
+            "voxel; the tool reads single-component scans."
+        )
     if image.GetDimension() == 4:
         raise InputError(f"{path} is 4D (a time series); extract one volume first.")
     volume = _to_volume(image, path, notes)
@@ -236,8 +249,10 @@ def _geometry_notes(volume: Volume) -> list[str]:
         return []
     angle = np.degrees(np.arccos(np.clip((np.trace(direction) - 1) / 2, -1, 1)))
     resampled = any("resampled" in note for note in volume.notes)
-    return [f"{volume.name} is oblique ({angle:.1f} degrees from the scanner axes): it is shown "
-            "rotated in place" + ("." if resampled else "; its voxels are not resampled.")]
+    return [
+        f"{volume.name} is oblique ({angle:.1f} degrees from the scanner axes): it is shown "
+        "rotated in place" + ("." if resampled else "; its voxels are not resampled.")
+    ]
 
 
 def _nonfinite_notes(volume: Volume) -> list[str]:
@@ -246,8 +261,10 @@ def _nonfinite_notes(volume: Volume) -> list[str]:
     bad = int(volume.array.size - np.count_nonzero(np.isfinite(volume.array)))
     if not bad:
         return []
-    return [f"{volume.name} has {bad} NaN or infinite voxels; they are kept as they are in the "
-            "layer, and a run needs them replaced first."]
+    return [
+        f"{volume.name} has {bad} NaN or infinite voxels; they are kept as they are in the "
+        "layer, and a run needs them replaced first."
+    ]
 
 
 def _orientation(image) -> str:
@@ -258,9 +275,14 @@ def _orientation(image) -> str:
 def _to_volume(image, path: Path, notes: list[str]) -> Volume:
     sitk = _sitk()
     dim = image.GetDimension()
-    source = {"path": str(path), "origin": list(image.GetOrigin()),
-              "spacing": list(image.GetSpacing()), "direction": list(image.GetDirection()),
-              "size": list(image.GetSize()), "pixel_id": image.GetPixelIDTypeAsString()}
+    source = {
+        "path": str(path),
+        "origin": list(image.GetOrigin()),
+        "spacing": list(image.GetSpacing()),
+        "direction": list(image.GetDirection()),
+        "size": list(image.GetSize()),
+        "pixel_id": image.GetPixelIDTypeAsString(),
+    }
     if dim == 3:
         source["orientation"] = _orientation(image)
         image = sitk.DICOMOrient(image, CANONICAL)
@@ -271,8 +293,15 @@ def _to_volume(image, path: Path, notes: list[str]) -> Volume:
     return Volume(array, spacing, origin, direction, source, notes)
 
 
-def write(path: str | os.PathLike, array: np.ndarray, like: Volume | dict | None = None,
-          spacing=None, origin=None, *, overwrite: bool = False) -> Path:
+def write(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    like: Volume | dict | None = None,
+    spacing=None,
+    origin=None,
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write ``array`` (napari axis order) where its geometry places it.
 
     ``like`` is the source Volume, or a geometry dict: ``affine`` (array index -> world, see
@@ -295,8 +324,9 @@ def write(path: str | os.PathLike, array: np.ndarray, like: Volume | dict | None
     return path
 
 
-def write_staged(stage, name: str, array: np.ndarray, like: Volume | dict | None = None,
-                 spacing=None, origin=None) -> Path:
+def write_staged(
+    stage, name: str, array: np.ndarray, like: Volume | dict | None = None, spacing=None, origin=None
+) -> Path:
     """Write into an ``outputs.Staging`` set: checked on disk, moved into place on commit."""
     sitk = _sitk()
     path = stage.folder / name
@@ -322,8 +352,11 @@ def write_staged(stage, name: str, array: np.ndarray, like: Volume | dict | None
     nifti_source = source.get("nifti") or {}
     header_fields = nifti_source if on_source_grid else {}
     version = nifti_source.get("version", 1)
-    return stage.write(name, lambda target: _write_image(image, target, header_fields, version),
-                       lambda target: _verify_written(target, tuple(image.GetSize())))
+    return stage.write(
+        name,
+        lambda target: _write_image(image, target, header_fields, version),
+        lambda target: _verify_written(target, tuple(image.GetSize())),
+    )
 
 
 def _verify_written(path: Path, size: tuple[int, ...]) -> None:
@@ -347,10 +380,14 @@ def _affine_of(geometry: dict, ndim: int, spacing, origin) -> np.ndarray:
             return affine
     if geometry.get("spacing") is not None:
         direction = geometry.get("direction")
-        return geo.compose(geometry["spacing"][-ndim:], geometry["origin"][-ndim:],
-                           None if direction is None else np.asarray(direction)[-ndim:, -ndim:])
-    return geo.compose(spacing if spacing is not None else (1.0,) * ndim,
-                       origin if origin is not None else (0.0,) * ndim)
+        return geo.compose(
+            geometry["spacing"][-ndim:],
+            geometry["origin"][-ndim:],
+            None if direction is None else np.asarray(direction)[-ndim:, -ndim:],
+        )
+    return geo.compose(
+        spacing if spacing is not None else (1.0,) * ndim, origin if origin is not None else (0.0,) * ndim
+    )
 
 
 def _itk_image(array: np.ndarray, affine: np.ndarray, path: Path):
@@ -371,9 +408,11 @@ def _matches_source(image, source: dict, tolerance: float = 1e-3) -> bool:
     """Whether an image lies exactly on the grid of the scan file it came from."""
     if list(image.GetSize()) != list(source.get("size", [])):
         return False
-    return (np.allclose(image.GetOrigin(), source["origin"], atol=tolerance)
-            and np.allclose(image.GetSpacing(), source["spacing"], atol=tolerance)
-            and np.allclose(image.GetDirection(), source["direction"], atol=tolerance))
+    return (
+        np.allclose(image.GetOrigin(), source["origin"], atol=tolerance)
+        and np.allclose(image.GetSpacing(), source["spacing"], atol=tolerance)
+        and np.allclose(image.GetDirection(), source["direction"], atol=tolerance)
+    )
 
 
 def _write_image(image, target: Path, header_fields: dict, nifti_version: int) -> None:
@@ -381,11 +420,11 @@ def _write_image(image, target: Path, header_fields: dict, nifti_version: int) -
     sitk = _sitk()
     if nifti.is_nifti(target) and nifti_version == 2 and image.GetDimension() == 3:
         lps = np.eye(4)
-        lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(
-            image.GetSpacing())[None, :]
+        lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) * np.asarray(image.GetSpacing())[None, :]
         lps[:3, 3] = image.GetOrigin()
-        nifti.write_nifti2(target, sitk.GetArrayFromImage(image).T, nifti.RAS_TO_LPS @ lps,
-                           header_fields or None)
+        nifti.write_nifti2(
+            target, sitk.GetArrayFromImage(image).T, nifti.RAS_TO_LPS @ lps, header_fields or None
+        )
         return
     sitk.WriteImage(image, str(target), True)
     if nifti.is_nifti(target) and header_fields:

@@ -43,5 +43,4 @@ def refuse_over(needed: float, what: str, fix: str, error: type[ValueError]) -> 
     """Raise ``error`` with one sentence when ``needed`` bytes do not fit in free memory."""
     ok, free = fits(needed)
     if not ok:
-        raise error(f"{what} needs about {gib(needed)} of memory, but only {gib(free)} is free; "
-                    f"{fix}")
+        raise error(f"{what} needs about {gib(needed)} of memory, but only {gib(free)} is free; {fix}")

@@ -14,21 +14,51 @@ from pathlib import Path
 import numpy as np
 
 # (NIfTI datatype code, numpy dtype) for the types a scan or a mask uses.
-DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4",
-          1024: "i8", 1280: "u8"}
+DTYPES = {
+    2: "u1",
+    4: "i2",
+    8: "i4",
+    16: "f4",
+    64: "f8",
+    256: "i1",
+    512: "u2",
+    768: "u4",
+    1024: "i8",
+    1280: "u8",
+}
 CODES = {np.dtype(v).str[1:]: k for k, v in DTYPES.items()}
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 # Field layouts: name -> (offset, dtype, count), per version.
 LAYOUT = {
-    1: {"dim": (40, "i2", 8), "datatype": (70, "i2", 1), "bitpix": (72, "i2", 1),
-        "pixdim": (76, "f4", 8), "vox_offset": (108, "f4", 1), "scl_slope": (112, "f4", 1),
-        "scl_inter": (116, "f4", 1), "qform_code": (252, "i2", 1), "sform_code": (254, "i2", 1),
-        "quatern": (256, "f4", 3), "qoffset": (268, "f4", 3), "srow": (280, "f4", 12)},
-    2: {"datatype": (12, "i2", 1), "bitpix": (14, "i2", 1), "dim": (16, "i8", 8),
-        "pixdim": (104, "f8", 8), "vox_offset": (168, "i8", 1), "scl_slope": (176, "f8", 1),
-        "scl_inter": (184, "f8", 1), "qform_code": (344, "i4", 1), "sform_code": (348, "i4", 1),
-        "quatern": (352, "f8", 3), "qoffset": (376, "f8", 3), "srow": (400, "f8", 12)},
+    1: {
+        "dim": (40, "i2", 8),
+        "datatype": (70, "i2", 1),
+        "bitpix": (72, "i2", 1),
+        "pixdim": (76, "f4", 8),
+        "vox_offset": (108, "f4", 1),
+        "scl_slope": (112, "f4", 1),
+        "scl_inter": (116, "f4", 1),
+        "qform_code": (252, "i2", 1),
+        "sform_code": (254, "i2", 1),
+        "quatern": (256, "f4", 3),
+        "qoffset": (268, "f4", 3),
+        "srow": (280, "f4", 12),
+    },
+    2: {
+        "datatype": (12, "i2", 1),
+        "bitpix": (14, "i2", 1),
+        "dim": (16, "i8", 8),
+        "pixdim": (104, "f8", 8),
+        "vox_offset": (168, "i8", 1),
+        "scl_slope": (176, "f8", 1),
+        "scl_inter": (184, "f8", 1),
+        "qform_code": (344, "i4", 1),
+        "sform_code": (348, "i4", 1),
+        "quatern": (352, "f8", 3),
+        "qoffset": (376, "f8", 3),
+        "srow": (400, "f8", 12),
+    },
 }
 # What a mask copies from its scan so that every tool places both alike.
 GEOMETRY_FIELDS = ("qform_code", "sform_code", "quatern", "qoffset", "srow")
@@ -46,16 +76,19 @@ class Header:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.fields["dim"][1:self.ndim + 1])
+        return tuple(int(d) for d in self.fields["dim"][1 : self.ndim + 1])
 
     def qform(self) -> np.ndarray:
         """The qform as a 4x4 RAS affine of (i, j, k), as the NIfTI standard defines it."""
         b, c, d = (float(v) for v in self.fields["quatern"])
         a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
-        rotation = np.array([
-            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-            [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
-            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b]])
+        rotation = np.array(
+            [
+                [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b],
+            ]
+        )
         pixdim = [float(p) for p in self.fields["pixdim"]]
         qfac = -1.0 if pixdim[0] < 0 else 1.0
         zooms = [abs(p) if p else 1.0 for p in pixdim[1:4]]
@@ -84,7 +117,8 @@ class Header:
 
     def geometry_fields(self) -> dict:
         return {name: np.asarray(self.fields[name]).tolist() for name in GEOMETRY_FIELDS} | {
-            "qfac": float(self.fields["pixdim"][0])}
+            "qfac": float(self.fields["pixdim"][0])
+        }
 
 
 def is_nifti(path: Path | str) -> bool:
@@ -107,8 +141,9 @@ def parse_header(raw: bytes) -> Header | None:
             continue
         fields = {}
         for name, (offset, dtype, count) in LAYOUT[version].items():
-            values = np.frombuffer(raw[offset:offset + np.dtype(dtype).itemsize * count],
-                                   f"{endian}{dtype}")
+            values = np.frombuffer(
+                raw[offset : offset + np.dtype(dtype).itemsize * count], f"{endian}{dtype}"
+            )
             fields[name] = values[0] if count == 1 else values.copy()
         return Header(version, endian, fields)
     return None
@@ -119,8 +154,7 @@ def read_header(path: Path | str) -> Header | None:
         return parse_header(fh.read(540))
 
 
-def nonfinite_voxels(path: Path | str, header: Header,
-                     chunk: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+def nonfinite_voxels(path: Path | str, header: Header, chunk: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
     """Flat (Fortran-order) indices and scaled values of the NaN/inf voxels of a float NIfTI.
 
     ITK reads them as 0 without a word; with these, the reader puts them back and says so. The
@@ -146,8 +180,7 @@ def nonfinite_voxels(path: Path | str, header: Header,
             if bad.size:
                 indices.append(bad + done)
                 found = block[bad].astype(np.float64)
-                values.append(found * slope + inter if slope not in (0.0, 1.0) or inter
-                              else found)
+                values.append(found * slope + inter if slope not in (0.0, 1.0) or inter else found)
             done += block.size
     if not indices:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
@@ -166,8 +199,7 @@ def read_nifti2(path: Path | str, header: Header) -> np.ndarray:
         fh.read(int(f["vox_offset"]))
         raw = fh.read(int(np.prod(shape)) * dtype.itemsize)
     if len(raw) < int(np.prod(shape)) * dtype.itemsize:
-        raise ValueError(f"truncated ({len(raw)} of {int(np.prod(shape)) * dtype.itemsize} "
-                         "voxel bytes)")
+        raise ValueError(f"truncated ({len(raw)} of {int(np.prod(shape)) * dtype.itemsize} voxel bytes)")
     data = np.frombuffer(raw, dtype).reshape(shape, order="F")
     slope, inter = float(f["scl_slope"]), float(f["scl_inter"])
     if slope not in (0.0, 1.0) or inter != 0.0:
@@ -175,8 +207,9 @@ def read_nifti2(path: Path | str, header: Header) -> np.ndarray:
     return np.ascontiguousarray(data.astype(data.dtype.newbyteorder("=")))
 
 
-def write_nifti2(path: Path | str, data: np.ndarray, affine_ras: np.ndarray,
-                 geometry: dict | None = None) -> None:
+def write_nifti2(
+    path: Path | str, data: np.ndarray, affine_ras: np.ndarray, geometry: dict | None = None
+) -> None:
     """Write ``data`` (indexed (i, j, k)) as NIfTI-2, with qform and sform from the affine.
 
     ``geometry`` (a scan header's ``geometry_fields``) replaces both transforms and their
@@ -196,7 +229,7 @@ def write_nifti2(path: Path | str, data: np.ndarray, affine_ras: np.ndarray,
     dims = [data.ndim, *data.shape] + [1] * (7 - data.ndim)
     put(16, "i8", dims)
     spacing = np.linalg.norm(affine_ras[:3, :3], axis=0)
-    put(104, "f8", [1.0, *spacing[:data.ndim]] + [1.0] * (7 - data.ndim))
+    put(104, "f8", [1.0, *spacing[: data.ndim]] + [1.0] * (7 - data.ndim))
     put(168, "i8", [544])
     put(176, "f8", [1.0, 0.0])
     put(500, "i4", [2])  # xyzt_units: millimetres
@@ -215,7 +248,8 @@ def write_nifti2(path: Path | str, data: np.ndarray, affine_ras: np.ndarray,
 def _writer(buffer: np.ndarray, endian: str):
     def put(offset: int, dtype: str, values) -> None:
         raw = np.asarray(values, f"{endian}{dtype}").tobytes()
-        buffer[offset:offset + len(raw)] = np.frombuffer(raw, np.uint8)
+        buffer[offset : offset + len(raw)] = np.frombuffer(raw, np.uint8)
+
     return put
 
 
@@ -227,9 +261,14 @@ def _fields_from_affine(affine_ras: np.ndarray) -> dict:
         linear = linear.copy()
         linear[:, 2] *= -1
         qfac = -1.0
-    return {"qform_code": 1, "sform_code": 1, "quatern": list(_quaternion(linear)),
-            "qoffset": list(affine_ras[:3, 3]), "srow": list(affine_ras[:3, :].reshape(-1)),
-            "qfac": qfac}
+    return {
+        "qform_code": 1,
+        "sform_code": 1,
+        "quatern": list(_quaternion(linear)),
+        "qoffset": list(affine_ras[:3, 3]),
+        "srow": list(affine_ras[:3, :].reshape(-1)),
+        "qfac": qfac,
+    }
 
 
 def _quaternion(rotation: np.ndarray) -> tuple[float, float, float]:

@@ -73,8 +73,9 @@ def check_folder(folder: str | os.PathLike, option: str = "the output folder") -
         with tempfile.TemporaryFile(dir=folder, prefix=STAGING_PREFIX):
             pass
     except OSError as exc:
-        raise OutputError(f"cannot write into {folder} ({_reason(exc, folder)}); choose another "
-                          f"folder for {option}.") from None
+        raise OutputError(
+            f"cannot write into {folder} ({_reason(exc, folder)}); choose another folder for {option}."
+        ) from None
     return folder
 
 
@@ -84,8 +85,10 @@ def check_target(path: str | os.PathLike, overwrite: bool, option: str = "--over
     if path.is_dir():
         raise OutputError(f"{path} is a folder; give a file name (such as labels.nii.gz).")
     if path.exists() and not overwrite:
-        raise OutputExists(f"{path} already exists and was left as it is; pass {option} to "
-                           "replace it, or choose another output folder.")
+        raise OutputExists(
+            f"{path} already exists and was left as it is; pass {option} to "
+            "replace it, or choose another output folder."
+        )
     return path
 
 
@@ -112,8 +115,7 @@ def _deferred_signals():
     import threading
 
     block = {signal.SIGINT, signal.SIGTERM}
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-            signal, "pthread_sigmask"):
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, block)
@@ -126,8 +128,7 @@ def _deferred_signals():
 class Staging:
     """Files written together and moved into ``folder`` together by :meth:`commit`."""
 
-    def __init__(self, folder: str | os.PathLike, overwrite: bool = False,
-                 option: str = "--overwrite"):
+    def __init__(self, folder: str | os.PathLike, overwrite: bool = False, option: str = "--overwrite"):
         self.folder = Path(folder)
         self.overwrite = overwrite
         self.option = option
@@ -135,12 +136,14 @@ class Staging:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.root = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.folder))
         except OSError as exc:
-            raise OutputError(f"cannot write into {self.folder} ({_reason(exc, self.folder)}); "
-                              f"{NOTHING_LEFT}.") from None
+            raise OutputError(
+                f"cannot write into {self.folder} ({_reason(exc, self.folder)}); {NOTHING_LEFT}."
+            ) from None
         self.names: list[str] = []
 
-    def write(self, name: str, writer: Callable[[Path], None],
-              verify: Callable[[Path], None] | None = None) -> Path:
+    def write(
+        self, name: str, writer: Callable[[Path], None], verify: Callable[[Path], None] | None = None
+    ) -> Path:
         """Run ``writer(path)`` on a staged path, flush what it produced to disk and check it.
 
         ``verify(path)`` reads the file back and raises when it is not whole.
@@ -190,15 +193,19 @@ class Staging:
             _fsync_folder(self.folder)
         except FileExistsError as exc:
             self._undo(moved)
-            raise OutputExists(f"{exc.filename} was created by someone else meanwhile and was "
-                               f"left as it is; pass {self.option} to replace it.") from None
+            raise OutputExists(
+                f"{exc.filename} was created by someone else meanwhile and was "
+                f"left as it is; pass {self.option} to replace it."
+            ) from None
         except OutputError:
             self._undo(moved)
             raise
         except OSError as exc:
             self._undo(moved)
-            raise OutputError(f"{self.folder / self.names[len(moved)]} could not be moved into "
-                              f"place ({_reason(exc, self.folder)}); {NOTHING_LEFT}.") from None
+            raise OutputError(
+                f"{self.folder / self.names[len(moved)]} could not be moved into "
+                f"place ({_reason(exc, self.folder)}); {NOTHING_LEFT}."
+            ) from None
         return moved
 
     def _undo(self, moved: Sequence[Path]) -> None:
@@ -224,6 +231,7 @@ def staged(folder: str | os.PathLike, overwrite: bool = False, option: str = "--
 
 # ---- names ---------------------------------------------------------------------------------
 
+
 def unique_names(paths: Sequence[str | os.PathLike], stem: Callable[[Path], str]) -> list[str]:
     """One output name per input path: the file's stem; where different inputs share it, the
     suffix tells apart files of one folder (``scan_nrrd``, ``scan_nii_gz``) and as many parent
@@ -236,7 +244,7 @@ def unique_names(paths: Sequence[str | os.PathLike], stem: Callable[[Path], str]
         folders = [p.parent for p in group]
         for p in group:
             if folders.count(p.parent) > 1:
-                tail = p.name[len(stem(p)):].strip(".").replace(".", "_")
+                tail = p.name[len(stem(p)) :].strip(".").replace(".", "_")
                 names[p] = f"{names[p]}_{tail}" if tail else names[p]
     base = dict(names)
     depth = 0
@@ -267,6 +275,7 @@ def _with_parents(path: Path, stem: str, depth: int) -> str:
 
 
 # ---- volumes.csv -----------------------------------------------------------------------------
+
 
 @contextmanager
 def _locked(folder: Path, name: str):

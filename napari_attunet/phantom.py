@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def make_phantom(shape: tuple[int, ...] = (48, 96, 96), seed: int = 0,
-                 noise: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+def make_phantom(
+    shape: tuple[int, ...] = (48, 96, 96), seed: int = 0, noise: float = 0.15
+) -> tuple[np.ndarray, np.ndarray]:
     """An image and its labels: 0 background, 1 an ellipsoidal organ, 2 a lesion inside it.
 
     Works in 2D and 3D. Intensities are roughly CT-like after z-scoring: the organ is brighter
@@ -19,7 +20,7 @@ def make_phantom(shape: tuple[int, ...] = (48, 96, 96), seed: int = 0,
     organ = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
     lesion_centre = centre + rng.uniform(-0.2, 0.2, len(shape)) * radii
     lesion_radii = radii * rng.uniform(0.2, 0.35, len(shape))
-    lesion = (sum(((g - c) / r) ** 2 for g, c, r in zip(grid, lesion_centre, lesion_radii)) <= 1.0)
+    lesion = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, lesion_centre, lesion_radii)) <= 1.0
     lesion &= organ
     labels = np.zeros(shape, np.uint8)
     labels[organ] = 1

@@ -22,19 +22,53 @@ from .errors import InputError
 from .limits import gib, refuse_over
 
 # NRRD type names (all spellings of the standard) and MetaImage element types -> bytes.
-_NRRD_BYTES = {1: ("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t",
-                   "char"),
-               2: ("short", "short int", "signed short", "signed short int", "int16", "int16_t",
-                   "ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"),
-               4: ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
-                   "uint32_t", "float"),
-               8: ("longlong", "long long", "long long int", "signed long long",
-                   "signed long long int", "int64", "int64_t", "ulonglong", "unsigned long long",
-                   "unsigned long long int", "uint64", "uint64_t", "double")}
+_NRRD_BYTES = {
+    1: ("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8", "uint8_t", "char"),
+    2: (
+        "short",
+        "short int",
+        "signed short",
+        "signed short int",
+        "int16",
+        "int16_t",
+        "ushort",
+        "unsigned short",
+        "unsigned short int",
+        "uint16",
+        "uint16_t",
+    ),
+    4: ("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32", "uint32_t", "float"),
+    8: (
+        "longlong",
+        "long long",
+        "long long int",
+        "signed long long",
+        "signed long long int",
+        "int64",
+        "int64_t",
+        "ulonglong",
+        "unsigned long long",
+        "unsigned long long int",
+        "uint64",
+        "uint64_t",
+        "double",
+    ),
+}
 NRRD_BYTES = {name: size for size, names in _NRRD_BYTES.items() for name in names}
-META_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4,
-              "MET_UINT": 4, "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8,
-              "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+META_BYTES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
 NIFTI_COMPLEX = {32: "complex64", 1792: "complex128", 2048: "complex256"}
 HEADER_LIMIT = 1 << 16
 # Array, plus the reoriented copy the reader makes: what a read needs at its peak.
@@ -48,8 +82,8 @@ class Declared:
     shape: tuple[int, ...]
     voxel_bytes: int
     type_name: str
-    data_file: Path | None = None     # detached data, or None when attached
-    data_offset: int | None = None    # where attached data starts
+    data_file: Path | None = None  # detached data, or None when attached
+    data_offset: int | None = None  # where attached data starts
     gzip: bool = False
 
     @property
@@ -98,8 +132,9 @@ def _nrrd(path: Path) -> Declared | None:
             return Declared(sizes, voxel_bytes, type_name)  # many files: size checks only
         data_file = (path.parent / data).resolve()
     encoding = fields.get("encoding", "raw").lower()
-    return Declared(sizes, voxel_bytes, type_name, data_file,
-                    None if data_file else offset, encoding in ("gzip", "gz"))
+    return Declared(
+        sizes, voxel_bytes, type_name, data_file, None if data_file else offset, encoding in ("gzip", "gz")
+    )
 
 
 def _metaimage(path: Path) -> Declared | None:
@@ -125,8 +160,14 @@ def _metaimage(path: Path) -> Declared | None:
             return Declared(sizes, voxel_bytes * channels, element)
         data_file = (path.parent / data).resolve()
     compressed = fields.get("CompressedData", "False").lower() == "true"
-    return Declared(sizes, voxel_bytes * channels, element, data_file,
-                    None if data_file else offset, compressed and data_file is None)
+    return Declared(
+        sizes,
+        voxel_bytes * channels,
+        element,
+        data_file,
+        None if data_file else offset,
+        compressed and data_file is None,
+    )
 
 
 def _nifti(path: Path) -> Declared | None:
@@ -138,13 +179,14 @@ def _nifti(path: Path) -> Declared | None:
         return None
     code = int(header.fields["datatype"])
     if code in NIFTI_COMPLEX:
-        raise InputError(f"{path} holds complex voxels ({NIFTI_COMPLEX[code]}); save the "
-                         "magnitude (or the real part) as a real-valued image first.")
+        raise InputError(
+            f"{path} holds complex voxels ({NIFTI_COMPLEX[code]}); save the "
+            "magnitude (or the real part) as a real-valued image first."
+        )
     bitpix = int(header.fields["bitpix"])
     if header.ndim < 1 or bitpix <= 0:
         return None
-    return Declared(tuple(max(n, 1) for n in header.shape), max(bitpix // 8, 1),
-                    f"NIfTI datatype {code}")
+    return Declared(tuple(max(n, 1) for n in header.shape), max(bitpix // 8, 1), f"NIfTI datatype {code}")
 
 
 def declared(path: Path) -> Declared | None:
@@ -181,22 +223,28 @@ def check(path: Path) -> None:
     if info is None:
         return
     if info.data_file is not None and not info.data_file.is_file():
-        raise InputError(f"{path}: its data file {info.data_file.name} is missing (looked for "
-                         f"{info.data_file}); copy it next to the header.")
+        raise InputError(
+            f"{path}: its data file {info.data_file.name} is missing (looked for "
+            f"{info.data_file}); copy it next to the header."
+        )
     shape = " x ".join(str(n) for n in info.shape)
-    refuse_over(READ_COPIES * info.nbytes, f"{path}, which declares {shape} voxels of "
-                f"{info.type_name} ({gib(info.nbytes)}),", "check that this is the right file, "
-                "or crop it with another tool first.", InputError)
+    refuse_over(
+        READ_COPIES * info.nbytes,
+        f"{path}, which declares {shape} voxels of {info.type_name} ({gib(info.nbytes)}),",
+        "check that this is the right file, or crop it with another tool first.",
+        InputError,
+    )
     if info.gzip and info.data_offset is not None:
         try:
             length = _gzip_length(path, info.data_offset, info.nbytes)
         except (zlib.error, OSError, EOFError, gzip.BadGzipFile):
-            raise InputError(f"{path}: its compressed voxels are corrupt; copy the file again."
-                             ) from None
+            raise InputError(f"{path}: its compressed voxels are corrupt; copy the file again.") from None
         if length < info.nbytes:
-            raise InputError(f"{path}: the file is truncated (its compressed voxels hold "
-                             f"{length} of the {info.nbytes} bytes the header declares); copy "
-                             "it again.")
+            raise InputError(
+                f"{path}: the file is truncated (its compressed voxels hold "
+                f"{length} of the {info.nbytes} bytes the header declares); copy "
+                "it again."
+            )
 
 
 _ADDRESS = re.compile(r"\b\w+\(0x[0-9a-fA-F]+\):\s*")

@@ -24,17 +24,28 @@ def _frame_geometry(ds) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         shared = ds.SharedFunctionalGroupsSequence[0]
         out = []
         for item in ds.PerFrameFunctionalGroupsSequence:
+
             def pick(seq, key):
                 for source in (item, shared):  # noqa: B023 (called in this iteration)
                     if seq in source and key in source[seq].value[0]:
                         return np.array(source[seq].value[0][key].value, float)
                 raise KeyError(key)
-            out.append((pick("PlanePositionSequence", "ImagePositionPatient"),
-                        pick("PlaneOrientationSequence", "ImageOrientationPatient"),
-                        pick("PixelMeasuresSequence", "PixelSpacing")))
+
+            out.append(
+                (
+                    pick("PlanePositionSequence", "ImagePositionPatient"),
+                    pick("PlaneOrientationSequence", "ImageOrientationPatient"),
+                    pick("PixelMeasuresSequence", "PixelSpacing"),
+                )
+            )
         return out
-    return [(np.array(ds.ImagePositionPatient, float), np.array(ds.ImageOrientationPatient, float),
-             np.array(ds.PixelSpacing, float))] * frames
+    return [
+        (
+            np.array(ds.ImagePositionPatient, float),
+            np.array(ds.ImageOrientationPatient, float),
+            np.array(ds.PixelSpacing, float),
+        )
+    ] * frames
 
 
 def pixel_lps(geometry, row: float, col: float) -> np.ndarray:
@@ -76,8 +87,9 @@ def world(volume, index) -> np.ndarray:
     if plane:
         axes = np.asarray(plane["axes"], float)
         return np.asarray(plane["origin"], float) + (index * np.asarray(plane["spacing"])) @ axes
-    zyx = (np.asarray(volume.origin, float)
-           + np.asarray(volume.direction, float) @ (np.asarray(volume.spacing, float) * index))
+    zyx = np.asarray(volume.origin, float) + np.asarray(volume.direction, float) @ (
+        np.asarray(volume.spacing, float) * index
+    )
     return zyx[::-1]
 
 
@@ -101,8 +113,7 @@ def marker_errors(volume, expected) -> np.ndarray:
         values = np.where(labels[blob] == labels[blob].max(), array[blob], 0.0)
         peak = int(np.argmax(values.max(axis=(1, 2))))
         centroid = np.array(ndimage.center_of_mass(values[peak]))
-        index = np.array([blob[0].start + peak, blob[1].start + centroid[0],
-                          blob[2].start + centroid[1]])
+        index = np.array([blob[0].start + peak, blob[1].start + centroid[0], blob[2].start + centroid[1]])
         points.append(world(volume, index if np.asarray(volume.array).ndim == 3 else index[1:]))
     points = np.array(points)
     return np.array([np.min(np.linalg.norm(points - p, axis=1)) for _, p in expected])
@@ -118,13 +129,14 @@ def sample_errors(volume, path, count: int = 60, seed: int = 0) -> np.ndarray:
     frames, rows, cols = pixels.shape
     rng = np.random.default_rng(seed)
     picks = [(f, r, c) for f in {0, frames - 1} for r in (0, rows - 1) for c in (0, cols - 1)]
-    picks += [(int(rng.integers(frames)), int(rng.integers(rows)), int(rng.integers(cols)))
-              for _ in range(count)]
+    picks += [
+        (int(rng.integers(frames)), int(rng.integers(rows)), int(rng.integers(cols))) for _ in range(count)
+    ]
     array = np.asarray(volume.array)
     plane = volume.source.get("plane")
     if plane:
         origin = np.asarray(plane["origin"], float)
-        basis = (np.asarray(plane["axes"], float) * np.asarray(plane["spacing"])[:, None])
+        basis = np.asarray(plane["axes"], float) * np.asarray(plane["spacing"])[:, None]
     else:
         origin = np.asarray(volume.origin, float)[::-1]
         basis = (np.asarray(volume.direction, float) * np.asarray(volume.spacing, float)).T[:, ::-1]
@@ -143,6 +155,7 @@ def sample_errors(volume, path, count: int = 60, seed: int = 0) -> np.ndarray:
 
 # ---- cases ---------------------------------------------------------------------------------------
 
+
 def testdata(name: str) -> str:
     from pydicom.data import get_testdata_file
 
@@ -155,8 +168,7 @@ def folder_with_foreign_files(tmp: Path) -> Path:
     shutil.copytree(DATA / "axial", folder)
     for name in ("rtdose.dcm", "liver.dcm", "reportsi.dcm", "MR_truncated.dcm"):
         shutil.copy(testdata(name), folder / name)
-    shutil.copy(Path(testdata("rtdose.dcm")).parent / "dicomdirtests" / "DICOMDIR",
-                folder / "DICOMDIR")
+    shutil.copy(Path(testdata("rtdose.dcm")).parent / "dicomdirtests" / "DICOMDIR", folder / "DICOMDIR")
     (folder / "notes.txt").write_text("scanned on tuesday\n")
     return folder
 

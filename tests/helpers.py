@@ -12,8 +12,15 @@ from napari_attunet.models import ModelSpec, build, family
 TOL_Q = 1.0 / 255 + 1e-6  # probabilities are stored as uint8 levels
 
 
-def make_spec(family_name: str = "official", dims: int = 3, in_ch: int = 1, out_ch: int = 2,
-              features=(4, 8, 16, 32, 64), variant: str | None = None, **changes) -> ModelSpec:
+def make_spec(
+    family_name: str = "official",
+    dims: int = 3,
+    in_ch: int = 1,
+    out_ch: int = 2,
+    features=(4, 8, 16, 32, 64),
+    variant: str | None = None,
+    **changes,
+) -> ModelSpec:
     """The one spec factory: the family's default network (``models.registry``), small.
 
     Arrays in scan order unless ``axes`` says otherwise, so that results compare directly with
@@ -22,23 +29,25 @@ def make_spec(family_name: str = "official", dims: int = 3, in_ch: int = 1, out_
     """
     changes.setdefault("axes", "zyx"[-dims:])
     changes.setdefault("output", "sigmoid" if out_ch == 1 else "softmax")
-    return family(family_name).default_spec(dims, in_ch, out_ch, tuple(features), variant,
-                                            **changes)
+    return family(family_name).default_spec(dims, in_ch, out_ch, tuple(features), variant, **changes)
 
 
-def official_spec(dims: int = 3, in_ch: int = 1, out_ch: int = 2,
-                  features=(4, 8, 16, 32, 64), variant: str = "single_att_dsv",
-                  **changes) -> ModelSpec:
+def official_spec(
+    dims: int = 3,
+    in_ch: int = 1,
+    out_ch: int = 2,
+    features=(4, 8, 16, 32, 64),
+    variant: str = "single_att_dsv",
+    **changes,
+) -> ModelSpec:
     return make_spec("official", dims, in_ch, out_ch, features, variant, **changes)
 
 
-def monai_spec(dims: int = 2, in_ch: int = 1, out_ch: int = 2, features=(4, 8, 16),
-               **changes) -> ModelSpec:
+def monai_spec(dims: int = 2, in_ch: int = 1, out_ch: int = 2, features=(4, 8, 16), **changes) -> ModelSpec:
     return make_spec("monai", dims, in_ch, out_ch, features, **changes)
 
 
-def lee_spec(dims: int = 2, in_ch: int = 1, out_ch: int = 2, features=(4, 8, 16),
-             **changes) -> ModelSpec:
+def lee_spec(dims: int = 2, in_ch: int = 1, out_ch: int = 2, features=(4, 8, 16), **changes) -> ModelSpec:
     changes.setdefault("axes", "")  # the family's own default
     return make_spec("leejunhyun", dims, in_ch, out_ch, features, **changes)
 
@@ -139,7 +148,7 @@ class address_space_limit:
     estimating first fails fast with MemoryError rather than exhausting a large machine.
     """
 
-    def __init__(self, extra: int = 4 * 1024 ** 3):
+    def __init__(self, extra: int = 4 * 1024**3):
         self.extra = extra
         self.saved = None
 
@@ -172,8 +181,7 @@ class address_space_limit:
 RAS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
 
-def sitk_image(array: np.ndarray, spacing=(0.8, 0.8, 2.5), origin=(12.5, -30.0, 47.0),
-               direction=RAS):
+def sitk_image(array: np.ndarray, spacing=(0.8, 0.8, 2.5), origin=(12.5, -30.0, 47.0), direction=RAS):
     """A SimpleITK image of ``array`` (z, y, x) with ITK-order (x, y, z) geometry."""
     import SimpleITK as sitk
 
@@ -184,12 +192,19 @@ def sitk_image(array: np.ndarray, spacing=(0.8, 0.8, 2.5), origin=(12.5, -30.0, 
     return image
 
 
-def write_dicom_series(folder, array: np.ndarray, spacing=(0.8, 0.8, 2.5), origin=(0.0, 0.0, 0.0),
-                       series_uid: str = "1.2.826.0.1.3680043.2.1125.1.1", prefix: str = "slice"):
+def write_dicom_series(
+    folder,
+    array: np.ndarray,
+    spacing=(0.8, 0.8, 2.5),
+    origin=(0.0, 0.0, 0.0),
+    series_uid: str = "1.2.826.0.1.3680043.2.1125.1.1",
+    prefix: str = "slice",
+):
     """Write ``array`` (z, y, x), int16, as one DICOM file per slice (SimpleITK's
     DicomSeriesFromArray recipe: position, orientation, series UID and pixel spacing tags)."""
-    import SimpleITK as sitk
     from pathlib import Path
+
+    import SimpleITK as sitk
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,8 +214,9 @@ def write_dicom_series(folder, array: np.ndarray, spacing=(0.8, 0.8, 2.5), origi
     direction = image.GetDirection()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    orientation = "\\".join(str(v) for v in (direction[0], direction[3], direction[6],
-                                             direction[1], direction[4], direction[7]))
+    orientation = "\\".join(
+        str(v) for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])
+    )
     paths = []
     for i in range(image.GetDepth()):
         piece = image[:, :, i]

@@ -5,11 +5,10 @@ are (z, y, x). predict must hand the network what it was trained on, and bring b
 import numpy as np
 import pytest
 import torch
+from helpers import TOL_Q, make_model, monai_spec, official_spec
 
 import napari_attunet as na
 from napari_attunet.inference.orientation import network_layout
-
-from helpers import TOL_Q, make_model, monai_spec, official_spec
 
 
 def test_family_defaults():

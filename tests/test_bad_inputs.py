@@ -36,6 +36,7 @@ BAD_TEXT = re.compile(r"Traceback|\[Errno|0x[0-9a-fA-F]{6,}")
 
 # ---- the files -------------------------------------------------------------------------------
 
+
 def _state(model) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -56,7 +57,7 @@ def _zip_declaring(path, source: pathlib.Path, size: int = 0xFFFFFFFE) -> pathli
     at = 0
     while (at := data.find(b"PK\x01\x02", at)) >= 0:
         name_len = struct.unpack_from("<H", data, at + 28)[0]
-        name = bytes(data[at + 46:at + 46 + name_len])
+        name = bytes(data[at + 46 : at + 46 + name_len])
         if b"/data/" in name:
             struct.pack_into("<I", data, at + 24, size)
         at += 46
@@ -65,8 +66,9 @@ def _zip_declaring(path, source: pathlib.Path, size: int = 0xFFFFFFFE) -> pathli
 
 
 def _safetensors_bomb(path) -> pathlib.Path:
-    header = json.dumps({"w": {"dtype": "F32", "shape": [1_000_000, 1_000_000],
-                               "data_offsets": [0, 4 * 10 ** 12]}}).encode()
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [1_000_000, 1_000_000], "data_offsets": [0, 4 * 10**12]}}
+    ).encode()
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
     return path
 
@@ -114,10 +116,10 @@ def files(tmp_path_factory):
 
     f["nan_pt"] = changed("nan_weights.pt", lambda d: d[key].fill_(float("nan")))
     f["inf_pt"] = changed("inf_weights.pt", lambda d: d[key].view(-1)[0].fill_(float("inf")))
-    f["complex_pt"] = changed("complex_weights.pt",
-                              lambda d: d.__setitem__(key, d[key].to(torch.complex64)))
-    f["meta_pt"] = changed("meta_weights.pt",
-                           lambda d: d.__setitem__(key, torch.empty(d[key].shape, device="meta")))
+    f["complex_pt"] = changed("complex_weights.pt", lambda d: d.__setitem__(key, d[key].to(torch.complex64)))
+    f["meta_pt"] = changed(
+        "meta_weights.pt", lambda d: d.__setitem__(key, torch.empty(d[key].shape, device="meta"))
+    )
     f["sparse_pt"] = changed("sparse_weights.pt", lambda d: d.__setitem__(key, d[key].to_sparse()))
     from safetensors.torch import save_file
 
@@ -128,11 +130,11 @@ def files(tmp_path_factory):
     f["zip_bomb"] = _zip_declaring(root / "expands.pt", _save_torch(root / "plain.pt", sd))
     f["st_bomb"] = _safetensors_bomb(root / "header_bomb.safetensors")
     f["spec_strides"] = _with_spec(root / "empty_strides.safetensors", good, strides=[])
-    f["spec_features"] = _with_spec(root / "negative_features.safetensors", good,
-                                    features=[2, -4, 8, 16, 32])
+    f["spec_features"] = _with_spec(root / "negative_features.safetensors", good, features=[2, -4, 8, 16, 32])
     f["spec_spacing"] = _with_spec(root / "zero_spacing.safetensors", good, spacing=[0, 1, 1])
-    f["spec_bomb"] = _with_spec(root / "spec_bomb.safetensors", good,
-                                features=[4096, 8192, 16384, 32768, 65536])
+    f["spec_bomb"] = _with_spec(
+        root / "spec_bomb.safetensors", good, features=[4096, 8192, 16384, 32768, 65536]
+    )
     f["random_pth"] = root / "random.pth"
     f["random_pth"].write_bytes(np.random.default_rng(1).bytes(4096))
     truncated = root / "truncated.safetensors"
@@ -144,24 +146,33 @@ def files(tmp_path_factory):
     scan = root / "scan.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(image), str(scan))
     f["scan"] = scan
-    sitk.WriteImage(sitk.GetImageFromArray((np.random.rand(6, 8, 8) + 1j).astype(np.complex64)),
-                    str(root / "complex.nii.gz"))
+    sitk.WriteImage(
+        sitk.GetImageFromArray((np.random.rand(6, 8, 8) + 1j).astype(np.complex64)),
+        str(root / "complex.nii.gz"),
+    )
     f["complex_nii"] = root / "complex.nii.gz"
-    (root / "detached.nhdr").write_text("NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\n"
-                                        "encoding: raw\nendian: little\n"
-                                        "data file: detached_voxels.raw\n")
+    (root / "detached.nhdr").write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\n"
+        "encoding: raw\nendian: little\n"
+        "data file: detached_voxels.raw\n"
+    )
     f["nhdr"] = root / "detached.nhdr"
-    (root / "detached.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\n"
-                                       "ElementType = MET_SHORT\n"
-                                       "ElementDataFile = mhd_voxels.raw\n")
+    (root / "detached.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\n"
+        "ElementType = MET_SHORT\n"
+        "ElementDataFile = mhd_voxels.raw\n"
+    )
     f["mhd"] = root / "detached.mhd"
     (root / "gzip_bomb.nrrd").write_bytes(
         b"NRRD0004\ntype: float\ndimension: 3\nsizes: 512 512 512\nencoding: gzip\n"
-        b"endian: little\n\n" + gzip.compress(b"\0" * (4 << 20)))
+        b"endian: little\n\n" + gzip.compress(b"\0" * (4 << 20))
+    )
     f["gz_bomb"] = root / "gzip_bomb.nrrd"
-    (root / "huge.nrrd").write_bytes(b"NRRD0004\ntype: float\ndimension: 3\n"
-                                     b"sizes: 100000 100000 100000\nencoding: raw\n"
-                                     b"endian: little\n\n" + b"\0" * 64)
+    (root / "huge.nrrd").write_bytes(
+        b"NRRD0004\ntype: float\ndimension: 3\n"
+        b"sizes: 100000 100000 100000\nencoding: raw\n"
+        b"endian: little\n\n" + b"\0" * 64
+    )
     f["huge_nrrd"] = root / "huge.nrrd"
     f["huge_nii"] = _nifti_header_only(root / "huge.nii", (30000, 30000, 30000))
     f["complex_hdr_nii"] = _nifti_header_only(root / "complex_header.nii", (4, 4, 4), 32, 64)
@@ -174,8 +185,9 @@ def files(tmp_path_factory):
     f["empty_nrrd"] = root / "empty.nrrd"
     import nibabel
 
-    nibabel.save(nibabel.Nifti1Image(np.zeros((6, 5, 4, 2), np.float32), np.eye(4)),
-                 str(root / "series4d.nii.gz"))
+    nibabel.save(
+        nibabel.Nifti1Image(np.zeros((6, 5, 4, 2), np.float32), np.eye(4)), str(root / "series4d.nii.gz")
+    )
     f["4d"] = root / "series4d.nii.gz"
     mha = root / "compressed.mha"
     sitk.WriteImage(sitk.GetImageFromArray(image), str(mha), True)
@@ -192,8 +204,7 @@ def files(tmp_path_factory):
 
 
 def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _check_message(message: str, names: str) -> None:
@@ -203,6 +214,7 @@ def _check_message(message: str, names: str) -> None:
 
 
 # ---- API ---------------------------------------------------------------------------------------
+
 
 @dataclass
 class ApiCase:
@@ -225,88 +237,210 @@ def _with(value, **index):
     return y
 
 
-CKPT_KEYS = ["nan_pt", "inf_pt", "complex_pt", "meta_pt", "sparse_pt", "nan_st", "zip_bomb",
-             "st_bomb", "spec_strides", "spec_features", "spec_spacing", "spec_bomb",
-             "random_pth", "truncated_st", "missing_ckpt"]
-SCAN_KEYS = ["complex_nii", "complex_hdr_nii", "nhdr", "mhd", "gz_bomb", "huge_nrrd", "huge_nii",
-             "truncated_nii", "noise_nii", "empty_nrrd", "4d", "truncated_mha", "missing_scan",
-             "folder_as_file"]
+CKPT_KEYS = [
+    "nan_pt",
+    "inf_pt",
+    "complex_pt",
+    "meta_pt",
+    "sparse_pt",
+    "nan_st",
+    "zip_bomb",
+    "st_bomb",
+    "spec_strides",
+    "spec_features",
+    "spec_spacing",
+    "spec_bomb",
+    "random_pth",
+    "truncated_st",
+    "missing_ckpt",
+]
+SCAN_KEYS = [
+    "complex_nii",
+    "complex_hdr_nii",
+    "nhdr",
+    "mhd",
+    "gz_bomb",
+    "huge_nrrd",
+    "huge_nii",
+    "truncated_nii",
+    "noise_nii",
+    "empty_nrrd",
+    "4d",
+    "truncated_mha",
+    "missing_scan",
+    "folder_as_file",
+]
 
 API_CASES = (
-    [ApiCase(f"checkpoint-{k}", lambda f, k=k: na.load_model(f[k]), na.CheckpointError,
-             lambda f, k=k: str(f[k])) for k in CKPT_KEYS]
-    + [ApiCase(f"scan-{k}", lambda f, k=k: na.io.read(f[k]), na.InputError,
-               lambda f, k=k: str(f[k])) for k in SCAN_KEYS]
+    [
+        ApiCase(
+            f"checkpoint-{k}",
+            lambda f, k=k: na.load_model(f[k]),
+            na.CheckpointError,
+            lambda f, k=k: str(f[k]),
+        )
+        for k in CKPT_KEYS
+    ]
     + [
-        ApiCase("spacing-zero", lambda f: na.predict(X, _model(f), spacing=(0, 1, 1),
-                                                    name="layer 'ct'"), na.InputError,
-                lambda f: "spacing"),
-        ApiCase("spacing-negative", lambda f: na.predict(X, _model(f), spacing=(1, -1, 1)),
-                na.InputError, lambda f: "spacing"),
-        ApiCase("spacing-nan", lambda f: na.predict(X, _model(f), spacing=(1, float("nan"), 1)),
-                na.InputError, lambda f: "spacing"),
-        ApiCase("tile-negative", lambda f: na.predict(X, _model(f), tile=-16), na.InputError,
-                lambda f: "tile"),
-        ApiCase("tile-zero", lambda f: na.predict(X, _model(f), tile=0), na.InputError,
-                lambda f: "tile"),
-        ApiCase("tile-length", lambda f: na.predict(X, _model(f), tile=(16, 16)), na.InputError,
-                lambda f: "tile"),
-        ApiCase("device-xpu", lambda f: na.predict(X, _model(f), device="xpu"), na.InputError,
-                lambda f: "xpu"),
-        ApiCase("device-meta", lambda f: na.predict(X, _model(f), device="meta"), na.InputError,
-                lambda f: "meta"),
-        ApiCase("device-cuda", lambda f: na.predict(X, _model(f), device="cuda:7"),
-                na.InputError, lambda f: "cuda:7"),
-        ApiCase("device-garbage", lambda f: na.predict(X, _model(f), device="gpu!"),
-                na.InputError, lambda f: "gpu!"),
-        ApiCase("precision", lambda f: na.predict(X, _model(f), precision="fp8"), na.InputError,
-                lambda f: "fp8"),
-        ApiCase("overlap", lambda f: na.predict(X, _model(f), overlap=1.5), na.InputError,
-                lambda f: "overlap"),
-        ApiCase("nan-voxels", lambda f: na.predict(_with(np.nan), _model(f), name="layer 'ct'"),
-                na.InputError, lambda f: "layer 'ct'"),
-        ApiCase("inf-voxels", lambda f: na.predict(_with(np.inf), _model(f), name="layer 'ct'"),
-                na.InputError, lambda f: "layer 'ct'"),
-        ApiCase("complex-array", lambda f: na.predict(X.astype(np.complex64), _model(f),
-                                                      name="layer 'ct'"), na.InputError,
-                lambda f: "layer 'ct'"),
-        ApiCase("bool-array", lambda f: na.predict(X > 0.5, _model(f), name="layer 'ct'"),
-                na.InputError, lambda f: "layer 'ct'"),
-        ApiCase("empty-array", lambda f: na.predict(np.zeros((0, 4, 4), np.float32), _model(f),
-                                                    name="layer 'ct'"), na.InputError,
-                lambda f: "layer 'ct'"),
-        ApiCase("one-voxel", lambda f: na.predict(np.zeros((1, 1, 1), np.float32), _model(f),
-                                                  name="layer 'ct'"), na.InputError,
-                lambda f: "layer 'ct'"),
-        ApiCase("5d-array", lambda f: na.predict(np.zeros((2, 2, 4, 4, 4), np.float32),
-                                                 _model(f), name="layer 'ct'"), na.InputError,
-                lambda f: "layer 'ct'"),
-        ApiCase("2d-on-3d-model", lambda f: na.predict(X[0], _model(f), name="layer 'ct'"),
-                na.InputError, lambda f: "layer 'ct'"),
-        ApiCase("normalization-garbage", lambda f: na.predict(X, _model(f),
-                                                              normalization="median"),
-                na.InputError, lambda f: "normalization"),
-        ApiCase("normalization-window", lambda f: na.predict(
-            X, _model(f), normalization={"mode": "ct", "window": [5, 1]}), na.InputError,
-            lambda f: "normalization"),
-        ApiCase("resampling-bomb", lambda f: na.predict(
-            X, na.load_model(f["good"], overrides={"spacing": (0.01, 0.01, 0.01)}),
-            spacing=(40.0, 40.0, 40.0), name="layer 'ct'"), na.InputError,
-            lambda f: "layer 'ct'"),
-        ApiCase("overflowing-values", lambda f: na.predict(
-            np.full_like(X, 3.3e38), _model(f), normalization="none", precision="fp32",
-            name="layer 'ct'"), na.InputError, lambda f: "layer 'ct'"),
-        ApiCase("thresholds-count", lambda f: na.predict(X, _model(f)).labels([0.1, 0.2, 0.3]),
-                na.InputError, lambda f: "thresholds"),
-        ApiCase("write-existing", lambda f: na.io.write(f["scan"], X, None), OutputError,
-                lambda f: str(f["scan"])),
-        ApiCase("write-into-folder", lambda f: na.io.write(f["folder_as_file"], X, None),
-                OutputError, lambda f: str(f["folder_as_file"])),
-        ApiCase("write-under-a-file", lambda f: na.io.write(f["scan"] / "labels.nii.gz", X,
-                                                             None), OutputError,
-                lambda f: str(f["scan"])),
-        ApiCase("write-suffix", lambda f: na.io.write(f["root"] / "labels.png", X, None),
-                na.InputError, lambda f: "labels.png"),
+        ApiCase(f"scan-{k}", lambda f, k=k: na.io.read(f[k]), na.InputError, lambda f, k=k: str(f[k]))
+        for k in SCAN_KEYS
+    ]
+    + [
+        ApiCase(
+            "spacing-zero",
+            lambda f: na.predict(X, _model(f), spacing=(0, 1, 1), name="layer 'ct'"),
+            na.InputError,
+            lambda f: "spacing",
+        ),
+        ApiCase(
+            "spacing-negative",
+            lambda f: na.predict(X, _model(f), spacing=(1, -1, 1)),
+            na.InputError,
+            lambda f: "spacing",
+        ),
+        ApiCase(
+            "spacing-nan",
+            lambda f: na.predict(X, _model(f), spacing=(1, float("nan"), 1)),
+            na.InputError,
+            lambda f: "spacing",
+        ),
+        ApiCase(
+            "tile-negative", lambda f: na.predict(X, _model(f), tile=-16), na.InputError, lambda f: "tile"
+        ),
+        ApiCase("tile-zero", lambda f: na.predict(X, _model(f), tile=0), na.InputError, lambda f: "tile"),
+        ApiCase(
+            "tile-length", lambda f: na.predict(X, _model(f), tile=(16, 16)), na.InputError, lambda f: "tile"
+        ),
+        ApiCase(
+            "device-xpu", lambda f: na.predict(X, _model(f), device="xpu"), na.InputError, lambda f: "xpu"
+        ),
+        ApiCase(
+            "device-meta", lambda f: na.predict(X, _model(f), device="meta"), na.InputError, lambda f: "meta"
+        ),
+        ApiCase(
+            "device-cuda",
+            lambda f: na.predict(X, _model(f), device="cuda:7"),
+            na.InputError,
+            lambda f: "cuda:7",
+        ),
+        ApiCase(
+            "device-garbage",
+            lambda f: na.predict(X, _model(f), device="gpu!"),
+            na.InputError,
+            lambda f: "gpu!",
+        ),
+        ApiCase(
+            "precision", lambda f: na.predict(X, _model(f), precision="fp8"), na.InputError, lambda f: "fp8"
+        ),
+        ApiCase(
+            "overlap", lambda f: na.predict(X, _model(f), overlap=1.5), na.InputError, lambda f: "overlap"
+        ),
+        ApiCase(
+            "nan-voxels",
+            lambda f: na.predict(_with(np.nan), _model(f), name="layer 'ct'"),
+            na.InputError,
+            lambda f: "layer 'ct'",
+        ),
+        ApiCase(
+            "inf-voxels",
+            lambda f: na.predict(_with(np.inf), _model(f), name="layer 'ct'"),
+            na.InputError,
+            lambda f: "layer 'ct'",
+        ),
+        ApiCase(
+            "complex-array",
+            lambda f: na.predict(X.astype(np.complex64), _model(f), name="layer 'ct'"),
+            na.InputError,
+            lambda f: "layer 'ct'",
+        ),
+        ApiCase(
+            "bool-array",
+            lambda f: na.predict(X > 0.5, _model(f), name="layer 'ct'"),
+            na.InputError,
+            lambda f: "layer 'ct'",
+        ),
+        ApiCase(
+            "empty-array",
+            lambda f: na.predict(np.zeros((0, 4, 4), np.float32), _model(f), name="layer 'ct'"),
+            na.InputError,
+            lambda f: "layer 'ct'",
+        ),
+        ApiCase(
+            "one-voxel",
+            lambda f: na.predict(np.zeros((1, 1, 1), np.float32), _model(f), name="layer 'ct'"),
+            na.InputError,
+            lambda f: "layer 'ct'",
+        ),
+        ApiCase(
+            "5d-array",
+            lambda f: na.predict(np.zeros((2, 2, 4, 4, 4), np.float32), _model(f), name="layer 'ct'"),
+            na.InputError,
+            lambda f: "layer 'ct'",
+        ),
+        ApiCase(
+            "2d-on-3d-model",
+            lambda f: na.predict(X[0], _model(f), name="layer 'ct'"),
+            na.InputError,
+            lambda f: "layer 'ct'",
+        ),
+        ApiCase(
+            "normalization-garbage",
+            lambda f: na.predict(X, _model(f), normalization="median"),
+            na.InputError,
+            lambda f: "normalization",
+        ),
+        ApiCase(
+            "normalization-window",
+            lambda f: na.predict(X, _model(f), normalization={"mode": "ct", "window": [5, 1]}),
+            na.InputError,
+            lambda f: "normalization",
+        ),
+        ApiCase(
+            "resampling-bomb",
+            lambda f: na.predict(
+                X,
+                na.load_model(f["good"], overrides={"spacing": (0.01, 0.01, 0.01)}),
+                spacing=(40.0, 40.0, 40.0),
+                name="layer 'ct'",
+            ),
+            na.InputError,
+            lambda f: "layer 'ct'",
+        ),
+        ApiCase(
+            "overflowing-values",
+            lambda f: na.predict(
+                np.full_like(X, 3.3e38), _model(f), normalization="none", precision="fp32", name="layer 'ct'"
+            ),
+            na.InputError,
+            lambda f: "layer 'ct'",
+        ),
+        ApiCase(
+            "thresholds-count",
+            lambda f: na.predict(X, _model(f)).labels([0.1, 0.2, 0.3]),
+            na.InputError,
+            lambda f: "thresholds",
+        ),
+        ApiCase(
+            "write-existing", lambda f: na.io.write(f["scan"], X, None), OutputError, lambda f: str(f["scan"])
+        ),
+        ApiCase(
+            "write-into-folder",
+            lambda f: na.io.write(f["folder_as_file"], X, None),
+            OutputError,
+            lambda f: str(f["folder_as_file"]),
+        ),
+        ApiCase(
+            "write-under-a-file",
+            lambda f: na.io.write(f["scan"] / "labels.nii.gz", X, None),
+            OutputError,
+            lambda f: str(f["scan"]),
+        ),
+        ApiCase(
+            "write-suffix",
+            lambda f: na.io.write(f["root"] / "labels.png", X, None),
+            na.InputError,
+            lambda f: "labels.png",
+        ),
     ]
 )
 
@@ -325,6 +459,7 @@ def test_api_bad_input(case, files, capfd):
 
 # ---- command line ------------------------------------------------------------------------------
 
+
 @dataclass
 class CliCase:
     id: str
@@ -333,41 +468,44 @@ class CliCase:
 
 
 def _predict_argv(scan_key="scan", ckpt_key="good", *extra):
-    return lambda f, out: ["predict", str(f[scan_key]), "-c", str(f[ckpt_key]), "-o", str(out),
-                           "-q", *extra]
+    return lambda f, out: ["predict", str(f[scan_key]), "-c", str(f[ckpt_key]), "-o", str(out), "-q", *extra]
 
 
 CLI_CASES = (
-    [CliCase(f"checkpoint-{k}", _predict_argv("scan", k), lambda f, k=k: str(f[k]))
-     for k in CKPT_KEYS]
-    + [CliCase(f"scan-{k}", _predict_argv(k), lambda f, k=k: str(f[k]))
-       for k in [*SCAN_KEYS, "nan_nii"]]
+    [CliCase(f"checkpoint-{k}", _predict_argv("scan", k), lambda f, k=k: str(f[k])) for k in CKPT_KEYS]
+    + [CliCase(f"scan-{k}", _predict_argv(k), lambda f, k=k: str(f[k])) for k in [*SCAN_KEYS, "nan_nii"]]
     + [
-        CliCase("thresholds-count", _predict_argv("scan", "good", "--thresholds", "0.1", "0.2",
-                                                  "0.3"), lambda f: "--thresholds"),
-        CliCase("normalization-garbage", _predict_argv("scan", "good", "--normalization",
-                                                       "median"), lambda f: "--normalization"),
-        CliCase("normalization-numbers", _predict_argv("scan", "good", "--normalization",
-                                                       "ct:low,high"),
-                lambda f: "--normalization"),
-        CliCase("tile-negative", _predict_argv("scan", "good", "--tile", "-16"),
-                lambda f: "--tile"),
-        CliCase("tile-length", _predict_argv("scan", "good", "--tile", "16", "16"),
-                lambda f: "--tile"),
-        CliCase("device-xpu", _predict_argv("scan", "good", "--device", "xpu"),
-                lambda f: "--device"),
-        CliCase("device-meta", _predict_argv("scan", "good", "--device", "meta"),
-                lambda f: "--device"),
-        CliCase("overlap", _predict_argv("scan", "good", "--overlap", "1.5"),
-                lambda f: "--overlap"),
-        CliCase("min-size", _predict_argv("scan", "good", "--min-size", "-1"),
-                lambda f: "--min-size"),
-        CliCase("output-is-a-file", lambda f, out: ["predict", str(f["scan"]), "-c",
-                                                    str(f["good"]), "-o", str(f["scan"]), "-q"],
-                lambda f: str(f["scan"])),
-        CliCase("output-exists", lambda f, out: ["predict", str(f["scan"]), "-c", str(f["good"]),
-                                                 "-o", str(out), "-q"],
-                lambda f: "--overwrite"),
+        CliCase(
+            "thresholds-count",
+            _predict_argv("scan", "good", "--thresholds", "0.1", "0.2", "0.3"),
+            lambda f: "--thresholds",
+        ),
+        CliCase(
+            "normalization-garbage",
+            _predict_argv("scan", "good", "--normalization", "median"),
+            lambda f: "--normalization",
+        ),
+        CliCase(
+            "normalization-numbers",
+            _predict_argv("scan", "good", "--normalization", "ct:low,high"),
+            lambda f: "--normalization",
+        ),
+        CliCase("tile-negative", _predict_argv("scan", "good", "--tile", "-16"), lambda f: "--tile"),
+        CliCase("tile-length", _predict_argv("scan", "good", "--tile", "16", "16"), lambda f: "--tile"),
+        CliCase("device-xpu", _predict_argv("scan", "good", "--device", "xpu"), lambda f: "--device"),
+        CliCase("device-meta", _predict_argv("scan", "good", "--device", "meta"), lambda f: "--device"),
+        CliCase("overlap", _predict_argv("scan", "good", "--overlap", "1.5"), lambda f: "--overlap"),
+        CliCase("min-size", _predict_argv("scan", "good", "--min-size", "-1"), lambda f: "--min-size"),
+        CliCase(
+            "output-is-a-file",
+            lambda f, out: ["predict", str(f["scan"]), "-c", str(f["good"]), "-o", str(f["scan"]), "-q"],
+            lambda f: str(f["scan"]),
+        ),
+        CliCase(
+            "output-exists",
+            lambda f, out: ["predict", str(f["scan"]), "-c", str(f["good"]), "-o", str(out), "-q"],
+            lambda f: "--overwrite",
+        ),
     ]
 )
 
@@ -392,16 +530,31 @@ def test_cli_bad_input(case, files, tmp_path, capsys):
 
 def test_cli_prints_one_line_in_a_real_process(files, tmp_path):
     """The console script itself, as a user runs it: one line, no traceback."""
-    result = subprocess.run([sys.executable, "-m", "napari_attunet.cli", "predict",
-                             str(files["scan"]), "-c", str(files["meta_pt"]), "-o",
-                             str(tmp_path / "o")], capture_output=True, text=True, timeout=300, check=False,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_attunet.cli",
+            "predict",
+            str(files["scan"]),
+            "-c",
+            str(files["meta_pt"]),
+            "-o",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and str(files["meta_pt"]) in lines[0], lines
 
 
 # ---- napari ------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def notes():
@@ -422,8 +575,19 @@ def _widget(viewer):
     return widget
 
 
-NAPARI_SCANS = ["complex_nii", "complex_hdr_nii", "nhdr", "mhd", "gz_bomb", "huge_nrrd",
-                "huge_nii", "truncated_nii", "noise_nii", "4d", "truncated_mha"]
+NAPARI_SCANS = [
+    "complex_nii",
+    "complex_hdr_nii",
+    "nhdr",
+    "mhd",
+    "gz_bomb",
+    "huge_nrrd",
+    "huge_nii",
+    "truncated_nii",
+    "noise_nii",
+    "4d",
+    "truncated_mha",
+]
 
 
 @pytest.mark.parametrize("key", NAPARI_SCANS)
@@ -438,8 +602,16 @@ def test_napari_open_bad_scan(key, files, make_napari_viewer, notes):
     assert snapshot(files["root"]) == before
 
 
-NAPARI_CKPTS = ["nan_pt", "complex_pt", "meta_pt", "sparse_pt", "zip_bomb", "st_bomb",
-                "spec_strides", "spec_bomb"]
+NAPARI_CKPTS = [
+    "nan_pt",
+    "complex_pt",
+    "meta_pt",
+    "sparse_pt",
+    "zip_bomb",
+    "st_bomb",
+    "spec_strides",
+    "spec_bomb",
+]
 
 
 @pytest.mark.parametrize("key", NAPARI_CKPTS)
@@ -460,16 +632,15 @@ def _bad_layers():
 
     return {
         "nan-voxels": lambda v: v.add_image(_with(np.nan), name="ct"),
-        "rgb-for-one-channel": lambda v: v.add_image(np.zeros((32, 32, 3), np.uint8), name="ct",
-                                                     rgb=True),
+        "rgb-for-one-channel": lambda v: v.add_image(np.zeros((32, 32, 3), np.uint8), name="ct", rgb=True),
         "2d-on-3d-model": lambda v: v.add_image(X[0], name="ct"),
-        "lazy-3000-cubed": lambda v: v.add_image(da.zeros((3000, 3000, 3000), np.float32,
-                                                          chunks=(64, 512, 512)), name="ct"),
+        "lazy-3000-cubed": lambda v: v.add_image(
+            da.zeros((3000, 3000, 3000), np.float32, chunks=(64, 512, 512)), name="ct"
+        ),
     }
 
 
-@pytest.mark.parametrize("kind", ["nan-voxels", "rgb-for-one-channel", "2d-on-3d-model",
-                                  "lazy-3000-cubed"])
+@pytest.mark.parametrize("kind", ["nan-voxels", "rgb-for-one-channel", "2d-on-3d-model", "lazy-3000-cubed"])
 def test_napari_bad_layer_leaves_run_usable(kind, files, make_napari_viewer, qtbot, notes):
     viewer = make_napari_viewer()
     layer = _bad_layers()[kind](viewer)
@@ -529,13 +700,11 @@ def test_napari_lazy_layer_is_never_read_in_the_gui_thread(files, make_napari_vi
     assert readers and not any(readers), "blocks were read in the GUI thread"
 
 
-def test_napari_closing_the_viewer_mid_run_cancels_cleanly(files, make_napari_viewer, qtbot,
-                                                           monkeypatch):
+def test_napari_closing_the_viewer_mid_run_cancels_cleanly(files, make_napari_viewer, qtbot, monkeypatch):
     raised = []
     monkeypatch.setattr(sys, "excepthook", lambda *info: raised.append(info))
     viewer = make_napari_viewer()
-    layer = viewer.add_image(np.random.default_rng(0).random((48, 96, 96)).astype(np.float32),
-                             name="ct")
+    layer = viewer.add_image(np.random.default_rng(0).random((48, 96, 96)).astype(np.float32), name="ct")
     widget = _widget(viewer)
     assert widget.load_checkpoint(files["good"])
     widget.image.value = layer

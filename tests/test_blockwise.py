@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import make_model, monai_spec, official_spec, sharpen_gates
 from scipy import ndimage
 
 import napari_attunet as na
 from napari_attunet.inference.blockwise import plan
-
-from helpers import make_model, monai_spec, official_spec, sharpen_gates
 
 da = pytest.importorskip("dask.array")
 zarr = pytest.importorskip("zarr")
@@ -54,11 +53,15 @@ def test_blocks_agree_with_one_in_memory_run(model3d, volume):
     assert np.allclose(lazy.uncertainty, ref.uncertainty, atol=0.02)
 
 
-@pytest.mark.parametrize("options", [
-    dict(overlap=0.25),
-    dict(overlap=0.6, orientation="RAS"),
-    dict(overlap=0.5, orientation="RAS", tta=True),
-], ids=["overlap-0.25", "reoriented", "reoriented-tta"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(overlap=0.25),
+        dict(overlap=0.6, orientation="RAS"),
+        dict(overlap=0.5, orientation="RAS", tta=True),
+    ],
+    ids=["overlap-0.25", "reoriented", "reoriented-tta"],
+)
 def test_blocks_agree_on_reoriented_scans_and_any_overlap(model3d, options):
     """Flipped and permuted network axes, other overlaps, TTA: still one in-memory run."""
     affine = np.diag([-2.0, 1.0, -1.0, 1.0])
@@ -82,8 +85,9 @@ def test_seams_of_a_2d_model_on_a_stack():
     rng = np.random.default_rng(2)
     image = ndimage.gaussian_filter(rng.normal(size=(6, 40, 56)), (0, 2, 2)).astype(np.float32)
     ref = na.predict(image, model, tile=16, normalization="zscore")
-    store = zarr.create_array(zarr.storage.MemoryStore(), shape=image.shape, chunks=(2, 16, 16),
-                              dtype="float32")
+    store = zarr.create_array(
+        zarr.storage.MemoryStore(), shape=image.shape, chunks=(2, 16, 16), dtype="float32"
+    )
     store[:] = image
     lazy = na.predict(store, model, tile=16, normalization="zscore", block=(2, 16, 16))
     assert len(plan(image.shape, model, tile=16, block=(2, 16, 16)).blocks) == 3 * 3 * 4
@@ -98,8 +102,7 @@ class GuardedArray:
 
     def __init__(self, array):
         self.array, self.reads, self.largest = array, 0, 0
-        self.shape, self.dtype, self.chunks, self.ndim = (array.shape, array.dtype, array.chunks,
-                                                          array.ndim)
+        self.shape, self.dtype, self.chunks, self.ndim = (array.shape, array.dtype, array.chunks, array.ndim)
 
     def __getitem__(self, index):
         data = self.array[index]
@@ -118,8 +121,9 @@ def test_zarr_input_is_read_window_by_window(tmp_path, model3d, volume, mode, mo
     from napari_attunet.inference import lazy
 
     monkeypatch.setattr(lazy, "SLAB_VOXELS", 48 * 72 * 88 // 4)  # statistics in 4+ slabs
-    array = zarr.create_array(tmp_path / "scan.zarr", shape=volume.shape, chunks=(16, 24, 24),
-                              dtype=volume.dtype)
+    array = zarr.create_array(
+        tmp_path / "scan.zarr", shape=volume.shape, chunks=(16, 24, 24), dtype=volume.dtype
+    )
     array[:] = volume
     guarded = GuardedArray(zarr.open_array(tmp_path / "scan.zarr", mode="r"))
     ref = na.predict(volume, model3d, tile=32, normalization=mode)
@@ -142,8 +146,15 @@ def test_a_nan_in_a_lazy_volume_is_one_sentence(model3d):
 def test_store_holds_what_the_run_returns(tmp_path, model3d, volume):
     out = tmp_path / "result.zarr"
     ref = na.predict(volume, model3d, tile=32, normalization="zscore", spacing=(2.0, 1.0, 1.0))
-    pred = na.predict(da.from_array(volume, chunks=24), model3d, tile=32, normalization="zscore",
-                      spacing=(2.0, 1.0, 1.0), block=32, out=out)
+    pred = na.predict(
+        da.from_array(volume, chunks=24),
+        model3d,
+        tile=32,
+        normalization="zscore",
+        spacing=(2.0, 1.0, 1.0),
+        block=32,
+        out=out,
+    )
     root = zarr.open_group(out, mode="r")
     assert np.array_equal(root["0"][:], pred.quantized[:])
     assert np.abs(root["0"][:].astype(int) - ref.quantized.astype(int)).max() <= 1
@@ -153,7 +164,7 @@ def test_store_holds_what_the_run_returns(tmp_path, model3d, volume):
     for k, gate in enumerate(ref.gates, start=1):
         assert np.abs(root[f"gates/gate{k}/0"][:] - gate.data).max() < 1e-4
     counts = np.bincount(ref.labels().reshape(-1))
-    assert root.attrs["attunet"]["label_voxels"][:len(counts)] == counts.tolist()
+    assert root.attrs["attunet"]["label_voxels"][: len(counts)] == counts.tolist()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
     with pytest.raises(na.InputError, match="already exists"):
         na.predict(volume, model3d, tile=32, block=32, out=out)
@@ -171,8 +182,9 @@ def test_a_cancelled_store_leaves_nothing(tmp_path, model3d, volume):
             cancel.set()
 
     with pytest.raises(na.Cancelled):
-        na.predict(volume, model3d, tile=32, block=32, out=tmp_path / "r.zarr",
-                   progress=progress, cancel=cancel)
+        na.predict(
+            volume, model3d, tile=32, block=32, out=tmp_path / "r.zarr", progress=progress, cancel=cancel
+        )
     assert calls and list(tmp_path.iterdir()) == []
 
 
@@ -195,19 +207,28 @@ def test_store_opens_with_the_ome_zarr_reader(tmp_path, model3d, volume):
     scale, shift = gate.metadata["coordinateTransformations"][0]
     stride, offset = pred.gates[1].stride, pred.gates[1].offset
     assert scale["scale"][1:] == pytest.approx([s * t for s, t in zip(spacing, stride)])
-    assert shift["translation"][1:] == pytest.approx([o + s * f
-                                                      for o, s, f in zip(origin, spacing, offset)])
+    assert shift["translation"][1:] == pytest.approx([o + s * f for o, s, f in zip(origin, spacing, offset)])
 
 
 def test_blocks_on_a_local_cluster_load_the_model_once_per_worker(model3d, volume, tmp_path):
     distributed = pytest.importorskip("distributed")
 
     ref = na.predict(volume, model3d, tile=32, normalization="zscore")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        pred = na.predict(volume, model3d, tile=32, normalization="zscore", block=32,
-                          scheduler=client, out=tmp_path / "r.zarr")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        pred = na.predict(
+            volume,
+            model3d,
+            tile=32,
+            normalization="zscore",
+            block=32,
+            scheduler=client,
+            out=tmp_path / "r.zarr",
+        )
         loaded = client.run(_models_here)
     assert len(plan(volume.shape, model3d, tile=32, block=32).blocks) >= 8
     assert sorted(loaded.values()) == [1, 1]  # each worker built the network once

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from helpers import lee_spec, official_spec
 from torch import nn
 
 import napari_attunet as na
-from helpers import lee_spec, official_spec
 from napari_attunet.models import build
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -67,8 +66,11 @@ def test_truncated_pth(tmp_path):
 
 def test_random_bytes_pth(tmp_path):
     path = tmp_path / "noise.pth"
-    path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8,
-                                   generator=torch.Generator().manual_seed(0)).numpy().tobytes())
+    path.write_bytes(
+        torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        .numpy()
+        .tobytes()
+    )
     _load_error(path)
 
 
@@ -82,9 +84,19 @@ def test_text_file_with_torch_suffix(tmp_path, suffix):
 # Bytes that are not a checkpoint but start with a valid pickle opcode: torch's weights-only
 # unpickler then fails with IndexError ("pop from empty list"), struct.error or KeyError rather
 # than UnpicklingError, and each must still become a CheckpointError.
-@pytest.mark.parametrize("data", [b".", b"X", b"t", b"0", b"h\xb4\x90\xbd;\xec\xfa%\xea6\xce\x93",
-                                  b"<html>404</html>", b"version https://git-lfs.github.com/spec/v1\n"],
-                         ids=["stop", "binunicode", "tuple", "pop", "binget", "html", "lfs-pointer"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b".",
+        b"X",
+        b"t",
+        b"0",
+        b"h\xb4\x90\xbd;\xec\xfa%\xea6\xce\x93",
+        b"<html>404</html>",
+        b"version https://git-lfs.github.com/spec/v1\n",
+    ],
+    ids=["stop", "binunicode", "tuple", "pop", "binget", "html", "lfs-pointer"],
+)
 def test_garbage_bytes_with_pth_suffix(tmp_path, data):
     path = tmp_path / "garbage.pth"
     path.write_bytes(data)
@@ -138,8 +150,12 @@ def test_plain_unet_names_the_closest_family(tmp_path):
 
 
 def test_squeeze_excitation_is_not_an_attention_gate(tmp_path):
-    sd = {"enc.0.weight": torch.zeros(8, 1, 3, 3), "se.fc1.weight": torch.zeros(2, 8),
-          "se.fc2.weight": torch.zeros(8, 2), "head.weight": torch.zeros(2, 8, 1, 1)}
+    sd = {
+        "enc.0.weight": torch.zeros(8, 1, 3, 3),
+        "se.fc1.weight": torch.zeros(2, 8),
+        "se.fc2.weight": torch.zeros(8, 2),
+        "head.weight": torch.zeros(2, 8, 1, 1),
+    }
     path = tmp_path / "se.pth"
     torch.save(sd, path)
     message = _load_error(path)
@@ -211,8 +227,7 @@ def test_pickle_with_code_is_never_run(tmp_path, payload, suffix):
 def test_pickle_with_code_inside_a_wrapper(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": _official_sd(), "hyper_parameters": _CreatesAFile(marker),
-                "epoch": 1}, path)
+    torch.save({"state_dict": _official_sd(), "hyper_parameters": _CreatesAFile(marker), "epoch": 1}, path)
     _load_error(path)
     assert not marker.exists()
 
@@ -220,8 +235,7 @@ def test_pickle_with_code_inside_a_wrapper(tmp_path):
 def test_legacy_non_zip_pickle_with_code(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "legacy.pth"
-    torch.save({"w": torch.zeros(2), "x": _CreatesAFile(marker)}, path,
-               _use_new_zipfile_serialization=False)
+    torch.save({"w": torch.zeros(2), "x": _CreatesAFile(marker)}, path, _use_new_zipfile_serialization=False)
     _load_error(path)
     assert not marker.exists()
 
@@ -245,12 +259,19 @@ def test_torchscript_archive_is_refused(tmp_path):
 
 def test_lightning_ckpt_of_a_monai_model_loads(tmp_path, randomize_bn):
     monai_nets = pytest.importorskip("monai.networks.nets")
-    net = monai_nets.AttentionUnet(spatial_dims=2, in_channels=1, out_channels=3,
-                                   channels=(4, 8, 16), strides=(2, 2))
+    net = monai_nets.AttentionUnet(
+        spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2)
+    )
     net = randomize_bn(net, seed=4).eval()
     path = tmp_path / "epoch=3-step=120.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
-                "epoch": 3, "global_step": 120}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+            "epoch": 3,
+            "global_step": 120,
+        },
+        path,
+    )
     model = na.load_model(path)
     assert model.spec.family == "monai"
     assert tuple(model.spec.features) == (4, 8, 16)

@@ -26,8 +26,7 @@ def test_info_on_the_fixture(fixture_pth, capsys):
     assert main(["info", str(fixture_pth)]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines()
-                if line.strip())
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines() if line.strip())
     assert rows["family"] == "official"
     assert rows["variant"] == "single_att_dsv"
     assert rows["dimensions"] == "3D"
@@ -62,8 +61,23 @@ def test_info_json(fixture_pth, capsys):
 
 def test_convert_then_info(fixture_pth, tmp_path, capsys):
     out_path = tmp_path / "converted" / "out.safetensors"
-    code = main(["convert", str(fixture_pth), str(out_path), "--class-names", "bg", "a", "b",
-                 "--normalization", "ct:-160,240", "--spacing", "1", "1", "2"])
+    code = main(
+        [
+            "convert",
+            str(fixture_pth),
+            str(out_path),
+            "--class-names",
+            "bg",
+            "a",
+            "b",
+            "--normalization",
+            "ct:-160,240",
+            "--spacing",
+            "1",
+            "1",
+            "2",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out_path.is_file()
@@ -119,15 +133,17 @@ def test_console_script(fixture_pth):
     script = Path(sys.executable).parent / "napari-attunet"
     if not script.exists():
         pytest.fail(f"console script not installed next to {sys.executable}")
-    result = subprocess.run([str(script), "info", str(fixture_pth)], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [str(script), "info", str(fixture_pth)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "official" in result.stdout
     assert "1,555,542" in result.stdout
     assert _sha256(fixture_pth) in result.stdout
 
-    result = subprocess.run([str(script), "info", str(fixture_pth) + ".missing"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(script), "info", str(fixture_pth) + ".missing"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -135,8 +151,9 @@ def test_console_script(fixture_pth):
 def test_orientation_is_stated_converted_and_overridden(fixture_pth, tmp_path, capsys):
     """The official fixture defaults to the file's own layout; convert records another."""
     assert main(["info", str(fixture_pth)]) == 0
-    assert re.search(r"orientation\s+native: the network sees scans as the file stores them",
-                     capsys.readouterr().out)
+    assert re.search(
+        r"orientation\s+native: the network sees scans as the file stores them", capsys.readouterr().out
+    )
     out = tmp_path / "ras.safetensors"
     assert main(["convert", str(fixture_pth), str(out), "--orientation", "ras"]) == 0
     capsys.readouterr()
@@ -144,7 +161,6 @@ def test_orientation_is_stated_converted_and_overridden(fixture_pth, tmp_path, c
     assert main(["info", str(out)]) == 0
     assert "reoriented to RAS" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        main(["convert", str(fixture_pth), str(tmp_path / "bad.safetensors"), "--orientation",
-              "RAR"])
+        main(["convert", str(fixture_pth), str(tmp_path / "bad.safetensors"), "--orientation", "RAR"])
     assert "not an axis code" in capsys.readouterr().err
     assert not (tmp_path / "bad.safetensors").exists()

@@ -13,9 +13,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import RAS, make_model, official_spec, sitk_image, write_dicom_series
 
 import napari_attunet as na
-from helpers import RAS, make_model, official_spec, sitk_image, write_dicom_series
 from napari_attunet import io
 from napari_attunet.cli import main
 from napari_attunet.inference.postprocess import gate_on_image_grid
@@ -32,12 +32,15 @@ def workspace(tmp_path_factory):
 
     image, _ = make_phantom((16, 24, 20), seed=4)
     nifti = root / "patient1.nii.gz"
-    sitk.WriteImage(sitk_image((image * 300 - 100).astype(np.int16), (0.8, 0.8, 2.5),
-                               (12.5, -30.0, 47.0), RAS), str(nifti))
+    sitk.WriteImage(
+        sitk_image((image * 300 - 100).astype(np.int16), (0.8, 0.8, 2.5), (12.5, -30.0, 47.0), RAS),
+        str(nifti),
+    )
     image, _ = make_phantom((8, 20, 18), seed=5)
     dicom = root / "ct_series"
-    write_dicom_series(dicom, (image * 300 - 100).astype(np.int16), spacing=(0.7, 0.7, 3.0),
-                       origin=(-50.0, 20.0, 100.0))
+    write_dicom_series(
+        dicom, (image * 300 - 100).astype(np.int16), spacing=(0.7, 0.7, 3.0), origin=(-50.0, 20.0, 100.0)
+    )
     corrupt = root / "broken.nii.gz"
     corrupt.write_bytes(np.random.default_rng(6).bytes(2048))
     missing = root / "absent.nii.gz"
@@ -63,8 +66,20 @@ def test_predict_good_and_bad_scans(workspace, capsys):
     w = workspace
     out = w["root"] / "out"
     scans = [w["nifti"], w["dicom"], w["corrupt"], w["missing"]]
-    code = main(["predict", *map(str, scans), "-c", str(w["ckpt"]), "-o", str(out),
-                 "--attention", "--probabilities", "--uncertainty", "-q"])
+    code = main(
+        [
+            "predict",
+            *map(str, scans),
+            "-c",
+            str(w["ckpt"]),
+            "-o",
+            str(out),
+            "--attention",
+            "--probabilities",
+            "--uncertainty",
+            "-q",
+        ]
+    )
     stdout, stderr = capsys.readouterr()
     assert code == 1, "some scans failed"
     lines = [line for line in stderr.splitlines() if line.strip()]
@@ -77,15 +92,22 @@ def test_predict_good_and_bad_scans(workspace, capsys):
     rows = list(csv.reader(open(out / "volumes.csv", newline="")))
     assert rows[0] == ["scan", "class", "volume_ml", "path"]
     body = rows[1:]
-    assert {(r[0], r[1]) for r in body} == {(n, c) for n in ("patient1", "ct_series")
-                                            for c in ("liver", "liver tumour")}
+    assert {(r[0], r[1]) for r in body} == {
+        (n, c) for n in ("patient1", "ct_series") for c in ("liver", "liver tumour")
+    }
     assert len(body) == 4
 
     for scan, name in ((w["nifti"], "patient1"), (w["dicom"], "ct_series")):
         source = _sitk_read(scan)
-        expected = [f"{name}_labels.nii.gz", f"{name}_gate1.nii.gz", f"{name}_gate2.nii.gz",
-                    f"{name}_gate3.nii.gz", f"{name}_prob_background.nii.gz",
-                    f"{name}_prob_liver.nii.gz", f"{name}_prob_liver_tumour.nii.gz"]
+        expected = [
+            f"{name}_labels.nii.gz",
+            f"{name}_gate1.nii.gz",
+            f"{name}_gate2.nii.gz",
+            f"{name}_gate3.nii.gz",
+            f"{name}_prob_background.nii.gz",
+            f"{name}_prob_liver.nii.gz",
+            f"{name}_prob_liver_tumour.nii.gz",
+        ]
         for filename in expected:
             assert (out / filename).is_file(), filename
             _same_grid(sitk.ReadImage(str(out / filename)), source)
@@ -102,8 +124,9 @@ def test_predict_good_and_bad_scans(workspace, capsys):
         assert gate.shape == volume.array.shape
         assert np.allclose(gate, gate_on_image_grid(pred.gates[0], labels.shape), atol=1e-6)
         assert gate.min() >= 0 and gate.max() <= 1
-        probs = np.stack([io.read(out / f"{name}_prob_{c}.nii.gz").array
-                          for c in ("background", "liver", "liver_tumour")])
+        probs = np.stack(
+            [io.read(out / f"{name}_prob_{c}.nii.gz").array for c in ("background", "liver", "liver_tumour")]
+        )
         assert np.allclose(probs, pred.probabilities, atol=1e-6)
         assert np.abs(probs.sum(0) - 1).max() <= 3 / 255
         uncertainty = io.read(out / f"{name}_uncertainty.nii.gz").array
@@ -124,8 +147,7 @@ def test_predict_good_and_bad_scans(workspace, capsys):
 def test_predict_only_good_scans_exits_zero(workspace, capsys):
     w = workspace
     out = w["root"] / "out-good"
-    code = main(["predict", str(w["nifti"]), str(w["dicom"]), "-c", str(w["ckpt"]),
-                 "-o", str(out), "-q"])
+    code = main(["predict", str(w["nifti"]), str(w["dicom"]), "-c", str(w["ckpt"]), "-o", str(out), "-q"])
     _, stderr = capsys.readouterr()
     assert code == 0, stderr
     assert stderr.strip() == ""
@@ -139,8 +161,7 @@ def test_predict_only_good_scans_exits_zero(workspace, capsys):
 def test_predict_with_only_bad_scans_writes_no_table(workspace, capsys):
     w = workspace
     out = w["root"] / "out-bad"
-    code = main(["predict", str(w["corrupt"]), str(w["missing"]), "-c", str(w["ckpt"]),
-                 "-o", str(out), "-q"])
+    code = main(["predict", str(w["corrupt"]), str(w["missing"]), "-c", str(w["ckpt"]), "-o", str(out), "-q"])
     _, stderr = capsys.readouterr()
     assert code == 1
     assert len([line for line in stderr.splitlines() if line.strip()]) == 2
@@ -149,8 +170,17 @@ def test_predict_with_only_bad_scans_writes_no_table(workspace, capsys):
 
 def test_predict_with_a_missing_checkpoint_is_one_line(workspace, capsys):
     w = workspace
-    code = main(["predict", str(w["nifti"]), "-c", str(w["root"] / "none.safetensors"),
-                 "-o", str(w["root"] / "out-none"), "-q"])
+    code = main(
+        [
+            "predict",
+            str(w["nifti"]),
+            "-c",
+            str(w["root"] / "none.safetensors"),
+            "-o",
+            str(w["root"] / "out-none"),
+            "-q",
+        ]
+    )
     _, stderr = capsys.readouterr()
     assert code != 0
     lines = [line for line in stderr.splitlines() if line.strip()]

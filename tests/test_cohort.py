@@ -14,9 +14,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import RAS, make_model, official_spec, sitk_image
 
 import napari_attunet as na
-from helpers import RAS, make_model, official_spec, sitk_image
 from napari_attunet.cli import main
 from napari_attunet.phantom import make_phantom
 
@@ -28,14 +28,15 @@ zarr = pytest.importorskip("zarr")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort")
     model = make_model(official_spec(3, out_ch=3), seed=8)
-    ckpt = na.save_model(model, root / "tiny.safetensors",
-                         class_names=["background", "organ", "lesion"])
+    ckpt = na.save_model(model, root / "tiny.safetensors", class_names=["background", "organ", "lesion"])
     scans = []
     for k in range(4):
         image, _ = make_phantom((16, 20 + 4 * k, 24), seed=k)
         path = root / f"case{k}.nii.gz"
-        sitk.WriteImage(sitk_image((image * 300 - 100).astype(np.int16), (0.9, 0.9, 2.0),
-                                   (1.0 * k, -3.0, 5.0), RAS), str(path))
+        sitk.WriteImage(
+            sitk_image((image * 300 - 100).astype(np.int16), (0.9, 0.9, 2.0), (1.0 * k, -3.0, 5.0), RAS),
+            str(path),
+        )
         scans.append(path)
     bad = root / "broken.nii.gz"
     bad.write_bytes(np.random.default_rng(3).bytes(1024))
@@ -43,8 +44,7 @@ def cohort(tmp_path_factory):
 
 
 def _arrays(folder: pathlib.Path) -> dict[str, np.ndarray]:
-    return {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
-            for p in sorted(folder.glob("*.nii.gz"))}
+    return {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in sorted(folder.glob("*.nii.gz"))}
 
 
 def _rows(folder: pathlib.Path) -> list[list[str]]:
@@ -87,8 +87,19 @@ def test_cohort_on_two_workers_equals_the_sequential_command(cohort, capsys):
 
 def test_cohort_scheduler_that_makes_no_sense_is_one_line(cohort, capsys):
     c = cohort
-    code = main(["predict", str(c["scans"][0]), "-c", str(c["ckpt"]), "-o",
-                 str(c["root"] / "x"), "--scheduler", "local:0", "-q"])
+    code = main(
+        [
+            "predict",
+            str(c["scans"][0]),
+            "-c",
+            str(c["ckpt"]),
+            "-o",
+            str(c["root"] / "x"),
+            "--scheduler",
+            "local:0",
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "local:N" in err[0]
 
@@ -96,8 +107,9 @@ def test_cohort_scheduler_that_makes_no_sense_is_one_line(cohort, capsys):
 def test_predict_into_one_store(cohort, capsys):
     c = cohort
     out = c["root"] / "stores" / "case1.zarr"
-    assert main(["predict", str(c["scans"][1]), "-c", str(c["ckpt"]), "-o", str(out),
-                 "--attention", "-q"]) == 0
+    assert (
+        main(["predict", str(c["scans"][1]), "-c", str(c["ckpt"]), "-o", str(out), "--attention", "-q"]) == 0
+    )
     volume = na.io.read(c["scans"][1])
     pred = na.predict(volume, na.load_model(c["ckpt"]))
     root = zarr.open_group(out, mode="r")
@@ -106,8 +118,22 @@ def test_predict_into_one_store(cohort, capsys):
     assert scale[1:] == pytest.approx(list(volume.spacing))
     # a folder of stores: the finished store (a store appears whole) is skipped
     folder = c["root"] / "stores"
-    assert main(["predict", str(c["scans"][0]), str(c["scans"][1]), "-c", str(c["ckpt"]),
-                 "-o", str(folder), "--format", "zarr"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(c["scans"][0]),
+                str(c["scans"][1]),
+                "-c",
+                str(c["ckpt"]),
+                "-o",
+                str(folder),
+                "--format",
+                "zarr",
+            ]
+        )
+        == 0
+    )
     stdout = capsys.readouterr().out
     assert "case1" in stdout and "skipped" in stdout and (folder / "case0.zarr").exists()
     rows = _rows(folder)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import shutil
 import warnings
 
+import dicom_oracle as oracle
 import numpy as np
 import pytest
-
-import dicom_oracle as oracle
 from helpers import one_sentence
+
 from napari_attunet import InputError, dicom_tags, io
 
 DATA = oracle.DATA
@@ -34,6 +34,7 @@ def read_with_markers(path, expected_files):
 
 
 # ---- series placed exactly -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["axial", "oblique", "enhanced_ct.dcm"])
 def test_regular_series_markers_land_where_pydicom_says(name):
@@ -71,6 +72,7 @@ def test_multiframe_without_positions_is_stacked_and_says_so(tmp_path):
 
 # ---- gaps, uneven spacing, duplicates, corrupt and foreign files ---------------------------------
 
+
 def test_missing_slice_is_told_and_resampled_onto_the_grid():
     volume, errors = read_with_markers(DATA / "gap", files("gap"))
     assert volume.array.shape == (12, 32, 40)
@@ -104,9 +106,14 @@ def test_foreign_and_unreadable_files_are_skipped_and_named(tmp_path):
     assert volume.array.shape == (8, 32, 40)
     assert errors.max() < EXACT_MM
     note = next(n for n in volume.notes if "skipped 6 files" in n)
-    for name, kind in [("rtdose.dcm", "RT Dose"), ("liver.dcm", "SEG"), ("reportsi.dcm", "SR"),
-                       ("DICOMDIR", "DICOMDIR"), ("MR_truncated.dcm", "corrupt"),
-                       ("notes.txt", "not DICOM")]:
+    for name, kind in [
+        ("rtdose.dcm", "RT Dose"),
+        ("liver.dcm", "SEG"),
+        ("reportsi.dcm", "SR"),
+        ("DICOMDIR", "DICOMDIR"),
+        ("MR_truncated.dcm", "corrupt"),
+        ("notes.txt", "not DICOM"),
+    ]:
         assert f"{name} (" in note and kind in note, (name, note)
     # no valid slice is ever blamed
     assert not any("IM00" in n for n in volume.notes), volume.notes
@@ -134,6 +141,7 @@ def test_slice_whose_pixels_do_not_decode_is_named_and_its_gap_resampled(tmp_pat
 
 # ---- tilted and oblique ------------------------------------------------------------------------
 
+
 def test_gantry_tilt_is_resampled_onto_an_orthogonal_grid():
     volume, errors = read_with_markers(DATA / "tilt", files("tilt"))
     assert errors.max() < EXACT_MM, errors
@@ -150,30 +158,37 @@ def test_oblique_series_direction_is_its_orientation():
     ds = pydicom.dcmread(files("oblique")[0])
     iop = np.array(ds.ImageOrientationPatient, float)
     normal = np.cross(iop[:3], iop[3:])
-    axes = np.asarray(volume.direction)[::-1]     # columns: array axes in LPS (x, y, z)
+    axes = np.asarray(volume.direction)[::-1]  # columns: array axes in LPS (x, y, z)
     for axis in (iop[:3], iop[3:], normal):
         assert np.max(np.abs(axes.T @ axis)) == pytest.approx(1.0, abs=1e-6)
 
 
 # ---- single slices -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, view, down", [
-    ("sagittal", "sagittal", (0, 0, -1)), ("coronal", "coronal", (0, 0, -1)),
-    ("sagittal_flipped", "sagittal", (0, 0, -1))])
+
+@pytest.mark.parametrize(
+    "name, view, down",
+    [
+        ("sagittal", "sagittal", (0, 0, -1)),
+        ("coronal", "coronal", (0, 0, -1)),
+        ("sagittal_flipped", "sagittal", (0, 0, -1)),
+    ],
+)
 def test_single_slice_opens_2d_in_its_plane(name, view, down):
     volume, errors = read_with_markers(DATA / name, files(name))
     assert volume.array.ndim == 2
     assert errors.max() < EXACT_MM, errors
     plane = volume.source["plane"]
-    assert np.allclose(plane["axes"][0], down)            # rows run down to the feet
+    assert np.allclose(plane["axes"][0], down)  # rows run down to the feet
     assert any(f"single {view} slice" in n for n in volume.notes), volume.notes
     # a file of the folder opens the same slice
     assert io.read(files(name)[0]).array.shape == volume.array.shape
 
 
-@pytest.mark.parametrize("name, shape", [("CT_small.dcm", (128, 128)),
-                                         ("MR2_UNCR.dcm", (1024, 1024)),
-                                         ("J2K_pixelrep_mismatch.dcm", (512, 512))])
+@pytest.mark.parametrize(
+    "name, shape",
+    [("CT_small.dcm", (128, 128)), ("MR2_UNCR.dcm", (1024, 1024)), ("J2K_pixelrep_mismatch.dcm", (512, 512))],
+)
 def test_real_single_slices_from_pydicom(tmp_path, name, shape):
     path = oracle.single_file(tmp_path, name)
     volume = io.read(path)
@@ -183,6 +198,7 @@ def test_real_single_slices_from_pydicom(tmp_path, name, shape):
 
 
 # ---- one sentence for what is not an image series -------------------------------------------------
+
 
 def test_folder_without_an_image_series(tmp_path):
     folder = tmp_path / "reports"
@@ -203,8 +219,10 @@ def test_empty_folder_with_series_below_points_to_the_subfolder(tmp_path):
     assert one_sentence(str(info.value)) and "series1" in str(info.value)
 
 
-@pytest.mark.parametrize("name, kind", [("liver.dcm", "segmentation"), ("rtdose.dcm", "RT Dose"),
-                                        ("MR_truncated.dcm", "cannot be read")])
+@pytest.mark.parametrize(
+    "name, kind",
+    [("liver.dcm", "segmentation"), ("rtdose.dcm", "RT Dose"), ("MR_truncated.dcm", "cannot be read")],
+)
 def test_a_file_that_is_no_image_is_one_sentence(tmp_path, name, kind):
     path = oracle.single_file(tmp_path, name)
     with pytest.raises(InputError) as info:
@@ -213,6 +231,7 @@ def test_a_file_that_is_no_image_is_one_sentence(tmp_path, name, kind):
 
 
 # ---- the tag reader against pydicom ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["eCT_Supplemental.dcm", "liver.dcm", "liver_expb.dcm"])
 def test_per_frame_positions_match_pydicom(name):
@@ -226,10 +245,12 @@ def test_per_frame_positions_match_pydicom(name):
     for ours, theirs in zip(frames, ds.PerFrameFunctionalGroupsSequence):
         position = dicom_tags.nested(ours, (0x0020, 0x9113))[(0x0020, 0x0032)]
         assert dicom_tags.numbers(position) == pytest.approx(
-            [float(v) for v in theirs.PlanePositionSequence[0].ImagePositionPatient])
+            [float(v) for v in theirs.PlanePositionSequence[0].ImagePositionPatient]
+        )
 
 
 # ---- in napari -----------------------------------------------------------------------------------
+
 
 def test_napari_opens_a_gantry_tilted_series_and_a_sagittal_slice_in_place(make_napari_viewer):
     """Layer world points (napari's data_to_world) against pydicom: a tilted series in 3D, and a
@@ -241,7 +262,7 @@ def test_napari_opens_a_gantry_tilted_series_and_a_sagittal_slice_in_place(make_
     checked = 0
     for value, point in oracle.markers(files("tilt")):
         index = np.argwhere(np.asarray(tilted.data) == value)
-        if len(index) != 1:     # a marker split by the in-plane shift: checked in the io tests
+        if len(index) != 1:  # a marker split by the in-plane shift: checked in the io tests
             continue
         checked += 1
         assert np.allclose(np.asarray(tilted.data_to_world(index[0]))[::-1], point, atol=EXACT_MM)

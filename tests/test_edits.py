@@ -34,13 +34,11 @@ def _in_place_same_shape_array(layer):
     layer.data = np.zeros_like(layer.data)
 
 
-EDITS = {"assignment": _assign, "in place": _in_place, "cleared by assignment":
-         _in_place_same_shape_array}
+EDITS = {"assignment": _assign, "in place": _in_place, "cleared by assignment": _in_place_same_shape_array}
 
 
 @pytest.mark.parametrize("how", list(EDITS))
-def test_rerun_keeps_labels_changed_without_painting(make_napari_viewer, qtbot, scan, checkpoint,
-                                                    how):
+def test_rerun_keeps_labels_changed_without_painting(make_napari_viewer, qtbot, scan, checkpoint, how):
     viewer, widget = _run_on_scan(make_napari_viewer, qtbot, scan, checkpoint)
     labels = viewer.layers["patient attunet"]
     EDITS[how](labels)
@@ -54,8 +52,7 @@ def test_rerun_keeps_labels_changed_without_painting(make_napari_viewer, qtbot, 
 
 
 @pytest.mark.parametrize("how", ["assignment", "in place"])
-def test_thresholds_go_to_a_new_layer_after_an_edit(make_napari_viewer, qtbot, scan, checkpoint,
-                                                   how):
+def test_thresholds_go_to_a_new_layer_after_an_edit(make_napari_viewer, qtbot, scan, checkpoint, how):
     viewer, widget = _run_on_scan(make_napari_viewer, qtbot, scan, checkpoint)
     labels = viewer.layers["patient attunet"]
     EDITS[how](labels)

@@ -12,13 +12,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import RAS, one_sentence, sitk_image, write_dicom_series
 
 import napari_attunet as na
-from helpers import RAS, one_sentence, sitk_image, write_dicom_series
 from napari_attunet import io
 
 SUFFIXES = [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"]
-SPACING_ITK = (0.8, 0.8, 2.5)       # x, y, z
+SPACING_ITK = (0.8, 0.8, 2.5)  # x, y, z
 ORIGIN_ITK = (12.5, -30.0, 47.0)
 
 
@@ -59,7 +59,7 @@ def test_read_reorients_and_write_restores(tmp_path, scan_array, suffix):
     on_disk = sitk.ReadImage(str(src))
 
     vol = io.read(src)
-    assert vol.array.shape == scan_array.shape            # (z, y, x)
+    assert vol.array.shape == scan_array.shape  # (z, y, x)
     assert vol.array.dtype == np.int16
     assert vol.spacing == pytest.approx((2.5, 0.8, 0.8), abs=1e-6)
     assert vol.source["orientation"] == "RAS"
@@ -93,8 +93,14 @@ def test_read_reorients_and_write_restores(tmp_path, scan_array, suffix):
     assert again.spacing == pytest.approx(vol.spacing, abs=1e-6)
 
     names = sorted(p.name for p in out_dir.iterdir())
-    allowed = {f"scan{suffix}", f"scan_labels{suffix}", "scan.raw", "scan.zraw",
-               "scan_labels.raw", "scan_labels.zraw"}
+    allowed = {
+        f"scan{suffix}",
+        f"scan_labels{suffix}",
+        "scan.raw",
+        "scan.zraw",
+        "scan_labels.raw",
+        "scan_labels.zraw",
+    }
     assert set(names) <= allowed, names
     assert not any(n.startswith(".") or "attunet" in n or n.endswith(".tmp") for n in names)
 
@@ -137,6 +143,7 @@ def test_write_without_a_source_uses_spacing_and_origin(tmp_path):
 
 # ---- DICOM ---------------------------------------------------------------------------------
 
+
 def test_dicom_series_folder(tmp_path, scan_array):
     folder = tmp_path / "series"
     write_dicom_series(folder, scan_array, spacing=(0.8, 0.8, 2.5), origin=(-10.0, 20.0, 30.0))
@@ -162,8 +169,14 @@ def test_dicom_folder_with_two_series_opens_the_larger(tmp_path, scan_array):
     folder = tmp_path / "mixed"
     big_uid, small_uid = "1.2.826.0.1.3680043.2.1125.7.1", "1.2.826.0.1.3680043.2.1125.7.2"
     write_dicom_series(folder, scan_array, series_uid=big_uid, prefix="a")
-    write_dicom_series(folder, scan_array[:3, :5, :4], spacing=(0.5, 0.5, 1.0),
-                       origin=(0.0, 0.0, 100.0), series_uid=small_uid, prefix="b")
+    write_dicom_series(
+        folder,
+        scan_array[:3, :5, :4],
+        spacing=(0.5, 0.5, 1.0),
+        origin=(0.0, 0.0, 100.0),
+        series_uid=small_uid,
+        prefix="b",
+    )
     vol = io.read(folder)
     assert vol.array.shape == scan_array.shape
     assert np.array_equal(vol.array, scan_array)
@@ -174,6 +187,7 @@ def test_dicom_folder_with_two_series_opens_the_larger(tmp_path, scan_array):
 
 # ---- bad files -----------------------------------------------------------------------------
 
+
 def _good_bytes(tmp_path, suffix, array) -> bytes:
     path = tmp_path / f"good{suffix}"
     sitk.WriteImage(sitk_image(array), str(path), suffix == ".nii.gz")
@@ -183,10 +197,10 @@ def _good_bytes(tmp_path, suffix, array) -> bytes:
 BAD_FILES = {
     "missing": lambda d, a: d / "nowhere.nii.gz",
     "empty": lambda d, a: _put(d / "empty.nii.gz", b""),
-    "garbage .nii.gz": lambda d, a: _put(d / "garbage.nii.gz",
-                                         np.random.default_rng(2).bytes(4096)),
-    "gzip of garbage .nii.gz": lambda d, a: _put(d / "gz.nii.gz", __import__("gzip").compress(
-        np.random.default_rng(3).bytes(4096))),
+    "garbage .nii.gz": lambda d, a: _put(d / "garbage.nii.gz", np.random.default_rng(2).bytes(4096)),
+    "gzip of garbage .nii.gz": lambda d, a: _put(
+        d / "gz.nii.gz", __import__("gzip").compress(np.random.default_rng(3).bytes(4096))
+    ),
     "truncated .nii.gz": lambda d, a: _cut(d, ".nii.gz", a),
     "truncated .nii": lambda d, a: _cut(d, ".nii", a),
     "truncated .nrrd": lambda d, a: _cut(d, ".nrrd", a),

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import lee_spec
 
 import napari_attunet as na
-from helpers import lee_spec
 from napari_attunet.models import build
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -19,6 +19,7 @@ EPS = 1e-5  # nn.BatchNorm2d's default eps, as in the original
 
 # ---- the oracle: AttU_Net.forward written out with torch.nn.functional ------------------------
 
+
 def _conv(sd, prefix, x, padding):
     w = sd[f"{prefix}.weight"]
     conv = F.conv2d if w.dim() == 4 else F.conv3d
@@ -26,8 +27,15 @@ def _conv(sd, prefix, x, padding):
 
 
 def _bn(sd, prefix, x):
-    return F.batch_norm(x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"],
-                        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], training=False, eps=EPS)
+    return F.batch_norm(
+        x,
+        sd[f"{prefix}.running_mean"],
+        sd[f"{prefix}.running_var"],
+        sd[f"{prefix}.weight"],
+        sd[f"{prefix}.bias"],
+        training=False,
+        eps=EPS,
+    )
 
 
 def _conv_block(sd, name, x):
@@ -87,8 +95,9 @@ def original_key_names(img_ch_dims: int = 2) -> set[str]:
     keys = set()
 
     def bn(p):
-        keys.update(f"{p}.{s}" for s in ("weight", "bias", "running_mean", "running_var",
-                                         "num_batches_tracked"))
+        keys.update(
+            f"{p}.{s}" for s in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        )
 
     def conv(p, bias=True):
         keys.add(f"{p}.weight")
@@ -110,6 +119,7 @@ def original_key_names(img_ch_dims: int = 2) -> set[str]:
 
 
 # ---- tests ----------------------------------------------------------------------------------
+
 
 def _spec(dims, img_ch, output_ch, features=(4, 8, 16, 32, 64)):
     return lee_spec(dims, img_ch, output_ch, features)
@@ -151,7 +161,7 @@ def test_attu_net_matches_functional_oracle(name, tmp_path, randomize_bn):
 
     assert len(maps) == len(spec.gates) == 4
     for k, (alpha, ref, geometry) in enumerate(zip(maps, ref_maps, spec.gates)):
-        assert geometry.stride == (2 ** k,) * dims
+        assert geometry.stride == (2**k,) * dims
         grid = tuple(math.ceil(n / s) for n, s in zip(size, geometry.stride))
         assert tuple(alpha.shape) == tuple(ref.shape) == (2, 1, *grid)
         gerr = float((alpha - ref).abs().max())
@@ -164,11 +174,22 @@ def test_attu_net_matches_functional_oracle(name, tmp_path, randomize_bn):
 def test_state_dict_keys_are_the_originals(dims):
     model = build(_spec(dims, 3, 1))
     keys = set(model.state_dict())
-    for name in ("Att2.psi.0.weight", "Att2.psi.1.running_var", "Att5.W_g.0.weight",
-                 "Att5.W_x.1.bias", "Up5.up.1.weight", "Up5.up.2.weight", "Up2.up.1.bias",
-                 "Conv1.conv.0.weight", "Conv1.conv.4.running_mean", "Conv5.conv.3.weight",
-                 "Up_conv2.conv.0.weight", "Up_conv5.conv.4.bias", "Conv_1x1.weight",
-                 "Conv_1x1.bias"):
+    for name in (
+        "Att2.psi.0.weight",
+        "Att2.psi.1.running_var",
+        "Att5.W_g.0.weight",
+        "Att5.W_x.1.bias",
+        "Up5.up.1.weight",
+        "Up5.up.2.weight",
+        "Up2.up.1.bias",
+        "Conv1.conv.0.weight",
+        "Conv1.conv.4.running_mean",
+        "Conv5.conv.3.weight",
+        "Up_conv2.conv.0.weight",
+        "Up_conv5.conv.4.bias",
+        "Conv_1x1.weight",
+        "Conv_1x1.bias",
+    ):
         assert name in keys, name
     assert keys == original_key_names()
     sd = model.state_dict()
@@ -184,8 +205,9 @@ def test_native_roundtrip(tmp_path, randomize_bn):
     built = randomize_bn(build(_spec(2, 3, 4)), seed=1).eval()
     torch.save({"state_dict": built.state_dict()}, tmp_path / "attu.pth")
     model = na.load_model(tmp_path / "attu.pth")
-    out = na.save_model(model, tmp_path / "attu.safetensors",
-                        class_names=["bg", "a", "b", "c"], normalization="none")
+    out = na.save_model(
+        model, tmp_path / "attu.safetensors", class_names=["bg", "a", "b", "c"], normalization="none"
+    )
     again = na.load_model(out)
     assert again.spec.class_names == ("bg", "a", "b", "c")
     assert again.spec.normalization == {"mode": "none"}

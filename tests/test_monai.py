@@ -25,18 +25,28 @@ CONFIGS = {
 def _monai_net(dims, cin, cout, channels, strides, kernel, up_kernel, randomize_bn, seed=0):
     monai_nets = pytest.importorskip("monai.networks.nets")
     torch.manual_seed(seed)
-    net = monai_nets.AttentionUnet(spatial_dims=dims, in_channels=cin, out_channels=cout,
-                                   channels=channels, strides=strides, kernel_size=kernel,
-                                   up_kernel_size=up_kernel)
+    net = monai_nets.AttentionUnet(
+        spatial_dims=dims,
+        in_channels=cin,
+        out_channels=cout,
+        channels=channels,
+        strides=strides,
+        kernel_size=kernel,
+        up_kernel_size=up_kernel,
+    )
     return randomize_bn(net, seed=seed + 1).eval()
 
 
 def _monai_run(net, x):
     """MONAI's logits and its gate maps (outputs of ``*.attention.psi``), finest first."""
     captured = []
-    handles = [module.register_forward_hook(
-                   lambda m, a, out, name=name: captured.append((name, out.detach().clone())))
-               for name, module in net.named_modules() if name.endswith("attention.psi")]
+    handles = [
+        module.register_forward_hook(
+            lambda m, a, out, name=name: captured.append((name, out.detach().clone()))
+        )
+        for name, module in net.named_modules()
+        if name.endswith("attention.psi")
+    ]
     try:
         with torch.no_grad():
             logits = net(x)
@@ -56,8 +66,7 @@ def _err(a, b):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_monai_state_dict_matches_monai(name, tmp_path, randomize_bn):
     dims, cin, cout, channels, strides, kernel, up_kernel, size = CONFIGS[name]
-    net = _monai_net(dims, cin, cout, channels, strides, kernel, up_kernel, randomize_bn,
-                     seed=len(name))
+    net = _monai_net(dims, cin, cout, channels, strides, kernel, up_kernel, randomize_bn, seed=len(name))
     path = tmp_path / f"{name}.pth"
     torch.save(net.state_dict(), path)
     model = na.load_model(path)
@@ -68,7 +77,7 @@ def test_monai_state_dict_matches_monai(name, tmp_path, randomize_bn):
     assert spec.in_channels == cin and spec.out_channels == cout
     assert tuple(spec.features) == tuple(channels)
     assert spec.output == ("sigmoid" if cout == 1 else "softmax")
-    expand = (lambda k: tuple(k) if isinstance(k, tuple) else (k,) * dims)
+    expand = lambda k: tuple(k) if isinstance(k, tuple) else (k,) * dims
     assert spec.kernel_size == expand(kernel)
     assert spec.up_kernel_size == expand(up_kernel)
     assert len(spec.gates) == len(channels) - 1

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_spec
 
 import napari_attunet as na
-from helpers import make_spec
 from napari_attunet.models import build
 from napari_attunet.models.official import official_strides
 
@@ -19,9 +19,23 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 FIXTURE_STEM = "oktay_unet_CT_single_att_dsv_3D"
 
-ARCH_FIELDS = ("family", "variant", "spatial_dims", "in_channels", "out_channels", "features",
-               "output", "strides", "kernel_size", "up_kernel_size", "attention_dsample",
-               "batchnorm", "deconv", "gate_mode", "align_corners")
+ARCH_FIELDS = (
+    "family",
+    "variant",
+    "spatial_dims",
+    "in_channels",
+    "out_channels",
+    "features",
+    "output",
+    "strides",
+    "kernel_size",
+    "up_kernel_size",
+    "attention_dsample",
+    "batchnorm",
+    "deconv",
+    "gate_mode",
+    "align_corners",
+)
 
 
 def _max_err(a, b) -> float:
@@ -32,6 +46,7 @@ def _max_err(a, b) -> float:
 
 
 # ---- the golden fixture -------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def golden(fixtures_dir):
@@ -58,8 +73,9 @@ def _check_against_golden(model, golden, label):
         assert tuple(got.shape) == want.shape, f"attention{k}"
         assert list(want.shape) == golden["meta"]["attention_shapes"][str(k)]
         err = _max_err(got, want)
-        print(f"[official 3D single_att_dsv {label}] attention{k} {tuple(want.shape)} "
-              f"max abs error {err:.3e}")
+        print(
+            f"[official 3D single_att_dsv {label}] attention{k} {tuple(want.shape)} max abs error {err:.3e}"
+        )
         assert err <= 1e-4
 
 
@@ -112,8 +128,18 @@ def _spec(variant, dims, *, deconv=False, in_ch=1, out_ch=3, features=SMALL, bat
     up_kernel = ()
     if deconv:
         up_kernel = (4, 4, 1) if variant == "grid_attention" and dims == 3 else (4,) * dims
-    return make_spec("official", dims, in_ch, out_ch, features, variant, axes="",
-                     up_kernel_size=up_kernel, batchnorm=batchnorm, deconv=deconv)
+    return make_spec(
+        "official",
+        dims,
+        in_ch,
+        out_ch,
+        features,
+        variant,
+        axes="",
+        up_kernel_size=up_kernel,
+        batchnorm=batchnorm,
+        deconv=deconv,
+    )
 
 
 VARIANTS = {
@@ -210,8 +236,7 @@ def test_gate_stride_geometry():
     assert [g.offset for g in spec.gates] == [(0.5, 0.5), (1.5, 1.5), (3.5, 3.5)]
 
 
-@pytest.mark.parametrize("dims,variant", [(3, "single_att_dsv"), (2, "multi_att_dsv"),
-                                          (3, "grid_attention")])
+@pytest.mark.parametrize("dims,variant", [(3, "single_att_dsv"), (2, "multi_att_dsv"), (3, "grid_attention")])
 def test_gate_modes(dims, variant, randomize_bn, tmp_path):
     spec = _spec(variant, dims)
     torch.manual_seed(3)

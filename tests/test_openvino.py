@@ -14,10 +14,18 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    TOL_Q,
+    lee_spec,
+    make_model,
+    monai_spec,
+    official_spec,
+    one_sentence,
+    random_image,
+    sharpen_gates,
+)
 
 import napari_attunet as na
-from helpers import (TOL_Q, lee_spec, make_model, monai_spec, official_spec, one_sentence,
-                     random_image, sharpen_gates)
 from napari_attunet.inference import iter_predict
 from napari_attunet.inference.runtime_openvino import CACHE_ENV, COMPILING, network
 
@@ -94,8 +102,7 @@ def test_2d_model_on_a_volume_in_batches(cache):
 
 
 def _messages(model, image) -> list[str]:
-    steps = iter_predict(image, model, normalization="none", precision="fp32",
-                         runtime="openvino", tile=16)
+    steps = iter_predict(image, model, normalization="none", precision="fp32", runtime="openvino", tile=16)
     messages = []
     while True:
         try:
@@ -132,7 +139,7 @@ def test_cache_second_run_does_not_convert_and_corrupt_entry_is_rebuilt(cache, t
     # A corrupt weights file: detected, converted again, the same result.
     weights = entry / "model.bin"
     data = bytearray(weights.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
     weights.write_bytes(bytes(data))
     messages, third = _messages(na.load_model(path), image)
     assert COMPILING in messages
@@ -190,8 +197,7 @@ except na.InputError as exc:
 def test_without_openvino_auto_is_torch_and_openvino_is_a_clear_error(tmp_path):
     script = WITHOUT_OPENVINO.format(tests=str(pathlib.Path(__file__).parent))
     env = {**os.environ, CACHE_ENV: str(tmp_path / "cache")}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
     assert lines["auto"] == "torch"
@@ -201,8 +207,7 @@ def test_without_openvino_auto_is_torch_and_openvino_is_a_clear_error(tmp_path):
 
 
 def test_widget_runtime_choice_says_it_compiles(make_napari_viewer, qtbot, cache, tmp_path):
-    path = na.save_model(make_model(official_spec(3, out_ch=3), seed=12),
-                         tmp_path / "w.safetensors")
+    path = na.save_model(make_model(official_spec(3, out_ch=3), seed=12), tmp_path / "w.safetensors")
     viewer = make_napari_viewer()
     viewer.add_image(random_image((16, 32, 32), seed=6), name="scan")
     _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
@@ -222,20 +227,38 @@ def test_widget_runtime_choice_says_it_compiles(make_napari_viewer, qtbot, cache
 
 def test_cli_runtime(cache, tmp_path, capsys):
     import SimpleITK as sitk
-
     from helpers import RAS, sitk_image
+
     from napari_attunet.cli import main
 
-    ckpt = na.save_model(make_model(official_spec(3, out_ch=3), seed=13),
-                         tmp_path / "c.safetensors")
+    ckpt = na.save_model(make_model(official_spec(3, out_ch=3), seed=13), tmp_path / "c.safetensors")
     scan = tmp_path / "scan.nii.gz"
-    sitk.WriteImage(sitk_image((random_image((16, 24, 20), seed=7) * 100).astype(np.int16),
-                               (0.8, 0.8, 2.5), (1.0, 2.0, 3.0), RAS), str(scan))
+    sitk.WriteImage(
+        sitk_image(
+            (random_image((16, 24, 20), seed=7) * 100).astype(np.int16), (0.8, 0.8, 2.5), (1.0, 2.0, 3.0), RAS
+        ),
+        str(scan),
+    )
     labels = {}
     for runtime in ("torch", "openvino"):
         out = tmp_path / runtime
-        assert main(["predict", str(scan), "-c", str(ckpt), "-o", str(out), "--runtime", runtime,
-                     "--precision", "fp32"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(scan),
+                    "-c",
+                    str(ckpt),
+                    "-o",
+                    str(out),
+                    "--runtime",
+                    runtime,
+                    "--precision",
+                    "fp32",
+                ]
+            )
+            == 0
+        )
         assert f"(fp32, {runtime})" in capsys.readouterr().out
         labels[runtime] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "scan_labels.nii.gz")))
     assert (labels["torch"] == labels["openvino"]).mean() > 0.999  # ties may fall either way

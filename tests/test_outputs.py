@@ -30,8 +30,7 @@ CLASSES = ["background", "organ"]
 
 
 def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _scan(path: pathlib.Path, seed: int, shape=(12, 16, 16)) -> pathlib.Path:
@@ -44,8 +43,7 @@ def _scan(path: pathlib.Path, seed: int, shape=(12, 16, 16)) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     model = make_model(official_spec(3, out_ch=2, features=(2, 4, 8, 16, 32)), seed=5)
-    return na.save_model(model, tmp_path_factory.mktemp("ckpt") / "m.safetensors",
-                         class_names=CLASSES)
+    return na.save_model(model, tmp_path_factory.mktemp("ckpt") / "m.safetensors", class_names=CLASSES)
 
 
 def _predict(*argv) -> tuple[int, list[str]]:
@@ -68,8 +66,8 @@ def _no_staging(folder: pathlib.Path) -> None:
 
 # ---- overwrite ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("existing", ["scan_labels.nii.gz", "scan_gate2.nii.gz",
-                                      "scan_prob_organ.nii.gz"])
+
+@pytest.mark.parametrize("existing", ["scan_labels.nii.gz", "scan_gate2.nii.gz", "scan_prob_organ.nii.gz"])
 def test_existing_outputs_are_never_replaced_without_overwrite(ckpt, tmp_path, existing):
     scan = _scan(tmp_path / "scan.nii.gz", 1)
     out = tmp_path / "out"
@@ -80,8 +78,7 @@ def test_existing_outputs_are_never_replaced_without_overwrite(ckpt, tmp_path, e
     assert code == 1 and len(lines) == 1
     assert existing in lines[0] and "--overwrite" in lines[0]
     assert snapshot(out) == before  # nothing else written either
-    code, lines = _predict(scan, "-c", ckpt, "-o", out, "--attention", "--probabilities",
-                           "--overwrite")
+    code, lines = _predict(scan, "-c", ckpt, "-o", out, "--attention", "--probabilities", "--overwrite")
     assert code == 0, lines
     assert io.read(out / "scan_labels.nii.gz").array.shape == (12, 16, 16)
     assert io.read(out / existing).array.shape == (12, 16, 16)
@@ -101,6 +98,7 @@ def test_api_write_refuses_then_replaces_with_overwrite(tmp_path):
 
 # ---- names -------------------------------------------------------------------------------------
 
+
 def test_same_stem_from_two_folders_gets_two_outputs(ckpt, tmp_path):
     a = _scan(tmp_path / "site_a" / "ct.nii.gz", 1)
     b = _scan(tmp_path / "site_b" / "ct.nii.gz", 2)
@@ -118,14 +116,24 @@ def test_same_stem_from_two_folders_gets_two_outputs(ckpt, tmp_path):
 
 
 def test_unique_names():
-    names = outputs.unique_names(["/x/a/ct.nii.gz", "/x/b/ct.nii.gz", "/y/a/ct.nii.gz",
-                                  "/x/mr.nii.gz", "/x/mr.nii.gz", "/z/scan.nii.gz",
-                                  "/z/scan.nrrd", "/w/dicom"], io._stem)
-    assert names == ["x_a_ct", "b_ct", "y_a_ct", "mr", "mr_2", "scan_nii_gz", "scan_nrrd",
-                     "dicom"]
+    names = outputs.unique_names(
+        [
+            "/x/a/ct.nii.gz",
+            "/x/b/ct.nii.gz",
+            "/y/a/ct.nii.gz",
+            "/x/mr.nii.gz",
+            "/x/mr.nii.gz",
+            "/z/scan.nii.gz",
+            "/z/scan.nrrd",
+            "/w/dicom",
+        ],
+        io._stem,
+    )
+    assert names == ["x_a_ct", "b_ct", "y_a_ct", "mr", "mr_2", "scan_nii_gz", "scan_nrrd", "dicom"]
 
 
 # ---- volumes.csv -------------------------------------------------------------------------------
+
 
 def test_a_second_run_keeps_the_first_runs_rows(ckpt, tmp_path):
     out = tmp_path / "out"
@@ -139,17 +147,35 @@ def test_a_second_run_keeps_the_first_runs_rows(ckpt, tmp_path):
     # a re-run of one scan with --overwrite replaces its rows, not the other's
     assert _predict(one, "-c", ckpt, "-o", out, "--overwrite")[0] == 0
     again = _rows(out)
-    assert len(again) == len(rows) and [r for r in again if r["scan"] == "two"] == \
-        [r for r in rows if r["scan"] == "two"]
+    assert len(again) == len(rows) and [r for r in again if r["scan"] == "two"] == [
+        r for r in rows if r["scan"] == "two"
+    ]
 
 
 def test_two_processes_into_one_folder_keep_both_tables(ckpt, tmp_path):
     out = tmp_path / "out"
     scans = [_scan(tmp_path / f"p{k}" / f"case{k}.nii.gz", k) for k in range(2)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "napari_attunet.cli", "predict", str(s),
-                               "-c", str(ckpt), "-o", str(out), "-q"], env=env,
-                              stderr=subprocess.PIPE, text=True) for s in scans]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "napari_attunet.cli",
+                "predict",
+                str(s),
+                "-c",
+                str(ckpt),
+                "-o",
+                str(out),
+                "-q",
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for s in scans
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()
     rows = _rows(out)
@@ -162,12 +188,14 @@ def test_two_processes_into_one_folder_keep_both_tables(ckpt, tmp_path):
 
 # ---- full disk, read-only folder, interrupt ----------------------------------------------------
 
+
 @contextlib.contextmanager
 def _tmpfs(where: pathlib.Path, size: str, *options: str):
     where.mkdir(parents=True, exist_ok=True)
     opts = ",".join((f"size={size}",) + options)
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
-                            capture_output=True, check=False)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, check=False
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()})")
     try:
@@ -200,8 +228,9 @@ def test_cli_on_a_full_disk_leaves_nothing_partial(ckpt, tmp_path):
 
 def test_napari_save_on_a_full_disk_raises_and_keeps_the_old_file(tmp_path, make_napari_viewer):
     viewer = make_napari_viewer()
-    labels = viewer.add_labels(np.random.default_rng(0).integers(0, 3, (40, 64, 64))
-                               .astype(np.uint8), name="edited")
+    labels = viewer.add_labels(
+        np.random.default_rng(0).integers(0, 3, (40, 64, 64)).astype(np.uint8), name="edited"
+    )
     with _tmpfs(tmp_path / "disk", "256k") as disk:
         target = disk / "mask.nii.gz"
         target.write_bytes(b"yesterday's save")
@@ -238,10 +267,26 @@ def test_interrupt_leaves_all_or_nothing(ckpt, tmp_path):
         out = tmp_path / f"out{k}"
         out.mkdir()
         (out / "mine.nii.gz").write_bytes(b"the user's file")
-        proc = subprocess.Popen([sys.executable, "-m", "napari_attunet.cli", "predict", str(scan),
-                                 "-c", str(ckpt), "-o", str(out), "-q", "--probabilities",
-                                 "--attention", "--uncertainty"], env=env,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "napari_attunet.cli",
+                "predict",
+                str(scan),
+                "-c",
+                str(ckpt),
+                "-o",
+                str(out),
+                "-q",
+                "--probabilities",
+                "--attention",
+                "--uncertainty",
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=300)
@@ -258,9 +303,17 @@ def test_interrupt_leaves_all_or_nothing(ckpt, tmp_path):
 
 
 def _expected() -> list[str]:
-    return sorted(["scan_labels.nii.gz", "scan_gate1.nii.gz", "scan_gate2.nii.gz",
-                   "scan_gate3.nii.gz", "scan_uncertainty.nii.gz",
-                   "scan_prob_background.nii.gz", "scan_prob_organ.nii.gz"])
+    return sorted(
+        [
+            "scan_labels.nii.gz",
+            "scan_gate1.nii.gz",
+            "scan_gate2.nii.gz",
+            "scan_gate3.nii.gz",
+            "scan_uncertainty.nii.gz",
+            "scan_prob_background.nii.gz",
+            "scan_prob_organ.nii.gz",
+        ]
+    )
 
 
 def test_napari_save_onto_a_folder_is_one_sentence(tmp_path, make_napari_viewer):
@@ -279,8 +332,10 @@ def test_napari_save_onto_a_folder_is_one_sentence(tmp_path, make_napari_viewer)
 def test_a_name_taken_meanwhile_by_another_process_is_never_replaced(tmp_path):
     """The check before a run can be outrun by another process: the move into place itself
     refuses (a hard link fails on an existing name) and takes back what it had moved."""
-    with pytest.raises(outputs.OutputExists, match="was left as it is") as info, \
-            outputs.staged(tmp_path) as stage:
+    with (
+        pytest.raises(outputs.OutputExists, match="was left as it is") as info,
+        outputs.staged(tmp_path) as stage,
+    ):
         for name in ("a_labels.nii.gz", "b_labels.nii.gz"):
             io.write_staged(stage, name, np.ones((4, 4, 4), np.uint8))
         (tmp_path / "b_labels.nii.gz").write_bytes(b"the other process's mask")

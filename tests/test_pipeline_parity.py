@@ -19,11 +19,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import randomise_bn
 
 import napari_attunet as na
 from napari_attunet import io
-
-from helpers import randomise_bn
 
 MNI = Path(na.__file__).parent / "data" / "mni152_t1_2mm.nii.gz"
 ORIENTATIONS = ["RAS", "LPS", "LAS", "PIR"]
@@ -43,8 +42,9 @@ def ras_scan() -> nib.Nifti1Image:
 
 
 def stored_as(scan: nib.Nifti1Image, code: str, folder: Path) -> Path:
-    ornt = nib.orientations.ornt_transform(nib.io_orientation(scan.affine),
-                                           nib.orientations.axcodes2ornt(tuple(code)))
+    ornt = nib.orientations.ornt_transform(
+        nib.io_orientation(scan.affine), nib.orientations.axcodes2ornt(tuple(code))
+    )
     path = folder / f"mni_{code}.nii.gz"
     nib.save(scan.as_reoriented(ornt), path)
     assert "".join(nib.aff2axcodes(nib.load(path).affine)) == code
@@ -56,8 +56,10 @@ def monai_checkpoint(tmp_path_factory):
     from monai.networks.nets import AttentionUnet
 
     torch.manual_seed(0)
-    net = randomise_bn(AttentionUnet(spatial_dims=3, in_channels=1, out_channels=3,
-                                     channels=(4, 8, 16), strides=(2, 2)), seed=1).eval()
+    net = randomise_bn(
+        AttentionUnet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2)),
+        seed=1,
+    ).eval()
     path = tmp_path_factory.mktemp("monai") / "attention_unet.pt"
     torch.save(net.state_dict(), path)
     return net, path
@@ -66,19 +68,18 @@ def monai_checkpoint(tmp_path_factory):
 def monai_probabilities(net, path: Path, intensity, pixdim=None) -> np.ndarray:
     """MONAI's own pipeline, probabilities inverted back onto the file's voxels: (C, i, j, k)."""
     from monai.inferers import sliding_window_inference
-    from monai.transforms import (Compose, EnsureChannelFirstd, Invertd, LoadImaged,
-                                  Orientationd, Spacingd)
+    from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd, Spacingd
 
-    steps = [LoadImaged("image"), EnsureChannelFirstd("image"),
-             Orientationd("image", axcodes="RAS")]
+    steps = [LoadImaged("image"), EnsureChannelFirstd("image"), Orientationd("image", axcodes="RAS")]
     if pixdim is not None:
         steps.append(Spacingd("image", pixdim=pixdim, mode="bilinear"))
     pre = Compose(steps + [intensity])
     data = pre({"image": str(path)})
     image = data["image"]
     with torch.no_grad():
-        logits = sliding_window_inference(image[None], roi_size=tuple(image.shape[1:]),
-                                          sw_batch_size=1, predictor=net)
+        logits = sliding_window_inference(
+            image[None], roi_size=tuple(image.shape[1:]), sw_batch_size=1, predictor=net
+        )
     data["pred"] = torch.softmax(logits[0], 0)
     data["pred"].applied_operations = image.applied_operations
     data["pred"].meta = image.meta
@@ -104,8 +105,7 @@ def compare(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("code", ORIENTATIONS)
-def test_monai_pipeline_parity_in_every_file_orientation(code, ras_scan, monai_checkpoint,
-                                                         tmp_path):
+def test_monai_pipeline_parity_in_every_file_orientation(code, ras_scan, monai_checkpoint, tmp_path):
     from monai.transforms import NormalizeIntensityd
 
     net, checkpoint = monai_checkpoint
@@ -113,8 +113,7 @@ def test_monai_pipeline_parity_in_every_file_orientation(code, ras_scan, monai_c
     theirs = monai_probabilities(net, path, NormalizeIntensityd("image"))
     model = na.load_model(checkpoint)
     assert model.spec.network_orientation == "RAS"
-    mean, worst = compare(our_probabilities(path, model, tmp_path, normalization="zscore"),
-                          theirs)
+    mean, worst = compare(our_probabilities(path, model, tmp_path, normalization="zscore"), theirs)
     print(f"\nMONAI {code}: mean {mean:.5f}, max {worst:.4f}")
     assert mean <= MEAN_TOL and worst <= 0.02
 
@@ -134,11 +133,14 @@ def test_monai_spacing_and_scale_range_parity(code, ras_scan, monai_checkpoint, 
     pixdim = (2.5, 3.0, 2.0)  # (R, A, S) in MONAI; napari order (S, P, L) reverses it
     model = na.load_model(checkpoint, overrides={"spacing": tuple(reversed(pixdim))})
     cases = [
-        (ScaleIntensityRanged("image", a_min=20.0, a_max=90.0, b_min=0.0, b_max=1.0, clip=True),
-         {"mode": "range", "window": [20.0, 90.0], "target": [0.0, 1.0], "clip": True}),
-        (ScaleIntensityRanged("image", a_min=0.0, a_max=100.0, b_min=-1.0, b_max=1.0,
-                              clip=False),
-         {"mode": "range", "window": [0.0, 100.0], "target": [-1.0, 1.0], "clip": False}),
+        (
+            ScaleIntensityRanged("image", a_min=20.0, a_max=90.0, b_min=0.0, b_max=1.0, clip=True),
+            {"mode": "range", "window": [20.0, 90.0], "target": [0.0, 1.0], "clip": True},
+        ),
+        (
+            ScaleIntensityRanged("image", a_min=0.0, a_max=100.0, b_min=-1.0, b_max=1.0, clip=False),
+            {"mode": "range", "window": [0.0, 100.0], "target": [-1.0, 1.0], "clip": False},
+        ),
         (NormalizeIntensityd("image", nonzero=True), "zscore_nonzero"),
     ]
     for transform, ours in cases:
@@ -148,8 +150,7 @@ def test_monai_spacing_and_scale_range_parity(code, ras_scan, monai_checkpoint, 
         # MONAI's resampler leaves a dozen background voxels at 1e-14 instead of 0, which
         # nonzero=True then normalizes; they and their neighbourhood are the top 0.1 %.
         tail = float(np.quantile(np.abs(mine - theirs), 0.99))
-        print(f"\nMONAI {code} Spacingd {pixdim} {ours}: mean {mean:.5f}, 99% {tail:.4f}, "
-              f"max {worst:.4f}")
+        print(f"\nMONAI {code} Spacingd {pixdim} {ours}: mean {mean:.5f}, 99% {tail:.4f}, max {worst:.4f}")
         assert mean <= MEAN_TOL and tail <= 0.01
 
 
@@ -174,7 +175,6 @@ def test_official_convention_is_the_array_as_stored(code, ras_scan, tmp_path):
     checkpoint = na.save_model(model, tmp_path / "official.safetensors")
     loaded = na.load_model(checkpoint)
     assert loaded.spec.network_orientation == "native"
-    mean, worst = compare(our_probabilities(path, loaded, tmp_path, normalization="zscore"),
-                          theirs)
+    mean, worst = compare(our_probabilities(path, loaded, tmp_path, normalization="zscore"), theirs)
     print(f"\nofficial {code}: mean {mean:.5f}, max {worst:.4f}")
     assert mean <= MEAN_TOL and worst <= 0.02

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from helpers import lee_spec, official_spec, randomise_bn
 
 import napari_attunet as na
-from helpers import lee_spec, official_spec, randomise_bn
 from napari_attunet.models import build
 from napari_attunet.phantom import make_phantom
 
@@ -96,14 +96,23 @@ def test_open_nifti_sets_scale_and_translate(make_napari_viewer, scan):
     assert "attunet_geometry" in layer.metadata
 
 
-def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan, checkpoint,
-                                                 tmp_path):
+def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan, checkpoint, tmp_path):
     viewer = make_napari_viewer()
     (image,) = viewer.open(str(scan), plugin="napari-attunet")
     widget = _widget(viewer)
     assert widget.load_checkpoint(checkpoint)
-    for name in ("image", "checkpoint", "device", "precision", "thresholds", "show_attention",
-                 "run", "cancel", "progress", "volumes"):
+    for name in (
+        "image",
+        "checkpoint",
+        "device",
+        "precision",
+        "thresholds",
+        "show_attention",
+        "run",
+        "cancel",
+        "progress",
+        "volumes",
+    ):
         assert hasattr(widget, name) and widget[name] is not None
     widget.precision.value = "fp32"
     widget.runtime.value = "torch"  # ForwardCounter sees PyTorch's forward passes
@@ -113,8 +122,7 @@ def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan,
         _wait(qtbot, widget)
     assert counter.calls >= 1
     names = [layer.name for layer in viewer.layers]
-    assert names == ["patient", "patient attunet", "patient gate 1", "patient gate 2",
-                     "patient gate 3"]
+    assert names == ["patient", "patient attunet", "patient gate 1", "patient gate 2", "patient gate 3"]
     labels = viewer.layers["patient attunet"]
     np.testing.assert_allclose(labels.scale, image.scale)
     np.testing.assert_allclose(labels.translate, image.translate)
@@ -131,8 +139,7 @@ def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan,
         assert gate.colormap.map([0.0])[0, 3] == 0 and gate.colormap.map([1.0])[0, 3] == 1
         cell = np.array([1, 2, 3])
         voxel = np.asarray(geometry.offset) + np.asarray(geometry.stride) * cell
-        np.testing.assert_allclose(gate.data_to_world(cell), image.data_to_world(voxel),
-                                   atol=1e-6)
+        np.testing.assert_allclose(gate.data_to_world(cell), image.data_to_world(voxel), atol=1e-6)
 
     # A threshold change re-labels from the cache: no forward pass, different labels.
     before = labels.data.copy()
@@ -164,8 +171,7 @@ def test_rerun_never_overwrites_edited_labels(make_napari_viewer, qtbot, scan, c
     assert "patient attunet (new)" in viewer.layers
 
 
-def test_results_land_on_the_layer_the_run_started_from(make_napari_viewer, qtbot, scan,
-                                                          checkpoint):
+def test_results_land_on_the_layer_the_run_started_from(make_napari_viewer, qtbot, scan, checkpoint):
     viewer = make_napari_viewer()
     (image,) = viewer.open(str(scan), plugin="napari-attunet")
     other = viewer.add_image(np.zeros((8, 16, 16), np.float32), name="other")
@@ -180,8 +186,7 @@ def test_results_land_on_the_layer_the_run_started_from(make_napari_viewer, qtbo
 
 def test_cancel_leaves_no_layers(make_napari_viewer, qtbot, checkpoint):
     viewer = make_napari_viewer()
-    viewer.add_image(np.random.default_rng(0).normal(size=(48, 64, 64)).astype(np.float32),
-                     name="big")
+    viewer.add_image(np.random.default_rng(0).normal(size=(48, 64, 64)).astype(np.float32), name="big")
     widget = _widget(viewer)
     widget.load_checkpoint(checkpoint)
     widget.tile.value = 16
@@ -222,16 +227,17 @@ def test_event_loop_stays_responsive(make_napari_viewer, qtbot, checkpoint):
     place and stay responsive.
     """
     viewer = make_napari_viewer()
-    viewer.add_image(np.random.default_rng(1).normal(size=(48, 64, 64)).astype(np.float32),
-                     name="scan")
+    viewer.add_image(np.random.default_rng(1).normal(size=(48, 64, 64)).astype(np.float32), name="scan")
     widget = _widget(viewer)
     widget.load_checkpoint(checkpoint)
     widget.tile.value = 32
     running, first_landing = _stalls(qtbot, widget)
     rerun, rerun_landing = _stalls(qtbot, widget)
-    print(f"\nevent loop, longest stall: {running * 1000:.0f} ms while running, "
-          f"{first_landing * 1000:.0f} ms while the first result lands; re-run "
-          f"{rerun * 1000:.0f} ms running, {rerun_landing * 1000:.0f} ms landing")
+    print(
+        f"\nevent loop, longest stall: {running * 1000:.0f} ms while running, "
+        f"{first_landing * 1000:.0f} ms while the first result lands; re-run "
+        f"{rerun * 1000:.0f} ms running, {rerun_landing * 1000:.0f} ms landing"
+    )
     assert max(running, rerun) < 0.25  # target 0.1 s; slack for a shared 2-core CI machine
     assert rerun_landing < 0.25
 
@@ -324,10 +330,11 @@ def test_widget_and_cli_give_the_same_labels(make_napari_viewer, qtbot, tmp_path
     from napari_attunet import io
     from napari_attunet.cli import main
 
-
     torch.manual_seed(1)
-    net = randomise_bn(AttentionUnet(spatial_dims=3, in_channels=1, out_channels=3,
-                                     channels=(4, 8, 16), strides=(2, 2)), seed=2).eval()
+    net = randomise_bn(
+        AttentionUnet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2)),
+        seed=2,
+    ).eval()
     checkpoint = tmp_path / "monai.pt"
     torch.save(net.state_dict(), checkpoint)
     image, _ = make_phantom((32, 40, 24), seed=5)

@@ -15,16 +15,27 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    TOL_Q,
+    address_space_limit,
+    lee_spec,
+    make_model,
+    monai_spec,
+    official_spec,
+    one_sentence,
+    random_image,
+    reference,
+    sharpen_gates,
+)
 
 import napari_attunet as na
-from helpers import (TOL_Q, address_space_limit, lee_spec, make_model, monai_spec, official_spec,
-                     one_sentence, random_image, reference, sharpen_gates)
 from napari_attunet.phantom import make_phantom
 
 FP32 = dict(precision="fp32", device="cpu")
 
 
 # ---- shared small networks ---------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def official3d():
@@ -64,8 +75,7 @@ def test_one_tile_equals_the_network(case):
     model = make_model(spec, seed=5)
     image = random_image(shape, seed=6)
     calls = []
-    pred = na.predict(image, model, normalization="none", progress=lambda d, t: calls.append((d, t)),
-                      **FP32)
+    pred = na.predict(image, model, normalization="none", progress=lambda d, t: calls.append((d, t)), **FP32)
     assert calls[-1] == (1, 1), "one tile is one batch"
     probs, gates = reference(model, image[None])
 
@@ -116,6 +126,7 @@ def test_gate_geometry(case):
 
 # ---- stitching ------------------------------------------------------------------------------
 
+
 def _starts(size: int, tile: int, stride: int, overlap: float) -> list[int]:
     """Window starts: steps of tile * (1 - overlap) rounded down to the stride, the last flush."""
     if tile >= size:
@@ -143,8 +154,13 @@ def tile_envelope(model, image: np.ndarray, tile: int, overlap: float):
     gates = []
     for g in spec.gates:
         grid = tuple(n // s for n, s in zip(padded, g.stride))
-        gates.append([np.full((g.heads,) + grid, np.inf, np.float32),
-                      np.full((g.heads,) + grid, -np.inf, np.float32), np.zeros(grid, np.int32)])
+        gates.append(
+            [
+                np.full((g.heads,) + grid, np.inf, np.float32),
+                np.full((g.heads,) + grid, -np.inf, np.float32),
+                np.zeros(grid, np.int32),
+            ]
+        )
     import itertools
 
     for start in itertools.product(*starts):
@@ -184,8 +200,16 @@ def test_stitching_blends_the_tiles(case):
     model = sharpen_gates(make_model(spec, seed=29))
     image = random_image(shape, seed=30)
     calls = []
-    pred = na.predict(image, model, normalization="none", tile=tile, overlap=0.5, batch_size=4,
-                      progress=lambda d, t: calls.append((d, t)), **FP32)
+    pred = na.predict(
+        image,
+        model,
+        normalization="none",
+        tile=tile,
+        overlap=0.5,
+        batch_size=4,
+        progress=lambda d, t: calls.append((d, t)),
+        **FP32,
+    )
     assert calls[-1][1] >= 2 and pred.tile == (tile,) * len(shape)
     lo, hi, count, gates = tile_envelope(model, image, tile, 0.5)
     assert (count >= 1).all()
@@ -214,10 +238,13 @@ TILED_VS_WHOLE = {
     # The tiles are large for the network's receptive field, which is what makes the interior
     # agree: a tile's border sees zero padding where the whole image has data.
     "leejunhyun-2D": (lee_spec(2), (192, 192), 96, dict(mean=0.005, p99=0.03, gate_mean=0.005)),
-    "leejunhyun-3D": (lee_spec(3, features=(4, 8)), (48, 48, 48), 32,
-                      dict(mean=0.01, p99=0.03, gate_mean=0.01)),
-    "monai-2D (InstanceNorm)": (monai_spec(2), (192, 192), 96,
-                                dict(mean=0.05, p99=0.3, gate_mean=0.02)),
+    "leejunhyun-3D": (
+        lee_spec(3, features=(4, 8)),
+        (48, 48, 48),
+        32,
+        dict(mean=0.01, p99=0.03, gate_mean=0.01),
+    ),
+    "monai-2D (InstanceNorm)": (monai_spec(2), (192, 192), 96, dict(mean=0.05, p99=0.3, gate_mean=0.02)),
 }
 
 
@@ -226,20 +253,19 @@ def test_tiled_run_agrees_with_one_big_tile_in_the_interior(case):
     spec, shape, tile, bounds = TILED_VS_WHOLE[case]
     model = make_model(spec, seed=9)
     image, _ = make_phantom(shape, seed=1)
-    tiled = na.predict(image, model, normalization="zscore", tile=tile, overlap=0.5, batch_size=4,
-                       **FP32)
+    tiled = na.predict(image, model, normalization="zscore", tile=tile, overlap=0.5, batch_size=4, **FP32)
     whole = na.predict(image, model, normalization="zscore", tile=max(shape), **FP32)
     assert tiled.tile == (tile,) * len(shape)
     assert whole.tile == tuple(-(-n // s) * s for n, s in zip(shape, spec.total_stride))
     margin = 16
     inner = (slice(None),) + tuple(slice(margin, n - margin) for n in shape)
     diff = np.abs(tiled.probabilities[inner] - whole.probabilities[inner])
-    figures = {"mean": float(diff.mean()), "p99": float(np.percentile(diff, 99)),
-               "max": float(diff.max())}
+    figures = {"mean": float(diff.mean()), "p99": float(np.percentile(diff, 99)), "max": float(diff.max())}
     for k, (a, b, g) in enumerate(zip(tiled.gates, whole.gates, spec.gates), start=1):
         assert a.data.shape == b.data.shape
-        cells = (slice(None),) + tuple(slice(margin // s, n - margin // s)
-                                       for s, n in zip(g.stride, a.data.shape[1:]))
+        cells = (slice(None),) + tuple(
+            slice(margin // s, n - margin // s) for s, n in zip(g.stride, a.data.shape[1:])
+        )
         gd = np.abs(a.data[cells] - b.data[cells])
         figures[f"gate{k}_mean"], figures[f"gate{k}_max"] = float(gd.mean()), float(gd.max())
         assert gd.mean() <= bounds["gate_mean"], figures
@@ -249,6 +275,7 @@ def test_tiled_run_agrees_with_one_big_tile_in_the_interior(case):
 
 
 # ---- cancel and progress ---------------------------------------------------------------------
+
 
 def _many_tiles(model):
     """96 x 96 in tiles of 32 with half overlap: 25 tiles, 4 batches of at most 8."""
@@ -279,8 +306,9 @@ def test_cancel_with_a_callable(lee2d):
     image, kwargs = _many_tiles(lee2d)
     calls = []
     with pytest.raises(na.Cancelled):
-        na.predict(image, lee2d, progress=lambda d, t: calls.append((d, t)),
-                   cancel=lambda: len(calls) >= 3, **kwargs)
+        na.predict(
+            image, lee2d, progress=lambda d, t: calls.append((d, t)), cancel=lambda: len(calls) >= 3, **kwargs
+        )
     assert max(d for d, _ in calls) == 2
     # a cancel that never fires changes nothing
     done = na.predict(image, lee2d, cancel=lambda: False, **kwargs)
@@ -312,6 +340,7 @@ def test_progress_is_monotonic_and_ends_at_total(lee2d):
 
 # ---- 2D checkpoints on volumes, 3D checkpoints on images ---------------------------------
 
+
 def test_2d_checkpoint_runs_slice_by_slice(official2d):
     volume = random_image((3, 40, 36), seed=11)
     pred = na.predict(volume, official2d, normalization="none", **FP32)
@@ -337,6 +366,7 @@ def test_3d_checkpoint_on_a_2d_image_is_an_input_error(official3d):
 
 
 # ---- resampling to the training spacing ---------------------------------------------------
+
 
 @pytest.mark.parametrize("scan_spacing", [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0)])
 def test_resampling_to_the_training_spacing_round_trips(tmp_path, scan_spacing):
@@ -369,8 +399,9 @@ def test_resampling_to_the_training_spacing_round_trips(tmp_path, scan_spacing):
     assert not any("resampl" in n for n in coarse.notes)
     assert coarse.probabilities.shape == (2,) + work
     grid = np.meshgrid(*[np.arange(n) / r for n, r in zip(shape, ratio)], indexing="ij")
-    back = np.stack([map_coordinates(c.astype(np.float32), grid, order=1, mode="nearest")
-                     for c in coarse.probabilities])
+    back = np.stack(
+        [map_coordinates(c.astype(np.float32), grid, order=1, mode="nearest") for c in coarse.probabilities]
+    )
     assert np.abs(pred.probabilities - back).max() <= 2 * TOL_Q
     for gm, gc in zip(pred.gates, coarse.gates):
         assert np.abs(gm.data - gc.data).max() <= 1e-4
@@ -382,6 +413,7 @@ def test_resampling_to_the_training_spacing_round_trips(tmp_path, scan_spacing):
 
 
 # ---- normalization ------------------------------------------------------------------------
+
 
 def _hu_image(shape=(64, 64), seed=3):
     image, _ = make_phantom(shape, seed=seed)
@@ -413,8 +445,7 @@ PRESETS = {
     "ct": ("ct", lambda x: (np.clip(x, -160, 240) + 160) / 400),  # default abdominal window
     "ct dict": ({"mode": "ct", "window": [-100, 200]}, lambda x: (np.clip(x, -100, 200) + 100) / 300),
     "percentile": ("percentile", lambda x: _percentile(x, 0.5, 99.5)),
-    "percentile dict": ({"mode": "percentile", "percentiles": [5, 95]},
-                        lambda x: _percentile(x, 5, 95)),
+    "percentile dict": ({"mode": "percentile", "percentiles": [5, 95]}, lambda x: _percentile(x, 5, 95)),
 }
 
 
@@ -426,8 +457,9 @@ def test_normalization_preset_matches_its_definition(monai2d, name):
     got = na.predict(image, monai2d, normalization=argument, **FP32)
     assert np.array_equal(image, before)
     assert got.probabilities.shape == (2, 64, 64)
-    expected = na.predict(by_hand(image.astype(np.float64)).astype(np.float32), monai2d,
-                          normalization="none", **FP32)
+    expected = na.predict(
+        by_hand(image.astype(np.float64)).astype(np.float32), monai2d, normalization="none", **FP32
+    )
     assert _close(got, expected), name
     if name != "none":  # on a CT-like image every preset changes the result
         plain = na.predict(image, monai2d, normalization="none", **FP32)
@@ -439,14 +471,16 @@ def test_normalization_presets_differ_from_each_other(monai2d):
     names = ["none", "zscore", "zscore_foreground", "ct", "ct dict"]
     results = {n: na.predict(image, monai2d, normalization=PRESETS[n][0], **FP32) for n in names}
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not np.array_equal(results[a].quantized, results[b].quantized), (a, b)
     assert np.array_equal(
-        na.predict(image, monai2d, normalization="CT", **FP32).quantized, results["ct"].quantized)
+        na.predict(image, monai2d, normalization="CT", **FP32).quantized, results["ct"].quantized
+    )
 
 
-@pytest.mark.parametrize("bad", ["foo", "z-score-ish", {"mode": "bogus"},
-                                 {"mode": "ct", "window": [200, -100]}])
+@pytest.mark.parametrize(
+    "bad", ["foo", "z-score-ish", {"mode": "bogus"}, {"mode": "ct", "window": [200, -100]}]
+)
 def test_unknown_normalization_is_an_input_error(monai2d, bad):
     with pytest.raises(na.InputError) as info:
         na.predict(_hu_image((16, 16)), monai2d, normalization=bad, **FP32)
@@ -460,22 +494,30 @@ def test_checkpoint_normalization_is_used_by_default(tmp_path, monai2d, official
     assert loaded.spec.normalization == {"mode": "ct"}
     default = na.predict(image, loaded, **FP32)
     assert np.array_equal(default.quantized, na.predict(image, loaded, normalization="ct", **FP32).quantized)
-    assert not np.array_equal(default.quantized,
-                              na.predict(image, loaded, normalization="none", **FP32).quantized)
+    assert not np.array_equal(
+        default.quantized, na.predict(image, loaded, normalization="none", **FP32).quantized
+    )
 
     window = {"mode": "ct", "window": [-100, 200]}
     loaded = na.load_model(na.save_model(monai2d, tmp_path / "ctw.safetensors", normalization=window))
-    assert np.array_equal(na.predict(image, loaded, **FP32).quantized,
-                          na.predict(image, loaded, normalization=window, **FP32).quantized)
+    assert np.array_equal(
+        na.predict(image, loaded, **FP32).quantized,
+        na.predict(image, loaded, normalization=window, **FP32).quantized,
+    )
 
     # without metadata: the family's usual preset (MONAI: none, official: zscore)
-    assert np.array_equal(na.predict(image, monai2d, **FP32).quantized,
-                          na.predict(image, monai2d, normalization="none", **FP32).quantized)
-    assert np.array_equal(na.predict(image, official2d, **FP32).quantized,
-                          na.predict(image, official2d, normalization="zscore", **FP32).quantized)
+    assert np.array_equal(
+        na.predict(image, monai2d, **FP32).quantized,
+        na.predict(image, monai2d, normalization="none", **FP32).quantized,
+    )
+    assert np.array_equal(
+        na.predict(image, official2d, **FP32).quantized,
+        na.predict(image, official2d, normalization="zscore", **FP32).quantized,
+    )
 
 
 # ---- test-time augmentation ------------------------------------------------------------------
+
 
 def test_tta_averages_mirrored_runs(monai2d):
     image = random_image((64, 64), seed=13)  # a multiple of the stride: flips are exact
@@ -504,6 +546,7 @@ def test_tta_averages_mirrored_runs(monai2d):
 
 # ---- the input is never modified --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
 @pytest.mark.parametrize("normalization", ["none", "zscore", "ct"])
 def test_input_is_never_modified(lee2d, official2d, dtype, normalization):
@@ -514,13 +557,15 @@ def test_input_is_never_modified(lee2d, official2d, dtype, normalization):
     na.predict(image[1], lee2d, normalization=normalization, tta=True, **FP32)
     assert image.dtype == before.dtype
     assert np.array_equal(image, before)
-    channels = na.predict([image[0], image[1]], make_model(lee_spec(2, in_ch=2), seed=28),
-                          normalization=normalization, **FP32)
+    channels = na.predict(
+        [image[0], image[1]], make_model(lee_spec(2, in_ch=2), seed=28), normalization=normalization, **FP32
+    )
     assert channels.shape == (40, 44)
     assert np.array_equal(image, before)
 
 
 # ---- channels ----------------------------------------------------------------------------------
+
 
 def test_rgb_image_on_a_three_channel_model():
     model = make_model(lee_spec(2, in_ch=3), seed=15)
@@ -555,10 +600,10 @@ def test_channel_lists_and_channel_axis():
     assert not np.array_equal(listed.quantized, swapped.quantized)
 
     bad_inputs = [
-        ([a, b, a], {}),                           # three arrays for two channels
-        (a, {}),                                   # one array for two channels
+        ([a, b, a], {}),  # three arrays for two channels
+        (a, {}),  # one array for two channels
         (np.stack([a, b, a]), {"channel_axis": 0}),
-        ([a, b[:-1]], {}),                         # channels of different shapes
+        ([a, b[:-1]], {}),  # channels of different shapes
     ]
     for image, kwargs in bad_inputs:
         with pytest.raises(na.InputError) as info:
@@ -567,6 +612,7 @@ def test_channel_lists_and_channel_axis():
 
 
 # ---- labels, clean-up and volumes ---------------------------------------------------------------
+
 
 def test_labels_from_a_softmax_run_are_the_argmax():
     model = make_model(lee_spec(2, out_ch=3), seed=23)
@@ -585,16 +631,21 @@ def test_labels_from_a_softmax_run_are_the_argmax():
 
 def _softmax_prediction(probs: np.ndarray, spacing=None, names=("background", "a", "b")):
     quantized = np.round(np.asarray(probs) * 255).astype(np.uint8)
-    return na.Prediction(quantized=quantized, output="softmax", class_names=tuple(names), gates=[],
-                         spacing=spacing)
+    return na.Prediction(
+        quantized=quantized, output="softmax", class_names=tuple(names), gates=[], spacing=spacing
+    )
 
 
 def test_thresholds_on_softmax_probabilities():
     # four voxels: (bg, a, b) probabilities
-    probs = np.array([[0.05, 0.92, 0.03],   # a passes 0.9
-                      [0.15, 0.80, 0.05],   # argmax a, but under 0.9
-                      [0.02, 0.03, 0.95],   # b passes
-                      [0.50, 0.45, 0.05]]).T.reshape(3, 2, 2)
+    probs = np.array(
+        [
+            [0.05, 0.92, 0.03],  # a passes 0.9
+            [0.15, 0.80, 0.05],  # argmax a, but under 0.9
+            [0.02, 0.03, 0.95],  # b passes
+            [0.50, 0.45, 0.05],
+        ]
+    ).T.reshape(3, 2, 2)
     pred = _softmax_prediction(probs)
     assert pred.labels().tolist() == [[1, 1], [2, 0]]
     assert pred.labels([0, 0.9, 0.9]).tolist() == [[1, 0], [2, 0]]
@@ -616,8 +667,12 @@ def test_sigmoid_model_thresholds_at_one_half():
 
     # two sigmoid channels: each passes its own threshold; overlaps go to the more probable
     q = np.array([[[0.7, 0.2, 0.6, 0.1]], [[0.4, 0.3, 0.8, 0.1]]])
-    two = na.Prediction(quantized=np.round(q * 255).astype(np.uint8), output="sigmoid",
-                        class_names=("liver", "tumour"), gates=[])
+    two = na.Prediction(
+        quantized=np.round(q * 255).astype(np.uint8),
+        output="sigmoid",
+        class_names=("liver", "tumour"),
+        gates=[],
+    )
     assert two.labels().tolist() == [[1, 0, 2, 0]]
     assert two.labels([0.5, 0.35]).tolist() == [[1, 0, 2, 0]]
     assert two.labels([0.8, 0.35]).tolist() == [[2, 0, 2, 0]]
@@ -628,12 +683,12 @@ def test_min_size_removes_small_components_and_fill_holes_fills():
     probs = np.zeros((3,) + shape)
     probs[0] = 1.0
     big = np.zeros(shape, bool)
-    big[1:6, 1:6] = True          # a 5x5 ring of class 1 with a one-voxel hole
+    big[1:6, 1:6] = True  # a 5x5 ring of class 1 with a one-voxel hole
     big[3, 3] = False
     small = np.zeros(shape, bool)
-    small[9:11, 9:11] = True      # 4 voxels of class 1
+    small[9:11, 9:11] = True  # 4 voxels of class 1
     exact = np.zeros(shape, bool)
-    exact[9:11, 1:4] = True       # 6 voxels of class 2
+    exact[9:11, 1:4] = True  # 6 voxels of class 2
     for mask, c in ((big, 1), (small, 1), (exact, 2)):
         probs[:, mask] = 0
         probs[c, mask] = 1.0
@@ -662,9 +717,9 @@ def test_volumes_use_the_spacing():
     probs = np.zeros((3,) + shape)
     probs[0] = 1.0
     probs[:, 1:11, 1:11, 1:11] = 0
-    probs[1, 1:11, 1:11, 1:11] = 1.0    # 1000 voxels of class a
+    probs[1, 1:11, 1:11, 1:11] = 1.0  # 1000 voxels of class a
     probs[:, 0, 0, 0:3] = 0
-    probs[2, 0, 0, 0:3] = 1.0           # 3 voxels of class b
+    probs[2, 0, 0, 0:3] = 1.0  # 3 voxels of class b
     pred = _softmax_prediction(probs, spacing=(2.0, 1.0, 1.0))
     volumes = pred.volumes_ml()
     assert set(volumes) == {"a", "b"}
@@ -677,14 +732,16 @@ def test_volumes_use_the_spacing():
 
 
 def test_volumes_from_a_real_run_carry_the_spacing(lee2d):
-    pred = na.predict(random_image((3, 32, 32), seed=25), lee2d, spacing=(5.0, 0.5, 0.5),
-                      normalization="none", **FP32)
+    pred = na.predict(
+        random_image((3, 32, 32), seed=25), lee2d, spacing=(5.0, 0.5, 0.5), normalization="none", **FP32
+    )
     labels = pred.labels()
     voxels = int((labels == 1).sum())
     assert pred.volumes_ml()["class 1"] == pytest.approx(voxels * 5.0 * 0.25 / 1000)
 
 
 # ---- bad input ----------------------------------------------------------------------------------
+
 
 def _with(value, index=(1, 2, 3)):
     image = random_image((8, 16, 16), seed=26)
@@ -717,8 +774,9 @@ def test_bad_images_are_input_errors(official3d, case):
     assert one_sentence(str(info.value)), str(info.value)
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64,
-                                   np.float16, np.float64])
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64, np.float16, np.float64]
+)
 def test_integer_and_half_inputs_are_converted(lee2d, dtype):
     base = np.random.default_rng(27).integers(0, 100, (32, 36))
     image = base.astype(dtype)
@@ -758,7 +816,7 @@ def test_bad_overlap_is_an_input_error(lee2d, overlap):
 def test_a_volume_too_large_for_memory_is_refused_quickly(official3d, normalization):
     huge = np.broadcast_to(np.float32(0), (4000, 4000, 4000))  # a view: no memory
     started = time.perf_counter()
-    with address_space_limit(4 * 1024 ** 3):
+    with address_space_limit(4 * 1024**3):
         with pytest.raises(na.InputError) as info:
             na.predict(huge, official3d, normalization=normalization, **FP32)
     assert time.perf_counter() - started < 10

@@ -57,6 +57,5 @@ def test_preview_gates_lie_on_the_full_run_grid(demo, preview):
         np.testing.assert_allclose(cell, np.round(cell), atol=1e-6)
         first = np.round(cell).astype(int)
         shape = mine.data.shape[1:]
-        reference = theirs.data[(slice(None),) + tuple(slice(f, f + n) for f, n in
-                                                       zip(first, shape))]
+        reference = theirs.data[(slice(None),) + tuple(slice(f, f + n) for f, n in zip(first, shape))]
         assert np.abs(mine.data - reference).mean() < 0.02

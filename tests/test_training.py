@@ -34,10 +34,37 @@ def tiny_dataset(tmp_path):
 
 
 def _train_args(images, labels, out, epochs, extra=()):
-    return ["train", "--images", str(images), "--labels", str(labels), "-o", str(out),
-            "--features", "4", "8", "16", "32", "64", "--patch", "16", "32", "32",
-            "--epochs", str(epochs), "--steps", "2", "--precision", "fp32", "-q",
-            "--class-names", "background", "organ", "lesion", *extra]
+    return [
+        "train",
+        "--images",
+        str(images),
+        "--labels",
+        str(labels),
+        "-o",
+        str(out),
+        "--features",
+        "4",
+        "8",
+        "16",
+        "32",
+        "64",
+        "--patch",
+        "16",
+        "32",
+        "32",
+        "--epochs",
+        str(epochs),
+        "--steps",
+        "2",
+        "--precision",
+        "fp32",
+        "-q",
+        "--class-names",
+        "background",
+        "organ",
+        "lesion",
+        *extra,
+    ]
 
 
 def test_training_runs_saves_metadata_and_resumes(tiny_dataset, tmp_path):
@@ -66,8 +93,8 @@ def test_training_runs_saves_metadata_and_resumes(tiny_dataset, tmp_path):
 def test_deep_supervision_heads_reach_the_loss():
     import torch
 
-    from napari_attunet.training import default_spec
     from napari_attunet.models import build
+    from napari_attunet.training import default_spec
 
     model = build(default_spec(3, 1, 3, (4, 8, 16, 32, 64))).eval()
     logits, heads = model(torch.randn(1, 1, 32, 32, 32), deep_supervision=True)
@@ -78,8 +105,17 @@ def test_two_process_ddp_ends_with_identical_weights(tiny_dataset, tmp_path):
     images, labels = tiny_dataset
     out = tmp_path / "ddp.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "napari_attunet.cli", *_train_args(images, labels, out, 1, ["--device", "cpu"])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "napari_attunet.cli",
+        *_train_args(images, labels, out, 1, ["--device", "cpu"]),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     digests = json.loads(out.with_suffix(".ranks.json").read_text())
@@ -91,7 +127,7 @@ def test_shipped_demo_reproduces_its_reported_dice():
     from napari_attunet.demo_data import DEMO_CHECKPOINT, DEMO_LABELS, DEMO_SCAN
     from napari_attunet.training.trainer import dice_per_class
 
-    assert DEMO_CHECKPOINT.stat().st_size < 10 * 2 ** 20
+    assert DEMO_CHECKPOINT.stat().st_size < 10 * 2**20
     model = na.load_model(DEMO_CHECKPOINT)
     reported = model.metadata["provenance"]["training"]["val_dice"]
     scan, truth = io.read(DEMO_SCAN), io.read(DEMO_LABELS).array
@@ -105,8 +141,12 @@ def test_shipped_demo_reproduces_its_reported_dice():
 @pytest.mark.gui  # napari in a subprocess: needs a display
 def test_demo_screenshot(tmp_path):
     shot = tmp_path / "demo.png"
-    result = subprocess.run([str(SCRIPTS / "napari-attunet"), "demo", "--screenshot", str(shot)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(SCRIPTS / "napari-attunet"), "demo", "--screenshot", str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     from skimage.io import imread
 
@@ -120,6 +160,6 @@ def test_other_families_train(tiny_dataset, tmp_path, family):
     images, labels = tiny_dataset
     out = tmp_path / f"{family}.safetensors"
     args = _train_args(images, labels, out, 1)
-    args[args.index("--features") + 1:args.index("--features") + 6] = ["4", "8", "16"]
+    args[args.index("--features") + 1 : args.index("--features") + 6] = ["4", "8", "16"]
     assert main(args + ["--family", family]) == 0
     assert na.load_model(out).spec.family == family

@@ -3,7 +3,6 @@ colours, the uncertainty layer and the readout at the cursor, in real viewers un
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -52,9 +51,12 @@ def _marker_on_screen(viewer) -> tuple[float, float]:
 # (dims.order, what the plane shows): anterior/superior up, the patient's left on screen right,
 # anterior on the left for sagittal. Transposed orders reach the same plane.
 PLANES = [
-    ((0, 1, 2), "axial"), ((0, 2, 1), "axial"),
-    ((1, 0, 2), "coronal"), ((1, 2, 0), "coronal"),
-    ((2, 0, 1), "sagittal"), ((2, 1, 0), "sagittal"),
+    ((0, 1, 2), "axial"),
+    ((0, 2, 1), "axial"),
+    ((1, 0, 2), "coronal"),
+    ((1, 2, 0), "coronal"),
+    ((2, 0, 1), "sagittal"),
+    ((2, 1, 0), "sagittal"),
 ]
 
 
@@ -69,11 +71,11 @@ def test_planes_read_like_a_clinical_viewer(make_napari_viewer, qtbot, marker_sc
         viewer.reset_view()
         _settle(qtbot)
         row, col = _marker_on_screen(viewer)
-        if plane == "axial":      # anterior up, left on the right
+        if plane == "axial":  # anterior up, left on the right
             assert row < 0.5 and col > 0.5, (order, row, col)
         elif plane == "coronal":  # superior up, left on the right
             assert row < 0.5 and col > 0.5, (order, row, col)
-        else:                     # superior up, anterior on the left
+        else:  # superior up, anterior on the left
             assert row < 0.5 and col < 0.5, (order, row, col)
 
     # 3D, un-mirrored: seen from the front (looking along +P, superior up), the patient's
@@ -117,8 +119,7 @@ def test_demo_overlays_uncertainty_and_readout(make_napari_viewer, qtbot):
     pred = widget.state.prediction
 
     # After a run the labels are selected, and the dropdown names the loaded checkpoint.
-    assert viewer.layers.selection.active is labels or \
-        viewer.layers.selection.active.name == labels.name
+    assert viewer.layers.selection.active is labels or viewer.layers.selection.active.name == labels.name
     assert widget.recent.value == str(DEMO_CHECKPOINT)
 
     # The default labels follow the one rule (argmax for this softmax model), as the CLI's do.
@@ -131,17 +132,17 @@ def test_demo_overlays_uncertainty_and_readout(make_napari_viewer, qtbot):
     viewer.reset_view()
     layers = list(viewer.layers)
     visible = [layer.visible for layer in layers]
-    shown = _canvas(viewer, qtbot)                       # scan + labels + gate, as the user sees
+    shown = _canvas(viewer, qtbot)  # scan + labels + gate, as the user sees
     gate.visible = False
-    clean = _canvas(viewer, qtbot)                       # scan + labels
+    clean = _canvas(viewer, qtbot)  # scan + labels
     for layer in layers:
         layer.visible = layer is gate
-    attention = _canvas(viewer, qtbot).max(-1)           # the gate alone, on black
+    attention = _canvas(viewer, qtbot).max(-1)  # the gate alone, on black
     for layer in layers:
         layer.visible = layer is labels
     opacity = labels.opacity
     labels.opacity = 1.0
-    classes = _canvas(viewer, qtbot)                     # the labels alone, opaque
+    classes = _canvas(viewer, qtbot)  # the labels alone, opaque
     labels.opacity = opacity
     for layer, was in zip(layers, visible):
         layer.visible = was
@@ -197,7 +198,8 @@ def test_demo_overlays_uncertainty_and_readout(make_napari_viewer, qtbot):
         for row, cname in zip(data["data"], ("grey matter", "white matter")):
             assert row[column] == pytest.approx(expected[cname], abs=1e-3)
             assert expected[cname] == pytest.approx(
-                ((labels.data == pred.label_names.index(cname)) & (u > level)).sum() * voxel)
+                ((labels.data == pred.label_names.index(cname)) & (u > level)).sum() * voxel
+            )
     assert all(a < b for a, b in zip(table[0.6], table[0.2]))
     assert layer.iso_threshold == pytest.approx(0.2)
 
@@ -238,8 +240,13 @@ def test_uncertainty_of_a_sigmoid_model_and_tta_disagreement():
     pred = na.Prediction(quantized=q, output="softmax", class_names=("x", "y", "z"), gates=[])
     np.testing.assert_allclose(pred.uncertainty, [1.0, 0.0], atol=1e-3)
     # TTA: the flips' disagreement raises it where it is larger than the entropy
-    pred = na.Prediction(quantized=q, output="softmax", class_names=("x", "y", "z"), gates=[],
-                         disagreement=np.array([0, 204], np.uint8))
+    pred = na.Prediction(
+        quantized=q,
+        output="softmax",
+        class_names=("x", "y", "z"),
+        gates=[],
+        disagreement=np.array([0, 204], np.uint8),
+    )
     np.testing.assert_allclose(pred.uncertainty, [1.0, 0.8], atol=1e-3)
 
 

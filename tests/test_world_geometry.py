@@ -22,8 +22,7 @@ TOL_MM = 0.01
 
 
 def unique_volume(shape, seed=0) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(int(np.prod(shape))).reshape(shape).astype(
-        np.int32)
+    return np.random.default_rng(seed).permutation(int(np.prod(shape))).reshape(shape).astype(np.int32)
 
 
 def rotation(angle_deg: float, axis) -> np.ndarray:
@@ -33,8 +32,9 @@ def rotation(angle_deg: float, axis) -> np.ndarray:
     return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
 
 
-def oblique_affine(angle_deg, axis=(1.0, 0.3, 0.2), spacing=(0.9, 1.1, 2.5),
-                   origin=(-60.0, 40.0, -20.0)) -> np.ndarray:
+def oblique_affine(
+    angle_deg, axis=(1.0, 0.3, 0.2), spacing=(0.9, 1.1, 2.5), origin=(-60.0, 40.0, -20.0)
+) -> np.ndarray:
     out = np.eye(4)
     out[:3, :3] = rotation(angle_deg, axis) @ np.diag(spacing)
     out[:3, 3] = origin
@@ -49,10 +49,10 @@ def napari_to_ras(world) -> np.ndarray:
 
 def sample_indices(shape, n=40, seed=0):
     rng = np.random.default_rng(seed)
-    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(
-        len(shape), -1).T
+    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(len(shape), -1).T
     return [tuple(int(v) for v in c) for c in corners] + [
-        tuple(int(rng.integers(0, s)) for s in shape) for _ in range(n)]
+        tuple(int(rng.integers(0, s)) for s in shape) for _ in range(n)
+    ]
 
 
 def world_error(layer, reference: nib.spatialimages.SpatialImage, values=None) -> float:
@@ -94,8 +94,10 @@ def with_unique_values(image: nib.Nifti1Image, path: Path, cls=nib.Nifti1Image) 
 
 # ---- reading -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["example4d.nii.gz", "anatomical.nii", "reoriented_anat_moved.nii",
-                                  "standard.nii.gz"])
+
+@pytest.mark.parametrize(
+    "name", ["example4d.nii.gz", "anatomical.nii", "reoriented_anat_moved.nii", "standard.nii.gz"]
+)
 def test_real_nibabel_files_land_where_nibabel_puts_them(name, tmp_path):
     real = nib.load(NIB_DATA / name)
     path = with_unique_values(real, tmp_path / name)
@@ -150,6 +152,7 @@ def test_nifti2_reads_and_writes(tmp_path):
 
 
 # ---- writing -----------------------------------------------------------------------------
+
 
 def test_mask_of_a_sform_scan_keeps_both_transforms(tmp_path):
     real = nib.load(NIB_DATA / "anatomical.nii")
@@ -226,6 +229,7 @@ def test_painted_new_labels_layer_saves_on_its_scan(make_napari_viewer, tmp_path
 
 # ---- derived layers and the CLI -----------------------------------------------------------
 
+
 @pytest.fixture
 def tiny_official(tmp_path):
     from helpers import make_model, official_spec
@@ -243,8 +247,7 @@ def test_labels_and_gate_layers_sit_on_the_oblique_scan(tmp_path, tiny_official)
     from napari_attunet.plugin.layers import SourceGeometry, gate_layers, labels_layer
 
     path = tmp_path / "oblique.nii.gz"
-    nib.save(nib.Nifti1Image(unique_volume((24, 20, 16)).astype(np.float32),
-                             oblique_affine(33.0)), path)
+    nib.save(nib.Nifti1Image(unique_volume((24, 20, 16)).astype(np.float32), oblique_affine(33.0)), path)
     scan = open_layer(path)
     source = SourceGeometry.from_layer(scan)
     pred = na.predict(io.read(path), na.load_model(tiny_official), precision="fp32")
@@ -256,8 +259,7 @@ def test_labels_and_gate_layers_sit_on_the_oblique_scan(tmp_path, tiny_official)
         layer = Image(gate_data, **gate_kwargs)
         for c in sample_indices(gate_data.shape, n=10):
             centre = np.asarray(gate.offset) + np.asarray(gate.stride) * np.asarray(c)
-            np.testing.assert_allclose(layer.data_to_world(c), scan.data_to_world(centre),
-                                       atol=TOL_MM)
+            np.testing.assert_allclose(layer.data_to_world(c), scan.data_to_world(centre), atol=TOL_MM)
 
 
 def test_cli_outputs_carry_the_oblique_scans_exact_affine(tmp_path, tiny_official):
@@ -266,8 +268,22 @@ def test_cli_outputs_carry_the_oblique_scans_exact_affine(tmp_path, tiny_officia
     real = nib.load(NIB_DATA / "example4d.nii.gz")  # a real oblique acquisition's header
     path = with_unique_values(real, tmp_path / "oblique.nii.gz")
     out = tmp_path / "out"
-    assert main(["predict", str(path), "-c", str(tiny_official), "-o", str(out), "--attention",
-                 "--probabilities", "-q"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(path),
+                "-c",
+                str(tiny_official),
+                "-o",
+                str(out),
+                "--attention",
+                "--probabilities",
+                "-q",
+            ]
+        )
+        == 0
+    )
     scan = nib.load(path)
     written = sorted(out.glob("*.nii.gz"))
     assert len(written) >= 3

@@ -15,8 +15,8 @@ import queue
 import threading
 import time
 from collections.abc import Generator, Sequence
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,11 +24,10 @@ from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
 from .lazy import LazySource, as_dask, fit_lazy
 from .postprocess import GateMap, Prediction
-from .preprocess import (check_spacing, check_tile, resample_factors, resampled_shape,
-                         resolve_normalization)
+from .preprocess import check_spacing, check_tile, resample_factors, resampled_shape, resolve_normalization
 from .tiling import default_tile, round_up
 
-BLOCK_BUDGET = 64 * 1024 ** 2  # context voxels of one block: ~2 GB at its peak
+BLOCK_BUDGET = 64 * 1024**2  # context voxels of one block: ~2 GB at its peak
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,17 @@ class Plan:
     stack: bool = False
 
 
-def plan(spatial: Sequence[int], model: AttentionUNetBase, *, tile=None, block=None,
-         overlap: float = 0.5, spacing=None, layout=None, attention: bool = True) -> Plan:
+def plan(
+    spatial: Sequence[int],
+    model: AttentionUNetBase,
+    *,
+    tile=None,
+    block=None,
+    overlap: float = 0.5,
+    spacing=None,
+    layout=None,
+    attention: bool = True,
+) -> Plan:
     """Cut ``spatial`` into blocks, each with the context its windows need."""
     spec = model.spec
     dims = spec.spatial_dims
@@ -114,8 +122,9 @@ def _axis_windows(spatial, tile, stride, overlap, perm, factors, layout, dims):
         f = factors[net] if factors is not None else 1.0
         t, s = tile[i], stride[i]
         w = max(s, int(t * (1.0 - overlap)) // s * s)  # as tiling.starts
-        axes[perm[net]] = AxisWindows(max(1, math.ceil(t / f)), max(1, round(w / f)),
-                                      max(1, round(s / f)), net in flipped)
+        axes[perm[net]] = AxisWindows(
+            max(1, math.ceil(t / f)), max(1, round(w / f)), max(1, round(s / f)), net in flipped
+        )
     return axes
 
 
@@ -145,7 +154,7 @@ def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
     units = [math.lcm(ax.step, ax.stride) if ax.tile else 1 for ax in axes]
     if block is not None:
         block = (block,) * len(spatial) if isinstance(block, int) else tuple(block)
-        block = block[-len(spatial):]
+        block = block[-len(spatial) :]
         return tuple(round_up(max(int(b), u), u) for b, u in zip(block, units))
     if int(np.prod(spatial)) <= BLOCK_BUDGET:
         return tuple(spatial)
@@ -154,17 +163,18 @@ def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
         return [round_up(m * ax.tile, u) if ax.tile else 1 for ax, u in zip(axes, units)]
 
     def context_voxels(sizes) -> int:
-        return int(np.prod([min(n, b + ax.tile) if ax.tile else 1
-                            for n, b, ax in zip(spatial, sizes, axes)]))
+        return int(np.prod([min(n, b + ax.tile) if ax.tile else 1 for n, b, ax in zip(spatial, sizes, axes)]))
 
     m = 1  # the most tiles per axis whose block and context fit the budget
-    while context_voxels(plane_sizes(m + 1)) <= BLOCK_BUDGET and \
-            any(ax.tile and b < n for ax, b, n in zip(axes, plane_sizes(m), spatial)):
+    while context_voxels(plane_sizes(m + 1)) <= BLOCK_BUDGET and any(
+        ax.tile and b < n for ax, b, n in zip(axes, plane_sizes(m), spatial)
+    ):
         m += 1
     sizes = plane_sizes(m)
     per_slice = context_voxels(sizes)
-    return tuple(b if ax.tile else max(1, min(n, BLOCK_BUDGET // per_slice))
-                 for b, ax, n in zip(sizes, axes, spatial))
+    return tuple(
+        b if ax.tile else max(1, min(n, BLOCK_BUDGET // per_slice)) for b, ax, n in zip(sizes, axes, spatial)
+    )
 
 
 def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[GateGrid]:
@@ -172,8 +182,7 @@ def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[Gate
     grids = []
     lead = 1 if stack else 0
     for k, g in enumerate(spec.gates, start=1):
-        cells = (spatial[perm[0]],) * lead + tuple(math.ceil(n / s)
-                                                   for n, s in zip(plane, g.stride))
+        cells = (spatial[perm[0]],) * lead + tuple(math.ceil(n / s) for n, s in zip(plane, g.stride))
         stride = [1.0] * lead + [float(s) for s in g.stride]
         offset = [0.0] * lead + [float(o) for o in g.offset]
         if factors is not None:
@@ -271,6 +280,7 @@ def load_payload(payload: bytes) -> AttentionUNetBase:
 
 # ---- sinks: where block results go -------------------------------------------------------------
 
+
 @dataclass
 class BlockResult:
     """What one block produced (None fields once a sink on the worker has written them)."""
@@ -305,11 +315,11 @@ class MemorySink:
         for buf, grid, gate in zip(self.gates, self.grids, result.gates):
             dst, src = gate_window(grid, region, gate)
             buf[dst] = gate.data[src]
-        return BlockResult(region, device=result.device, precision=result.precision,
-                           runtime=result.runtime)
+        return BlockResult(region, device=result.device, precision=result.precision, runtime=result.runtime)
 
 
 # ---- one block ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Job:
@@ -332,15 +342,28 @@ def run_block(crop: np.ndarray, block: Block, job: Job) -> BlockResult:
     if _cancelled(job.cancel):
         raise Cancelled("cancelled")
     # The crop runs whole (its windows are the whole run's) and its interior is kept.
-    pred = predict(np.asarray(crop), job.model.get(), channel_axis=job.channel_axis,
-                   intensity=job.intensity, cancel=job.cancel, **job.options)
+    pred = predict(
+        np.asarray(crop),
+        job.model.get(),
+        channel_axis=job.channel_axis,
+        intensity=job.intensity,
+        cancel=job.cancel,
+        **job.options,
+    )
     quantized = np.ascontiguousarray(pred.quantized[(slice(None),) + tuple(block.inner)])
     disagreement = None
     if pred.disagreement is not None:
         disagreement = np.ascontiguousarray(pred.disagreement[tuple(block.inner)])
     gates = [_crop_gate(g, block, job.shape) for g in pred.gates]
-    result = BlockResult(block.region, quantized, disagreement, gates,
-                         device=pred.device, precision=pred.precision, runtime=pred.runtime)
+    result = BlockResult(
+        block.region,
+        quantized,
+        disagreement,
+        gates,
+        device=pred.device,
+        precision=pred.precision,
+        runtime=pred.runtime,
+    )
     if job.sink is not None and job.sink.on_worker:
         return job.sink.write(result)
     return result
@@ -350,8 +373,9 @@ def _crop_gate(gate: GateMap, block: Block, shape) -> GateMap:
     """The cells of a crop's gate map centred in the block's region, and on the volume's edges
     also those centred beyond it (the whole run keeps them); offsets relative to the region."""
     keep, offset = [], []
-    for sl, inner, n, s, o, cells in zip(block.region, block.inner, shape, gate.stride,
-                                          gate.offset, gate.data.shape[1:]):
+    for sl, inner, n, s, o, cells in zip(
+        block.region, block.inner, shape, gate.stride, gate.offset, gate.data.shape[1:]
+    ):
         lo = inner.start if sl.start > 0 else -math.inf
         hi = inner.stop if sl.stop < n else math.inf
         first = 0 if lo == -math.inf else max(0, math.ceil((lo - o) / s - 1e-9))
@@ -364,14 +388,36 @@ def _crop_gate(gate: GateMap, block: Block, shape) -> GateMap:
 
 # ---- the run -----------------------------------------------------------------------------------
 
-def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axis=None,
-                   normalization=None, tile=None, overlap: float = 0.5, device: str = "auto",
-                   precision: str = "auto", tta: bool = False, cancel=None, batch_size=None,
-                   attention: bool = True, name: str = "the image", fold_batchnorm: bool = True,
-                   channels_last: bool = True, affine=None, file_orientation=None,
-                   orientation=None, out=None, scheduler=None, block=None,
-                   workers: int | None = None, thresholds=None, region=None,
-                   runtime: str = "auto") -> Generator[Any, None, Prediction]:
+
+def iter_blockwise(
+    image,
+    model: AttentionUNetBase,
+    *,
+    spacing=None,
+    channel_axis=None,
+    normalization=None,
+    tile=None,
+    overlap: float = 0.5,
+    device: str = "auto",
+    precision: str = "auto",
+    tta: bool = False,
+    cancel=None,
+    batch_size=None,
+    attention: bool = True,
+    name: str = "the image",
+    fold_batchnorm: bool = True,
+    channels_last: bool = True,
+    affine=None,
+    file_orientation=None,
+    orientation=None,
+    out=None,
+    scheduler=None,
+    block=None,
+    workers: int | None = None,
+    thresholds=None,
+    region=None,
+    runtime: str = "auto",
+) -> Generator[Any, None, Prediction]:
     """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction."""
     from .engine import Progress
     from .orientation import network_layout
@@ -396,34 +442,80 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
     source = LazySource(image, spec, channel_axis, name)
     spatial = source.spatial
     if affine is not None and np.shape(affine) != (len(spatial) + 1,) * 2:
-        raise InputError(f"{name}: affine must be {len(spatial) + 1}x{len(spatial) + 1} for an "
-                         f"image with {len(spatial)} spatial axes, not {np.shape(affine)}.")
+        raise InputError(
+            f"{name}: affine must be {len(spatial) + 1}x{len(spatial) + 1} for an "
+            f"image with {len(spatial)} spatial axes, not {np.shape(affine)}."
+        )
     layout = network_layout(spec, len(spatial), affine, file_orientation, orientation)
     yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
     norm = resolve_normalization(normalization, spec)
     intensity = fit_lazy(source, norm)
     layout_arg = None if layout.identity else layout
-    work = plan(spatial, model, tile=tile, block=block, overlap=overlap, spacing=spacing,
-                layout=layout_arg, attention=attention)
-    options = dict(spacing=spacing, tile=work.tile, overlap=overlap, device=device,
-                   precision=precision, tta=tta, batch_size=batch_size, attention=attention,
-                   name=name, fold_batchnorm=fold_batchnorm, channels_last=channels_last,
-                   affine=affine, file_orientation=file_orientation, orientation=orientation,
-                   runtime=runtime)
+    work = plan(
+        spatial,
+        model,
+        tile=tile,
+        block=block,
+        overlap=overlap,
+        spacing=spacing,
+        layout=layout_arg,
+        attention=attention,
+    )
+    options = dict(
+        spacing=spacing,
+        tile=work.tile,
+        overlap=overlap,
+        device=device,
+        precision=precision,
+        tta=tta,
+        batch_size=batch_size,
+        attention=attention,
+        name=name,
+        fold_batchnorm=fold_batchnorm,
+        channels_last=channels_last,
+        affine=affine,
+        file_orientation=file_orientation,
+        orientation=orientation,
+        runtime=runtime,
+    )
     if region is not None:  # one block: the region and its context, read alone
         if out is not None:
             raise InputError("a region is predicted in memory; leave out= unset for it.")
         from .engine import context_slices, iter_predict
 
         outer, inner = context_slices(spatial, region, spec, work.tile)
-        return (yield from iter_predict(source.read(outer), model,
-                                        channel_axis=source.channel_axis,
-                                        region=tuple(slice(a, b) for a, b in inner),
-                                        intensity=intensity, cancel=cancel, **options))
+        return (
+            yield from iter_predict(
+                source.read(outer),
+                model,
+                channel_axis=source.channel_axis,
+                region=tuple(slice(a, b) for a, b in inner),
+                intensity=intensity,
+                cancel=cancel,
+                **options,
+            )
+        )
     client, owned = _client(scheduler)
     try:
-        return (yield from _run(source, model, work, options, intensity, client, out, spacing,
-                                origin, tta, thresholds, name, cancel, workers, started))
+        return (
+            yield from _run(
+                source,
+                model,
+                work,
+                options,
+                intensity,
+                client,
+                out,
+                spacing,
+                origin,
+                tta,
+                thresholds,
+                name,
+                cancel,
+                workers,
+                started,
+            )
+        )
     finally:
         if owned:
             from .cluster import close
@@ -431,8 +523,23 @@ def iter_blockwise(image, model: AttentionUNetBase, *, spacing=None, channel_axi
             close(client)
 
 
-def _run(source, model, work, options, intensity, client, out, spacing, origin, tta,
-         thresholds, name, cancel, workers, started) -> Generator[Any, None, Prediction]:
+def _run(
+    source,
+    model,
+    work,
+    options,
+    intensity,
+    client,
+    out,
+    spacing,
+    origin,
+    tta,
+    thresholds,
+    name,
+    cancel,
+    workers,
+    started,
+) -> Generator[Any, None, Prediction]:
     from .engine import Progress
 
     spec = model.spec
@@ -446,15 +553,22 @@ def _run(source, model, work, options, intensity, client, out, spacing, origin, 
         sink.on_worker = client is None
     results: list[BlockResult] = []
     try:
-        job = Job(ModelRef(model), intensity, options, source.channel_axis,
-                  sink if sink.on_worker else None, cancel if client is None else None,
-                  tuple(work.spatial))
+        job = Job(
+            ModelRef(model),
+            intensity,
+            options,
+            source.channel_axis,
+            sink if sink.on_worker else None,
+            cancel if client is None else None,
+            tuple(work.spatial),
+        )
         job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
         data = as_dask(source.image)
         tasks = [_task(data, source, b, job_arg) for b in work.blocks]
         total = len(tasks)
-        yield Progress("predicting", 0, total, f"{total} blocks of {work.block} voxels "
-                                               f"(tiles of {work.tile})")
+        yield Progress(
+            "predicting", 0, total, f"{total} blocks of {work.block} voxels (tiles of {work.tile})"
+        )
         for done, result in enumerate(_execute(tasks, client, workers, cancel), start=1):
             if not sink.on_worker:
                 result = sink.write(result)
@@ -480,13 +594,20 @@ def _run(source, model, work, options, intensity, client, out, spacing, origin, 
         quantized, disagreement, gate_data = sink.quantized, sink.disagreement, sink.gates
     gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates)]
     return Prediction(
-        quantized=quantized, disagreement=disagreement, output=spec.output,
-        class_names=spec.class_labels, gates=gates,
-        spacing=(tuple(float(s) for s in spacing)[-len(work.spatial):]
-                 if spacing is not None else None),
-        device=first.device, precision=first.precision, runtime=first.runtime,
+        quantized=quantized,
+        disagreement=disagreement,
+        output=spec.output,
+        class_names=spec.class_labels,
+        gates=gates,
+        spacing=(tuple(float(s) for s in spacing)[-len(work.spatial) :] if spacing is not None else None),
+        device=first.device,
+        precision=first.precision,
+        runtime=first.runtime,
         seconds=time.perf_counter() - started,
-        tile=work.tile, overlap=overlap, notes=notes)
+        tile=work.tile,
+        overlap=overlap,
+        notes=notes,
+    )
 
 
 def _task(data, source: LazySource, block: Block, job: Job):

@@ -26,8 +26,7 @@ def parse(scheduler: str) -> tuple[str, int | None]:
         return "local", workers
     if "://" in text or ":" in text:
         return "remote", None
-    raise InputError(f"--scheduler {text!r} is neither local:N nor an address such as "
-                     "tcp://host:8786.")
+    raise InputError(f"--scheduler {text!r} is neither local:N nor an address such as tcp://host:8786.")
 
 
 def connect(scheduler: str):
@@ -37,11 +36,17 @@ def connect(scheduler: str):
     kind, workers = parse(scheduler)
     if kind == "local":
         try:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=40,
+            )
         except (RuntimeError, OSError) as exc:
-            raise InputError(f"could not start {workers} local Dask worker process(es) "
-                             f"({str(exc).splitlines()[0]}).") from None
+            raise InputError(
+                f"could not start {workers} local Dask worker process(es) ({str(exc).splitlines()[0]})."
+            ) from None
         client = Client(cluster)
         _STARTED[id(client)] = cluster
         threads = max(1, (os.cpu_count() or 1) // (workers or 1))

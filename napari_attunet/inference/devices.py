@@ -27,8 +27,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     name = str(device).lower()
     if name == "auto":
         devices = available_devices()
-        name = next((d for d in devices if d.startswith("cuda")), None) \
-            or ("mps" if "mps" in devices else "cpu")
+        name = next((d for d in devices if d.startswith("cuda")), None) or (
+            "mps" if "mps" in devices else "cpu"
+        )
     try:
         resolved = torch.device(name)
     except RuntimeError as exc:
@@ -37,24 +38,27 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise InputError(f"device {device!r} is not supported; use auto, cpu, cuda or mps.")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"device {device!r} is not available: this machine has no CUDA GPU "
-                             "(or PyTorch was installed without CUDA); choose 'cpu' or 'auto'.")
+            raise InputError(
+                f"device {device!r} is not available: this machine has no CUDA GPU "
+                "(or PyTorch was installed without CUDA); choose 'cpu' or 'auto'."
+            )
         index = resolved.index or 0
         if index >= torch.cuda.device_count():
-            raise InputError(f"device {device!r} is not available: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s); choose 'auto'.")
-    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None)
-                                       and torch.backends.mps.is_available()):
-        raise InputError(f"device {device!r} is not available on this machine; choose 'cpu' or "
-                         "'auto'.")
+            raise InputError(
+                f"device {device!r} is not available: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s); choose 'auto'."
+            )
+    if resolved.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise InputError(f"device {device!r} is not available on this machine; choose 'cpu' or 'auto'.")
     return resolved
 
 
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16, as oneDNN sees it."""
     try:
-        return bool(torch.backends.mkldnn.is_available()
-                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 

@@ -28,16 +28,34 @@ from .tta import unflip_gate
 __all__ = ["Progress", "context_slices", "estimate_memory", "iter_predict", "predict", "unflip_gate"]
 
 
-def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | None = None,
-                 channel_axis: int | None = None, normalization=None,
-                 tile: Sequence[int] | int | None = None, overlap: float = 0.5,
-                 device: str = "auto", precision: str = "auto", tta: bool = False,
-                 cancel=None, batch_size: int | None = None, attention: bool = True,
-                 name: str = "the image", fold_batchnorm: bool = True,
-                 channels_last: bool = True, affine=None, file_orientation: str | None = None,
-                 orientation: str | None = None, region: Sequence[slice] | None = None,
-                 runtime: str = "auto", intensity=None, out=None, scheduler=None, **blockwise,
-                 ) -> Generator[Progress, None, Prediction]:
+def iter_predict(
+    image,
+    model: AttentionUNetBase,
+    *,
+    spacing: Sequence[float] | None = None,
+    channel_axis: int | None = None,
+    normalization=None,
+    tile: Sequence[int] | int | None = None,
+    overlap: float = 0.5,
+    device: str = "auto",
+    precision: str = "auto",
+    tta: bool = False,
+    cancel=None,
+    batch_size: int | None = None,
+    attention: bool = True,
+    name: str = "the image",
+    fold_batchnorm: bool = True,
+    channels_last: bool = True,
+    affine=None,
+    file_orientation: str | None = None,
+    orientation: str | None = None,
+    region: Sequence[slice] | None = None,
+    runtime: str = "auto",
+    intensity=None,
+    out=None,
+    scheduler=None,
+    **blockwise,
+) -> Generator[Progress, None, Prediction]:
     """Run ``model`` over ``image`` tile by tile, yielding a Progress after each batch.
 
     ``image`` is an array (napari axis order) or a scan from ``napari_attunet.io.read``, whose
@@ -61,14 +79,34 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     if out is not None or is_lazy(image) or scheduler is not None or blockwise:
         from .blockwise import iter_blockwise
 
-        return (yield from iter_blockwise(
-            image, model, spacing=spacing, channel_axis=channel_axis,
-            normalization=normalization, tile=tile, overlap=overlap, device=device,
-            precision=precision, tta=tta, cancel=cancel, batch_size=batch_size,
-            attention=attention, name=name, fold_batchnorm=fold_batchnorm,
-            channels_last=channels_last, affine=affine, file_orientation=file_orientation,
-            orientation=orientation, out=out, scheduler=scheduler, region=region,
-            runtime=runtime, **blockwise))
+        return (
+            yield from iter_blockwise(
+                image,
+                model,
+                spacing=spacing,
+                channel_axis=channel_axis,
+                normalization=normalization,
+                tile=tile,
+                overlap=overlap,
+                device=device,
+                precision=precision,
+                tta=tta,
+                cancel=cancel,
+                batch_size=batch_size,
+                attention=attention,
+                name=name,
+                fold_batchnorm=fold_batchnorm,
+                channels_last=channels_last,
+                affine=affine,
+                file_orientation=file_orientation,
+                orientation=orientation,
+                out=out,
+                scheduler=scheduler,
+                region=region,
+                runtime=runtime,
+                **blockwise,
+            )
+        )
     started = time.perf_counter()
     if hasattr(image, "array") and hasattr(image, "affine"):  # an io.Volume
         spacing = image.spacing if spacing is None else spacing
@@ -84,42 +122,92 @@ def iter_predict(image, model: AttentionUNetBase, *, spacing: Sequence[float] | 
     engine = resolve_runtime(runtime, dev)
     # OpenVINO picks its own layouts; it takes plain arrays
     target = Target(dev, prec, engine, channels_last and engine != "openvino")
-    plan = yield from make_plan(image, model, target, spacing=spacing, channel_axis=channel_axis,
-                                normalization=normalization, tile=tile, overlap=overlap,
-                                batch_size=batch_size, attention=attention, name=name, affine=affine,
-                                file_orientation=file_orientation, orientation=orientation,
-                                region=region, intensity=intensity)
-    blended, gate_sums = yield from run_tiles(plan, model, target, tta=tta, attention=attention,
-                                              cancel=cancel, fold_batchnorm=fold_batchnorm, name=name)
-    quantized, gate_maps = finish(plan, blended, gate_sums, model.spec, tta=tta,
-                                  attention=attention, name=name)
+    plan = yield from make_plan(
+        image,
+        model,
+        target,
+        spacing=spacing,
+        channel_axis=channel_axis,
+        normalization=normalization,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        attention=attention,
+        name=name,
+        affine=affine,
+        file_orientation=file_orientation,
+        orientation=orientation,
+        region=region,
+        intensity=intensity,
+    )
+    blended, gate_sums = yield from run_tiles(
+        plan,
+        model,
+        target,
+        tta=tta,
+        attention=attention,
+        cancel=cancel,
+        fold_batchnorm=fold_batchnorm,
+        name=name,
+    )
+    quantized, gate_maps = finish(
+        plan, blended, gate_sums, model.spec, tta=tta, attention=attention, name=name
+    )
     del blended, gate_sums
     spread = quantized.shape[0] > model.spec.out_channels
     return Prediction(
-        quantized=quantized[:model.spec.out_channels],
+        quantized=quantized[: model.spec.out_channels],
         disagreement=quantized[-1] if spread else None,
-        output=model.spec.output, class_names=model.spec.class_labels, gates=gate_maps,
-        spacing=(tuple(float(s) for s in spacing)[-len(plan.scan_shape):]
-                 if spacing is not None else None),
-        device=str(dev), precision=prec, seconds=time.perf_counter() - started,
-        tile=plan.tile, overlap=overlap, notes=plan.notes, runtime=engine)
+        output=model.spec.output,
+        class_names=model.spec.class_labels,
+        gates=gate_maps,
+        spacing=(tuple(float(s) for s in spacing)[-len(plan.scan_shape) :] if spacing is not None else None),
+        device=str(dev),
+        precision=prec,
+        seconds=time.perf_counter() - started,
+        tile=plan.tile,
+        overlap=overlap,
+        notes=plan.notes,
+        runtime=engine,
+    )
 
 
-def predict(image, model: AttentionUNetBase, spacing: Sequence[float] | None = None,
-            channel_axis: int | None = None, normalization=None,
-            tile: Sequence[int] | int | None = None, overlap: float = 0.5,
-            device: str = "auto", precision: str = "auto", tta: bool = False,
-            runtime: str = "auto", progress: Callable[[int, int], None] | None = None,
-            cancel=None, **options) -> Prediction:
+def predict(
+    image,
+    model: AttentionUNetBase,
+    spacing: Sequence[float] | None = None,
+    channel_axis: int | None = None,
+    normalization=None,
+    tile: Sequence[int] | int | None = None,
+    overlap: float = 0.5,
+    device: str = "auto",
+    precision: str = "auto",
+    tta: bool = False,
+    runtime: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    cancel=None,
+    **options,
+) -> Prediction:
     """Segment ``image`` with ``model``; see DESIGN.md for every argument.
 
     ``progress(done, total)`` is called after each batch; ``cancel`` (a threading.Event or a
     callable) stops the run within one batch and raises Cancelled.
     """
-    steps = iter_predict(image, model, spacing=spacing, channel_axis=channel_axis,
-                         normalization=normalization, tile=tile, overlap=overlap, device=device,
-                         precision=precision, tta=tta, runtime=runtime, cancel=cancel,
-                         **options)
+    steps = iter_predict(
+        image,
+        model,
+        spacing=spacing,
+        channel_axis=channel_axis,
+        normalization=normalization,
+        tile=tile,
+        overlap=overlap,
+        device=device,
+        precision=precision,
+        tta=tta,
+        runtime=runtime,
+        cancel=cancel,
+        **options,
+    )
     while True:
         try:
             step = next(steps)

@@ -18,8 +18,16 @@ from .preprocess import resample_back
 from .tta import activation
 
 
-def finish(plan: Plan, blended: torch.Tensor, gate_sums: list[torch.Tensor], spec, *,
-           tta: bool, attention: bool, name: str) -> tuple[np.ndarray, list[GateMap]]:
+def finish(
+    plan: Plan,
+    blended: torch.Tensor,
+    gate_sums: list[torch.Tensor],
+    spec,
+    *,
+    tta: bool,
+    attention: bool,
+    name: str,
+) -> tuple[np.ndarray, list[GateMap]]:
     """Crop the padding, resample and lay out back on the input's grid, quantize."""
     if plan.stack == 1:  # the leading axis was the Stitcher's alone
         blended, gate_sums = blended[:, 0], [g[:, 0] for g in gate_sums]
@@ -27,8 +35,14 @@ def finish(plan: Plan, blended: torch.Tensor, gate_sums: list[torch.Tensor], spe
     probs = blended if tta else activation(blended, spec.output, 0)
     if plan.factors is not None:
         probs = resample_back(probs, plan.factors, plan.image_shape)
-    gate_maps = _gate_maps(gate_sums, spec.gates if attention else (), plan.plane,
-                           plan.factors, plan.image_shape, plan.work_shape)
+    gate_maps = _gate_maps(
+        gate_sums,
+        spec.gates if attention else (),
+        plan.plane,
+        plan.factors,
+        plan.image_shape,
+        plan.work_shape,
+    )
     if not plan.layout.identity:
         probs = _from_network(probs, plan.layout)
         gate_maps = [_gate_from_network(g, plan.layout, plan.image_shape) for g in gate_maps]
@@ -40,8 +54,9 @@ def finish(plan: Plan, blended: torch.Tensor, gate_sums: list[torch.Tensor], spe
     return quantized, gate_maps
 
 
-def _gate_maps(sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane,
-               factors, image_shape, work_shape) -> list[GateMap]:
+def _gate_maps(
+    sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane, factors, image_shape, work_shape
+) -> list[GateMap]:
     """Crop each stitched gate to the image and express its geometry in input voxels."""
     out = []
     for k, (data, g) in enumerate(zip(sums, gates), start=1):
@@ -77,8 +92,7 @@ def _gate_from_network(gate: GateMap, layout: Layout, network_shape) -> GateMap:
         data = np.flip(data, 1 + a)
     inverse = layout.inverse
     data = np.ascontiguousarray(np.transpose(data, (0,) + tuple(1 + p for p in inverse)))
-    return GateMap(data, tuple(stride[p] for p in inverse), tuple(offset[p] for p in inverse),
-                   gate.name)
+    return GateMap(data, tuple(stride[p] for p in inverse), tuple(offset[p] for p in inverse), gate.name)
 
 
 def _crop_context(probs: torch.Tensor, gates: list[GateMap], inner) -> tuple:
@@ -103,6 +117,8 @@ def _check_finite_output(probs: torch.Tensor, x: torch.Tensor, name: str) -> Non
     bad = int(probs.numel() - torch.isfinite(probs).sum())
     if bad:
         top = float(x.abs().max()) if x.numel() else 0.0
-        raise InputError(f"{name}: the network's output is not a number at {bad} places: its "
-                         f"input reaches {top:.3g}, far outside what it was trained on; choose "
-                         "a normalization (zscore, ct:LOW,HIGH or percentile) for this image.")
+        raise InputError(
+            f"{name}: the network's output is not a number at {bad} places: its "
+            f"input reaches {top:.3g}, far outside what it was trained on; choose "
+            "a normalization (zscore, ct:LOW,HIGH or percentile) for this image."
+        )

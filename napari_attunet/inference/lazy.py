@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..models import ModelSpec
-from .preprocess import (IntensityMap, Normalization, _check_dtype, _otsu, fit)
+from .preprocess import IntensityMap, Normalization, _check_dtype, _otsu, fit
 
 SLAB_VOXELS = 1 << 24  # voxels per statistics read (64 MiB as float32)
 SAMPLE_LIMIT = 4_000_000  # as preprocess._sample
@@ -25,8 +25,9 @@ def is_lazy(image) -> bool:
     if isinstance(image, np.ndarray) or isinstance(image, (list, tuple)):
         return False
     module = type(image).__module__.split(".")[0]
-    return module in ("dask", "zarr") or (hasattr(image, "chunks") and hasattr(image, "shape")
-                                          and hasattr(image, "dtype"))
+    return module in ("dask", "zarr") or (
+        hasattr(image, "chunks") and hasattr(image, "shape") and hasattr(image, "dtype")
+    )
 
 
 def as_dask(image):
@@ -50,24 +51,35 @@ class LazySource:
         _check_dtype(np.empty(0, dtype=image.dtype), name)
         if int(np.prod(shape)) == 0:
             raise InputError(f"{name} is empty (shape {shape}).")
-        if channel_axis is None and len(shape) == 3 and shape[-1] in (3, 4) \
-                and spec.spatial_dims == 2 and spec.in_channels in (3, 4):
+        if (
+            channel_axis is None
+            and len(shape) == 3
+            and shape[-1] in (3, 4)
+            and spec.spatial_dims == 2
+            and spec.in_channels in (3, 4)
+        ):
             channel_axis = -1
         self.channel_axis = None if channel_axis is None else channel_axis % len(shape)
         spatial = tuple(n for a, n in enumerate(shape) if a != self.channel_axis)
         channels = 1 if self.channel_axis is None else shape[self.channel_axis]
         if len(spatial) > 3:
-            raise InputError(f"{name} has {len(spatial)} spatial axes {spatial}; the tool takes "
-                             "2D images and 3D volumes (pick one time point or channel).")
+            raise InputError(
+                f"{name} has {len(spatial)} spatial axes {spatial}; the tool takes "
+                "2D images and 3D volumes (pick one time point or channel)."
+            )
         if len(spatial) < 2:
             raise InputError(f"{name} has shape {spatial}: not an image.")
         if len(spatial) == 2 and spec.spatial_dims == 3:
-            raise InputError(f"{name} is 2D, but the checkpoint is a 3D model; open the volume "
-                             "it was made for, or use a 2D checkpoint.")
+            raise InputError(
+                f"{name} is 2D, but the checkpoint is a 3D model; open the volume "
+                "it was made for, or use a 2D checkpoint."
+            )
         if channels != spec.in_channels:
-            raise InputError(f"{name} has {channels} channel(s), but the model takes "
-                             f"{spec.in_channels}; choose channel_axis or pass one array per "
-                             "channel.")
+            raise InputError(
+                f"{name} has {channels} channel(s), but the model takes "
+                f"{spec.in_channels}; choose channel_axis or pass one array per "
+                "channel."
+            )
         self.spatial, self.channels = spatial, channels
 
     def index(self, spatial: Sequence[slice], channel: int | None = None) -> tuple:
@@ -98,8 +110,10 @@ class LazySource:
 
 def fit_lazy(source: LazySource, norm: Normalization) -> list[IntensityMap]:
     """The per-channel IntensityMap ``preprocess.fit`` would give on the whole array."""
-    return [_fit_channel(source, c if source.channel_axis is not None else None, norm)
-            for c in range(source.channels)]
+    return [
+        _fit_channel(source, c if source.channel_axis is not None else None, norm)
+        for c in range(source.channels)
+    ]
 
 
 def _fit_channel(source: LazySource, channel: int | None, norm: Normalization) -> IntensityMap:
@@ -113,6 +127,7 @@ def _fit_channel(source: LazySource, channel: int | None, norm: Normalization) -
         return IntensityMap(gain, -lo * gain, (0.0, 1.0))
     keep = None
     if norm.mode == "zscore_nonzero":
+
         def keep(x):
             return x != 0
     elif norm.mode == "zscore_foreground":
@@ -120,6 +135,7 @@ def _fit_channel(source: LazySource, channel: int | None, norm: Normalization) -
 
         def keep(x):
             return x > level
+
     count, mean, std = _moments(source, channel, keep)
     if count == 0:
         count, mean, std = _moments(source, channel, None)
@@ -135,8 +151,10 @@ def _moments(source: LazySource, channel, keep) -> tuple[int, np.float32, np.flo
     for slab in source.slabs(channel):
         if np.issubdtype(slab.dtype, np.floating) and not np.isfinite(slab).all():
             bad = int(slab.size - np.count_nonzero(np.isfinite(slab)))
-            raise InputError(f"{source.name} has NaN or infinite voxels ({bad} in one slab); "
-                             "replace them (e.g. with np.nan_to_num) before running.")
+            raise InputError(
+                f"{source.name} has NaN or infinite voxels ({bad} in one slab); "
+                "replace them (e.g. with np.nan_to_num) before running."
+            )
         values = slab[keep(slab)] if keep is not None else slab.reshape(-1)
         values = values.astype(np.float64)
         count += values.size

@@ -11,11 +11,17 @@ from ..errors import InputError
 from ..models import AttentionUNetBase
 from .devices import free_memory, system_memory
 
-GiB = 1024 ** 3
+GiB = 1024**3
 
 
-def estimate_memory(model: AttentionUNetBase, padded: Sequence[int], tile: Sequence[int],
-                    batch: int, stack: int, attention: bool) -> tuple[int, int]:
+def estimate_memory(
+    model: AttentionUNetBase,
+    padded: Sequence[int],
+    tile: Sequence[int],
+    batch: int,
+    stack: int,
+    attention: bool,
+) -> tuple[int, int]:
     """(host bytes, device bytes) a run needs at its peak, roughly and on the safe side."""
     spec = model.spec
     voxels = int(np.prod(padded)) * stack
@@ -26,8 +32,9 @@ def estimate_memory(model: AttentionUNetBase, padded: Sequence[int], tile: Seque
             host += voxels // int(np.prod(g.stride)) * 4 * (g.heads + 1)
     tile_voxels = int(np.prod(tile))
     # Activations: each level holds a few feature maps of its width at its resolution.
-    per_tile = sum(f * tile_voxels / (2 ** (spec.spatial_dims * i))
-                   for i, f in enumerate(spec.features)) * 4 * 6
+    per_tile = (
+        sum(f * tile_voxels / (2 ** (spec.spatial_dims * i)) for i, f in enumerate(spec.features)) * 4 * 6
+    )
     params = sum(p.numel() for p in model.parameters()) * 4 * 2
     return int(host), int(batch * per_tile + params)
 
@@ -37,7 +44,8 @@ def _refuse(needed: int, available: int | None, name: str) -> None:
         raise InputError(
             f"{name} needs about {needed / GiB:.1f} GiB of memory to predict, but only "
             f"{available / GiB:.1f} GiB is free; crop the scan, close other programs, or "
-            "predict a region (Preview).")
+            "predict a region (Preview)."
+        )
 
 
 def check_memory(host: int, device_bytes: int, device: torch.device, name: str) -> bool:

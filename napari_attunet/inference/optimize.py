@@ -46,8 +46,7 @@ def fold_batchnorm(model: nn.Module) -> int:
             for a, b in zip(names, names[1:]):
                 first, second = module._modules[a], module._modules[b]
                 conv = _fusable(first)
-                if conv is not None and isinstance(second, _BatchNorm) \
-                        and second.track_running_stats:
+                if conv is not None and isinstance(second, _BatchNorm) and second.track_running_stats:
                     fused = fuse_conv_bn_eval(conv, second, transpose=isinstance(conv, _TRANSPOSED))
                     module._modules[a] = _replace_conv(first, conv, fused)
                     module._modules[b] = nn.Identity()
@@ -55,8 +54,11 @@ def fold_batchnorm(model: nn.Module) -> int:
         adn = getattr(module, "adn", None)
         conv = getattr(module, "conv", None)
         norm = getattr(adn, "N", None)
-        if isinstance(adn, nn.Sequential) and isinstance(norm, _BatchNorm) \
-                and isinstance(conv, _CONV + _TRANSPOSED):
+        if (
+            isinstance(adn, nn.Sequential)
+            and isinstance(norm, _BatchNorm)
+            and isinstance(conv, _CONV + _TRANSPOSED)
+        ):
             module.conv = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, _TRANSPOSED))
             adn.N = nn.Identity()
             folded += 1
@@ -68,8 +70,9 @@ def channels_last(model: nn.Module, spatial_dims: int) -> nn.Module:
     return model.to(memory_format=fmt)  # type: ignore[call-overload]  # torch's stubs lack it
 
 
-def prepared(model: AttentionUNetBase, device: torch.device, fold: bool = True,
-             layout: bool = True) -> nn.Module:
+def prepared(
+    model: AttentionUNetBase, device: torch.device, fold: bool = True, layout: bool = True
+) -> nn.Module:
     """An eval-mode copy for inference on ``device``, cached on ``model``."""
     versions = tuple(p._version for p in model.parameters())  # changes when weights do
     key = (str(device), fold, layout, versions)

@@ -45,8 +45,13 @@ def scan_orientation(affine: np.ndarray | None, ndim: int) -> str:
     return geo.orientation(np.asarray(affine, dtype=float))
 
 
-def network_layout(spec: ModelSpec, ndim: int, affine: np.ndarray | None = None,
-                   file_orientation: str | None = None, override: str | None = None) -> Layout:
+def network_layout(
+    spec: ModelSpec,
+    ndim: int,
+    affine: np.ndarray | None = None,
+    file_orientation: str | None = None,
+    override: str | None = None,
+) -> Layout:
     """How to lay a (napari-order) scan array of ``ndim`` axes out for ``spec``'s network.
 
     ``affine`` places the array in world (see ``geometry``); ``file_orientation`` is the axis code
@@ -55,8 +60,9 @@ def network_layout(spec: ModelSpec, ndim: int, affine: np.ndarray | None = None,
     """
     mode = override or spec.network_orientation
     if mode not in ("native", "display") and not geo.is_valid_code(mode, 3):
-        raise InputError(f"orientation {mode!r} is not an axis code (such as RAS or LPS), "
-                         "'native' or 'display'.")
+        raise InputError(
+            f"orientation {mode!r} is not an axis code (such as RAS or LPS), 'native' or 'display'."
+        )
     if spec.spatial_dims == 2 or ndim == 2 or mode == "display":
         return Layout(_display_permutation(spec, ndim), (), "as displayed")
     source = scan_orientation(affine, ndim)
@@ -76,6 +82,6 @@ def network_layout(spec: ModelSpec, ndim: int, affine: np.ndarray | None = None,
 def _display_permutation(spec: ModelSpec, ndim: int) -> tuple[int, ...]:
     """napari's order, with the plane reordered to ``network_axes``; slices stay first."""
     scan = "zyx"[-ndim:]
-    axes = spec.axes or "zyx"[-spec.spatial_dims:]
+    axes = spec.axes or "zyx"[-spec.spatial_dims :]
     network = scan[: ndim - spec.spatial_dims] + axes
     return tuple(scan.index(a) for a in network)

@@ -13,8 +13,16 @@ from ..errors import InputError
 from ..models import AttentionUNetBase
 from .memory import check_memory, check_shape_memory, estimate_memory
 from .orientation import Layout, network_layout
-from .preprocess import (check_resampled_size, fit, prepare_channels, resample, resample_factors,
-                         resampled_shape, resolve_normalization, spatial_shape)
+from .preprocess import (
+    check_resampled_size,
+    fit,
+    prepare_channels,
+    resample,
+    resample_factors,
+    resampled_shape,
+    resolve_normalization,
+    spatial_shape,
+)
 from .progress import Progress
 from .tiling import default_tile, round_up, window_grid
 
@@ -24,16 +32,16 @@ class Plan:
     """One run's input, laid out, resampled, normalized and padded for the network, and the
     shapes and tiles that the run and its finish share."""
 
-    x: torch.Tensor                 # (C, stack, *padded plane): what the tiles are cut from
+    x: torch.Tensor  # (C, stack, *padded plane): what the tiles are cut from
     layout: Layout
     factors: tuple[float, ...] | None  # resampling, on the network's axes
     context: tuple[tuple[int, int], ...] | None  # the region inside ``x`` (with ``region``)
-    scan_shape: tuple[int, ...]     # the input's spatial shape (the region's, with context)
-    image_shape: tuple[int, ...]    # the same on the network's axes
-    work_shape: tuple[int, ...]     # ... resampled
-    stack: int                      # slices of a volume run through a 2D model, else 1
-    plane: tuple[int, ...]          # the network's spatial axes of ``work_shape``
-    padded: tuple[int, ...]         # ``plane`` padded to the total stride
+    scan_shape: tuple[int, ...]  # the input's spatial shape (the region's, with context)
+    image_shape: tuple[int, ...]  # the same on the network's axes
+    work_shape: tuple[int, ...]  # ... resampled
+    stack: int  # slices of a volume run through a 2D model, else 1
+    plane: tuple[int, ...]  # the network's spatial axes of ``work_shape``
+    padded: tuple[int, ...]  # ``plane`` padded to the total stride
     tile: tuple[int, ...]
     jobs: list[tuple[int, tuple[int, ...]]]  # (slice, window start) of every tile
     batch_size: int
@@ -48,14 +56,29 @@ class Target:
 
     dev: torch.device
     precision: str
-    engine: str                     # 'torch' or 'openvino'
+    engine: str  # 'torch' or 'openvino'
     channels_last: bool
 
 
-def make_plan(image, model: AttentionUNetBase, target: Target, *, spacing, channel_axis,
-              normalization, tile, overlap: float, batch_size: int | None, attention: bool,
-              name: str, affine, file_orientation, orientation, region, intensity,
-              ) -> Generator[Progress, None, Plan]:
+def make_plan(
+    image,
+    model: AttentionUNetBase,
+    target: Target,
+    *,
+    spacing,
+    channel_axis,
+    normalization,
+    tile,
+    overlap: float,
+    batch_size: int | None,
+    attention: bool,
+    name: str,
+    affine,
+    file_orientation,
+    orientation,
+    region,
+    intensity,
+) -> Generator[Progress, None, Plan]:
     """Checks, channels, layout, resampling and normalization; then tiles, batches, memory."""
     spec = model.spec
     notes: list[str] = []
@@ -71,8 +94,10 @@ def make_plan(image, model: AttentionUNetBase, target: Target, *, spacing, chann
     x = torch.from_numpy(np.array(channels, dtype=np.float32))  # a copy: normalized in place
     dims = spec.spatial_dims
     if affine is not None and np.shape(affine) != (x.dim(), x.dim()):
-        raise InputError(f"{name}: affine must be {x.dim()}x{x.dim()} for an image with "
-                         f"{x.dim() - 1} spatial axes, not {np.shape(affine)}.")
+        raise InputError(
+            f"{name}: affine must be {x.dim()}x{x.dim()} for an image with "
+            f"{x.dim() - 1} spatial axes, not {np.shape(affine)}."
+        )
     layout = network_layout(spec, x.dim() - 1, affine, file_orientation, orientation)
     context = None
     if region is not None:
@@ -90,8 +115,9 @@ def make_plan(image, model: AttentionUNetBase, target: Target, *, spacing, chann
     if factors is not None:
         work_shape = resampled_shape(image_shape, factors)
         x = resample(x, factors)
-        notes.append(f"resampled {image_shape} -> {work_shape} to the training spacing "
-                     f"{tuple(spec.spacing or ())} mm")
+        notes.append(
+            f"resampled {image_shape} -> {work_shape} to the training spacing {tuple(spec.spacing or ())} mm"
+        )
     else:
         work_shape = image_shape
     # After reorientation and resampling, where MONAI's pipelines normalize (clipping and
@@ -100,8 +126,7 @@ def make_plan(image, model: AttentionUNetBase, target: Target, *, spacing, chann
         (intensity[c] if intensity else fit(x[c].numpy(), norm)).apply(x[c])
     plane = work_shape[-dims:]
     padded = tuple(round_up(n, s) for n, s in zip(plane, spec.total_stride))
-    tile_, jobs, batch, auto_batch = _tiles(padded, spec, target.dev, tile, overlap, stack,
-                                            batch_size)
+    tile_, jobs, batch, auto_batch = _tiles(padded, spec, target.dev, tile, overlap, stack, batch_size)
     host, device_bytes = estimate_memory(model, padded, tile_, batch, stack, attention)
     stitch_on_device = check_memory(host, device_bytes, target.dev, name)
     if target.dev.type != "cpu" and not stitch_on_device:
@@ -109,13 +134,29 @@ def make_plan(image, model: AttentionUNetBase, target: Target, *, spacing, chann
     x = _pad(x, plane, padded)
     if x.dim() == 1 + dims:  # one leading axis for every run: a single image is a stack of one
         x = x.unsqueeze(1)
-    return Plan(x, layout, factors, context, scan_shape, image_shape,
-                work_shape, stack, plane, padded, tile_, jobs, batch, auto_batch,
-                stitch_on_device, notes)
+    return Plan(
+        x,
+        layout,
+        factors,
+        context,
+        scan_shape,
+        image_shape,
+        work_shape,
+        stack,
+        plane,
+        padded,
+        tile_,
+        jobs,
+        batch,
+        auto_batch,
+        stitch_on_device,
+        notes,
+    )
 
 
-def _tiles(padded, spec, dev: torch.device, tile, overlap: float, stack: int,
-           batch_size: int | None) -> tuple[tuple[int, ...], list, int, bool]:
+def _tiles(
+    padded, spec, dev: torch.device, tile, overlap: float, stack: int, batch_size: int | None
+) -> tuple[tuple[int, ...], list, int, bool]:
     """The tile, every (slice, window start), the batch size and whether it was chosen here."""
     dims = spec.spatial_dims
     if isinstance(tile, int):
@@ -149,8 +190,9 @@ def _with_context(x: torch.Tensor, region: Sequence[slice], spec, tile) -> tuple
     return x[(slice(None),) + outer], inner
 
 
-def context_slices(shape: Sequence[int], region: Sequence[slice], spec,
-                   tile) -> tuple[tuple[slice, ...], tuple[tuple[int, int], ...]]:
+def context_slices(
+    shape: Sequence[int], region: Sequence[slice], spec, tile
+) -> tuple[tuple[slice, ...], tuple[tuple[int, int], ...]]:
     """The slices of ``region`` grown by its context, and the region's bounds inside them."""
     shape = tuple(shape)
     if len(region) != len(shape):

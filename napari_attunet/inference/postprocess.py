@@ -43,8 +43,8 @@ def quantize(probabilities: torch.Tensor) -> np.ndarray:
 class Prediction:
     """The result of :func:`napari_attunet.predict`, on the input grid."""
 
-    quantized: np.ndarray                # (C, *image_shape) uint8, p = q / 255
-    output: str                          # "softmax" | "sigmoid"
+    quantized: np.ndarray  # (C, *image_shape) uint8, p = q / 255
+    output: str  # "softmax" | "sigmoid"
     class_names: tuple[str, ...]
     gates: list[GateMap]
     spacing: tuple[float, ...] | None = None
@@ -55,7 +55,7 @@ class Prediction:
     overlap: float = 0.5
     notes: list[str] = field(default_factory=list)
     disagreement: np.ndarray | None = None  # (*image_shape) uint8 (q / 255): TTA flips' spread
-    runtime: str = "torch"                 # "torch" | "openvino"
+    runtime: str = "torch"  # "torch" | "openvino"
     _uncertainty: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -76,16 +76,22 @@ class Prediction:
             self._uncertainty = uncertainty_map(self.quantized, self.output, self.disagreement)
         return self._uncertainty
 
-    def uncertain_volumes_ml(self, labels: np.ndarray, level: float,
-                             spacing: Sequence[float] | None = None) -> dict[str, float]:
+    def uncertain_volumes_ml(
+        self, labels: np.ndarray, level: float, spacing: Sequence[float] | None = None
+    ) -> dict[str, float]:
         """Per-class volume (mL) of the voxels whose uncertainty is over ``level``."""
         if spacing is None:
             spacing = self.spacing or (1.0,) * labels.ndim
         masked = np.where(self.uncertainty > level, labels, 0)
         return class_volumes(masked, spacing, self.label_names)
 
-    def labels(self, thresholds: Sequence[float] | float | None = None, *, min_size: int = 0,
-               fill_holes: bool = False) -> np.ndarray:
+    def labels(
+        self,
+        thresholds: Sequence[float] | float | None = None,
+        *,
+        min_size: int = 0,
+        fill_holes: bool = False,
+    ) -> np.ndarray:
         """Integer labels from the stored probabilities; the network does not run again.
 
         softmax: with no thresholds, the argmax; with thresholds (one per class, the
@@ -98,8 +104,9 @@ class Prediction:
             labels = clean_labels(labels, min_size=min_size, fill_holes=fill_holes)
         return labels
 
-    def volumes_ml(self, labels: np.ndarray | None = None,
-                   spacing: Sequence[float] | None = None) -> dict[str, float]:
+    def volumes_ml(
+        self, labels: np.ndarray | None = None, spacing: Sequence[float] | None = None
+    ) -> dict[str, float]:
         """Per-class volume (mL, or mm^2/100... for 2D: area in cm^2) from the spacing in mm."""
         labels = self.labels() if labels is None else labels
         spacing = spacing or self.spacing or (1.0,) * labels.ndim
@@ -114,8 +121,9 @@ class Prediction:
         return tuple(self.class_names)
 
 
-def threshold_labels(quantized: np.ndarray, output: str,
-                     thresholds: Sequence[float] | float | None) -> np.ndarray:
+def threshold_labels(
+    quantized: np.ndarray, output: str, thresholds: Sequence[float] | float | None
+) -> np.ndarray:
     """Labels from uint8 probabilities, one class at a time with in-place uint8 tensor ops
     (torch uses every core; a (C, ...) argmax is many times slower). Any leading axes of
     ``quantized`` after the class axis are kept, so one slice can be labelled on its own."""
@@ -125,8 +133,7 @@ def threshold_labels(quantized: np.ndarray, output: str,
     if isinstance(thresholds, (int, float)):
         thresholds = [float(thresholds)] * channels
     if thresholds is not None and len(thresholds) != channels:
-        raise InputError(f"thresholds: {len(thresholds)} values for {channels} classes; give one "
-                         "per class.")
+        raise InputError(f"thresholds: {len(thresholds)} values for {channels} classes; give one per class.")
     q = torch.from_numpy(np.ascontiguousarray(quantized))
     labels = torch.zeros(q.shape[1:], dtype=torch.uint8 if channels < 255 else torch.int16)
     if thresholds is None:  # softmax argmax; ties go to the lower class, as np.argmax does
@@ -153,8 +160,7 @@ def _entropy_table(levels: int = PROBABILITY_LEVELS) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def uncertainty_map(quantized: np.ndarray, output: str,
-                    disagreement: np.ndarray | None = None) -> np.ndarray:
+def uncertainty_map(quantized: np.ndarray, output: str, disagreement: np.ndarray | None = None) -> np.ndarray:
     """Per-voxel uncertainty in [0, 1] from uint8 probabilities (C, *shape).
 
     softmax: the entropy of the C class probabilities over ln C (0: one class is certain; 1: all
@@ -199,10 +205,9 @@ def clean_labels(labels: np.ndarray, min_size: int = 0, fill_holes: bool = False
     return out
 
 
-def class_volumes(labels: np.ndarray, spacing: Sequence[float],
-                  names: Sequence[str]) -> dict[str, float]:
+def class_volumes(labels: np.ndarray, spacing: Sequence[float], names: Sequence[str]) -> dict[str, float]:
     """Volume of each named label value in mL (mm^3 / 1000); 2D images give cm^2 likewise."""
-    voxel = float(np.prod([float(s) for s in spacing][-labels.ndim:])) / 1000.0
+    voxel = float(np.prod([float(s) for s in spacing][-labels.ndim :])) / 1000.0
     counts = np.bincount(labels.reshape(-1), minlength=len(names))
     return {name: float(counts[k]) * voxel for k, name in enumerate(names) if k > 0}
 
@@ -214,6 +219,11 @@ def gate_on_image_grid(gate: GateMap, shape: Sequence[int], head: int = 0) -> np
     stride = np.asarray(gate.stride, dtype=float)
     offset = np.asarray(gate.offset, dtype=float)
     # image voxel u samples gate cell (u - offset) / stride
-    return ndimage.affine_transform(gate.data[head].astype(np.float32), 1.0 / stride,
-                                    offset=-offset / stride, output_shape=tuple(shape),
-                                    order=1, mode="nearest")
+    return ndimage.affine_transform(
+        gate.data[head].astype(np.float32),
+        1.0 / stride,
+        offset=-offset / stride,
+        output_shape=tuple(shape),
+        order=1,
+        mode="nearest",
+    )

@@ -17,8 +17,7 @@ from ..models import REGISTRY, ModelSpec
 # zscore: (x - mean) / std over the whole image, as MONAI's NormalizeIntensityd and the official
 # code's NormalizeMedic; zscore_nonzero: NormalizeIntensityd(nonzero=True), zeros stay zero;
 # range: ScaleIntensityRanged(a_min, a_max, b_min, b_max, clip); ct: a HU window onto [0, 1].
-NORMALIZATION_MODES = ("none", "zscore", "zscore_nonzero", "zscore_foreground", "ct", "percentile",
-                       "range")
+NORMALIZATION_MODES = ("none", "zscore", "zscore_nonzero", "zscore_foreground", "ct", "percentile", "range")
 DEFAULT_CT_WINDOW = (-160.0, 240.0)  # abdominal soft tissue, in HU
 DEFAULT_PERCENTILES = (0.5, 99.5)
 
@@ -42,8 +41,7 @@ class Normalization:
         data = {"mode": value} if isinstance(value, str) else dict(value)
         mode = str(data.get("mode", "none")).lower().replace("-", "_")
         if mode not in NORMALIZATION_MODES:
-            raise InputError(f"unknown normalization {mode!r}; use one of "
-                             f"{', '.join(NORMALIZATION_MODES)}.")
+            raise InputError(f"unknown normalization {mode!r}; use one of {', '.join(NORMALIZATION_MODES)}.")
         if mode == "range":
             data.setdefault("window", (data.get("a_min", 0.0), data.get("a_max", 1.0)))
             data.setdefault("target", (data.get("b_min", 0.0), data.get("b_max", 1.0)))
@@ -144,7 +142,7 @@ def _moments(values: np.ndarray) -> tuple[np.float32, np.float32]:
     flat = values.reshape(-1)
     total = total_sq = 0.0
     for start in range(0, flat.size, 1 << 22):  # float64 chunks, not a float64 copy
-        chunk = flat[start:start + (1 << 22)].astype(np.float64)
+        chunk = flat[start : start + (1 << 22)].astype(np.float64)
         total += chunk.sum()
         total_sq += np.dot(chunk, chunk)
     mean = total / max(flat.size, 1)
@@ -167,6 +165,7 @@ def _otsu(values: np.ndarray) -> float:
 
 # ---- validation and channels ----------------------------------------------------------------
 
+
 def _check_dtype(array: np.ndarray, name: str) -> None:
     if array.dtype == bool:
         raise InputError(f"{name} is a boolean mask, not an image; pick the scan layer instead.")
@@ -180,12 +179,15 @@ def _check_finite(array: np.ndarray, name: str) -> None:
     if np.issubdtype(array.dtype, np.floating):
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         if bad:
-            raise InputError(f"{name} has {bad} NaN or infinite voxels; replace them "
-                             "(e.g. with np.nan_to_num) before running.")
+            raise InputError(
+                f"{name} has {bad} NaN or infinite voxels; replace them "
+                "(e.g. with np.nan_to_num) before running."
+            )
 
 
-def prepare_channels(image, spec: ModelSpec, channel_axis: int | None = None,
-                     name: str = "the image") -> np.ndarray:
+def prepare_channels(
+    image, spec: ModelSpec, channel_axis: int | None = None, name: str = "the image"
+) -> np.ndarray:
     """(C, *spatial) float32 with C == spec.in_channels. The input is never modified.
 
     ``image`` may be one array, or a list of arrays taken as channels. RGB(A) images (last axis 3
@@ -196,48 +198,68 @@ def prepare_channels(image, spec: ModelSpec, channel_axis: int | None = None,
         for a in arrays:
             _check_dtype(a, name)
         if len({a.shape for a in arrays}) != 1:
-            raise InputError(f"{name}: the channel images differ in shape "
-                             f"({', '.join(str(a.shape) for a in arrays)}).")
+            raise InputError(
+                f"{name}: the channel images differ in shape ({', '.join(str(a.shape) for a in arrays)})."
+            )
         stacked = np.stack([a.astype(np.float32, copy=False) for a in arrays])
         return _finish(stacked, spec, name)
     array = np.asarray(image)
     _check_dtype(array, name)
     if array.size == 0:
         raise InputError(f"{name} is empty (shape {array.shape}).")
-    if channel_axis is None and array.ndim == 3 and array.shape[-1] in (3, 4) \
-            and spec.spatial_dims == 2 and spec.in_channels in (3, 4):
+    if (
+        channel_axis is None
+        and array.ndim == 3
+        and array.shape[-1] in (3, 4)
+        and spec.spatial_dims == 2
+        and spec.in_channels in (3, 4)
+    ):
         channel_axis = -1
     if channel_axis is not None:
         array = np.moveaxis(array, channel_axis, 0)
     else:
         array = array[None]
-    if array.shape[-1] in (3, 4) and array.ndim == 4 and channel_axis is None \
-            and spec.in_channels == 1 and min(array.shape[1:3]) > 4:
-        raise InputError(f"{name} looks like an RGB image (last axis {array.shape[-1]}), but the "
-                         "model takes one channel; convert it to greyscale first.")
+    if (
+        array.shape[-1] in (3, 4)
+        and array.ndim == 4
+        and channel_axis is None
+        and spec.in_channels == 1
+        and min(array.shape[1:3]) > 4
+    ):
+        raise InputError(
+            f"{name} looks like an RGB image (last axis {array.shape[-1]}), but the "
+            "model takes one channel; convert it to greyscale first."
+        )
     return _finish(array.astype(np.float32, copy=False), spec, name)
 
 
 def _finish(array: np.ndarray, spec: ModelSpec, name: str) -> np.ndarray:
     spatial = array.shape[1:]
     if len(spatial) > 3:
-        raise InputError(f"{name} has {len(spatial)} spatial axes {spatial}; the tool takes 2D "
-                         "images and 3D volumes (pick one time point or channel).")
+        raise InputError(
+            f"{name} has {len(spatial)} spatial axes {spatial}; the tool takes 2D "
+            "images and 3D volumes (pick one time point or channel)."
+        )
     if len(spatial) < 2:
         raise InputError(f"{name} has shape {array.shape[1:]}: not an image.")
     if int(np.prod(spatial)) <= 1:
         raise InputError(f"{name} has a single voxel; there is nothing to segment.")
     if len(spatial) == 2 and spec.spatial_dims == 3:
-        raise InputError(f"{name} is 2D, but the checkpoint is a 3D model; open the volume it "
-                         "was made for, or use a 2D checkpoint.")
+        raise InputError(
+            f"{name} is 2D, but the checkpoint is a 3D model; open the volume it "
+            "was made for, or use a 2D checkpoint."
+        )
     if array.shape[0] != spec.in_channels:
-        raise InputError(f"{name} has {array.shape[0]} channel(s), but the model takes "
-                         f"{spec.in_channels}; choose channel_axis or pass one array per channel.")
+        raise InputError(
+            f"{name} has {array.shape[0]} channel(s), but the model takes "
+            f"{spec.in_channels}; choose channel_axis or pass one array per channel."
+        )
     _check_finite(array, name)
     return array
 
 
 # ---- options checked before any copy is made --------------------------------------------------
+
 
 def check_spacing(spacing: Sequence[float] | None, name: str) -> tuple[float, ...] | None:
     """Voxel sizes in mm, each finite and positive."""
@@ -246,11 +268,12 @@ def check_spacing(spacing: Sequence[float] | None, name: str) -> tuple[float, ..
     try:
         values = tuple(float(s) for s in np.ravel(np.asarray(spacing, dtype=object)))
     except (TypeError, ValueError):
-        raise InputError(f"{name}: spacing {spacing!r} is not a list of numbers (mm per axis)."
-                         ) from None
+        raise InputError(f"{name}: spacing {spacing!r} is not a list of numbers (mm per axis).") from None
     if not values or not all(np.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"{name}: spacing {tuple(spacing)} must be positive millimetres per axis; "
-                         "fix the scan's header or pass the right spacing.")
+        raise InputError(
+            f"{name}: spacing {tuple(spacing)} must be positive millimetres per axis; "
+            "fix the scan's header or pass the right spacing."
+        )
     return values
 
 
@@ -262,8 +285,9 @@ def check_tile(tile, dims: int) -> tuple[int, ...] | None:
     if len(sizes) == 1:
         sizes = sizes * dims
     if len(sizes) != dims or not all(isinstance(t, (int, np.integer)) and t > 0 for t in sizes):
-        raise InputError(f"tile {tile!r}: give one positive size, or {dims} (one per axis of this "
-                         f"{dims}D model).")
+        raise InputError(
+            f"tile {tile!r}: give one positive size, or {dims} (one per axis of this {dims}D model)."
+        )
     return tuple(int(t) for t in sizes)
 
 
@@ -277,9 +301,13 @@ def check_resampled_size(shape: Sequence[int], spacing, spec: ModelSpec, name: s
     grid = resampled_shape(shape, factors)
     voxels = float(np.prod([float(n) for n in grid]))
     needed = voxels * 4 * (3 * spec.in_channels + 2 * spec.out_channels + 1)
-    refuse_over(needed, f"{name}, resampled from {tuple(shape)} to {grid} voxels (the training "
-                f"spacing {tuple(spec.spacing or ())} mm),", "check the scan's spacing, crop it, or use "
-                "a checkpoint trained at a coarser spacing.", InputError)
+    refuse_over(
+        needed,
+        f"{name}, resampled from {tuple(shape)} to {grid} voxels (the training "
+        f"spacing {tuple(spec.spacing or ())} mm),",
+        "check the scan's spacing, crop it, or use a checkpoint trained at a coarser spacing.",
+        InputError,
+    )
 
 
 def spatial_shape(image, channel_axis: int | None) -> tuple[int, ...]:
@@ -295,8 +323,8 @@ def spatial_shape(image, channel_axis: int | None) -> tuple[int, ...]:
 
 # ---- resampling ------------------------------------------------------------------------------
 
-def resample_factors(spacing: Sequence[float] | None, spec: ModelSpec,
-                     ndim: int) -> tuple[float, ...] | None:
+
+def resample_factors(spacing: Sequence[float] | None, spec: ModelSpec, ndim: int) -> tuple[float, ...] | None:
     """Zoom factors from the scan grid to the training grid, or None when no change is needed."""
     if spacing is None or not spec.spacing:
         return None

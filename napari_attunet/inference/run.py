@@ -17,15 +17,19 @@ from .optimize import prepared
 from .plan import Plan, Target
 from .progress import Progress, cancelled
 from .tiling import Stitcher
-from .tta import flip_mean, flips as tta_flips, forward_flips
+from .tta import flip_mean, forward_flips
+from .tta import flips as tta_flips
 
 
-def _network(model: AttentionUNetBase, plan: Plan, target: Target, fold_batchnorm: bool,
-             ) -> Generator[Progress, None, tuple[Any, int]]:
+def _network(
+    model: AttentionUNetBase,
+    plan: Plan,
+    target: Target,
+    fold_batchnorm: bool,
+) -> Generator[Progress, None, tuple[Any, int]]:
     """The network to call (PyTorch, or OpenVINO's compiled model) and the batch size for it."""
     if target.engine != "openvino":
-        return prepared(model, target.dev, fold=fold_batchnorm,
-                        layout=target.channels_last), plan.batch_size
+        return prepared(model, target.dev, fold=fold_batchnorm, layout=target.channels_last), plan.batch_size
     from . import runtime_openvino
 
     if not runtime_openvino.is_ready(model):
@@ -37,9 +41,17 @@ def _network(model: AttentionUNetBase, plan: Plan, target: Target, fold_batchnor
     return net, batch_size
 
 
-def run_tiles(plan: Plan, model: AttentionUNetBase, target: Target, *, tta: bool,
-              attention: bool, cancel, fold_batchnorm: bool, name: str,
-              ) -> Generator[Progress, None, tuple[torch.Tensor, list[torch.Tensor]]]:
+def run_tiles(
+    plan: Plan,
+    model: AttentionUNetBase,
+    target: Target,
+    *,
+    tta: bool,
+    attention: bool,
+    cancel,
+    fold_batchnorm: bool,
+    name: str,
+) -> Generator[Progress, None, tuple[torch.Tensor, list[torch.Tensor]]]:
     """Every batch of tiles through the network (with TTA flips), blended by a Stitcher; on a
     GPU out of memory, halve the batch, then stitch on the CPU, then give up. Returns the
     blended values and gate maps on the padded plane."""
@@ -50,23 +62,46 @@ def run_tiles(plan: Plan, model: AttentionUNetBase, target: Target, *, tta: bool
     gates = spec.gates if attention else ()
     flips = tta_flips(spec.spatial_dims, tta)
     spread = len(flips) > 1  # one more channel: the flips' disagreement (Prediction.uncertainty)
-    stitcher = Stitcher(spec.out_channels + spread, plan.padded, plan.tile, gates, plan.stack,
-                        dev if plan.stitch_on_device else "cpu")
-    memory_format = (torch.channels_last if spec.spatial_dims == 2 else torch.channels_last_3d) \
-        if target.channels_last and dev.type != "mps" else torch.contiguous_format
+    stitcher = Stitcher(
+        spec.out_channels + spread,
+        plan.padded,
+        plan.tile,
+        gates,
+        plan.stack,
+        dev if plan.stitch_on_device else "cpu",
+    )
+    memory_format = (
+        (torch.channels_last if spec.spatial_dims == 2 else torch.channels_last_3d)
+        if target.channels_last and dev.type != "mps"
+        else torch.contiguous_format
+    )
 
     total = math.ceil(len(jobs) / batch_size)
     done_batches = 0
     position = 0
-    yield Progress("predicting", 0, total,
-                   f"{len(jobs)} tiles of {plan.tile} on {dev} ({target.precision}, {target.engine})")
+    yield Progress(
+        "predicting",
+        0,
+        total,
+        f"{len(jobs)} tiles of {plan.tile} on {dev} ({target.precision}, {target.engine})",
+    )
     while position < len(jobs):
         if cancelled(cancel):
             raise Cancelled(f"prediction on {name} was cancelled; no result was kept.")
-        chunk = jobs[position:position + batch_size]
+        chunk = jobs[position : position + batch_size]
         try:
-            values, maps = _run_batch(net, plan.x, chunk, plan.tile, dev, autocast_precision,
-                                      flips, spec.output, gates, memory_format)
+            values, maps = _run_batch(
+                net,
+                plan.x,
+                chunk,
+                plan.tile,
+                dev,
+                autocast_precision,
+                flips,
+                spec.output,
+                gates,
+                memory_format,
+            )
         except torch.OutOfMemoryError:
             if dev.type != "cuda":
                 raise
@@ -78,8 +113,10 @@ def run_tiles(plan: Plan, model: AttentionUNetBase, target: Target, *, tta: bool
                 stitcher.to("cpu")
                 message = "GPU out of memory: stitching moved to the CPU"
             else:
-                raise InputError(f"{name}: even one tile of {plan.tile} does not fit in GPU "
-                                 "memory; choose a smaller tile or the CPU.") from None
+                raise InputError(
+                    f"{name}: even one tile of {plan.tile} does not fit in GPU "
+                    "memory; choose a smaller tile or the CPU."
+                ) from None
             plan.notes.append(message)
             warnings.warn(message, RuntimeWarning, stacklevel=3)
             total = done_batches + math.ceil((len(jobs) - position) / batch_size)

@@ -33,11 +33,14 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
     if name == "auto":
         return "openvino" if device.type == "cpu" and openvino_available() else "torch"
     if device.type != "cpu":
-        raise InputError(f"the OpenVINO runtime runs on the CPU, not on {device}; choose device "
-                         "cpu or runtime torch.")
+        raise InputError(
+            f"the OpenVINO runtime runs on the CPU, not on {device}; choose device cpu or runtime torch."
+        )
     if not openvino_available():
-        raise InputError("the OpenVINO runtime is not installed; install it with "
-                         f"{OPENVINO_EXTRA}, or choose runtime torch.")
+        raise InputError(
+            "the OpenVINO runtime is not installed; install it with "
+            f"{OPENVINO_EXTRA}, or choose runtime torch."
+        )
     return "openvino"
 
 

@@ -185,14 +185,13 @@ class OpenVINONet:
             outputs = self._infer(self.requests[0], array)
         else:
             parts = np.array_split(array, min(len(array), len(self.requests)))
-            used = self.requests[:len(parts)]
+            used = self.requests[: len(parts)]
             for request, part in zip(used, parts):
                 request.start_async({0: part})
             results = []
             for request in used:
                 request.wait()
-                results.append([np.copy(request.get_output_tensor(i).data)
-                                for i in range(1 + self.gates)])
+                results.append([np.copy(request.get_output_tensor(i).data) for i in range(1 + self.gates)])
             outputs = [np.concatenate(column) for column in zip(*results)]
         tensors = [torch.from_numpy(o) for o in outputs]
         return tensors[0], tensors[1:]
@@ -218,14 +217,17 @@ def converted(model: AttentionUNetBase):
     return ov_model
 
 
-def compile_network(ov_model, gates: int, precision: str = "fp32",
-                    hint: str = "LATENCY", threads: int | None = None) -> OpenVINONet:
+def compile_network(
+    ov_model, gates: int, precision: str = "fp32", hint: str = "LATENCY", threads: int | None = None
+) -> OpenVINONet:
     """Compile for this CPU. ``precision`` 'fp32' or 'bf16' (OpenVINO's inference precision
     hint, honoured where the CPU has bf16); ``hint`` 'LATENCY' or 'THROUGHPUT'."""
     import openvino
 
-    config: dict[str, str | int] = {"PERFORMANCE_HINT": hint,
-                                    "INFERENCE_PRECISION_HINT": _PRECISION[precision]}
+    config: dict[str, str | int] = {
+        "PERFORMANCE_HINT": hint,
+        "INFERENCE_PRECISION_HINT": _PRECISION[precision],
+    }
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     return OpenVINONet(openvino.Core().compile_model(ov_model, "CPU", config), gates)

@@ -30,8 +30,18 @@ from .postprocess import PROBABILITY_LEVELS, threshold_labels, uncertainty_map
 NGFF_VERSION = "0.4"
 LABEL_NAME = "attunet"
 # label colours (RGBA) for values 1, 2, ...; 0 is transparent
-COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-           (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+COLOURS = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+]
 
 _OPEN: dict[tuple[str, str], object] = {}
 
@@ -46,17 +56,36 @@ def _axes(ndim: int, channel: bool, unit: str | None) -> list[dict]:
     return axes
 
 
-def multiscales(name: str, ndim: int, channel: bool, scale: Sequence[float],
-                translation: Sequence[float], unit: str | None) -> list[dict]:
+def multiscales(
+    name: str,
+    ndim: int,
+    channel: bool,
+    scale: Sequence[float],
+    translation: Sequence[float],
+    unit: str | None,
+) -> list[dict]:
     """One-level NGFF multiscales metadata for an image of ``ndim`` spatial axes."""
     lead = [1.0] if channel else []
-    return [{
-        "version": NGFF_VERSION, "name": name, "axes": _axes(ndim, channel, unit),
-        "datasets": [{"path": "0", "coordinateTransformations": [
-            {"type": "scale", "scale": lead + [float(s) for s in scale]},
-            {"type": "translation", "translation": [0.0] * len(lead)
-             + [float(t) for t in translation]}]}],
-        "type": "none"}]
+    return [
+        {
+            "version": NGFF_VERSION,
+            "name": name,
+            "axes": _axes(ndim, channel, unit),
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": lead + [float(s) for s in scale]},
+                        {
+                            "type": "translation",
+                            "translation": [0.0] * len(lead) + [float(t) for t in translation],
+                        },
+                    ],
+                }
+            ],
+            "type": "none",
+        }
+    ]
 
 
 def check_free(out) -> None:
@@ -70,8 +99,7 @@ class ZarrSink:
 
     on_worker = True
 
-    def __init__(self, path: str, tmp: str, output: str, thresholds, channels: int,
-                 grids: list, tta: bool):
+    def __init__(self, path: str, tmp: str, output: str, thresholds, channels: int, grids: list, tta: bool):
         self.path, self.tmp, self.output = path, tmp, output
         self.thresholds, self.channels = thresholds, channels
         self.grids, self.tta = grids, tta
@@ -92,48 +120,87 @@ class ZarrSink:
         chunks = tuple(min(b, n) for b, n in zip(block, spatial))
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         channels = spec.out_channels
-        root.create_array("0", shape=(channels,) + spatial, chunks=(channels,) + chunks,
-                          dtype="uint8", fill_value=0)
+        root.create_array(
+            "0", shape=(channels,) + spatial, chunks=(channels,) + chunks, dtype="uint8", fill_value=0
+        )
         names = list(spec.class_labels)
-        root.attrs.update({
-            "multiscales": multiscales(f"{name} probabilities", ndim, True, spacing, origin,
-                                       unit),
-            "omero": {"name": f"{name} probabilities", "version": NGFF_VERSION, "channels": [
-                {"label": n, "color": "".join(f"{v:02X}" for v in COLOURS[k % len(COLOURS)]), "active": True,
-                 "window": {"start": 0, "end": PROBABILITY_LEVELS, "min": 0,
-                            "max": PROBABILITY_LEVELS}} for k, n in enumerate(names)]},
-            "attunet": {"output": spec.output, "class_names": names,
-                        "probability_levels": PROBABILITY_LEVELS, "source": name,
-                        "tile": list(plan.tile), "block": list(block)}})
+        root.attrs.update(
+            {
+                "multiscales": multiscales(f"{name} probabilities", ndim, True, spacing, origin, unit),
+                "omero": {
+                    "name": f"{name} probabilities",
+                    "version": NGFF_VERSION,
+                    "channels": [
+                        {
+                            "label": n,
+                            "color": "".join(f"{v:02X}" for v in COLOURS[k % len(COLOURS)]),
+                            "active": True,
+                            "window": {
+                                "start": 0,
+                                "end": PROBABILITY_LEVELS,
+                                "min": 0,
+                                "max": PROBABILITY_LEVELS,
+                            },
+                        }
+                        for k, n in enumerate(names)
+                    ],
+                },
+                "attunet": {
+                    "output": spec.output,
+                    "class_names": names,
+                    "probability_levels": PROBABILITY_LEVELS,
+                    "source": name,
+                    "tile": list(plan.tile),
+                    "block": list(block),
+                },
+            }
+        )
         label_names = (["background"] + names) if spec.output == "sigmoid" else names
         labels = root.require_group("labels")
         labels.attrs.update({"labels": [LABEL_NAME]})
         group = labels.require_group(LABEL_NAME)
         dtype = "uint8" if len(label_names) < 255 else "int16"
         group.create_array("0", shape=spatial, chunks=chunks, dtype=dtype, fill_value=0)
-        group.attrs.update({
-            "multiscales": multiscales(f"{name} {LABEL_NAME}", ndim, False, spacing, origin, unit),
-            "image-label": {
-                "version": NGFF_VERSION, "source": {"image": "../../"},
-                "colors": [{"label-value": k, "rgba": list(COLOURS[(k - 1) % len(COLOURS)])
-                            + [255]} for k in range(1, len(label_names))],
-                "properties": [{"label-value": k, "class": n}
-                               for k, n in enumerate(label_names)]}})
+        group.attrs.update(
+            {
+                "multiscales": multiscales(f"{name} {LABEL_NAME}", ndim, False, spacing, origin, unit),
+                "image-label": {
+                    "version": NGFF_VERSION,
+                    "source": {"image": "../../"},
+                    "colors": [
+                        {"label-value": k, "rgba": list(COLOURS[(k - 1) % len(COLOURS)]) + [255]}
+                        for k in range(1, len(label_names))
+                    ],
+                    "properties": [{"label-value": k, "class": n} for k, n in enumerate(label_names)],
+                },
+            }
+        )
         extra = ["uncertainty"] + (["disagreement"] if tta else [])
         for key in extra:
             group = root.require_group(key)
             group.create_array("0", shape=spatial, chunks=chunks, dtype="uint8", fill_value=0)
-            group.attrs.update({"multiscales": multiscales(f"{name} {key}", ndim, False, spacing,
-                                                           origin, unit)})
+            group.attrs.update(
+                {"multiscales": multiscales(f"{name} {key}", ndim, False, spacing, origin, unit)}
+            )
         for k, g in enumerate(plan.gates, start=1):
             group = root.require_group("gates").require_group(f"gate{k}")
             gchunks = tuple(max(1, int(round(b / s))) for b, s in zip(chunks, g.stride))
-            group.create_array("0", shape=(g.heads,) + g.cells, chunks=(g.heads,) + gchunks,
-                               dtype="float32", fill_value=0.0)
-            group.attrs.update({"multiscales": multiscales(
-                f"{name} gate {k}", ndim, True, [s * st for s, st in zip(spacing, g.stride)],
-                [o + s * off for o, s, off in zip(origin, spacing, g.offset)], unit),
-                "attunet": {"stride": list(g.stride), "offset": list(g.offset)}})
+            group.create_array(
+                "0", shape=(g.heads,) + g.cells, chunks=(g.heads,) + gchunks, dtype="float32", fill_value=0.0
+            )
+            group.attrs.update(
+                {
+                    "multiscales": multiscales(
+                        f"{name} gate {k}",
+                        ndim,
+                        True,
+                        [s * st for s, st in zip(spacing, g.stride)],
+                        [o + s * off for o, s, off in zip(origin, spacing, g.offset)],
+                        unit,
+                    ),
+                    "attunet": {"stride": list(g.stride), "offset": list(g.offset)},
+                }
+            )
         return cls(str(path), str(tmp), spec.output, thresholds, channels, list(plan.gates), tta)
 
     # -- on the workers --
@@ -162,8 +229,7 @@ class ZarrSink:
             dst, src = gate_window(grid, region, gate)
             self._array(f"gates/gate{k}/0")[dst] = gate.data[src]
         counts = np.bincount(labels.reshape(-1).astype(np.int64))
-        return BlockResult(region, counts=counts, device=result.device,
-                           precision=result.precision)
+        return BlockResult(region, counts=counts, device=result.device, precision=result.precision)
 
     # -- on the caller --
     def finish(self, results) -> None:
@@ -173,16 +239,14 @@ class ZarrSink:
         for r in results:
             if r.counts is not None:
                 size = max(counts.size, r.counts.size)
-                counts = np.pad(counts, (0, size - counts.size)) + np.pad(r.counts,
-                                                                          (0, size - r.counts.size))
+                counts = np.pad(counts, (0, size - counts.size)) + np.pad(r.counts, (0, size - r.counts.size))
         root = zarr.open_group(self.tmp, mode="r+", zarr_format=2)
         meta: dict = dict(root.attrs["attunet"])  # type: ignore[arg-type]
         meta["label_voxels"] = [int(c) for c in counts]
         root.attrs["attunet"] = meta
         _forget(self.tmp)
         if os.path.exists(self.path):
-            raise InputError(f"{self.path} appeared while predicting; the result is left at "
-                             f"{self.tmp}.")
+            raise InputError(f"{self.path} appeared while predicting; the result is left at {self.tmp}.")
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:

@@ -19,16 +19,16 @@ def round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
-def default_tile(shape: Sequence[int], stride: Sequence[int], spatial_dims: int,
-                 requested: Sequence[int] | None = None) -> tuple[int, ...]:
+def default_tile(
+    shape: Sequence[int], stride: Sequence[int], spatial_dims: int, requested: Sequence[int] | None = None
+) -> tuple[int, ...]:
     """A tile no larger than the (padded) image, a multiple of the stride on every axis.
 
     3D: 128 per axis (96 for wide networks is the caller's choice); 2D: 512.
     """
     base = requested or ((512,) * spatial_dims if spatial_dims == 2 else (128,) * spatial_dims)
     base = tuple(base)[-spatial_dims:]
-    return tuple(min(round_up(max(int(b), s), s), round_up(n, s))
-                 for b, n, s in zip(base, shape, stride))
+    return tuple(min(round_up(max(int(b), s), s), round_up(n, s)) for b, n, s in zip(base, shape, stride))
 
 
 def starts(size: int, tile: int, stride: int, overlap: float) -> list[int]:
@@ -44,10 +44,10 @@ def starts(size: int, tile: int, stride: int, overlap: float) -> list[int]:
     return out
 
 
-def window_grid(size: Sequence[int], tile: Sequence[int], stride: Sequence[int],
-                overlap: float) -> list[tuple[int, ...]]:
-    return list(itertools.product(*[starts(n, t, s, overlap)
-                                    for n, t, s in zip(size, tile, stride)]))
+def window_grid(
+    size: Sequence[int], tile: Sequence[int], stride: Sequence[int], overlap: float
+) -> list[tuple[int, ...]]:
+    return list(itertools.product(*[starts(n, t, s, overlap) for n, t, s in zip(size, tile, stride)]))
 
 
 def gaussian_1d(n: int, sigma: float, positions: np.ndarray | None = None) -> np.ndarray:
@@ -57,8 +57,9 @@ def gaussian_1d(n: int, sigma: float, positions: np.ndarray | None = None) -> np
     return np.exp(-0.5 * ((x - centre) / sigma) ** 2)
 
 
-def importance(tile: Sequence[int], positions: Sequence[np.ndarray] | None = None,
-               sigma_scale: float = 0.125) -> torch.Tensor:
+def importance(
+    tile: Sequence[int], positions: Sequence[np.ndarray] | None = None, sigma_scale: float = 0.125
+) -> torch.Tensor:
     """Separable Gaussian weights, sigma = tile/8, floored so that no voxel gets zero weight.
 
     With ``positions`` the same function is sampled at a gate grid's cell centres, so gates are
@@ -80,10 +81,10 @@ class GateBuffer:
     """A stitching buffer on one gate's own grid."""
 
     geometry: GateGeometry
-    sum: torch.Tensor      # (heads, *grid)
-    weight: torch.Tensor   # (*grid)
+    sum: torch.Tensor  # (heads, *grid)
+    weight: torch.Tensor  # (*grid)
     tile_weight: torch.Tensor  # importance sampled at the gate cells of one tile
-    shared: bool = False   # on the logits' own grid: ``weight`` is the Stitcher's, added once
+    shared: bool = False  # on the logits' own grid: ``weight`` is the Stitcher's, added once
 
 
 class Stitcher:
@@ -93,9 +94,16 @@ class Stitcher:
     a leading axis: the slices of a volume run through a 2D model, else one image.
     """
 
-    def __init__(self, channels: int, size: Sequence[int], tile: Sequence[int],
-                 gates: Sequence[GateGeometry] | None, stack: int = 1, device="cpu",
-                 sigma_scale: float = 0.125):
+    def __init__(
+        self,
+        channels: int,
+        size: Sequence[int],
+        tile: Sequence[int],
+        gates: Sequence[GateGeometry] | None,
+        stack: int = 1,
+        device="cpu",
+        sigma_scale: float = 0.125,
+    ):
         self.size, self.tile, self.stack = tuple(size), tuple(tile), stack
         self.device = torch.device(device)
         lead = (stack,)
@@ -105,20 +113,31 @@ class Stitcher:
         self.gates: list[GateBuffer] = []
         for g in gates or ():
             if all(s == 1 for s in g.stride) and not any(g.offset):
-                self.gates.append(GateBuffer(g, torch.zeros((g.heads,) + lead + self.size,
-                                                            device=self.device),
-                                             self.weight, self.tile_weight, shared=True))
+                self.gates.append(
+                    GateBuffer(
+                        g,
+                        torch.zeros((g.heads,) + lead + self.size, device=self.device),
+                        self.weight,
+                        self.tile_weight,
+                        shared=True,
+                    )
+                )
                 continue
             grid = tuple(n // s for n, s in zip(self.size, g.stride))
             cells = tuple(n // s for n, s in zip(self.tile, g.stride))
             positions = [g.offset[a] + g.stride[a] * np.arange(cells[a]) for a in range(len(cells))]
-            self.gates.append(GateBuffer(
-                g, torch.zeros((g.heads,) + lead + grid, device=self.device),
-                torch.zeros(lead + grid, device=self.device),
-                importance(tile, positions, sigma_scale).to(self.device)))
+            self.gates.append(
+                GateBuffer(
+                    g,
+                    torch.zeros((g.heads,) + lead + grid, device=self.device),
+                    torch.zeros(lead + grid, device=self.device),
+                    importance(tile, positions, sigma_scale).to(self.device),
+                )
+            )
 
-    def add(self, index: int, start: Sequence[int], values: torch.Tensor,
-            gate_maps: Sequence[torch.Tensor] = ()) -> None:
+    def add(
+        self, index: int, start: Sequence[int], values: torch.Tensor, gate_maps: Sequence[torch.Tensor] = ()
+    ) -> None:
         """Add one tile of image ``index``: ``values`` (C, *tile) and each gate map (heads, *cells)."""
         lead = (index,)
         region = lead + tuple(slice(s, s + t) for s, t in zip(start, self.tile))
@@ -129,8 +148,7 @@ class Stitcher:
             cells = alpha.shape[1:]
             g_start = tuple(s // st for s, st in zip(start, buf.geometry.stride))
             g_region = lead + tuple(slice(s, s + c) for s, c in zip(g_start, cells))
-            buf.sum[(slice(None),) + g_region].addcmul_(alpha.to(self.device, torch.float32),
-                                                        buf.tile_weight)
+            buf.sum[(slice(None),) + g_region].addcmul_(alpha.to(self.device, torch.float32), buf.tile_weight)
             if not buf.shared:
                 buf.weight[g_region] += buf.tile_weight
 

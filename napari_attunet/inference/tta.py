@@ -35,14 +35,14 @@ def unflip_gate(alpha: torch.Tensor, axes: tuple[int, ...], geometry: GateGeomet
         shift = (geometry.stride[a] - 1 - 2 * geometry.offset[a]) / geometry.stride[a]
         if shift == 0 or alpha.shape[axis] < 2:
             continue
-        before = torch.cat([alpha.narrow(axis, 0, 1), alpha.narrow(axis, 0, alpha.shape[axis] - 1)],
-                           axis)
+        before = torch.cat([alpha.narrow(axis, 0, 1), alpha.narrow(axis, 0, alpha.shape[axis] - 1)], axis)
         alpha = (1 - shift) * alpha + shift * before
     return alpha
 
 
-def forward_flips(net, batch: torch.Tensor, flip_axes: list[tuple[int, ...]], output: str,
-                  gate_geometry) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+def forward_flips(
+    net, batch: torch.Tensor, flip_axes: list[tuple[int, ...]], output: str, gate_geometry
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
     """Float32 sums over the flips of ``batch``: values, gate maps and (with several flips)
     squared probabilities; several flips sum probabilities, one gives the logits."""
     values, maps, squares = None, None, None
@@ -66,8 +66,9 @@ def forward_flips(net, batch: torch.Tensor, flip_axes: list[tuple[int, ...]], ou
     return values, maps, squares
 
 
-def flip_mean(values: torch.Tensor, maps: list[torch.Tensor], squares: torch.Tensor | None,
-              count: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def flip_mean(
+    values: torch.Tensor, maps: list[torch.Tensor], squares: torch.Tensor | None, count: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The mean over ``count`` flips, with one more channel: the flips' disagreement."""
     if count < 2 or squares is None:
         return values, maps

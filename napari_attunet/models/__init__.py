@@ -33,5 +33,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AttentionUNetBase", "FAMILIES", "GATE_MODES", "Family", "GateGeometry", "ModelSpec",
-           "REGISTRY", "build", "family", "gate_geometry"]
+__all__ = [
+    "AttentionUNetBase",
+    "FAMILIES",
+    "GATE_MODES",
+    "Family",
+    "GateGeometry",
+    "ModelSpec",
+    "REGISTRY",
+    "build",
+    "family",
+    "gate_geometry",
+]

@@ -34,8 +34,9 @@ def max_pool(x: torch.Tensor, factor: tuple[int, ...]) -> torch.Tensor:
     return pool(x, kernel_size=factor, stride=factor)
 
 
-def resize_linear(x: torch.Tensor, size: tuple[int, ...] | torch.Size,
-                  align_corners: bool = False) -> torch.Tensor:
+def resize_linear(
+    x: torch.Tensor, size: tuple[int, ...] | torch.Size, align_corners: bool = False
+) -> torch.Tensor:
     """(Bi/tri)linear resize to ``size``; a no-op when the size already matches."""
     if tuple(x.shape[2:]) == tuple(size):
         return x
@@ -43,8 +44,9 @@ def resize_linear(x: torch.Tensor, size: tuple[int, ...] | torch.Size,
     return F.interpolate(x, size=tuple(size), mode=mode, align_corners=align_corners)
 
 
-def pooled_geometry(pools: list[tuple[int, ...]], dims: int,
-                    centred: bool = True) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+def pooled_geometry(
+    pools: list[tuple[int, ...]], dims: int, centred: bool = True
+) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
     """Stride and offset of each level's grid after a chain of down-sampling steps.
 
     Level 0 is the input grid. A max-pool by ``p`` centres its cell ``i`` on ``p*i + (p-1)/2``
@@ -85,7 +87,8 @@ class AttentionUNetBase(nn.Module):
         if len(size) != self.spec.spatial_dims:
             raise ValueError(
                 f"expected a (B, C, {'D, ' if self.spec.spatial_dims == 3 else ''}H, W) tensor "
-                f"for this {self.spec.spatial_dims}D model, got shape {tuple(x.shape)}")
+                f"for this {self.spec.spatial_dims}D model, got shape {tuple(x.shape)}"
+            )
         target = [math.ceil(n / s) * s for n, s in zip(size, self.spec.total_stride)]
         if list(size) == target:
             return x, size
@@ -94,8 +97,7 @@ class AttentionUNetBase(nn.Module):
             pad += [0, t - n]
         return F.pad(x, pad), size
 
-    def forward(self, x: torch.Tensor, with_attention: bool = False,
-                deep_supervision: bool = False):
+    def forward(self, x: torch.Tensor, with_attention: bool = False, deep_supervision: bool = False):
         """Logits, exactly as the original network returns them; with ``with_attention``,
         ``(logits, gates)`` as :meth:`forward_with_attention` describes; with
         ``deep_supervision``, ``(logits, heads)``: the per-level class maps of deep-supervised
@@ -133,5 +135,6 @@ def _crop(x: torch.Tensor, size) -> torch.Tensor:
 
 
 def gate(stride: tuple[int, ...], offset: tuple[float, ...], heads: int = 1) -> GateGeometry:
-    return GateGeometry(stride=tuple(int(s) for s in stride),
-                        offset=tuple(float(o) for o in offset), heads=heads)
+    return GateGeometry(
+        stride=tuple(int(s) for s in stride), offset=tuple(float(o) for o in offset), heads=heads
+    )

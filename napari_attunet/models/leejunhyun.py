@@ -16,8 +16,7 @@ from .spec import GateGeometry, ModelSpec
 
 
 def _conv_bn_relu(dims, cin, cout):
-    return [conv_nd(dims)(cin, cout, 3, 1, 1, bias=True), batchnorm_nd(dims)(cout),
-            nn.ReLU(inplace=True)]
+    return [conv_nd(dims)(cin, cout, 3, 1, 1, bias=True), batchnorm_nd(dims)(cout), nn.ReLU(inplace=True)]
 
 
 class ConvBlock(nn.Module):
@@ -105,17 +104,36 @@ def gate_geometry(spec: ModelSpec) -> tuple[GateGeometry, ...]:
     return tuple(gate(*levels[i]) for i in range(len(spec.features) - 1))
 
 
-def default_spec(dims: int, in_channels: int, out_channels: int, features: tuple[int, ...],
-                 variant: str | None = None, **fields) -> ModelSpec:
+def default_spec(
+    dims: int,
+    in_channels: int,
+    out_channels: int,
+    features: tuple[int, ...],
+    variant: str | None = None,
+    **fields,
+) -> ModelSpec:
     """A network to train: AttU_Net with the given widths."""
-    return ModelSpec(family="leejunhyun", variant=variant or "attu_net", spatial_dims=dims,
-                     in_channels=in_channels, out_channels=out_channels, features=features,
-                     strides=((2,) * dims,) * (len(features) - 1), kernel_size=(3,) * dims,
-                     **fields)
+    return ModelSpec(
+        family="leejunhyun",
+        variant=variant or "attu_net",
+        spatial_dims=dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        features=features,
+        strides=((2,) * dims,) * (len(features) - 1),
+        kernel_size=(3,) * dims,
+        **fields,
+    )
 
 
-SIGNATURE = ("Conv1.conv.0.weight", "Conv2.conv.0.weight", "Up2.up.1.weight",
-             "Att2.psi.0.weight", "Up_conv2.conv.0.weight", "Conv_1x1.weight")
+SIGNATURE = (
+    "Conv1.conv.0.weight",
+    "Conv2.conv.0.weight",
+    "Up2.up.1.weight",
+    "Att2.psi.0.weight",
+    "Up_conv2.conv.0.weight",
+    "Conv_1x1.weight",
+)
 
 
 def infer_spec(sd: dict) -> ModelSpec:
@@ -126,8 +144,13 @@ def infer_spec(sd: dict) -> ModelSpec:
         features.append(int(sd[f"Conv{len(features) + 1}.conv.0.weight"].shape[0]))
     out = int(sd["Conv_1x1.weight"].shape[0])
     return ModelSpec(
-        family="leejunhyun", variant="attu_net", spatial_dims=dims,
-        in_channels=int(first.shape[1]), out_channels=out, features=tuple(features),
+        family="leejunhyun",
+        variant="attu_net",
+        spatial_dims=dims,
+        in_channels=int(first.shape[1]),
+        out_channels=out,
+        features=tuple(features),
         output="sigmoid" if out == 1 else "softmax",
-        strides=((2,) * dims,) * (len(features) - 1), kernel_size=(3,) * dims,
+        strides=((2,) * dims,) * (len(features) - 1),
+        kernel_size=(3,) * dims,
     )

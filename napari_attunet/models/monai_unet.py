@@ -11,16 +11,22 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .blocks import (AttentionUNetBase, batchnorm_nd, conv_nd, conv_transpose_nd, gate,
-                     instancenorm_nd, pooled_geometry)
+from .blocks import (
+    AttentionUNetBase,
+    batchnorm_nd,
+    conv_nd,
+    conv_transpose_nd,
+    gate,
+    instancenorm_nd,
+    pooled_geometry,
+)
 from .spec import GateGeometry, ModelSpec
 
 
 class ConvUnit(nn.Module):
     """MONAI's ``Convolution``: ``conv`` then ``adn`` (norm, then activation), or the conv alone."""
 
-    def __init__(self, conv: nn.Module, norm: nn.Module | None = None,
-                 act: nn.Module | None = None):
+    def __init__(self, conv: nn.Module, norm: nn.Module | None = None, act: nn.Module | None = None):
         super().__init__()
         self.conv = conv
         self.adn: nn.Sequential | None = None
@@ -69,8 +75,9 @@ class AttentionLayer(nn.Module):
     def __init__(self, dims, cin, cout, submodule, up_kernel, stride):
         super().__init__()
         self.attention = AttentionBlock(dims, cin // 2, cin, cin)
-        up = conv_transpose_nd(dims)(cout, cin, up_kernel, stride, _same(up_kernel),
-                                     output_padding=tuple(s - 1 for s in stride))
+        up = conv_transpose_nd(dims)(
+            cout, cin, up_kernel, stride, _same(up_kernel), output_padding=tuple(s - 1 for s in stride)
+        )
         self.upconv = nn.Module()
         self.upconv.up = ConvUnit(up, batchnorm_nd(dims)(cin), nn.ReLU())
         merge = conv_nd(dims)(2 * cin, cin, 3, 1, 1)
@@ -98,8 +105,9 @@ class MonaiAttentionUNet(AttentionUNetBase):
         kernel, up_kernel, strides = spec.kernel_size, spec.up_kernel_size, spec.strides
         head = ConvBlock(d, spec.in_channels, ch[0], kernel, (1,) * d)
         n = len(ch) - 2
-        layer = AttentionLayer(d, ch[n], ch[n + 1], ConvBlock(d, ch[n], ch[n + 1], kernel, strides[n]),
-                               up_kernel, strides[n])
+        layer = AttentionLayer(
+            d, ch[n], ch[n + 1], ConvBlock(d, ch[n], ch[n + 1], kernel, strides[n]), up_kernel, strides[n]
+        )
         for i in range(n - 1, -1, -1):
             sub = nn.Sequential(ConvBlock(d, ch[i], ch[i + 1], kernel, strides[i]), layer)
             layer = AttentionLayer(d, ch[i], ch[i + 1], sub, up_kernel, strides[i])
@@ -120,17 +128,36 @@ def gate_geometry(spec: ModelSpec) -> tuple[GateGeometry, ...]:
     return tuple(gate(*levels[i]) for i in range(len(spec.features) - 1))
 
 
-def default_spec(dims: int, in_channels: int, out_channels: int, features: tuple[int, ...],
-                 variant: str | None = None, **fields) -> ModelSpec:
+def default_spec(
+    dims: int,
+    in_channels: int,
+    out_channels: int,
+    features: tuple[int, ...],
+    variant: str | None = None,
+    **fields,
+) -> ModelSpec:
     """A network to train: stride 2 per level and 3-voxel kernels, MONAI's defaults."""
-    return ModelSpec(family="monai", variant=variant or "attention_unet", spatial_dims=dims,
-                     in_channels=in_channels, out_channels=out_channels, features=features,
-                     strides=((2,) * dims,) * (len(features) - 1), kernel_size=(3,) * dims,
-                     up_kernel_size=(3,) * dims, **fields)
+    return ModelSpec(
+        family="monai",
+        variant=variant or "attention_unet",
+        spatial_dims=dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        features=features,
+        strides=((2,) * dims,) * (len(features) - 1),
+        kernel_size=(3,) * dims,
+        up_kernel_size=(3,) * dims,
+        **fields,
+    )
 
 
-SIGNATURE = ("model.0.conv.0.conv.weight", "model.1.attention.psi.0.conv.weight",
-             "model.1.upconv.up.conv.weight", "model.1.merge.conv.weight", "model.2.conv.weight")
+SIGNATURE = (
+    "model.0.conv.0.conv.weight",
+    "model.1.attention.psi.0.conv.weight",
+    "model.1.upconv.up.conv.weight",
+    "model.1.merge.conv.weight",
+    "model.2.conv.weight",
+)
 
 
 def infer_spec(sd: dict) -> ModelSpec:
@@ -151,8 +178,12 @@ def infer_spec(sd: dict) -> ModelSpec:
         prefix += ".submodule.1"
     out = int(sd["model.2.conv.weight"].shape[0])
     return ModelSpec(
-        family="monai", variant="attention_unet", spatial_dims=dims,
-        in_channels=int(first.shape[1]), out_channels=out, features=tuple(channels),
+        family="monai",
+        variant="attention_unet",
+        spatial_dims=dims,
+        in_channels=int(first.shape[1]),
+        out_channels=out,
+        features=tuple(channels),
         output="sigmoid" if out == 1 else "softmax",
         strides=((2,) * dims,) * (len(channels) - 1),
         kernel_size=tuple(int(k) for k in first.shape[2:]),

@@ -12,8 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import (AttentionUNetBase, batchnorm_nd, conv_nd, conv_transpose_nd, gate,
-                     max_pool, pooled_geometry, resize_linear)
+from .blocks import (
+    AttentionUNetBase,
+    batchnorm_nd,
+    conv_nd,
+    conv_transpose_nd,
+    gate,
+    max_pool,
+    pooled_geometry,
+    resize_linear,
+)
 from .spec import GateGeometry, ModelSpec
 
 
@@ -56,8 +64,9 @@ class GridAttentionBlock(nn.Module):
     resampled to that grid; alpha is resampled back to x's grid. Returns ``(W(alpha * x), alpha)``.
     """
 
-    def __init__(self, dims, in_channels, gating_channels, inter_channels, sub_sample, mode,
-                 align_corners=False):
+    def __init__(
+        self, dims, in_channels, gating_channels, inter_channels, sub_sample, mode, align_corners=False
+    ):
         super().__init__()
         conv = conv_nd(dims)
         self.mode = mode
@@ -86,15 +95,17 @@ class GridAttentionBlock(nn.Module):
 class MultiAttentionBlock(nn.Module):
     """The official CT wrapper: one or two gates, then a 1x1 conv, BN, ReLU that combines them."""
 
-    def __init__(self, dims, in_size, gate_size, inter_size, sub_sample, mode, heads,
-                 align_corners=False):
+    def __init__(self, dims, in_size, gate_size, inter_size, sub_sample, mode, heads, align_corners=False):
         super().__init__()
         self.heads = heads
         for h in range(heads):
-            self.add_module(f"gate_block_{h + 1}", GridAttentionBlock(
-                dims, in_size, gate_size, inter_size, sub_sample, mode, align_corners))
-        self.combine_gates = nn.Sequential(conv_nd(dims)(in_size * heads, in_size, 1),
-                                           batchnorm_nd(dims)(in_size), nn.ReLU(inplace=True))
+            self.add_module(
+                f"gate_block_{h + 1}",
+                GridAttentionBlock(dims, in_size, gate_size, inter_size, sub_sample, mode, align_corners),
+            )
+        self.combine_gates = nn.Sequential(
+            conv_nd(dims)(in_size * heads, in_size, 1), batchnorm_nd(dims)(in_size), nn.ReLU(inplace=True)
+        )
 
     def forward(self, x, g):
         outs = [getattr(self, f"gate_block_{h + 1}")(x, g) for h in range(self.heads)]
@@ -119,8 +130,18 @@ class UpCT(nn.Module):
 class UpGrid(nn.Module):
     """The official ``UnetUp3``: transposed convolution or linear up-sampling, then UnetConv."""
 
-    def __init__(self, dims, in_size, out_size, kernel, batchnorm, deconv, factor,
-                 deconv_kernel=None, align_corners=False):
+    def __init__(
+        self,
+        dims,
+        in_size,
+        out_size,
+        kernel,
+        batchnorm,
+        deconv,
+        factor,
+        deconv_kernel=None,
+        align_corners=False,
+    ):
         super().__init__()
         self.align_corners = align_corners
         if deconv:
@@ -182,8 +203,9 @@ class OfficialAttentionUNet(AttentionUNetBase):
         for level in (4, 3, 2, 1):
             up: nn.Module
             if grid:
-                up = UpGrid(d, f[level], f[level - 1], k, bn, spec.deconv, spec.strides[level - 1],
-                            deconv_kernel, ac)
+                up = UpGrid(
+                    d, f[level], f[level - 1], k, bn, spec.deconv, spec.strides[level - 1], deconv_kernel, ac
+                )
             else:
                 up = UpCT(d, f[level], f[level - 1], k, bn, ac)
             self.add_module(f"up_concat{level}", up)
@@ -225,8 +247,12 @@ class OfficialAttentionUNet(AttentionUNetBase):
             up2 = self.up_concat2(g_conv2, up3)
             up1 = self.up_concat1(conv1, up2)
             size, ac = up1.shape[2:], self.spec.align_corners
-            heads = [self.dsv1(up1), self.dsv2(up2, size, ac), self.dsv3(up3, size, ac),
-                     self.dsv4(up4, size, ac)]
+            heads = [
+                self.dsv1(up1),
+                self.dsv2(up2, size, ac),
+                self.dsv3(up3, size, ac),
+                self.dsv4(up4, size, ac),
+            ]
             logits = self.final(torch.cat(heads, 1))
             if self._deep is not None:
                 self._deep += heads
@@ -249,23 +275,46 @@ def official_strides(variant: str, dims: int) -> tuple[tuple[int, ...], ...]:
     return ((2,) * dims,) * 4
 
 
-def default_spec(dims: int, in_channels: int, out_channels: int, features: tuple[int, ...],
-                 variant: str | None = None, **fields) -> ModelSpec:
+def default_spec(
+    dims: int,
+    in_channels: int,
+    out_channels: int,
+    features: tuple[int, ...],
+    variant: str | None = None,
+    **fields,
+) -> ModelSpec:
     """A network to train; without a variant, the paper's single-gate deep-supervised one."""
     variant = variant or "single_att_dsv"
     kernel = (3, 3, 1) if variant == "grid_attention" and dims == 3 else (3,) * dims
-    return ModelSpec(family="official", variant=variant, spatial_dims=dims,
-                     in_channels=in_channels, out_channels=out_channels, features=features,
-                     strides=official_strides(variant, dims), kernel_size=kernel,
-                     attention_dsample=(2,) * dims, **fields)
+    return ModelSpec(
+        family="official",
+        variant=variant,
+        spatial_dims=dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        features=features,
+        strides=official_strides(variant, dims),
+        kernel_size=kernel,
+        attention_dsample=(2,) * dims,
+        **fields,
+    )
 
 
-SIGNATURE = ("conv1.conv1.0.weight", "conv2.conv1.0.weight", "conv3.conv1.0.weight",
-             "conv4.conv1.0.weight", "center.conv1.0.weight", "gating.conv1.0.weight",
-             "up_concat1.conv.conv1.0.weight", "final.weight")
-_THETA = {"multi_att_dsv": "attentionblock2.gate_block_2.theta.weight",
-          "single_att_dsv": "attentionblock2.gate_block_1.theta.weight",
-          "grid_attention": "attentionblock2.theta.weight"}
+SIGNATURE = (
+    "conv1.conv1.0.weight",
+    "conv2.conv1.0.weight",
+    "conv3.conv1.0.weight",
+    "conv4.conv1.0.weight",
+    "center.conv1.0.weight",
+    "gating.conv1.0.weight",
+    "up_concat1.conv.conv1.0.weight",
+    "final.weight",
+)
+_THETA = {
+    "multi_att_dsv": "attentionblock2.gate_block_2.theta.weight",
+    "single_att_dsv": "attentionblock2.gate_block_1.theta.weight",
+    "grid_attention": "attentionblock2.theta.weight",
+}
 
 
 def infer_spec(sd: dict) -> ModelSpec:
@@ -274,18 +323,22 @@ def infer_spec(sd: dict) -> ModelSpec:
     dims = first.ndim - 2
     variant = next((v for v, key in _THETA.items() if key in sd), None)
     if variant is None:
-        raise KeyError("no attention blocks (attentionblock2.*): a plain U-Net, not an "
-                       "Attention U-Net")
+        raise KeyError("no attention blocks (attentionblock2.*): a plain U-Net, not an Attention U-Net")
     deconv = "up_concat4.up.weight" in sd
     return ModelSpec(
-        family="official", variant=variant, spatial_dims=dims,
-        in_channels=int(first.shape[1]), out_channels=int(sd["final.weight"].shape[0]),
-        features=tuple(int(sd[f"{n}.conv1.0.weight"].shape[0])
-                       for n in ("conv1", "conv2", "conv3", "conv4", "center")),
+        family="official",
+        variant=variant,
+        spatial_dims=dims,
+        in_channels=int(first.shape[1]),
+        out_channels=int(sd["final.weight"].shape[0]),
+        features=tuple(
+            int(sd[f"{n}.conv1.0.weight"].shape[0]) for n in ("conv1", "conv2", "conv3", "conv4", "center")
+        ),
         output="sigmoid" if sd["final.weight"].shape[0] == 1 else "softmax",
         strides=official_strides(variant, dims),
         kernel_size=tuple(int(k) for k in first.shape[2:]),
         up_kernel_size=tuple(int(k) for k in sd["up_concat4.up.weight"].shape[2:]) if deconv else (),
         attention_dsample=tuple(int(k) for k in sd[_THETA[variant]].shape[2:]),
-        batchnorm="conv1.conv1.1.weight" in sd, deconv=deconv,
+        batchnorm="conv1.conv1.1.weight" in sd,
+        deconv=deconv,
     )

@@ -79,27 +79,60 @@ class Family:
     def gates(self, spec: ModelSpec) -> tuple[GateGeometry, ...]:
         return tuple(self.code().gate_geometry(spec))
 
-    def default_spec(self, dims: int, in_channels: int, out_channels: int,
-                     features: tuple[int, ...], variant: str | None = None,
-                     **fields: Any) -> ModelSpec:
-        spec: ModelSpec = self.code().default_spec(dims, in_channels, out_channels,
-                                                   tuple(features), variant, **fields)
+    def default_spec(
+        self,
+        dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: tuple[int, ...],
+        variant: str | None = None,
+        **fields: Any,
+    ) -> ModelSpec:
+        spec: ModelSpec = self.code().default_spec(
+            dims, in_channels, out_channels, tuple(features), variant, **fields
+        )
         return spec
 
 
 # The official code and MONAI's loaders (nibabel, ITK) hand 3D networks (x, y, z) arrays;
 # MONAI pipelines reorient to RAS (Orientationd in its tutorials, bundles and MONAI Label); the
 # official code and LeeJunHyun's read arrays as the file stores them (nib.load(f).get_data()).
-REGISTRY: dict[str, Family] = {row.name: row for row in (
-    Family("official", "official (Attention-Gated-Networks)", "official", "OfficialAttentionUNet",
-           variants=("single_att_dsv", "multi_att_dsv", "grid_attention"),
-           normalization="zscore", orientation="native", axes_3d="xyz",
-           info_fields=("gate_mode",)),
-    Family("monai", "MONAI AttentionUnet", "monai_unet", "MonaiAttentionUNet",
-           variants=("attention_unet",), normalization="none", orientation="RAS", axes_3d="xyz"),
-    Family("leejunhyun", "LeeJunHyun AttU_Net", "leejunhyun", "LeeAttUNet",
-           variants=("attu_net",), normalization="none", orientation="native", axes_3d="zyx"),
-)}
+REGISTRY: dict[str, Family] = {
+    row.name: row
+    for row in (
+        Family(
+            "official",
+            "official (Attention-Gated-Networks)",
+            "official",
+            "OfficialAttentionUNet",
+            variants=("single_att_dsv", "multi_att_dsv", "grid_attention"),
+            normalization="zscore",
+            orientation="native",
+            axes_3d="xyz",
+            info_fields=("gate_mode",),
+        ),
+        Family(
+            "monai",
+            "MONAI AttentionUnet",
+            "monai_unet",
+            "MonaiAttentionUNet",
+            variants=("attention_unet",),
+            normalization="none",
+            orientation="RAS",
+            axes_3d="xyz",
+        ),
+        Family(
+            "leejunhyun",
+            "LeeJunHyun AttU_Net",
+            "leejunhyun",
+            "LeeAttUNet",
+            variants=("attu_net",),
+            normalization="none",
+            orientation="native",
+            axes_3d="zyx",
+        ),
+    )
+}
 FAMILIES: tuple[str, ...] = tuple(REGISTRY)
 
 

@@ -77,35 +77,43 @@ class ModelSpec:
             raise ValueError(f"gate_mode must be one of {GATE_MODES}, not {self.gate_mode!r}")
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
-        if self.axes and sorted(self.axes) != sorted("zyx"[-self.spatial_dims:]):
-            raise ValueError(f"axes must order {'zyx'[-self.spatial_dims:]!r}, not {self.axes!r}")
+        if self.axes and sorted(self.axes) != sorted("zyx"[-self.spatial_dims :]):
+            raise ValueError(f"axes must order {'zyx'[-self.spatial_dims :]!r}, not {self.axes!r}")
         if self.orientation and not valid_orientation(self.orientation, self.spatial_dims):
-            raise ValueError(f"orientation must be an axis code such as 'RAS' or 'LPS', 'native' "
-                             f"or 'display', not {self.orientation!r}")
+            raise ValueError(
+                f"orientation must be an axis code such as 'RAS' or 'LPS', 'native' "
+                f"or 'display', not {self.orientation!r}"
+            )
         self._check_sizes()
 
     def _check_sizes(self) -> None:
         """Counts and sizes that would otherwise fail deep inside the network's construction."""
+
         def positive_ints(values) -> bool:
             return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
 
         if not positive_ints((self.in_channels, self.out_channels)):
-            raise ValueError(f"in_channels and out_channels must be positive integers, not "
-                             f"{self.in_channels} and {self.out_channels}")
+            raise ValueError(
+                f"in_channels and out_channels must be positive integers, not "
+                f"{self.in_channels} and {self.out_channels}"
+            )
         if len(self.features) < 2 or not positive_ints(self.features):
-            raise ValueError(f"features must be two or more positive integers, not "
-                             f"{list(self.features)}")
+            raise ValueError(f"features must be two or more positive integers, not {list(self.features)}")
         if len(self.strides) != len(self.features) - 1 or not all(
-                len(step) == self.spatial_dims and positive_ints(step) for step in self.strides):
-            raise ValueError(f"strides must give {len(self.features) - 1} steps of "
-                             f"{self.spatial_dims} positive integers (one per level below the "
-                             f"first), not {[list(step) for step in self.strides]}")
+            len(step) == self.spatial_dims and positive_ints(step) for step in self.strides
+        ):
+            raise ValueError(
+                f"strides must give {len(self.features) - 1} steps of "
+                f"{self.spatial_dims} positive integers (one per level below the "
+                f"first), not {[list(step) for step in self.strides]}"
+            )
         for name in ("kernel_size", "up_kernel_size", "attention_dsample", "tile"):
             values = getattr(self, name) or ()
             if not positive_ints(values):
                 raise ValueError(f"{name} must be positive integers, not {list(values)}")
         if self.spacing is not None and not all(
-                isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.spacing):
+            isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.spacing
+        ):
             raise ValueError(f"spacing must be positive millimetres, not {list(self.spacing)}")
 
     @property
@@ -119,8 +127,7 @@ class ModelSpec:
         axes it states, else their family's training convention (``models.registry``).
         """
         if self.orientation:
-            return self.orientation if self.orientation in ORIENTATION_WORDS \
-                else self.orientation.upper()
+            return self.orientation if self.orientation in ORIENTATION_WORDS else self.orientation.upper()
         if self.spatial_dims == 2 or self.axes:
             return "display"
         return REGISTRY[self.family].orientation
@@ -177,8 +184,7 @@ class ModelSpec:
         if unknown:
             raise ValueError(f"unknown spec fields: {sorted(unknown)}")
         values = dict(data)
-        for name in ("features", "class_names", "kernel_size", "up_kernel_size",
-                     "attention_dsample"):
+        for name in ("features", "class_names", "kernel_size", "up_kernel_size", "attention_dsample"):
             if name in values:
                 values[name] = _tuple(values[name])
         if "strides" in values:
@@ -191,10 +197,12 @@ class ModelSpec:
     def summary(self) -> str:
         """One line for people: family, dimensions, classes, gates."""
         heads = sum(g.heads for g in self.gates)
-        return (f"{self.family}/{self.variant}, {self.spatial_dims}D, "
-                f"{self.in_channels} in -> {self.out_channels} {self.output} "
-                f"({', '.join(self.class_labels)}), features {list(self.features)}, "
-                f"{len(self.gates)} gates ({heads} maps), sees scans {self.orientation_label}")
+        return (
+            f"{self.family}/{self.variant}, {self.spatial_dims}D, "
+            f"{self.in_channels} in -> {self.out_channels} {self.output} "
+            f"({', '.join(self.class_labels)}), features {list(self.features)}, "
+            f"{len(self.gates)} gates ({heads} maps), sees scans {self.orientation_label}"
+        )
 
     @property
     def orientation_label(self) -> str:
@@ -213,5 +221,8 @@ def valid_orientation(value: str, spatial_dims: int = 3) -> bool:
         return True
     letters = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
     code = value.upper()
-    return (len(code) == spatial_dims == 3 and all(c in letters for c in code)
-            and len({letters[c] for c in code}) == 3)
+    return (
+        len(code) == spatial_dims == 3
+        and all(c in letters for c in code)
+        and len({letters[c] for c in code}) == 3
+    )

@@ -32,8 +32,9 @@ def progress_text(step) -> str:
 def finished_text(pred) -> str:
     """The status line of a finished run: time, device, precision, runtime, engine notes."""
     notes = "; ".join(pred.notes)
-    return (f"done in {pred.seconds:.1f} s on {pred.device} ({pred.precision}, {pred.runtime})"
-            + (f"; {notes}" if notes else ""))
+    return f"done in {pred.seconds:.1f} s on {pred.device} ({pred.precision}, {pred.runtime})" + (
+        f"; {notes}" if notes else ""
+    )
 
 
 def failure(exc: BaseException) -> tuple[str, str, str]:
@@ -47,8 +48,7 @@ def failure(exc: BaseException) -> tuple[str, str, str]:
     return "error", f"The run failed: {type(exc).__name__}: {exc}", "failed"
 
 
-def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axis, options: dict,
-                   name: str):
+def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axis, options: dict, name: str):
     """An unstarted napari thread worker running ``iter_predict`` on ``data``."""
     from napari.qt.threading import thread_worker
 
@@ -56,8 +56,15 @@ def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axi
 
     @thread_worker(ignore_errors=True)  # errors are shown by Jobs._on_error
     def work():
-        pred = yield from iter_predict(data, model, spacing=spacing, channel_axis=channel_axis,
-                                       cancel=cancel, name=f"layer {name!r}", **options)
+        pred = yield from iter_predict(
+            data,
+            model,
+            spacing=spacing,
+            channel_axis=channel_axis,
+            cancel=cancel,
+            name=f"layer {name!r}",
+            **options,
+        )
         pred.uncertainty  # noqa: B018 computed here, off the event loop (cached on the prediction)
         return pred
 
@@ -78,8 +85,17 @@ class Jobs:
     def running(self) -> bool:
         return self.worker is not None
 
-    def launch(self, model, data, *, spacing, channel_axis, options: dict, name: str,
-               on_result: Callable[[Any], None]):
+    def launch(
+        self,
+        model,
+        data,
+        *,
+        spacing,
+        channel_axis,
+        options: dict,
+        name: str,
+        on_result: Callable[[Any], None],
+    ):
         """Start a run on ``data`` (the layer ``name``); ``on_result(prediction)`` shows it.
         Returns the started worker."""
         from napari.utils import progress as napari_progress
@@ -88,8 +104,15 @@ class Jobs:
         self._set_buttons(running=True)
         self.controls.progress.value = 0
         self.controls.status.value = "starting"
-        worker = predict_worker(model, data, self.cancel_event, spacing=spacing,
-                                channel_axis=channel_axis, options=options, name=name)
+        worker = predict_worker(
+            model,
+            data,
+            self.cancel_event,
+            spacing=spacing,
+            channel_axis=channel_axis,
+            options=options,
+            name=name,
+        )
         self._activity = napari_progress(total=0, desc=f"Attention U-Net on {name}")
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda pred: self._on_returned(pred, on_result))

@@ -12,9 +12,14 @@ from .transforms import data_to_world, layer_state
 
 # Fixed label colours (RGBA): background transparent, then distinct, colour-blind-friendly hues.
 LABEL_COLOURS = [
-    (0.0, 0.0, 0.0, 0.0), (0.90, 0.62, 0.0, 1.0), (0.34, 0.71, 0.91, 1.0),
-    (0.0, 0.62, 0.45, 1.0), (0.94, 0.89, 0.26, 1.0), (0.0, 0.45, 0.70, 1.0),
-    (0.84, 0.37, 0.0, 1.0), (0.80, 0.47, 0.65, 1.0),
+    (0.0, 0.0, 0.0, 0.0),
+    (0.90, 0.62, 0.0, 1.0),
+    (0.34, 0.71, 0.91, 1.0),
+    (0.0, 0.62, 0.45, 1.0),
+    (0.94, 0.89, 0.26, 1.0),
+    (0.0, 0.45, 0.70, 1.0),
+    (0.84, 0.37, 0.0, 1.0),
+    (0.80, 0.47, 0.65, 1.0),
 ]
 
 
@@ -102,9 +107,12 @@ def gate_contrast(data: np.ndarray) -> tuple[float, float]:
 def label_colormap(n_labels: int):
     from napari.utils.colormaps import DirectLabelColormap
 
-    colours = {k: LABEL_COLOURS[k % len(LABEL_COLOURS)] if k < len(LABEL_COLOURS) else
-               tuple(np.random.default_rng(k).uniform(0.2, 1.0, 3)) + (1.0,)
-               for k in range(n_labels)}
+    colours = {
+        k: LABEL_COLOURS[k % len(LABEL_COLOURS)]
+        if k < len(LABEL_COLOURS)
+        else tuple(np.random.default_rng(k).uniform(0.2, 1.0, 3)) + (1.0,)
+        for k in range(n_labels)
+    }
     colours[None] = (0.5, 0.5, 0.5, 1.0)
     return DirectLabelColormap(color_dict=colours)
 
@@ -113,20 +121,29 @@ def features_table(pred: Prediction, labels: np.ndarray, spacing) -> dict:
     """One row per label value: its class name and volume in mL."""
     names = pred.label_names
     volumes = pred.volumes_ml(labels, spacing)
-    return {"index": list(range(len(names))), "class": list(names),
-            "volume_ml": [0.0] + [volumes[n] for n in names[1:]]}
+    return {
+        "index": list(range(len(names))),
+        "class": list(names),
+        "volume_ml": [0.0] + [volumes[n] for n in names[1:]],
+    }
 
 
-def labels_layer(pred: Prediction, source: SourceGeometry, labels: np.ndarray,
-                 name: str | None = None) -> tuple:
+def labels_layer(
+    pred: Prediction, source: SourceGeometry, labels: np.ndarray, name: str | None = None
+) -> tuple:
     spacing = source.scale
     kwargs = {
         "name": name or f"{source.name} attunet",
         "colormap": label_colormap(len(pred.label_names)),
         "features": features_table(pred, labels, spacing),
-        "metadata": {"attunet": {"source": source.name, "class_names": list(pred.label_names),
-                                 "run": uuid.uuid4().hex},
-                     **{k: v for k, v in source.metadata.items() if k == "attunet_geometry"}},
+        "metadata": {
+            "attunet": {
+                "source": source.name,
+                "class_names": list(pred.label_names),
+                "run": uuid.uuid4().hex,
+            },
+            **{k: v for k, v in source.metadata.items() if k == "attunet_geometry"},
+        },
         "opacity": LABELS_OPACITY,
         "rendering": "iso_categorical",  # 3D: one shaded surface per class
         **source.kwargs(),
@@ -160,10 +177,15 @@ def gate_layers(pred: Prediction, source: SourceGeometry, colormap: str = "infer
                 "iso_threshold": limits[0] + 0.8 * (limits[1] - limits[0]),
                 "opacity": 0.8,
                 "visible": k == 1,
-                "metadata": {"attunet_gate": {"index": k, "head": h + 1,
-                                              "stride": list(gate.stride),
-                                              "offset": list(gate.offset),
-                                              "source": source.name}},
+                "metadata": {
+                    "attunet_gate": {
+                        "index": k,
+                        "head": h + 1,
+                        "stride": list(gate.stride),
+                        "offset": list(gate.offset),
+                        "source": source.name,
+                    }
+                },
             }
             out.append((gate.data[h], kwargs, "image"))
     return out

@@ -25,8 +25,7 @@ _busy: set[int] = set()
 def is_scan_layer(layer) -> bool:
     """A 3D scan opened by this plugin's reader (LPS axes)."""
     meta = getattr(layer, "metadata", None) or {}
-    return "attunet_geometry" in meta and getattr(layer, "ndim", 0) == 3 \
-        and not getattr(layer, "rgb", False)
+    return "attunet_geometry" in meta and getattr(layer, "ndim", 0) == 3 and not getattr(layer, "rgb", False)
 
 
 def install(viewer) -> None:
@@ -80,7 +79,7 @@ def apply(viewer) -> None:
         order = clinical_order(tuple(dims.order), dims.ndisplay, first)
         if order != tuple(dims.order):
             dims.order = order
-        shown = order[-dims.ndisplay:]
+        shown = order[-dims.ndisplay :]
         if dims.ndisplay == 2:
             vertical = shown[0]
             camera.orientation2d = ("up" if vertical == first else "down", "right")
@@ -89,7 +88,9 @@ def apply(viewer) -> None:
             camera.orientation = ("away", "down", "right")
         labels = list(dims.axis_labels)
         if tuple(labels[first:]) != AXIS_LABELS and tuple(labels[first:]) in (
-                ("z", "y", "x"), (str(first), str(first + 1), str(first + 2))):
+            ("z", "y", "x"),
+            (str(first), str(first + 1), str(first + 2)),
+        ):
             labels[first:] = AXIS_LABELS
             dims.axis_labels = labels
     finally:

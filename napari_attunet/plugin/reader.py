@@ -9,8 +9,8 @@ import numpy as np
 
 from ..io import SCAN_SUFFIXES
 from ..suffixes import CHECKPOINT_SUFFIXES
-from .transforms import GEOMETRY_KEY, data_to_world, display_kwargs, layer_state, same_grid
 from .orientation import AXIS_LABELS
+from .transforms import GEOMETRY_KEY, data_to_world, display_kwargs, layer_state, same_grid
 
 CT_SOFT_TISSUE = (-160.0, 240.0)  # W400 / L40
 
@@ -35,8 +35,7 @@ def get_reader(path):
 
 def _has_dicom(folder: Path) -> bool:
     try:
-        return any(p.suffix.lower() == ".dcm" or p.suffix == "" for p in folder.iterdir()
-                   if p.is_file())
+        return any(p.suffix.lower() == ".dcm" or p.suffix == "" for p in folder.iterdir() if p.is_file())
     except OSError:
         return False
 
@@ -79,8 +78,10 @@ def read_scan(path):
         show_error(str(exc))
         return [(None,)]
     except Exception as exc:  # noqa: BLE001 - a notification, never a half-added layer
-        show_error(f"{path}: could not be opened ({type(exc).__name__}: "
-                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}).")
+        show_error(
+            f"{path}: could not be opened ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})."
+        )
         return [(None,)]
     for note in volume.notes:
         show_info(note)
@@ -112,9 +113,12 @@ def _adopt_scan_geometry(event) -> None:
         return
     grid = data_to_world(layer_state(layer))
     for other in event.source:
-        if (isinstance(other, Image) and GEOMETRY_KEY in other.metadata
-                and tuple(other.data.shape) == tuple(layer.data.shape)
-                and same_grid(data_to_world(layer_state(other)), grid)):
+        if (
+            isinstance(other, Image)
+            and GEOMETRY_KEY in other.metadata
+            and tuple(other.data.shape) == tuple(layer.data.shape)
+            and same_grid(data_to_world(layer_state(other)), grid)
+        ):
             layer.metadata = {**layer.metadata, GEOMETRY_KEY: other.metadata[GEOMETRY_KEY]}
             return
 

@@ -12,7 +12,7 @@ MARK = "attunet:"
 
 def _index(layer, position, shape) -> tuple[int, ...] | None:
     """The voxel of ``layer`` under the world ``position``, or None outside it."""
-    point = np.asarray(position, dtype=float)[-layer.ndim:]
+    point = np.asarray(position, dtype=float)[-layer.ndim :]
     index = np.round(np.asarray(layer.world_to_data(point), dtype=float)).astype(int)
     if np.any(index < 0) or np.any(index >= np.asarray(shape)):
         return None

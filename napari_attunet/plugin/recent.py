@@ -11,7 +11,8 @@ LIMIT = 8
 
 def _store() -> Path:
     base = os.environ.get("NAPARI_ATTUNET_CONFIG") or os.path.join(
-        os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "napari-attunet")
+        os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "napari-attunet"
+    )
     return Path(base) / "recent.json"
 
 

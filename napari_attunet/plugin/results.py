@@ -62,8 +62,15 @@ def shifted(source: SourceGeometry, offset) -> SourceGeometry:
     if offset is None:
         return source
     shift = np.asarray(source.scale) * np.asarray(offset)
-    return SourceGeometry(source.name, source.scale, tuple(np.asarray(source.translate) + shift),
-                          source.units, source.axis_labels, source.affine, source.metadata)
+    return SourceGeometry(
+        source.name,
+        source.scale,
+        tuple(np.asarray(source.translate) + shift),
+        source.units,
+        source.axis_labels,
+        source.affine,
+        source.metadata,
+    )
 
 
 def result_name(source_name: str, preview: bool) -> str:
@@ -73,9 +80,12 @@ def result_name(source_name: str, preview: bool) -> str:
 def volume_rows(features: dict, uncertain: list[float]) -> dict[str, list]:
     """The volume table's columns from a Labels layer's features (row 0 is the background)."""
     rows = len(features["class"]) - 1
-    return {"colour": [""] * rows, "class": list(features["class"][1:]),
-            "mL": [round(v, 3) for v in features["volume_ml"][1:]],
-            "uncertain mL": [round(v, 3) for v in uncertain]}
+    return {
+        "colour": [""] * rows,
+        "class": list(features["class"][1:]),
+        "mL": [round(v, 3) for v in features["volume_ml"][1:]],
+        "uncertain mL": [round(v, 3) for v in uncertain],
+    }
 
 
 def warm_imports() -> None:
@@ -130,8 +140,12 @@ class ResultLayers:
         labels = pred.labels(self.settings().thresholds)
         name = result_name(source.name, preview)
         existing = self.labels_layer()
-        reuse = (existing is not None and existing.name == name and not self.state.edited
-                 and existing.data.shape == labels.shape)
+        reuse = (
+            existing is not None
+            and existing.name == name
+            and not self.state.edited
+            and existing.data.shape == labels.shape
+        )
         data, kwargs, _ = labels_layer(pred, source, labels, name)
         if reuse:
             kwargs["metadata"]["attunet"]["run"] = existing.metadata["attunet"]["run"]
@@ -167,8 +181,7 @@ class ResultLayers:
         kwargs["visible"] = kwargs["visible"] and self.settings().show_attention
         name = kwargs["name"]
         if name in self.viewer.layers and self.viewer.layers[name].data.ndim == data.ndim:
-            _update_image(self.viewer.layers[name], data, kwargs,
-                          ("contrast_limits", "iso_threshold"))
+            _update_image(self.viewer.layers[name], data, kwargs, ("contrast_limits", "iso_threshold"))
         else:
             self.viewer.add_image(data, **kwargs)
 
@@ -177,8 +190,9 @@ class ResultLayers:
         if self.state is None:
             return
         settings = self.settings()
-        data, kwargs, _ = uncertainty_layer(self.state.prediction, self.state.source,
-                                            settings.uncertainty_level)
+        data, kwargs, _ = uncertainty_layer(
+            self.state.prediction, self.state.source, settings.uncertainty_level
+        )
         kwargs["visible"] = settings.show_uncertainty
         name = kwargs["name"]
         if name in self.viewer.layers and self.viewer.layers[name].data.shape == data.shape:
@@ -236,8 +250,7 @@ class ResultLayers:
         if state is None or has_readout(status) or not self.viewer.mouse_over_canvas:
             return
         try:
-            line = readout(self.viewer, state.prediction, state.layer(self.viewer),
-                           state.source.name)
+            line = readout(self.viewer, state.prediction, state.layer(self.viewer), state.source.name)
         except (ValueError, IndexError):  # a layer changed shape under the cursor
             return
         if line:
@@ -265,7 +278,7 @@ class ResultLayers:
         if layer.ndim != 3 or len(hidden) != 1:
             return False
         axis = hidden[0]
-        index = int(round(layer.world_to_data(self.viewer.dims.point[-layer.ndim:])[axis]))
+        index = int(round(layer.world_to_data(self.viewer.dims.point[-layer.ndim :])[axis]))
         if not 0 <= index < layer.data.shape[axis]:
             return False
         from ..inference.postprocess import threshold_labels
@@ -288,12 +301,12 @@ class ResultLayers:
         if state is None or layer is None:
             return
         labels = state.prediction.labels(self.settings().thresholds)
-        data, kwargs, _ = labels_layer(state.prediction, state.source, labels,
-                                       f"{layer.name} (thresholds)")
+        data, kwargs, _ = labels_layer(state.prediction, state.source, labels, f"{layer.name} (thresholds)")
         if state.edited:
             notify("info", f"{layer.name} was edited by hand; the new thresholds go to a new layer.")
-            self.state = RunState(state.prediction, state.source,
-                                  self.viewer.add_labels(data, **kwargs), state.offset)
+            self.state = RunState(
+                state.prediction, state.source, self.viewer.add_labels(data, **kwargs), state.offset
+            )
         else:
             layer.features = kwargs["features"]
             layer.data = labels

@@ -10,18 +10,32 @@ from typing import Any
 
 import numpy as np
 
-PREVIEW_DEPTH = 32     # slices around the current one
-PREVIEW_PLANE = 192    # voxels across, around the view centre
+PREVIEW_DEPTH = 32  # slices around the current one
+PREVIEW_PLANE = 192  # voxels across, around the view centre
 CHECKPOINT_DEFAULT = "checkpoint default"
 
 
-def run_options(*, device: str, precision: str, runtime: str, normalization: str, tile: int,
-                overlap: float, tta: bool, scan_layout: str) -> dict[str, Any]:
+def run_options(
+    *,
+    device: str,
+    precision: str,
+    runtime: str,
+    normalization: str,
+    tile: int,
+    overlap: float,
+    tta: bool,
+    scan_layout: str,
+) -> dict[str, Any]:
     """The keyword arguments of ``iter_predict`` from the values shown in the widget."""
     return {
-        "device": device, "precision": precision, "runtime": runtime,
+        "device": device,
+        "precision": precision,
+        "runtime": runtime,
         "normalization": None if normalization == CHECKPOINT_DEFAULT else normalization,
-        "tile": tile or None, "overlap": float(overlap), "tta": bool(tta), "attention": True,
+        "tile": tile or None,
+        "overlap": float(overlap),
+        "tta": bool(tta),
+        "attention": True,
         "orientation": None if scan_layout == CHECKPOINT_DEFAULT else scan_layout,
     }
 
@@ -39,16 +53,20 @@ def channel_data(layer, extra: list, in_channels: int) -> tuple[Any, int | None]
     with the channel axis (-1 for an RGB layer, else None)."""
     rgb = getattr(layer, "rgb", False)
     if rgb and in_channels not in (3, 4):
-        raise ValueError(f"layer {layer.name!r} is RGB ({layer.data.shape[-1]} channels), but "
-                         f"the model takes {in_channels}; convert it to greyscale first "
-                         "(or pick a scan layer).")
+        raise ValueError(
+            f"layer {layer.name!r} is RGB ({layer.data.shape[-1]} channels), but "
+            f"the model takes {in_channels}; convert it to greyscale first "
+            "(or pick a scan layer)."
+        )
     if in_channels == 1 or rgb:
         return layer.data, (-1 if rgb else None)
     layers = [layer] + [other for other in extra if other is not layer]
     if len(layers) != in_channels:
-        raise ValueError(f"the model takes {in_channels} channels: choose "
-                         f"{in_channels - 1} more image layer(s) under 'more channels' "
-                         f"(chosen: {', '.join(lay.name for lay in layers)}).")
+        raise ValueError(
+            f"the model takes {in_channels} channels: choose "
+            f"{in_channels - 1} more image layer(s) under 'more channels' "
+            f"(chosen: {', '.join(lay.name for lay in layers)})."
+        )
     return [lay.data for lay in layers], None  # read in the worker, not here
 
 
@@ -67,8 +85,10 @@ def scan_geometry(layer) -> dict[str, Any]:
     n = layer.ndim  # napari counts no RGB axis
     kept = layer.metadata.get(GEOMETRY_KEY) or {}
     orientation = (kept.get("source") or {}).get("orientation")
-    return {"affine": data_to_world(layer_state(layer), n) if n in (2, 3) else None,
-            "file_orientation": orientation}
+    return {
+        "affine": data_to_world(layer_state(layer), n) if n in (2, 3) else None,
+        "file_orientation": orientation,
+    }
 
 
 def bytes_needed(shape: list[int], in_channels: int, out_channels: int, lazy: bool) -> float:
@@ -91,8 +111,12 @@ def refuse_too_large(data, channel_axis: int | None, spec, name: str) -> None:
     if channel_axis is not None:
         del shape[channel_axis]
     needed = bytes_needed(shape, spec.in_channels, spec.out_channels, is_lazy(first))
-    refuse_over(needed, f"layer {name!r} ({' x '.join(map(str, shape))} voxels)",
-                "crop it (or open a region of it) first.", InputError)
+    refuse_over(
+        needed,
+        f"layer {name!r} ({' x '.join(map(str, shape))} voxels)",
+        "crop it (or open a region of it) first.",
+        InputError,
+    )
 
 
 def region_around(centre, shape) -> tuple[slice, ...]:
@@ -109,7 +133,7 @@ def preview_centre(viewer, layer) -> np.ndarray:
     """The voxel of ``layer`` at the current slice and the centre of the view."""
     from .orientation import camera_of
 
-    point = np.array(viewer.dims.point[-layer.ndim:], dtype=float)
+    point = np.array(viewer.dims.point[-layer.ndim :], dtype=float)
     lead = viewer.dims.ndim - layer.ndim
     for axis, c in zip(list(viewer.dims.displayed)[-2:], camera_of(viewer).center[-2:]):
         if axis >= lead:

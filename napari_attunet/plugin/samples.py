@@ -10,10 +10,19 @@ def phantom_sample() -> list[tuple]:
     image, labels = make_phantom((48, 96, 96), seed=0)
     scale = (2.5, 0.8, 0.8)
     return [
-        (image, {"name": "phantom", "scale": scale, "units": "mm",
-                 "axis_labels": ("z", "y", "x")}, "image"),
-        (labels, {"name": "phantom truth", "scale": scale, "units": "mm",
-                  "axis_labels": ("z", "y", "x"), "opacity": 0.4, "visible": False}, "labels"),
+        (image, {"name": "phantom", "scale": scale, "units": "mm", "axis_labels": ("z", "y", "x")}, "image"),
+        (
+            labels,
+            {
+                "name": "phantom truth",
+                "scale": scale,
+                "units": "mm",
+                "axis_labels": ("z", "y", "x"),
+                "opacity": 0.4,
+                "visible": False,
+            },
+            "labels",
+        ),
     ]
 
 

@@ -50,26 +50,60 @@ def read_store(path) -> list[tuple]:
     scale, translate, _ = _transform(dict(label_group.attrs))
     common = {"scale": scale, "translate": translate, "units": ("mm",) * len(scale)}
     unc_group = root["uncertainty"]
-    layers.append((da.from_zarr(unc_group["0"]) / 255.0,
-                   {"name": f"{stem} uncertainty", "colormap": "magma", "visible": False,
-                    "contrast_limits": (0.0, 1.0), "blending": "additive", **common}, "image"))
+    layers.append(
+        (
+            da.from_zarr(unc_group["0"]) / 255.0,
+            {
+                "name": f"{stem} uncertainty",
+                "colormap": "magma",
+                "visible": False,
+                "contrast_limits": (0.0, 1.0),
+                "blending": "additive",
+                **common,
+            },
+            "image",
+        )
+    )
     for k in sorted(root["gates"].group_keys()) if "gates" in root else []:
         group = root[f"gates/{k}"]
         g_scale, g_translate, _ = _transform(dict(group.attrs))
         data = da.from_zarr(group["0"])
         for h in range(data.shape[0]):
             name = f"{stem} gate {k[4:]}" + (f" head {h + 1}" if data.shape[0] > 1 else "")
-            layers.append((data[h], {"name": name, "colormap": "inferno", "opacity": 0.5,
-                                     "blending": "additive", "contrast_limits": (0.0, 1.0),
-                                     "visible": k == "gate1" and h == 0, "scale": g_scale,
-                                     "translate": g_translate, "units": common["units"]},
-                           "image"))
+            layers.append(
+                (
+                    data[h],
+                    {
+                        "name": name,
+                        "colormap": "inferno",
+                        "opacity": 0.5,
+                        "blending": "additive",
+                        "contrast_limits": (0.0, 1.0),
+                        "visible": k == "gate1" and h == 0,
+                        "scale": g_scale,
+                        "translate": g_translate,
+                        "units": common["units"],
+                    },
+                    "image",
+                )
+            )
     counts = meta.get("label_voxels", [])
     voxel = float(np.prod(scale)) / 1000.0
-    features = {"index": list(range(len(names))), "class": names,
-                "volume_ml": [0.0] + [(counts[k] if k < len(counts) else 0) * voxel
-                                      for k in range(1, len(names))]}
-    layers.append((da.from_zarr(label_group["0"]),
-                   {"name": f"{stem} attunet", "colormap": label_colormap(len(names)),
-                    "features": features, **common}, "labels"))
+    features = {
+        "index": list(range(len(names))),
+        "class": names,
+        "volume_ml": [0.0] + [(counts[k] if k < len(counts) else 0) * voxel for k in range(1, len(names))],
+    }
+    layers.append(
+        (
+            da.from_zarr(label_group["0"]),
+            {
+                "name": f"{stem} attunet",
+                "colormap": label_colormap(len(names)),
+                "features": features,
+                **common,
+            },
+            "labels",
+        )
+    )
     return layers

@@ -18,10 +18,14 @@ def data_to_world(state: dict, ndim: int | None = None) -> np.ndarray:
     from napari.utils.transforms import Affine, CompositeAffine
 
     n = len(state["scale"])
-    composite = CompositeAffine(scale=state["scale"], translate=state["translate"],
-                                rotate=state.get("rotate"), shear=state.get("shear"), ndim=n)
-    physical = Affine(affine_matrix=np.asarray(state.get("affine", np.eye(n + 1)), dtype=float),
-                      ndim=n)
+    composite = CompositeAffine(
+        scale=state["scale"],
+        translate=state["translate"],
+        rotate=state.get("rotate"),
+        shear=state.get("shear"),
+        ndim=n,
+    )
+    physical = Affine(affine_matrix=np.asarray(state.get("affine", np.eye(n + 1)), dtype=float), ndim=n)
     full = physical.affine_matrix @ composite.affine_matrix
     if ndim is None or ndim == n:
         return full
@@ -30,9 +34,13 @@ def data_to_world(state: dict, ndim: int | None = None) -> np.ndarray:
 
 
 def layer_state(layer) -> dict:
-    return {"scale": list(layer.scale), "translate": list(layer.translate),
-            "rotate": np.asarray(layer.rotate).tolist(), "shear": list(layer.shear),
-            "affine": np.asarray(layer.affine.affine_matrix).tolist()}
+    return {
+        "scale": list(layer.scale),
+        "translate": list(layer.translate),
+        "rotate": np.asarray(layer.rotate).tolist(),
+        "shear": list(layer.shear),
+        "affine": np.asarray(layer.affine.affine_matrix).tolist(),
+    }
 
 
 def display_kwargs(affine: np.ndarray) -> dict:

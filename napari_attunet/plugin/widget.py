@@ -8,21 +8,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSlider,
-                              FloatSpinBox, Label, ProgressBar, PushButton, Select, SpinBox,
-                              Table, create_widget)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+    Table,
+    create_widget,
+)
 
 from .jobs import JobControls, Jobs
 from .layers import SourceGeometry
 from .notify import notify
 from .recent import recent_checkpoints, remember_checkpoint
 from .results import VOLUME_COLUMNS, ResultLayers, RunState, ViewSettings
-from .run_inputs import (channel_data, full_resolution, preview_region, refuse_too_large,
-                         run_options, scan_geometry, threshold_values)
+from .run_inputs import (
+    channel_data,
+    full_resolution,
+    preview_region,
+    refuse_too_large,
+    run_options,
+    scan_geometry,
+    threshold_values,
+)
 
 CHECKPOINT_FILTER = "*.safetensors *.pt *.pth *.ckpt"
-NORMALIZATIONS = ("checkpoint default", "none", "zscore", "zscore_nonzero", "zscore_foreground", "ct",
-                  "percentile")
+NORMALIZATIONS = (
+    "checkpoint default",
+    "none",
+    "zscore",
+    "zscore_nonzero",
+    "zscore_foreground",
+    "ct",
+    "percentile",
+)
 ORIENTATIONS = ("checkpoint default", "RAS", "LPS", "LAS", "native", "display")
 
 
@@ -37,49 +63,78 @@ class AttUNetWidget(Container):
         import napari
 
         self.image = create_widget(annotation=napari.layers.Image, name="image", label="image")
-        self.channels = Select(name="channels", label="more channels",
-                               choices=self._image_layers, visible=False)
-        self.checkpoint = FileEdit(name="checkpoint", label="checkpoint", mode="r",
-                                   filter=CHECKPOINT_FILTER)
+        self.channels = Select(
+            name="channels", label="more channels", choices=self._image_layers, visible=False
+        )
+        self.checkpoint = FileEdit(name="checkpoint", label="checkpoint", mode="r", filter=CHECKPOINT_FILTER)
         self.recent = ComboBox(name="recent", label="checkpoints", choices=self._recent_choices())
         self.model_info = Label(name="model_info", value="no checkpoint loaded")
         self.device = ComboBox(name="device", label="device", choices=self._devices())
-        self.precision = ComboBox(name="precision", label="precision",
-                                  choices=["auto", "fp32", "bf16", "fp16"])
-        self.runtime = ComboBox(name="runtime", label="runtime",
-                                choices=["auto", "torch", "openvino"],
-                                tooltip="auto: OpenVINO on the CPU when it is installed, "
-                                        "else PyTorch")
-        self.normalization = ComboBox(name="normalization", label="normalization",
-                                      choices=list(NORMALIZATIONS))
-        self.scan_layout = ComboBox(name="scan_layout", label="network sees scans",
-                                    choices=list(ORIENTATIONS))
-        self.argmax = CheckBox(name="argmax", text="argmax: most probable class", value=True,
-                               visible=False,
-                               tooltip="The default rule; moving a threshold switches to "
-                                       "thresholds.")
+        self.precision = ComboBox(
+            name="precision", label="precision", choices=["auto", "fp32", "bf16", "fp16"]
+        )
+        self.runtime = ComboBox(
+            name="runtime",
+            label="runtime",
+            choices=["auto", "torch", "openvino"],
+            tooltip="auto: OpenVINO on the CPU when it is installed, else PyTorch",
+        )
+        self.normalization = ComboBox(
+            name="normalization", label="normalization", choices=list(NORMALIZATIONS)
+        )
+        self.scan_layout = ComboBox(
+            name="scan_layout", label="network sees scans", choices=list(ORIENTATIONS)
+        )
+        self.argmax = CheckBox(
+            name="argmax",
+            text="argmax: most probable class",
+            value=True,
+            visible=False,
+            tooltip="The default rule; moving a threshold switches to thresholds.",
+        )
         self.thresholds = Container(name="thresholds", label="thresholds", labels=True)
         self.show_attention = CheckBox(name="show_attention", text="show attention", value=True)
-        self.show_uncertainty = CheckBox(name="show_uncertainty", text="show uncertainty",
-                                         value=False)
-        self.uncertainty_level = FloatSlider(name="uncertainty_level", label="uncertain over",
-                                             min=0.0, max=1.0, step=0.01, value=0.5)
+        self.show_uncertainty = CheckBox(name="show_uncertainty", text="show uncertainty", value=False)
+        self.uncertainty_level = FloatSlider(
+            name="uncertainty_level", label="uncertain over", min=0.0, max=1.0, step=0.01, value=0.5
+        )
         self.tta = CheckBox(name="tta", text="test-time flips (slower)", value=False)
         self.tile = SpinBox(name="tile", label="tile (0 = auto)", min=0, max=1024, step=16, value=0)
-        self.overlap = FloatSpinBox(name="overlap", label="overlap", min=0.0, max=0.9, step=0.05,
-                                    value=0.5)
+        self.overlap = FloatSpinBox(name="overlap", label="overlap", min=0.0, max=0.9, step=0.05, value=0.5)
         self.preview = PushButton(name="preview", text="Preview (around this slice)")
         self.run = PushButton(name="run", text="Run")
         self.cancel = PushButton(name="cancel", text="Cancel", enabled=False)
         self.progress = ProgressBar(name="progress", label="progress", min=0, max=1, value=0)
         self.status = Label(name="status", value="")
         self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
-        self.extend([self.image, self.channels, self.checkpoint, self.recent, self.model_info, self.device,
-                     self.precision, self.runtime, self.normalization, self.scan_layout,
-                     self.argmax, self.thresholds, self.show_attention, self.show_uncertainty,
-                     self.uncertainty_level,
-                     self.tta, self.tile, self.overlap, self.preview, self.run, self.cancel,
-                     self.progress, self.status, self.volumes])
+        self.extend(
+            [
+                self.image,
+                self.channels,
+                self.checkpoint,
+                self.recent,
+                self.model_info,
+                self.device,
+                self.precision,
+                self.runtime,
+                self.normalization,
+                self.scan_layout,
+                self.argmax,
+                self.thresholds,
+                self.show_attention,
+                self.show_uncertainty,
+                self.uncertainty_level,
+                self.tta,
+                self.tile,
+                self.overlap,
+                self.preview,
+                self.run,
+                self.cancel,
+                self.progress,
+                self.status,
+                self.volumes,
+            ]
+        )
         self.results = ResultLayers(self.viewer, self.volumes, self._view_settings)
         self.jobs = Jobs(JobControls(self.run, self.preview, self.cancel, self.progress, self.status))
 
@@ -105,8 +160,7 @@ class AttUNetWidget(Container):
     def _image_layers(self, widget=None) -> list:
         import napari
 
-        return [(layer.name, layer) for layer in self.viewer.layers
-                if isinstance(layer, napari.layers.Image)]
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)]
 
     # ---- checkpoints ---------------------------------------------------------------------
     @staticmethod
@@ -124,8 +178,9 @@ class AttUNetWidget(Container):
         if DEMO_CHECKPOINT.is_file():
             choices.append((DEMO_NAME, str(DEMO_CHECKPOINT)))
         demo = str(DEMO_CHECKPOINT.resolve())
-        return choices + [(Path(p).name + "  " + str(Path(p).parent), p)
-                          for p in recent_checkpoints() if p != demo]
+        return choices + [
+            (Path(p).name + "  " + str(Path(p).parent), p) for p in recent_checkpoints() if p != demo
+        ]
 
     def _on_recent(self, value: str) -> None:
         if value:
@@ -143,17 +198,22 @@ class AttUNetWidget(Container):
         try:
             model = load_model(path)
         except Exception as exc:  # noqa: BLE001 - CheckpointError, or anything torch raised
-            message = str(exc) if isinstance(exc, ValueError) else (
-                f"{path}: could not be loaded ({type(exc).__name__}: {exc}).")
+            message = (
+                str(exc)
+                if isinstance(exc, ValueError)
+                else (f"{path}: could not be loaded ({type(exc).__name__}: {exc}).")
+            )
             notify("error", message)
             self.model_info.value = "checkpoint not loaded (see the message)"
             return False
         self.model = model
         spec = model.spec
-        self.model_info.value = (f"{spec.family}, {spec.spatial_dims}D, {spec.out_channels} classes, "
-                                 f"{parameter_count(model) / 1e6:.2f} M params, "
-                                 f"{len(spec.gates)} gates; sees scans "
-                                 f"{spec.orientation_label}")
+        self.model_info.value = (
+            f"{spec.family}, {spec.spatial_dims}D, {spec.out_channels} classes, "
+            f"{parameter_count(model) / 1e6:.2f} M params, "
+            f"{len(spec.gates)} gates; sees scans "
+            f"{spec.orientation_label}"
+        )
         self._build_thresholds()
         self.channels.visible = spec.in_channels > 1
         norm = (spec.normalization or {}).get("mode")
@@ -184,8 +244,7 @@ class AttUNetWidget(Container):
         with self.argmax.changed.blocked():
             self.argmax.value = True
         for k in range(first, spec.out_channels):
-            slider = FloatSlider(name=f"t{k}", label=names[k], min=0.0, max=1.0, step=0.01,
-                                 value=0.5)
+            slider = FloatSlider(name=f"t{k}", label=names[k], min=0.0, max=1.0, step=0.01, value=0.5)
             slider.changed.connect(self._on_threshold)
             self.thresholds.append(slider)
 
@@ -193,15 +252,22 @@ class AttUNetWidget(Container):
         """The thresholds labels follow (see ``run_inputs.threshold_values``)."""
         if self.model is None:
             return None
-        return threshold_values(self.model.spec.output, bool(self.argmax.value),
-                                [s.value for s in self.thresholds])
+        return threshold_values(
+            self.model.spec.output, bool(self.argmax.value), [s.value for s in self.thresholds]
+        )
 
     # ---- running ---------------------------------------------------------------------------
     def _options(self) -> dict:
-        return run_options(device=self.device.value, precision=self.precision.value,
-                           runtime=self.runtime.value, normalization=self.normalization.value,
-                           tile=self.tile.value, overlap=self.overlap.value, tta=self.tta.value,
-                           scan_layout=self.scan_layout.value)
+        return run_options(
+            device=self.device.value,
+            precision=self.precision.value,
+            runtime=self.runtime.value,
+            normalization=self.normalization.value,
+            tile=self.tile.value,
+            overlap=self.overlap.value,
+            tta=self.tta.value,
+            scan_layout=self.scan_layout.value,
+        )
 
     def start(self, preview: bool = False):
         """Start a run on the chosen image layer; returns the worker (or None on bad input)."""
@@ -219,8 +285,7 @@ class AttUNetWidget(Container):
         except ValueError as exc:
             notify("warning", str(exc))
         except Exception as exc:  # noqa: BLE001 - the Run button must stay usable
-            notify("error", f"layer {layer.name!r}: the run could not start "
-                    f"({type(exc).__name__}: {exc}).")
+            notify("error", f"layer {layer.name!r}: the run could not start ({type(exc).__name__}: {exc}).")
         self.jobs.abandon()
         return None
 
@@ -241,10 +306,15 @@ class AttUNetWidget(Container):
             if region is not None:
                 options["region"] = region
                 offset = tuple(r.start for r in region)
-        return self.jobs.launch(self.model, data, spacing=source.scale, channel_axis=channel_axis,
-                                options=options, name=layer.name,
-                                on_result=lambda pred: self.results.show(pred, source, offset,
-                                                                         preview))
+        return self.jobs.launch(
+            self.model,
+            data,
+            spacing=source.scale,
+            channel_axis=channel_axis,
+            options=options,
+            name=layer.name,
+            on_result=lambda pred: self.results.show(pred, source, offset, preview),
+        )
 
     def _on_closed(self) -> None:
         """The viewer (or this dock) was closed: stop the run; its result goes nowhere."""
@@ -270,8 +340,12 @@ class AttUNetWidget(Container):
         return self.jobs.running or self.results.pending
 
     def _view_settings(self) -> ViewSettings:
-        return ViewSettings(self.threshold_values(), bool(self.show_attention.value),
-                            bool(self.show_uncertainty.value), float(self.uncertainty_level.value))
+        return ViewSettings(
+            self.threshold_values(),
+            bool(self.show_attention.value),
+            bool(self.show_uncertainty.value),
+            float(self.uncertainty_level.value),
+        )
 
     # ---- thresholds ------------------------------------------------------------------------
     def _on_threshold(self, value=None) -> None:

@@ -19,7 +19,7 @@ class Case:
     """One training volume, normalized, with its integer labels (same grid)."""
 
     name: str
-    image: np.ndarray   # (C, *spatial) float32
+    image: np.ndarray  # (C, *spatial) float32
     labels: np.ndarray  # (*spatial) int64
     spacing: tuple[float, ...]
     volume: Volume | None = None
@@ -27,11 +27,15 @@ class Case:
 
 def find_pairs(images: str | os.PathLike, labels: str | os.PathLike) -> list[tuple[Path, Path]]:
     """Files in ``images`` and ``labels`` matched by name (without the scan suffix)."""
+
     def index(folder: Path) -> dict[str, Path]:
         if not folder.is_dir():
             raise InputError(f"{folder}: no such folder.")
-        return {_stem(p): p for p in sorted(folder.iterdir())
-                if p.is_file() and p.name.lower().endswith(SCAN_SUFFIXES)}
+        return {
+            _stem(p): p
+            for p in sorted(folder.iterdir())
+            if p.is_file() and p.name.lower().endswith(SCAN_SUFFIXES)
+        }
 
     imgs, labs = index(Path(images)), index(Path(labels))
     common = sorted(set(imgs) & set(labs))
@@ -43,17 +47,22 @@ def find_pairs(images: str | os.PathLike, labels: str | os.PathLike) -> list[tup
 def load_case(image_path: Path, label_path: Path, norm: Normalization) -> Case:
     image, labels = read(image_path), read(label_path)
     if image.array.shape != labels.array.shape:
-        raise InputError(f"{label_path}: shape {labels.array.shape} differs from its image "
-                         f"{image.array.shape}.")
-    return Case(_stem(image_path), normalize(image.array, norm)[None],
-                np.rint(labels.array).astype(np.int64), image.spacing, image)
+        raise InputError(
+            f"{label_path}: shape {labels.array.shape} differs from its image {image.array.shape}."
+        )
+    return Case(
+        _stem(image_path),
+        normalize(image.array, norm)[None],
+        np.rint(labels.array).astype(np.int64),
+        image.spacing,
+        image,
+    )
 
 
 class PatchSampler:
     """Random patches; a share of them centred on a random foreground voxel."""
 
-    def __init__(self, cases: list[Case], patch: tuple[int, ...], foreground: float = 0.33,
-                 seed: int = 0):
+    def __init__(self, cases: list[Case], patch: tuple[int, ...], foreground: float = 0.33, seed: int = 0):
         self.cases, self.patch, self.foreground = cases, tuple(patch), foreground
         self.rng = np.random.default_rng(seed)
         self.fg_index = [np.flatnonzero(c.labels.reshape(-1) > 0) for c in cases]
@@ -62,8 +71,11 @@ class PatchSampler:
         out = []
         for a, (n, p) in enumerate(zip(shape, self.patch)):
             hi = max(n - p, 0)
-            s = int(self.rng.integers(0, hi + 1)) if centre is None else \
-                int(np.clip(centre[a] - p // 2, 0, hi))
+            s = (
+                int(self.rng.integers(0, hi + 1))
+                if centre is None
+                else int(np.clip(centre[a] - p // 2, 0, hi))
+            )
             out.append(s)
         return tuple(out)
 
@@ -91,8 +103,7 @@ class PatchSampler:
                 image, labels = np.flip(image, axis + 1), np.flip(labels, axis)
         scale = self.rng.uniform(0.9, 1.1)
         shift = self.rng.uniform(-0.1, 0.1)
-        return (np.ascontiguousarray(image * scale + shift, dtype=np.float32),
-                np.ascontiguousarray(labels))
+        return (np.ascontiguousarray(image * scale + shift, dtype=np.float32), np.ascontiguousarray(labels))
 
 
 def _pad_to(image: np.ndarray, labels: np.ndarray, patch) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,7 @@ def _nilearn_data() -> Path:
     try:
         import nilearn
     except ImportError as exc:
-        raise InputError("the mni152 recipe needs nilearn: pip install "
-                         "'napari-attunet[recipes]'") from exc
+        raise InputError("the mni152 recipe needs nilearn: pip install 'napari-attunet[recipes]'") from exc
     return Path(nilearn.__file__).parent / "datasets" / "data"
 
 
@@ -34,16 +33,19 @@ def mni152_volumes(spacing: float = MNI_SPACING):
     import SimpleITK as sitk
 
     folder = _nilearn_data()
-    read = {k: sitk.ReadImage(str(folder / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz"),
-                              sitk.sitkFloat32) for k in ("t1", "gm", "wm")}
+    read = {
+        k: sitk.ReadImage(
+            str(folder / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz"), sitk.sitkFloat32
+        )
+        for k in ("t1", "gm", "wm")
+    }
     ref = read["t1"]
     size = [int(round(n * s / spacing)) for n, s in zip(ref.GetSize(), ref.GetSpacing())]
     grid = sitk.Image(size, sitk.sitkFloat32)
     grid.SetSpacing((spacing,) * 3)
     grid.SetOrigin(ref.GetOrigin())
     grid.SetDirection(ref.GetDirection())
-    resampled = {k: sitk.Resample(v, grid, sitk.Transform(), sitk.sitkLinear, 0.0)
-                 for k, v in read.items()}
+    resampled = {k: sitk.Resample(v, grid, sitk.Transform(), sitk.sitkLinear, 0.0) for k, v in read.items()}
     gm = sitk.GetArrayFromImage(resampled["gm"]) / 255.0
     wm = sitk.GetArrayFromImage(resampled["wm"]) / 255.0
     background = np.clip(1.0 - gm - wm, 0.0, 1.0)
@@ -77,8 +79,12 @@ def mni152_cases(export: Path | None = None) -> tuple[list[Case], dict]:
     image = normalize(volume.array, Normalization.parse(MNI_NORMALIZATION))[None]
     case = Case("mni152_t1_2mm", image, label_array.astype(np.int64), volume.spacing, volume)
     counts = np.bincount(label_array.reshape(-1), minlength=3)
-    summary = {"recipe": "mni152", "source": "nilearn MNI ICBM152 2009a (sym) T1, GM and WM maps",
-               "spacing_mm": list(volume.spacing), "shape": list(volume.array.shape),
-               "voxels_per_class": {n: int(c) for n, c in zip(MNI_CLASSES, counts)},
-               "note": "one template; validation Dice is measured on the same volume"}
+    summary = {
+        "recipe": "mni152",
+        "source": "nilearn MNI ICBM152 2009a (sym) T1, GM and WM maps",
+        "spacing_mm": list(volume.spacing),
+        "shape": list(volume.array.shape),
+        "voxels_per_class": {n: int(c) for n, c in zip(MNI_CLASSES, counts)},
+        "note": "one template; validation Dice is measured on the same volume",
+    }
     return [case], summary

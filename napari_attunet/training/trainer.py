@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from ..checkpoint import save_model
 from ..inference import predict
 from ..inference.devices import cpu_has_fast_bf16, resolve_device
-from ..models import ModelSpec, build, family as model_family
+from ..models import ModelSpec, build
+from ..models import family as model_family
 from .data import Case, PatchSampler
 
 
@@ -46,16 +47,23 @@ class TrainConfig:
         return Path(self.out).with_suffix(".state.pt")
 
 
-def default_spec(dims: int, in_channels: int, classes: int, features=(8, 16, 32, 64, 128),
-                 family: str = "official", variant: str | None = None) -> ModelSpec:
+def default_spec(
+    dims: int,
+    in_channels: int,
+    classes: int,
+    features=(8, 16, 32, 64, 128),
+    family: str = "official",
+    variant: str | None = None,
+) -> ModelSpec:
     """A network to train. The default is the paper's design: the official single-gate,
     deep-supervised network. ``features`` are the encoder widths, finest first."""
-    return model_family(family).default_spec(dims, in_channels, classes, tuple(features), variant,
-                                             output="softmax",
-                                             axes="zyx"[-dims:])  # trained on scan-order arrays
+    return model_family(family).default_spec(
+        dims, in_channels, classes, tuple(features), variant, output="softmax", axes="zyx"[-dims:]
+    )  # trained on scan-order arrays
 
 
 # ---- loss ------------------------------------------------------------------------------------
+
 
 def dice_ce(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
     """Cross-entropy (or BCE) plus soft Dice over the foreground classes."""
@@ -80,11 +88,12 @@ def supervised_loss(model, x: torch.Tensor, y: torch.Tensor, output: str) -> tor
     logits, heads = model(x, deep_supervision=True)
     loss = dice_ce(logits, y, output)
     for k, head in enumerate(heads, start=1):
-        loss = loss + 0.5 ** k * dice_ce(head, y, output)
+        loss = loss + 0.5**k * dice_ce(head, y, output)
     return loss
 
 
 # ---- validation -------------------------------------------------------------------------------
+
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: int) -> list[float]:
     out = []
@@ -101,14 +110,22 @@ def validate(model, cases: list[Case], spec: ModelSpec, tile, device: str) -> li
     scores = []
     model.eval()
     for case in cases:
-        pred = predict(case.image, model, channel_axis=0, normalization="none", tile=tile,
-                       device=device,
-                       precision="fp32", attention=False)
+        pred = predict(
+            case.image,
+            model,
+            channel_axis=0,
+            normalization="none",
+            tile=tile,
+            device=device,
+            precision="fp32",
+            attention=False,
+        )
         scores.append(dice_per_class(pred.labels(), case.labels, classes))
     return [float(v) for v in np.mean(scores, axis=0)]
 
 
 # ---- distributed -------------------------------------------------------------------------------
+
 
 def _distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -123,8 +140,7 @@ def _training_device(requested: str, world: int) -> torch.device:
     import torch.distributed as dist
 
     cuda = requested != "cpu" and torch.cuda.is_available()
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if cuda \
-        else torch.device("cpu")
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
@@ -142,6 +158,7 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 # ---- the loop --------------------------------------------------------------------------------
 
+
 def _precision(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "fp32":
         return None
@@ -152,15 +169,23 @@ def _precision(device: torch.device, precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def train(config: TrainConfig, train_cases: list[Case], val_cases: list[Case],
-          class_names: list[str], data_summary: dict | None = None) -> Generator[dict, None, dict]:
+def train(
+    config: TrainConfig,
+    train_cases: list[Case],
+    val_cases: list[Case],
+    class_names: list[str],
+    data_summary: dict | None = None,
+) -> Generator[dict, None, dict]:
     """Yields a record after each step and each epoch; returns the training summary."""
     rank, world = _distributed()
     device = _training_device(config.device, world)
     torch.manual_seed(config.seed)
-    spec = config.spec.replace(class_names=tuple(class_names),
-                               normalization=dict(config.normalization),
-                               spacing=tuple(train_cases[0].spacing), tile=config.tile)
+    spec = config.spec.replace(
+        class_names=tuple(class_names),
+        normalization=dict(config.normalization),
+        spacing=tuple(train_cases[0].spacing),
+        tile=config.tile,
+    )
     model = build(spec).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     amp = _precision(device, config.precision)
@@ -176,10 +201,10 @@ def train(config: TrainConfig, train_cases: list[Case], val_cases: list[Case],
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                        else None)
-    sampler = PatchSampler(train_cases, config.patch, config.foreground,
-                           seed=config.seed + 1000 * rank + 7919 * start_epoch)
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    sampler = PatchSampler(
+        train_cases, config.patch, config.foreground, seed=config.seed + 1000 * rank + 7919 * start_epoch
+    )
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         model.train()
@@ -201,8 +226,7 @@ def train(config: TrainConfig, train_cases: list[Case], val_cases: list[Case],
             _sync_buffers(module)
         if rank == 0:
             dice = validate(module, val_cases, spec, config.tile, str(device))
-            record["dice"] = dict(zip(class_names[1:] if spec.output == "softmax"
-                                      else class_names, dice))
+            record["dice"] = dict(zip(class_names[1:] if spec.output == "softmax" else class_names, dice))
             score = float(np.mean(dice))
             if score > best:
                 best = score
@@ -210,16 +234,28 @@ def train(config: TrainConfig, train_cases: list[Case], val_cases: list[Case],
                 summary = {"epochs": epoch + 1, "val_dice": record["dice"], "data": data_summary}
                 save_model(module, config.out, provenance={"training": summary})
             history.append(record)
-            torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch, "best": best, "history": json.dumps(history)},
-                       config.state_path)
+            torch.save(
+                {
+                    "model": module.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "best": best,
+                    "history": json.dumps(history),
+                },
+                config.state_path,
+            )
         if world > 1:
             import torch.distributed as dist
 
             dist.barrier()
         yield {"kind": "epoch", **record}
-    summary = {"best_mean_dice": best, "history": history, "seconds": time.perf_counter() - started,
-               "out": str(config.out), "config": {k: str(v) for k, v in asdict(config).items()}}
+    summary = {
+        "best_mean_dice": best,
+        "history": history,
+        "seconds": time.perf_counter() - started,
+        "out": str(config.out),
+        "config": {k: str(v) for k, v in asdict(config).items()},
+    }
     if world > 1:
         summary["ranks"] = _gather_digests(module, rank, world, config.out)
     return summary

@@ -32,13 +32,15 @@ def markers(slices: int, seed: int, inset: int = 1) -> list[tuple[int, int, int]
     """(slice, row, col) of the markers: corners of the first and last slices, and random ones."""
     rng = np.random.default_rng(seed)
     last_r, last_c = ROWS - 1 - inset, COLS - 1 - inset
-    picks = [(0, inset, inset), (0, last_r, last_c), (slices - 1, inset, last_c),
-             (slices - 1, last_r, inset)]
+    picks = [(0, inset, inset), (0, last_r, last_c), (slices - 1, inset, last_c), (slices - 1, last_r, inset)]
     for _ in range(10_000):
         if len(picks) == 10:
             break
-        pick = (int(rng.integers(slices)), int(rng.integers(inset, last_r + 1)),
-                int(rng.integers(inset, last_c + 1)))
+        pick = (
+            int(rng.integers(slices)),
+            int(rng.integers(inset, last_r + 1)),
+            int(rng.integers(inset, last_c + 1)),
+        )
         if all(abs(pick[1] - p[1]) + abs(pick[2] - p[2]) > 6 for p in picks):
             picks.append(pick)
     return picks
@@ -71,8 +73,15 @@ def _base(sop: str, series: str, instance_uid: str, syntax=ExplicitVRLittleEndia
     return ds
 
 
-def write_series(folder: Path, array: np.ndarray, positions, orientation=AXIAL,
-                 pixel_spacing=(0.8, 0.7), instances=None, syntax=ExplicitVRLittleEndian) -> None:
+def write_series(
+    folder: Path,
+    array: np.ndarray,
+    positions,
+    orientation=AXIAL,
+    pixel_spacing=(0.8, 0.7),
+    instances=None,
+    syntax=ExplicitVRLittleEndian,
+) -> None:
     """One file per slice; ``positions`` the ImagePositionPatient of each slice."""
     folder.mkdir(parents=True, exist_ok=True)
     series = uid(folder.name, "series")
@@ -88,8 +97,9 @@ def write_series(folder: Path, array: np.ndarray, positions, orientation=AXIAL,
         ds.save_as(folder / f"IM{k:04d}.dcm", enforce_file_format=True)
 
 
-def write_enhanced(path: Path, array: np.ndarray, positions, orientation=AXIAL,
-                   pixel_spacing=(0.8, 0.7), frame_order=None) -> None:
+def write_enhanced(
+    path: Path, array: np.ndarray, positions, orientation=AXIAL, pixel_spacing=(0.8, 0.7), frame_order=None
+) -> None:
     """An Enhanced CT multi-frame file: orientation and pixel measures shared, positions per
     frame (frames written in ``frame_order``)."""
     order = list(frame_order) if frame_order is not None else list(range(len(array)))
@@ -137,8 +147,13 @@ def main() -> None:
     z = (0.0, 0.0, 1.0)
 
     # a plain axial series (reference), written in implicit VR and in shuffled instance order
-    write_series(HERE / "axial", volume(8, 1), along(origin, z, np.arange(8) * 2.5),
-                 instances=[3, 1, 8, 2, 7, 4, 6, 5], syntax=ImplicitVRLittleEndian)
+    write_series(
+        HERE / "axial",
+        volume(8, 1),
+        along(origin, z, np.arange(8) * 2.5),
+        instances=[3, 1, 8, 2, 7, 4, 6, 5],
+        syntax=ImplicitVRLittleEndian,
+    )
 
     # a missing slice: 12 slices 2.5 mm apart with the 6th (k = 5) absent
     full = volume(12, 2, inset=2)
@@ -154,27 +169,39 @@ def main() -> None:
     base = volume(8, 4)
     extra = np.zeros((1, ROWS, COLS), np.int16)
     extra[0, 16, 20] = 2000
-    write_series(HERE / "duplicate", np.concatenate([base, extra]),
-                 along(origin, z, list(np.arange(8) * 2.5) + [4 * 2.5]))
+    write_series(
+        HERE / "duplicate",
+        np.concatenate([base, extra]),
+        along(origin, z, list(np.arange(8) * 2.5) + [4 * 2.5]),
+    )
 
     # gantry tilt: slices tilted 25 degrees about the x axis, stacked along the table (z)
     tilt = math.radians(25.0)
     tilted = (1.0, 0.0, 0.0, 0.0, math.cos(tilt), -math.sin(tilt))
-    write_series(HERE / "tilt", volume(10, 5, inset=12), along(origin, z, np.arange(10) * 2.5),
-                 orientation=tilted)
+    write_series(
+        HERE / "tilt", volume(10, 5, inset=12), along(origin, z, np.arange(10) * 2.5), orientation=tilted
+    )
 
     # an oblique series: rotated 20, -15 and 30 degrees, stacked along its own normal
     rot = rotation(20.0, -15.0, 30.0)
     r, c = rot[:, 0], rot[:, 1]
-    write_series(HERE / "oblique", volume(8, 6), along(origin, np.cross(r, c), np.arange(8) * 3.0),
-                 orientation=tuple(r) + tuple(c))
+    write_series(
+        HERE / "oblique",
+        volume(8, 6),
+        along(origin, np.cross(r, c), np.arange(8) * 3.0),
+        orientation=tuple(r) + tuple(c),
+    )
 
     # enhanced multi-frame CT, oblique, frames stored out of order
     rot = rotation(-10.0, 8.0, 0.0)
     r, c = rot[:, 0], rot[:, 1]
-    write_enhanced(HERE / "enhanced_ct.dcm", volume(6, 7),
-                   along(origin, np.cross(r, c), np.arange(6) * 1.5),
-                   orientation=tuple(r) + tuple(c), frame_order=[3, 0, 5, 1, 4, 2])
+    write_enhanced(
+        HERE / "enhanced_ct.dcm",
+        volume(6, 7),
+        along(origin, np.cross(r, c), np.arange(6) * 1.5),
+        orientation=tuple(r) + tuple(c),
+        frame_order=[3, 0, 5, 1, 4, 2],
+    )
 
     # single slices: sagittal (columns anterior->posterior, rows superior->inferior), coronal,
     # and a sagittal one stored upside down (rows inferior->superior)
