@@ -287,7 +287,7 @@ def test_per_frame_positions_match_pydicom(name):
     _, dataset = dicom_tags.read_dataset(path)
     frames = dicom_tags.items(dataset, (0x5200, 0x9230))
     assert len(frames) == len(ds.PerFrameFunctionalGroupsSequence)
-    for ours, theirs in zip(frames, ds.PerFrameFunctionalGroupsSequence):
+    for ours, theirs in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
         position = dicom_tags.nested(ours, (0x0020, 0x9113))[(0x0020, 0x0032)]
         assert dicom_tags.numbers(position) == pytest.approx(
             [float(v) for v in theirs.PlanePositionSequence[0].ImagePositionPatient]

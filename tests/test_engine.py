@@ -30,7 +30,7 @@ ONE_TILE = {
 @pytest.mark.parametrize("case", list(ONE_TILE))
 def test_one_tile_equals_the_network(case):
     spec, shape = ONE_TILE[case]
-    assert any(n % s for n, s in zip(shape, spec.total_stride))
+    assert any(n % s for n, s in zip(shape, spec.total_stride, strict=True))
     model = make_model(spec, seed=5)
     image = random_image(shape, seed=6)
     calls = []
@@ -46,7 +46,7 @@ def test_one_tile_equals_the_network(case):
     assert tuple(pred.class_names) == spec.class_labels
 
     assert len(pred.gates) == len(gates) == len(spec.gates)
-    for k, (got, want) in enumerate(zip(pred.gates, gates)):
+    for k, (got, want) in enumerate(zip(pred.gates, gates, strict=True)):
         assert got.data.shape == want.shape, f"gate {k + 1}"
         assert np.abs(got.data - want).max() <= 1e-5, f"gate {k + 1}"
 
@@ -70,15 +70,15 @@ def test_gate_geometry(case):
     pred = na.predict(random_image(shape, seed=8), model, normalization="none", **FP32)
     assert len(pred.gates) == len(spec.gates) == len(spec.features) - (2 if spec.family == "official" else 1)
     previous = 0
-    for gm, geometry in zip(pred.gates, spec.gates):
+    for gm, geometry in zip(pred.gates, spec.gates, strict=True):
         assert tuple(gm.stride) == tuple(float(s) for s in geometry.stride)
         assert tuple(gm.offset) == tuple(float(o) for o in geometry.offset)
         assert gm.heads == geometry.heads
-        assert gm.data.shape[1:] == tuple(-(-n // s) for n, s in zip(shape, geometry.stride))
+        assert gm.data.shape[1:] == tuple(-(-n // s) for n, s in zip(shape, geometry.stride, strict=True))
         if spec.family == "monai":  # strided, same-padded convolutions: cells on voxels s*i
             assert all(o == 0.0 for o in gm.offset)
         else:  # max-pooled grids: cell centres at (s - 1) / 2 + s*i
-            assert all(o == (s - 1) / 2 for o, s in zip(gm.offset, gm.stride))
+            assert all(o == (s - 1) / 2 for o, s in zip(gm.offset, gm.stride, strict=True))
         assert np.prod(gm.stride) > previous, "finest gate first"
         previous = np.prod(gm.stride)
         assert gm.data.min() >= 0.0 and gm.data.max() <= 1.0

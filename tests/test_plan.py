@@ -27,9 +27,9 @@ def test_2d_checkpoint_runs_slice_by_slice(official2d):
     for z in range(volume.shape[0]):
         alone = na.predict(volume[z], official2d, normalization="none", **FP32)
         assert np.abs(pred.probabilities[:, z] - alone.probabilities).max() <= TOL_Q
-        for k, (g3, g2) in enumerate(zip(pred.gates, alone.gates)):
+        for k, (g3, g2) in enumerate(zip(pred.gates, alone.gates, strict=True)):
             assert np.abs(g3.data[:, z] - g2.data).max() <= 1e-5, f"slice {z} gate {k + 1}"
-    for gm, geometry in zip(pred.gates, official2d.spec.gates):
+    for gm, geometry in zip(pred.gates, official2d.spec.gates, strict=True):
         assert gm.stride == (1.0,) + tuple(float(s) for s in geometry.stride)
         assert gm.offset == (0.0,) + tuple(float(o) for o in geometry.offset)
         assert gm.data.shape[1] == 3

@@ -33,29 +33,31 @@ def test_resampling_to_the_training_spacing_round_trips(tmp_path, scan_spacing):
     assert pred.probabilities.shape == (2,) + shape
     assert any("resampl" in note for note in pred.notes), pred.notes
     assert pred.spacing == scan_spacing
-    ratio = [t / s for t, s in zip(model.spec.spacing, scan_spacing)]  # input voxels per work voxel
-    for gm, geometry in zip(pred.gates, model.spec.gates):
+    ratio = [
+        t / s for t, s in zip(model.spec.spacing, scan_spacing, strict=True)
+    ]  # input voxels per work voxel
+    for gm, geometry in zip(pred.gates, model.spec.gates, strict=True):
         # each gate cell covers `ratio` times as many input voxels as it would unresampled
-        assert gm.stride == pytest.approx([s * r for s, r in zip(geometry.stride, ratio)])
+        assert gm.stride == pytest.approx([s * r for s, r in zip(geometry.stride, ratio, strict=True)])
         # work voxel w is centred on input voxel w * ratio (voxel 0 stays, as in MONAI Spacingd)
-        assert gm.offset == pytest.approx([o * r for o, r in zip(geometry.offset, ratio)])
+        assert gm.offset == pytest.approx([o * r for o, r in zip(geometry.offset, ratio, strict=True)])
 
     # the same as resampling by hand (scipy, linear, edge values beyond the border), predicting
     # on the training grid, and resampling back
     from scipy.ndimage import map_coordinates
 
-    work = tuple(int(np.round((n - 1) / r + 1)) for n, r in zip(shape, ratio))  # as MONAI rounds
-    grid = np.meshgrid(*[np.arange(m) * r for m, r in zip(work, ratio)], indexing="ij")
+    work = tuple(int(np.round((n - 1) / r + 1)) for n, r in zip(shape, ratio, strict=True))  # as MONAI rounds
+    grid = np.meshgrid(*[np.arange(m) * r for m, r in zip(work, ratio, strict=True)], indexing="ij")
     small = map_coordinates(image, grid, order=1, mode="nearest").astype(np.float32)
     coarse = na.predict(small, model, normalization="none", **FP32)  # no spacing: no resampling
     assert not any("resampl" in n for n in coarse.notes)
     assert coarse.probabilities.shape == (2,) + work
-    grid = np.meshgrid(*[np.arange(n) / r for n, r in zip(shape, ratio)], indexing="ij")
+    grid = np.meshgrid(*[np.arange(n) / r for n, r in zip(shape, ratio, strict=True)], indexing="ij")
     back = np.stack(
         [map_coordinates(c.astype(np.float32), grid, order=1, mode="nearest") for c in coarse.probabilities]
     )
     assert np.abs(pred.probabilities - back).max() <= 2 * TOL_Q
-    for gm, gc in zip(pred.gates, coarse.gates):
+    for gm, gc in zip(pred.gates, coarse.gates, strict=True):
         assert np.abs(gm.data - gc.data).max() <= 1e-4
 
     # a scan already at the training spacing is not resampled

@@ -44,16 +44,16 @@ def tile_envelope(model, image: np.ndarray, tile: int, overlap: float):
     """
     spec = model.spec
     shape = image.shape
-    padded = tuple(-(-n // s) * s for n, s in zip(shape, spec.total_stride))
+    padded = tuple(-(-n // s) * s for n, s in zip(shape, spec.total_stride, strict=True))
     x = np.zeros(padded, np.float32)
     x[tuple(slice(0, n) for n in shape)] = image
-    starts = [_starts(n, tile, s, overlap) for n, s in zip(padded, spec.total_stride)]
+    starts = [_starts(n, tile, s, overlap) for n, s in zip(padded, spec.total_stride, strict=True)]
     lo = np.full((spec.out_channels,) + padded, np.inf, np.float32)
     hi = np.full_like(lo, -np.inf)
     count = np.zeros(padded, np.int32)
     gates = []
     for g in spec.gates:
-        grid = tuple(n // s for n, s in zip(padded, g.stride))
+        grid = tuple(n // s for n, s in zip(padded, g.stride, strict=True))
         gates.append(
             [
                 np.full((g.heads,) + grid, np.inf, np.float32),
@@ -69,15 +69,15 @@ def tile_envelope(model, image: np.ndarray, tile: int, overlap: float):
         lo[(slice(None),) + region] = np.minimum(lo[(slice(None),) + region], probs)
         hi[(slice(None),) + region] = np.maximum(hi[(slice(None),) + region], probs)
         count[region] += 1
-        for (glo, ghi, gcount), g, alpha in zip(gates, spec.gates, maps):
-            cells = tuple(slice(a // s, a // s + tile // s) for a, s in zip(start, g.stride))
+        for (glo, ghi, gcount), g, alpha in zip(gates, spec.gates, maps, strict=True):
+            cells = tuple(slice(a // s, a // s + tile // s) for a, s in zip(start, g.stride, strict=True))
             glo[(slice(None),) + cells] = np.minimum(glo[(slice(None),) + cells], alpha)
             ghi[(slice(None),) + cells] = np.maximum(ghi[(slice(None),) + cells], alpha)
             gcount[cells] += 1
     crop = (slice(None),) + tuple(slice(0, n) for n in shape)
     out_gates = []
-    for (glo, ghi, gcount), g in zip(gates, spec.gates):
-        cells = tuple(-(-n // s) for n, s in zip(shape, g.stride))
+    for (glo, ghi, gcount), g in zip(gates, spec.gates, strict=True):
+        cells = tuple(-(-n // s) for n, s in zip(shape, g.stride, strict=True))
         gcrop = tuple(slice(0, c) for c in cells)
         out_gates.append((glo[(slice(None),) + gcrop], ghi[(slice(None),) + gcrop], gcount[gcrop]))
     return lo[crop], hi[crop], count[crop[1:]], out_gates
@@ -124,7 +124,7 @@ def test_stitching_blends_the_tiles(case):
     inside = (p[0] > lo[0] + 0.01) & (p[0] < hi[0] - 0.01)
     assert inside[spread].mean() > 0.02
     tol = 1e-4  # float32 rounding (folded BN), amplified by the sharpened psi
-    for k, (gm, (glo, ghi, gcount)) in enumerate(zip(pred.gates, gates), start=1):
+    for k, (gm, (glo, ghi, gcount)) in enumerate(zip(pred.gates, gates, strict=True), start=1):
         assert gm.data.shape == glo.shape, f"gate {k}"
         assert (gcount >= 1).all(), f"gate {k}: every cell comes from some tile"
         assert (gm.data >= glo - tol).all() and (gm.data <= ghi + tol).all(), f"gate {k}"
@@ -156,15 +156,15 @@ def test_tiled_run_agrees_with_one_big_tile_in_the_interior(case):
     tiled = na.predict(image, model, normalization="zscore", tile=tile, overlap=0.5, batch_size=4, **FP32)
     whole = na.predict(image, model, normalization="zscore", tile=max(shape), **FP32)
     assert tiled.tile == (tile,) * len(shape)
-    assert whole.tile == tuple(-(-n // s) * s for n, s in zip(shape, spec.total_stride))
+    assert whole.tile == tuple(-(-n // s) * s for n, s in zip(shape, spec.total_stride, strict=True))
     margin = 16
     inner = (slice(None),) + tuple(slice(margin, n - margin) for n in shape)
     diff = np.abs(tiled.probabilities[inner] - whole.probabilities[inner])
     figures = {"mean": float(diff.mean()), "p99": float(np.percentile(diff, 99)), "max": float(diff.max())}
-    for k, (a, b, g) in enumerate(zip(tiled.gates, whole.gates, spec.gates), start=1):
+    for k, (a, b, g) in enumerate(zip(tiled.gates, whole.gates, spec.gates, strict=True), start=1):
         assert a.data.shape == b.data.shape
         cells = (slice(None),) + tuple(
-            slice(margin // s, n - margin // s) for s, n in zip(g.stride, a.data.shape[1:])
+            slice(margin // s, n - margin // s) for s, n in zip(g.stride, a.data.shape[1:], strict=True)
         )
         gd = np.abs(a.data[cells] - b.data[cells])
         figures[f"gate{k}_mean"], figures[f"gate{k}_max"] = float(gd.mean()), float(gd.max())

@@ -329,7 +329,7 @@ def test_demo_overlays_uncertainty_and_readout(make_napari_viewer, qtbot):
     labels.opacity = 1.0
     classes = _canvas(viewer, qtbot)  # the labels alone, opaque
     labels.opacity = opacity
-    for layer, was in zip(layers, visible):
+    for layer, was in zip(layers, visible, strict=True):
         layer.visible = was
     legend = np.array([LABEL_COLOURS[k][:3] for k in (1, 2)]) * 255
     low = attention < 8
@@ -380,12 +380,12 @@ def test_demo_overlays_uncertainty_and_readout(make_napari_viewer, qtbot):
         table[level] = [row[column] for row in data["data"]]
         expected = pred.uncertain_volumes_ml(labels.data, level, scan.scale)
         voxel = float(np.prod(scan.scale)) / 1000
-        for row, cname in zip(data["data"], ("grey matter", "white matter")):
+        for row, cname in zip(data["data"], ("grey matter", "white matter"), strict=True):
             assert row[column] == pytest.approx(expected[cname], abs=1e-3)
             assert expected[cname] == pytest.approx(
                 ((labels.data == pred.label_names.index(cname)) & (u > level)).sum() * voxel
             )
-    assert all(a < b for a, b in zip(table[0.6], table[0.2]))
+    assert all(a < b for a, b in zip(table[0.6], table[0.2], strict=True))
     assert layer.iso_threshold == pytest.approx(0.2)
 
     # ---- readout at the cursor ----------------------------------------------------------
@@ -398,7 +398,7 @@ def test_demo_overlays_uncertainty_and_readout(make_napari_viewer, qtbot):
     status = viewer.status
     text = status["coordinates"] if isinstance(status, dict) else status
     probs = pred.quantized[(slice(None),) + boundary_voxel] / 255
-    for cname, p in zip(pred.class_names, probs):
+    for cname, p in zip(pred.class_names, probs, strict=True):
         assert f"{cname} {p:.2f}" in text, text
     assert f"uncertainty {u[boundary_voxel]:.2f}" in text, text
     for k in (1, 2, 3):

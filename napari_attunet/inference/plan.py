@@ -125,7 +125,7 @@ def make_plan(
     for c in range(x.shape[0]):
         (intensity[c] if intensity else fit(x[c].numpy(), norm)).apply(x[c])
     plane = work_shape[-dims:]
-    padded = tuple(round_up(n, s) for n, s in zip(plane, spec.total_stride))
+    padded = tuple(round_up(n, s) for n, s in zip(plane, spec.total_stride, strict=True))
     tile_, jobs, batch, auto_batch = _tiles(padded, spec, target.dev, tile, overlap, stack, batch_size)
     host, device_bytes = estimate_memory(model, padded, tile_, batch, stack, attention)
     stitch_on_device = check_memory(host, device_bytes, target.dev, name)
@@ -173,7 +173,7 @@ def _tiles(
 def _pad(x: torch.Tensor, plane, padded) -> torch.Tensor:
     """Zeros after the end of each plane axis, up to ``padded``."""
     pad = []
-    for n, p in zip(reversed(plane), reversed(padded)):
+    for n, p in zip(reversed(plane), reversed(padded), strict=True):
         pad += [0, p - n]
     return torch.nn.functional.pad(x, pad) if any(pad) else x
 
@@ -200,7 +200,7 @@ def context_slices(
     dims = spec.spatial_dims
     if isinstance(tile, int):
         tile = (tile,) * dims
-    padded = tuple(round_up(n, st) for n, st in zip(shape[-dims:], spec.total_stride))
+    padded = tuple(round_up(n, st) for n, st in zip(shape[-dims:], spec.total_stride, strict=True))
     full_tile = default_tile(padded, spec.total_stride, dims, tile or spec.tile)
     # Half of the largest tile dimension on every plane axis, whatever the network's axis order.
     margin = max(max(full_tile) // 2, max(spec.total_stride))
@@ -208,7 +208,7 @@ def context_slices(
     step = max(spec.total_stride)
     margins = [(0, 1)] * (len(shape) - dims) + [(margin, step)] * dims
     inner, outer = [], []
-    for sl, n, (m, grid) in zip(region, shape, margins):
+    for sl, n, (m, grid) in zip(region, shape, margins, strict=True):
         start, stop, _ = sl.indices(n)
         if stop <= start:
             raise InputError(f"region {tuple(region)} is empty for an image of shape {shape}.")
