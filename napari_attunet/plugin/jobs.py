@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -48,15 +49,56 @@ def failure(exc: BaseException) -> tuple[str, str, str]:
     return "error", f"The run failed: {type(exc).__name__}: {exc}", "failed"
 
 
+@dataclass(frozen=True)
+class StoreResult:
+    """A run that wrote a result store: its prediction (reading the store) and the label by
+    uncertainty-level voxel counts (``store_views.uncertainty_counts``)."""
+
+    prediction: Any
+    counts: Any
+    path: Path
+
+
+def _store_steps(steps, out):
+    """``steps`` with a ``StoreOpened`` after the first step the partial store exists at."""
+    from .live_store import StoreOpened
+    from .store_location import partial_store
+
+    announced = out is None
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield step
+        if not announced and getattr(step, "stage", "") == "predicting":
+            partial = partial_store(out)
+            if partial is not None:
+                announced = True
+                yield StoreOpened(partial, out)
+
+
+def _finish_store(pred, path: Path, cancel: threading.Event) -> StoreResult:
+    """In the worker: the store's labels counted by uncertainty level, slab by slab."""
+    from .live_store import LABELS_KEY, _open
+    from .store_views import StoreView, uncertainty_counts
+
+    labels, unc = _open(path, LABELS_KEY), _open(path, "uncertainty/0")
+    pred._uncertainty = StoreView(unc, factor=1.0 / 255)  # the readout reads it voxel by voxel
+    n = len(pred.label_names)
+    return StoreResult(pred, uncertainty_counts(labels, unc, n, labels.chunks, cancel.is_set), path)
+
+
 def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axis, options: dict, name: str):
-    """An unstarted napari thread worker running ``iter_predict`` on ``data``."""
+    """An unstarted napari thread worker running ``iter_predict`` on ``data``; with an ``out``
+    store it also yields ``StoreOpened`` and returns a ``StoreResult``."""
     from napari.qt.threading import thread_worker
 
     from ..inference import iter_predict
 
     @thread_worker(ignore_errors=True)  # errors are shown by Jobs._on_error
     def work():
-        pred = yield from iter_predict(
+        steps = iter_predict(
             data,
             model,
             spacing=spacing,
@@ -65,6 +107,9 @@ def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axi
             name=f"layer {name!r}",
             **options,
         )
+        pred = yield from _store_steps(steps, options.get("out"))
+        if options.get("out") is not None:
+            return _finish_store(pred, Path(options["out"]), cancel)
         pred.uncertainty  # noqa: B018 computed here, off the event loop (cached on the prediction)
         return pred
 
@@ -80,6 +125,8 @@ class Jobs:
         self.cancel_event = threading.Event()
         self.closed = False
         self._activity = None
+        self._on_step: Callable[[Any], None] | None = None
+        self._on_failed: Callable[[BaseException], str | None] | None = None
 
     @property
     def running(self) -> bool:
@@ -95,12 +142,17 @@ class Jobs:
         options: dict,
         name: str,
         on_result: Callable[[Any], None],
+        on_step: Callable[[Any], None] | None = None,
+        on_failed: Callable[[BaseException], str | None] | None = None,
     ):
         """Start a run on ``data`` (the layer ``name``); ``on_result(prediction)`` shows it.
+        ``on_step`` sees every yielded step (progress, ``StoreOpened``); ``on_failed(exc)``
+        cleans up after a failed or cancelled run and may return the sentence to show.
         Returns the started worker."""
         from napari.utils import progress as napari_progress
 
         self.cancel_event = threading.Event()
+        self._on_step, self._on_failed = on_step, on_failed
         self._set_buttons(running=True)
         self.controls.progress.value = 0
         self.controls.status.value = "starting"
@@ -144,6 +196,10 @@ class Jobs:
     def _on_progress(self, step) -> None:
         if self.closed:
             return
+        if self._on_step is not None:
+            self._on_step(step)
+        if not hasattr(step, "stage"):
+            return
         self.controls.progress.max = max(step.total, 1)
         self.controls.progress.value = min(step.done, step.total)
         self.controls.status.value = progress_text(step)
@@ -157,7 +213,7 @@ class Jobs:
         if self.closed:
             return
         on_result(pred)
-        self.controls.status.value = finished_text(pred)
+        self.controls.status.value = finished_text(getattr(pred, "prediction", pred))
 
     def _on_error(self, exc) -> None:
         from .notify import notify
@@ -165,6 +221,8 @@ class Jobs:
         if self.closed:
             return
         kind, message, status = failure(exc)
+        if self._on_failed is not None:
+            message = self._on_failed(exc) or message
         notify(kind, message)
         self.controls.status.value = status
 

@@ -119,11 +119,27 @@ def refuse_too_large(data, channel_axis: int | None, spec, name: str) -> None:
     )
 
 
+def store_run_wanted(data, channel_axis: int | None = None, spec=None) -> bool:
+    """Whether Run writes a result store: for a dask/zarr layer, and (given the model's
+    ``spec``) for an in-memory one whose in-memory run would not fit in free memory."""
+    from ..inference.lazy import is_lazy
+    from ..limits import fits
+
+    if is_lazy(data):
+        return True
+    if spec is None:
+        return False
+    shape = list(np.shape(data))
+    if channel_axis is not None:
+        del shape[channel_axis]
+    return not fits(bytes_needed(shape, spec.in_channels, spec.out_channels, False))[0]
+
+
 def region_around(centre, shape) -> tuple[slice, ...]:
     """PREVIEW_DEPTH slices by PREVIEW_PLANE voxels across around ``centre``, inside ``shape``."""
     sizes = (PREVIEW_DEPTH,) + (PREVIEW_PLANE,) * (len(shape) - 1)
     region = []
-    for c, size, n in zip(centre, sizes, shape):
+    for c, size, n in zip(centre, sizes, shape, strict=True):
         start = int(np.clip(c - size // 2, 0, max(n - size, 0)))
         region.append(slice(start, min(start + size, n)))
     return tuple(region)
@@ -135,7 +151,7 @@ def preview_centre(viewer, layer) -> np.ndarray:
 
     point = np.array(viewer.dims.point[-layer.ndim :], dtype=float)
     lead = viewer.dims.ndim - layer.ndim
-    for axis, c in zip(list(viewer.dims.displayed)[-2:], camera_of(viewer).center[-2:]):
+    for axis, c in zip(list(viewer.dims.displayed)[-2:], camera_of(viewer).center[-2:], strict=False):
         if axis >= lead:
             point[axis - lead] = c
     return np.round(layer.world_to_data(point)).astype(int)

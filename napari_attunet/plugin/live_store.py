@@ -1,0 +1,235 @@
+"""The layers of a run that writes a result store: added as soon as the store exists, backed by
+its arrays (read as napari asks), refreshed as blocks finish, moved onto the finished store, and
+removed with the partial store when the run is cancelled or fails.
+
+While the run goes, the labels are read-only (the engine is writing them). Once it is done they
+are backed by the store's own labels array, writable: painting writes into the store on disk.
+Threshold changes never write there; they show as a separate read-only layer computed slice by
+slice from the stored probabilities, so no edit can be overwritten.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .layers import (
+    LABELS_OPACITY,
+    SourceGeometry,
+    gate_contrast,
+    gate_kwargs,
+    label_colormap,
+    uncertainty_layer,
+)
+from .store_views import StoreView
+
+MIN_REFRESH_MS = 250  # at most four refreshes a second
+MAX_REFRESH_MS = 3000
+STORE_TAG = "attunet_store"
+LABELS_KEY = "labels/attunet/0"
+
+
+@dataclass(frozen=True)
+class StoreOpened:
+    """Yielded by the worker: the run's partial store exists at ``partial`` (``out`` at the end)."""
+
+    partial: Path
+    out: Path
+
+
+class PaintWatch:
+    """Edits of a store-backed Labels layer: paint and fill (they write into the store).
+
+    No copy of the volume is kept (it may not fit in memory); nothing the widget does writes
+    into a finished store's labels, so there is nothing an edit could be lost to."""
+
+    def __init__(self, layer):
+        self.painted = False
+        layer.events.paint.connect(self._on_paint)
+
+    def _on_paint(self, event=None) -> None:
+        self.painted = True
+
+    @property
+    def edited(self) -> bool:
+        return self.painted
+
+    def record(self, data=None, region=None) -> None:
+        pass
+
+    def matches(self, region=None) -> bool:
+        return not self.painted
+
+
+def _open(path: Path, key: str, mode: str = "r"):
+    import zarr
+
+    return zarr.open_array(str(path / key), mode=mode, zarr_format=2)
+
+
+def store_names(path: Path) -> tuple[str, list[str]]:
+    """(output, label names with the background first) from a store's metadata."""
+    import zarr
+
+    meta = dict(zarr.open_group(str(path), mode="r", zarr_format=2).attrs["attunet"])
+    names = list(meta["class_names"])
+    return meta["output"], (["background"] + names if meta["output"] == "sigmoid" else names)
+
+
+def gate_groups(path: Path) -> list[tuple[int, str, dict]]:
+    """(k, key of the array, its stride/offset) for each gate map in the store, in order."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r", zarr_format=2)
+    if "gates" not in root:
+        return []
+    keys = sorted(root["gates"].group_keys(), key=lambda k: int(k[4:]))
+    return [(int(k[4:]), f"gates/{k}/0", dict(root[f"gates/{k}"].attrs["attunet"])) for k in keys]
+
+
+def sampled_contrast(array, lead: tuple) -> tuple[float, float]:
+    """``gate_contrast`` of a stored gate head from a strided read (about 1e6 cells)."""
+    shape = array.shape[len(lead) :]
+    step = max(1, int(round((np.prod(shape) / 1e6) ** (1.0 / len(shape)))))
+    return gate_contrast(np.asarray(array[lead + (slice(None, None, step),) * len(shape)]))
+
+
+class StoreRun:
+    """One store-writing run's layers in one viewer."""
+
+    def __init__(self, viewer, source: SourceGeometry, out: Path, show_uncertainty: bool, level: float):
+        from qtpy.QtCore import QTimer
+
+        self.viewer, self.source, self.out = viewer, source, Path(out)
+        self.show_uncertainty, self.level = show_uncertainty, level
+        self.tag = uuid.uuid4().hex
+        self.partial: Path | None = None
+        self.refreshes = 0
+        self.refresh_seconds = 0.0
+        self.interval_ms = MIN_REFRESH_MS
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.timeout.connect(self.refresh)
+
+    # ---- layers ----------------------------------------------------------------------------
+    def layers(self) -> list:
+        """This run's layers still in the viewer (found by tag: napari may hand out proxies)."""
+        return [
+            layer
+            for layer in self.viewer.layers
+            if (layer.metadata.get(STORE_TAG) or {}).get("tag") == self.tag
+        ]
+
+    def labels_layer(self):
+        for layer in self.layers():
+            if layer.metadata[STORE_TAG]["kind"] == "labels":
+                return layer
+        return None
+
+    def _meta(self, kind: str, **more) -> dict:
+        return {STORE_TAG: {"tag": self.tag, "kind": kind, "store": str(self.out), **more}}
+
+    def open(self, partial: Path) -> None:
+        """The store exists: add its layers (empty so far), labels read-only."""
+        self.partial = Path(partial)
+        output, names = store_names(self.partial)
+        labels = _open(self.partial, LABELS_KEY)
+        kwargs = {
+            **self.source.kwargs(),
+            "name": f"{self.source.name} attunet",
+            "colormap": label_colormap(len(names)),
+            "features": {"index": list(range(len(names))), "class": names, "volume_ml": [0.0] * len(names)},
+            "metadata": {
+                "attunet": {"source": self.source.name, "class_names": names, "run": uuid.uuid4().hex},
+                **self._meta("labels"),
+                **{k: v for k, v in self.source.metadata.items() if k == "attunet_geometry"},
+            },
+            "opacity": LABELS_OPACITY,
+            "rendering": "iso_categorical",
+        }
+        layer = self.viewer.add_labels(labels, **kwargs)
+        layer.editable = False  # the engine writes these voxels until the run ends
+        for k, key, grid in gate_groups(self.partial):
+            array = _open(self.partial, key)
+            heads = array.shape[0]
+            for h in range(heads):
+                gk = gate_kwargs(self.source, k, h, heads, grid["stride"], grid["offset"], (0.5, 1.0))
+                gk["metadata"].update(self._meta("gate", key=key, head=h))
+                self.viewer.add_image(StoreView(array, (h,)), **gk)
+        view = StoreView(_open(self.partial, "uncertainty/0"), factor=1.0 / 255)
+        _, uk, _ = uncertainty_layer(_Uncertain(view), self.source, self.level)
+        uk["visible"] = self.show_uncertainty
+        uk["metadata"].update(self._meta("uncertainty"))
+        self.viewer.add_image(view, **uk)
+        self.viewer.layers.selection.active = layer
+
+    # ---- as blocks finish ------------------------------------------------------------------
+    def block_done(self) -> None:
+        """A block is in the store: refresh soon (throttled: at most one refresh per interval)."""
+        if self.partial is not None and not self.timer.isActive():
+            self.timer.start(self.interval_ms)
+
+    def refresh(self) -> None:
+        """Re-read what the visible layers show; the interval grows when a refresh is slow, so
+        that refreshing never takes more than a fifth of the event loop's time."""
+        started = time.perf_counter()
+        for layer in self.layers():
+            if layer.visible:
+                layer.refresh()
+        cost = time.perf_counter() - started
+        self.refreshes += 1
+        self.refresh_seconds += cost
+        self.interval_ms = int(min(MAX_REFRESH_MS, max(MIN_REFRESH_MS, 4000 * cost)))
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+    # ---- the end ---------------------------------------------------------------------------
+    def finish(self, counts: np.ndarray | None):
+        """The store is complete at ``out``: every layer reads from there, labels writable.
+        Returns the Labels layer (None if the user removed it)."""
+        self.stop()
+        output, names = store_names(self.out)
+        for layer in self.layers():
+            meta = layer.metadata[STORE_TAG]
+            if meta["kind"] == "labels":
+                layer.data = _open(self.out, LABELS_KEY, mode="r+")
+                layer.editable = True
+                if counts is not None:
+                    voxel = float(np.prod(self.source.scale)) / 1000.0
+                    layer.features = {
+                        "index": list(range(len(names))),
+                        "class": names,
+                        "volume_ml": [0.0] + [float(counts[k].sum()) * voxel for k in range(1, len(names))],
+                    }
+            elif meta["kind"] == "gate":
+                array, lead = _open(self.out, meta["key"]), (meta["head"],)
+                layer.data = StoreView(array, lead)
+                limits = sampled_contrast(array, lead)
+                layer.contrast_limits = limits
+                layer.iso_threshold = limits[0] + 0.8 * (limits[1] - limits[0])
+            else:
+                layer.data = StoreView(_open(self.out, "uncertainty/0"), factor=1.0 / 255)
+        self.partial = None
+        return self.labels_layer()
+
+    def discard(self) -> int:
+        """The run was cancelled or failed (the engine removed the partial store): remove this
+        run's layers. Returns how many were removed."""
+        self.stop()
+        self.partial = None
+        layers = self.layers()
+        for layer in layers:
+            self.viewer.layers.remove(layer)
+        return len(layers)
+
+
+class _Uncertain:
+    """What ``layers.uncertainty_layer`` reads of a prediction: its uncertainty map."""
+
+    def __init__(self, view):
+        self.uncertainty = view
