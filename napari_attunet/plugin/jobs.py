@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,36 +57,54 @@ class StoreResult:
     prediction: Any
     counts: Any
     path: Path
+    gate_limits: dict = field(default_factory=dict)  # (array key, head) -> contrast limits
 
 
-def _store_steps(steps, out):
-    """``steps`` with a ``StoreOpened`` after the first step the partial store exists at."""
+def _store_steps(steps, out, cancel: threading.Event):
+    """``steps`` with a ``StoreOpened`` after the first step the partial store exists at.
+
+    Once cancelled, the engine is closed here, before the next yield: when the viewer closes,
+    the worker's signals go with it, and a worker that cannot emit a step abandons its
+    generator at that yield, where nothing would remove the partial store."""
+    from ..errors import Cancelled
     from .live_store import StoreOpened
     from .store_location import partial_store
 
     announced = out is None
-    while True:
-        try:
-            step = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        yield step
-        if not announced and getattr(step, "stage", "") == "predicting":
-            partial = partial_store(out)
-            if partial is not None:
-                announced = True
-                yield StoreOpened(partial, out)
+    try:
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            if out is not None and cancel.is_set():
+                steps.close()  # the engine removes what it wrote
+                raise Cancelled(f"the run was cancelled; no result was kept ({Path(out).name} removed).")
+            yield step
+            if not announced and getattr(step, "stage", "") == "predicting":
+                partial = partial_store(out)
+                if partial is not None:
+                    announced = True
+                    yield StoreOpened(partial, out)
+    finally:
+        steps.close()  # a worker quit at a yield (the viewer closed): the engine cleans up now
 
 
 def _finish_store(pred, path: Path, cancel: threading.Event) -> StoreResult:
-    """In the worker: the store's labels counted by uncertainty level, slab by slab."""
-    from .live_store import LABELS_KEY, _open
+    """In the worker: the store's labels counted by uncertainty level, slab by slab, and each
+    gate head's contrast limits from a strided sample (reads the GUI thread need not make)."""
+    from .live_store import LABELS_KEY, gate_groups, open_store_array, sampled_contrast
     from .store_views import StoreView, uncertainty_counts
 
-    labels, unc = _open(path, LABELS_KEY), _open(path, "uncertainty/0")
+    labels, unc = open_store_array(path, LABELS_KEY), open_store_array(path, "uncertainty/0")
     pred._uncertainty = StoreView(unc, factor=1.0 / 255)  # the readout reads it voxel by voxel
-    n = len(pred.label_names)
-    return StoreResult(pred, uncertainty_counts(labels, unc, n, labels.chunks, cancel.is_set), path)
+    counts = uncertainty_counts(labels, unc, len(pred.label_names), labels.chunks, cancel.is_set)
+    limits = {}
+    for _, key, _ in gate_groups(path):
+        array = open_store_array(path, key)
+        for h in range(array.shape[0]):
+            limits[(key, h)] = sampled_contrast(array, (h,))
+    return StoreResult(pred, counts, path, limits)
 
 
 def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axis, options: dict, name: str):
@@ -107,7 +125,7 @@ def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axi
             name=f"layer {name!r}",
             **options,
         )
-        pred = yield from _store_steps(steps, options.get("out"))
+        pred = yield from _store_steps(steps, options.get("out"), cancel)
         if options.get("out") is not None:
             return _finish_store(pred, Path(options["out"]), cancel)
         pred.uncertainty  # noqa: B018 computed here, off the event loop (cached on the prediction)

@@ -10,6 +10,8 @@ slice from the stored probabilities, so no edit can be overwritten.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -65,7 +67,7 @@ class PaintWatch:
         return not self.painted
 
 
-def _open(path: Path, key: str, mode: str = "r"):
+def open_store_array(path: Path, key: str, mode: str = "r"):
     import zarr
 
     return zarr.open_array(str(path / key), mode=mode, zarr_format=2)
@@ -111,6 +113,9 @@ class StoreRun:
         self.refreshes = 0
         self.refresh_seconds = 0.0
         self.interval_ms = MIN_REFRESH_MS
+        self._seen: set[str] = set()  # chunk files of the probabilities already shown
+        self._pending: list = []  # layers to add, one per turn of the event loop
+        self._chunks: tuple[int, ...] = ()
         self.timer = QTimer()
         self.timer.setSingleShot(True)
         self.timer.timeout.connect(self.refresh)
@@ -134,10 +139,12 @@ class StoreRun:
         return {STORE_TAG: {"tag": self.tag, "kind": kind, "store": str(self.out), **more}}
 
     def open(self, partial: Path) -> None:
-        """The store exists: add its layers (empty so far), labels read-only."""
+        """The store exists: add its layers (empty so far; labels read-only), one per turn of
+        the event loop (a new layer's Qt controls take a few hundred ms under software GL)."""
         self.partial = Path(partial)
         output, names = store_names(self.partial)
-        labels = _open(self.partial, LABELS_KEY)
+        labels = open_store_array(self.partial, LABELS_KEY)
+        self._chunks = tuple(labels.chunks)
         kwargs = {
             **self.source.kwargs(),
             "name": f"{self.source.name} attunet",
@@ -151,20 +158,42 @@ class StoreRun:
             "opacity": LABELS_OPACITY,
             "rendering": "iso_categorical",
         }
-        layer = self.viewer.add_labels(labels, **kwargs)
-        layer.editable = False  # the engine writes these voxels until the run ends
+        self._pending = [lambda: self._add_labels(labels, kwargs)]
         for k, key, grid in gate_groups(self.partial):
-            array = _open(self.partial, key)
+            array = open_store_array(self.partial, key)
             heads = array.shape[0]
             for h in range(heads):
                 gk = gate_kwargs(self.source, k, h, heads, grid["stride"], grid["offset"], (0.5, 1.0))
                 gk["metadata"].update(self._meta("gate", key=key, head=h))
-                self.viewer.add_image(StoreView(array, (h,)), **gk)
-        view = StoreView(_open(self.partial, "uncertainty/0"), factor=1.0 / 255)
+                self._pending.append(
+                    lambda a=array, h=h, gk=gk: self.viewer.add_image(StoreView(a, (h,)), **gk)
+                )
+        view = StoreView(open_store_array(self.partial, "uncertainty/0"), factor=1.0 / 255)
         _, uk, _ = uncertainty_layer(_Uncertain(view), self.source, self.level)
         uk["visible"] = self.show_uncertainty
         uk["metadata"].update(self._meta("uncertainty"))
-        self.viewer.add_image(view, **uk)
+        self._pending.append(lambda: self.viewer.add_image(view, **uk))
+        self._drain()
+
+    @property
+    def pending(self) -> bool:
+        """Layers still to be added."""
+        return bool(self._pending)
+
+    def _drain(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        if self._pending:
+            self._pending.pop(0)()
+            QTimer.singleShot(0, self._drain)
+
+    def _flush(self) -> None:
+        while self._pending:
+            self._pending.pop(0)()
+
+    def _add_labels(self, labels, kwargs: dict) -> None:
+        layer = self.viewer.add_labels(labels, **kwargs)
+        layer.editable = False  # the engine writes these voxels until the run ends
         self.viewer.layers.selection.active = layer
 
     # ---- as blocks finish ------------------------------------------------------------------
@@ -174,8 +203,11 @@ class StoreRun:
             self.timer.start(self.interval_ms)
 
     def refresh(self) -> None:
-        """Re-read what the visible layers show; the interval grows when a refresh is slow, so
-        that refreshing never takes more than a fifth of the event loop's time."""
+        """Re-read what the visible layers show, when blocks landed there since the last time;
+        the interval grows when a refresh is slow, so that refreshing never takes more than a
+        fifth of the event loop's time."""
+        if self.partial is None or not self._landed_in_view():
+            return
         started = time.perf_counter()
         for layer in self.layers():
             if layer.visible:
@@ -185,19 +217,47 @@ class StoreRun:
         self.refresh_seconds += cost
         self.interval_ms = int(min(MAX_REFRESH_MS, max(MIN_REFRESH_MS, 4000 * cost)))
 
+    def _landed_in_view(self) -> bool:
+        """Whether chunks written since the last call touch the slice on screen (in 3D: any).
+        The store's chunk files tell, as the probabilities are never all zero (never skipped)."""
+        try:
+            names = {entry.name for entry in os.scandir(self.partial / "0") if entry.name[0].isdigit()}
+        except OSError:  # renamed or removed meanwhile
+            return False
+        new = names - self._seen
+        self._seen |= new
+        if not new:
+            return False
+        layer = self.labels_layer()
+        if layer is None or self.viewer.dims.ndisplay == 3:
+            return True
+        lead = self.viewer.dims.ndim - layer.ndim
+        point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
+        hidden = [a - lead for a in self.viewer.dims.not_displayed if a >= lead]
+        chunks = self._chunks
+        for name in new:
+            index = [int(i) for i in re.split(r"[./]", name)[1:]]  # after the channel chunk
+            if len(index) == layer.ndim and all(
+                index[a] * chunks[a] <= round(point[a]) < (index[a] + 1) * chunks[a] for a in hidden
+            ):
+                return True
+        return False
+
     def stop(self) -> None:
         self.timer.stop()
 
     # ---- the end ---------------------------------------------------------------------------
-    def finish(self, counts: np.ndarray | None):
-        """The store is complete at ``out``: every layer reads from there, labels writable.
-        Returns the Labels layer (None if the user removed it)."""
+    def finish(self, counts: np.ndarray | None, gate_limits: dict):
+        """The store is complete at ``out``: every layer reads from there, labels writable,
+        gates with their contrast limits (``gate_limits[(key, head)]``). Returns the Labels
+        layer (None if the user removed it)."""
         self.stop()
+        self._flush()
         output, names = store_names(self.out)
         for layer in self.layers():
             meta = layer.metadata[STORE_TAG]
             if meta["kind"] == "labels":
-                layer.data = _open(self.out, LABELS_KEY, mode="r+")
+                layer.data = open_store_array(self.out, LABELS_KEY, mode="r+")
                 layer.editable = True
                 if counts is not None:
                     voxel = float(np.prod(self.source.scale)) / 1000.0
@@ -207,13 +267,13 @@ class StoreRun:
                         "volume_ml": [0.0] + [float(counts[k].sum()) * voxel for k in range(1, len(names))],
                     }
             elif meta["kind"] == "gate":
-                array, lead = _open(self.out, meta["key"]), (meta["head"],)
-                layer.data = StoreView(array, lead)
-                limits = sampled_contrast(array, lead)
-                layer.contrast_limits = limits
-                layer.iso_threshold = limits[0] + 0.8 * (limits[1] - limits[0])
+                layer.data = StoreView(open_store_array(self.out, meta["key"]), (meta["head"],))
+                limits = gate_limits.get((meta["key"], meta["head"]))
+                if limits is not None:
+                    layer.contrast_limits = limits
+                    layer.iso_threshold = limits[0] + 0.8 * (limits[1] - limits[0])
             else:
-                layer.data = StoreView(_open(self.out, "uncertainty/0"), factor=1.0 / 255)
+                layer.data = StoreView(open_store_array(self.out, "uncertainty/0"), factor=1.0 / 255)
         self.partial = None
         return self.labels_layer()
 
@@ -221,6 +281,7 @@ class StoreRun:
         """The run was cancelled or failed (the engine removed the partial store): remove this
         run's layers. Returns how many were removed."""
         self.stop()
+        self._pending.clear()
         self.partial = None
         layers = self.layers()
         for layer in layers:

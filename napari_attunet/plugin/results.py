@@ -128,7 +128,7 @@ class ResultLayers:
     @property
     def pending(self) -> bool:
         """Layers of a finished run still on the way."""
-        return bool(self._pending)
+        return bool(self._pending) or (self.store_run is not None and self.store_run.pending)
 
     def close(self) -> None:
         """The viewer went away: put nothing more."""
@@ -208,7 +208,7 @@ class ResultLayers:
         self.store_run = None
         if self._closed:
             return
-        layer = run.finish(result.counts)
+        layer = run.finish(result.counts, result.gate_limits)
         if layer is None:
             return
         self.state = RunState(result.prediction, run.source, layer, store=result)
