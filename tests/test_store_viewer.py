@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 import sys
 import time
+import traceback
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
@@ -278,7 +279,7 @@ def test_closing_the_viewer_mid_store_run_leaves_no_store(
     viewer.close()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
     qtbot.wait(200)
-    assert raised == []
+    assert raised == [], "".join(traceback.format_exception(*raised[0]))
     left = [p.name for p in tmp_path.iterdir() if "attunet" in p.name]
     assert left == []
 

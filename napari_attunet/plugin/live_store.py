@@ -172,7 +172,7 @@ class StoreRun:
         _, uk, _ = uncertainty_layer(_Uncertain(view), self.source, self.level)
         uk["visible"] = self.show_uncertainty
         uk["metadata"].update(self._meta("uncertainty"))
-        self._pending.append(lambda: self.viewer.add_image(view, **uk))
+        self._pending.append(lambda: self.viewer.add_image(view, **{**uk, "visible": self.show_uncertainty}))
         self._drain()
 
     @property
@@ -245,6 +245,12 @@ class StoreRun:
 
     def stop(self) -> None:
         self.timer.stop()
+
+    def close(self) -> None:
+        """The viewer went away: add and refresh nothing more."""
+        self.timer.stop()
+        self._pending.clear()
+        self.partial = None
 
     # ---- the end ---------------------------------------------------------------------------
     def finish(self, counts: np.ndarray | None, gate_limits: dict):

@@ -135,7 +135,7 @@ class ResultLayers:
         self._closed = True
         self._pending.clear()
         if self.store_run is not None:
-            self.store_run.stop()
+            self.store_run.close()
 
     def labels_layer(self):
         """The Labels layer of the latest run, or None."""
@@ -286,6 +286,12 @@ class ResultLayers:
                 layer.visible = bool(show)
 
     def toggle_uncertainty(self, show: bool) -> None:
+        if self.store_run is not None:  # a store run's layers are in before it ends
+            self.store_run.show_uncertainty = bool(show)
+            for layer in self.store_run.layers():
+                if layer.metadata[STORE_TAG]["kind"] == "uncertainty":
+                    layer.visible = bool(show)
+                    return
         if self.state is None:
             return
         name = f"{self.state.source.name} uncertainty"

@@ -135,6 +135,43 @@ def store_run_wanted(data, channel_axis: int | None = None, spec=None) -> bool:
     return not fits(bytes_needed(shape, spec.in_channels, spec.out_channels, False))[0]
 
 
+def store_bytes(shape: list[int], spec, tta: bool) -> float:
+    """Bytes a result store takes at most (uncompressed): uint8 probabilities, labels and
+    uncertainty (and the TTA spread) per voxel, and each gate map, float32 on its own grid."""
+    voxels = float(np.prod([float(n) for n in shape]))
+    per_voxel = spec.out_channels + 2 + (1 if tta else 0)
+    for gate in spec.gates:
+        per_voxel += 4.0 * gate.heads / float(np.prod(gate.stride))
+    return voxels * per_voxel
+
+
+def refuse_store_too_large(data, channel_axis: int | None, spec, name: str, folder, tta: bool) -> None:
+    """Refuse a store run whose store cannot fit on the disk of ``folder``, from the shape alone."""
+    import shutil
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..limits import gib
+
+    shape = list(np.shape(data))
+    if channel_axis is not None:
+        del shape[channel_axis]
+    needed = store_bytes(shape, spec, tta)
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return
+    if needed > 0.9 * free:
+        raise InputError(
+            f"layer {name!r} ({' x '.join(map(str, shape))} voxels) needs up to {gib(needed)} of disk "
+            f"for its result store in {folder}, but only {gib(free)} is free there; crop it "
+            "(or open a region of it) first, or free some space."
+        )
+
+
 def region_around(centre, shape) -> tuple[slice, ...]:
     """PREVIEW_DEPTH slices by PREVIEW_PLANE voxels across around ``centre``, inside ``shape``."""
     sizes = (PREVIEW_DEPTH,) + (PREVIEW_PLANE,) * (len(shape) - 1)

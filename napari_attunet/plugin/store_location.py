@@ -43,11 +43,16 @@ def source_store(data) -> Path | None:
     graph = getattr(data, "dask", None)
     if graph is None:
         return None
-    for value in dict(graph).values():
-        if type(value).__module__.split(".")[0] == "zarr":
-            found = _zarr_root(value)
-            if found is not None:
-                return found
+    # from_zarr keeps the array alone in a small layer; large or blockwise layers (one task per
+    # chunk) are not materialised here
+    for layer in getattr(graph, "layers", {"graph": graph}).values():
+        if type(layer).__name__ == "Blockwise" or len(layer) > 16:
+            continue
+        for value in layer.values():
+            if type(value).__module__.split(".")[0] == "zarr":
+                found = _zarr_root(value)
+                if found is not None:
+                    return found
     return None
 
 

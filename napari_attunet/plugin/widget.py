@@ -33,6 +33,7 @@ from .run_inputs import (
     channel_data,
     full_resolution,
     preview_region,
+    refuse_store_too_large,
     refuse_too_large,
     run_options,
     scan_geometry,
@@ -343,11 +344,15 @@ class AttUNetWidget(Container):
 
     def _launch_store(self, layer, first, data, source, options: dict, launch: dict):
         """Run into a new OME-Zarr store whose layers fill in as blocks finish."""
-        out = unique_store(default_folder(layer, first), layer.name)
+        folder = default_folder(layer, first)
+        refuse_store_too_large(
+            first, launch["channel_axis"], self.model.spec, layer.name, folder, options["tta"]
+        )
+        out = unique_store(folder, layer.name)
         options.update(out=str(out), thresholds=self.threshold_values())
         run = self.results.begin_store(source, out)
         self.store_info.visible = True
-        self.store_info.value = f"writing {out}"
+        self.store_info.value = f"writing {out}; labels are editable once it is done"
         return self.jobs.launch(
             self.model,
             data,
@@ -360,7 +365,7 @@ class AttUNetWidget(Container):
 
     def _store_done(self, result, run) -> None:
         self.results.show_store(result, run)
-        self.store_info.value = f"saved in {result.path}"
+        self.store_info.value = f"saved in {result.path}; painting the labels writes there"
 
     def _store_failed(self, exc: BaseException, run) -> str:
         self.store_info.value = f"nothing kept ({run.out.name} removed)"
