@@ -180,7 +180,7 @@ def test_store_backed_layers_fill_in_as_blocks_finish(
         f"\nstore run: {run.refreshes} refreshes, {1000 * run.refresh_seconds / run.refreshes:.0f} ms each; "
         f"longest event-loop gap after the layers came {1000 * gaps.max():.0f} ms"
     )
-    assert gaps.max() < 0.5  # a refresh reads one slice; slack for a shared 2-core machine
+    assert gaps.max() < 1.0  # ~0.05-0.15 s here; slack for a shared, loaded 2-core machine
 
     labels = viewer.layers["lazy attunet"]
     assert not isinstance(labels.data, np.ndarray)  # the store's own labels array
@@ -280,8 +280,11 @@ def test_closing_the_viewer_mid_store_run_leaves_no_store(
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
     qtbot.wait(200)
     assert raised == [], "".join(traceback.format_exception(*raised[0]))
-    left = [p.name for p in tmp_path.iterdir() if "attunet" in p.name]
-    assert left == []
+
+    def left():
+        return [p.name for p in tmp_path.iterdir() if "attunet" in p.name]
+
+    qtbot.waitUntil(lambda: left() == [], timeout=10_000)  # an abandoned engine is closed after 0.5 s
 
 
 def test_store_location(tmp_path, monkeypatch):

@@ -76,6 +76,8 @@ def _store_steps(steps, out, cancel: threading.Event):
             try:
                 step = next(steps)
             except StopIteration as stop:
+                if stop.value is None and cancel.is_set():  # closed by ``reap``
+                    raise Cancelled("the run was cancelled; no result was kept.") from None
                 return stop.value
             if out is not None and cancel.is_set():
                 steps.close()  # the engine removes what it wrote
@@ -107,9 +109,12 @@ def _finish_store(pred, path: Path, cancel: threading.Event) -> StoreResult:
     return StoreResult(pred, counts, path, limits)
 
 
-def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axis, options: dict, name: str):
+def predict_worker(
+    model, data, cancel: threading.Event, *, spacing, channel_axis, options: dict, name: str, engine=None
+):
     """An unstarted napari thread worker running ``iter_predict`` on ``data``; with an ``out``
-    store it also yields ``StoreOpened`` and returns a ``StoreResult``."""
+    store it also yields ``StoreOpened`` and returns a ``StoreResult``. The engine's generator
+    is appended to the list ``engine`` (for ``reap``)."""
     from napari.qt.threading import thread_worker
 
     from ..inference import iter_predict
@@ -125,6 +130,8 @@ def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axi
             name=f"layer {name!r}",
             **options,
         )
+        if engine is not None:
+            engine.append(steps)
         pred = yield from _store_steps(steps, options.get("out"), cancel)
         if options.get("out") is not None:
             return _finish_store(pred, Path(options["out"]), cancel)
@@ -132,6 +139,34 @@ def predict_worker(model, data, cancel: threading.Event, *, spacing, channel_axi
         return pred
 
     return work()
+
+
+def reap(engine: list, idle_s: float = 0.5, limit_s: float = 600.0) -> None:
+    """Close the engine's generator once nobody pulls it any more (in a thread of its own).
+
+    A worker whose signals were deleted (the viewer closed) or that was told to quit stops
+    pulling its generator and leaves it suspended at a yield, with a partial store on disk.
+    Suspended for ``idle_s`` on end, it is abandoned: closing it makes the engine remove what it
+    wrote. A generator that finished, or is running a block, is left alone."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    idle_since = None
+    while engine and time.monotonic() < deadline:
+        steps = engine[0]
+        if steps.gi_frame is None:  # finished: the engine cleaned up itself
+            return
+        if steps.gi_running:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= idle_s:
+            try:
+                steps.close()
+                return
+            except ValueError:  # resumed meanwhile: not abandoned
+                idle_since = None
+        time.sleep(0.05)
 
 
 class Jobs:
@@ -145,6 +180,7 @@ class Jobs:
         self._activity = None
         self._on_step: Callable[[Any], None] | None = None
         self._on_failed: Callable[[BaseException], str | None] | None = None
+        self._engine: list = []  # the running engine's generator (see ``reap``)
 
     @property
     def running(self) -> bool:
@@ -174,6 +210,7 @@ class Jobs:
         self._set_buttons(running=True)
         self.controls.progress.value = 0
         self.controls.status.value = "starting"
+        self._engine = []
         worker = predict_worker(
             model,
             data,
@@ -182,6 +219,7 @@ class Jobs:
             channel_axis=channel_axis,
             options=options,
             name=name,
+            engine=self._engine,
         )
         self._activity = napari_progress(total=0, desc=f"Attention U-Net on {name}")
         worker.yielded.connect(self._on_progress)
@@ -202,9 +240,12 @@ class Jobs:
         self.controls.status.value = "cancelling"
 
     def close(self) -> None:
-        """The viewer (or the dock) was closed: stop the run; its result goes nowhere."""
+        """The viewer (or the dock) was closed: stop the run; its result goes nowhere, and an
+        engine its worker abandons is closed (which removes a partial store)."""
         self.closed = True
         self.cancel_event.set()
+        if self.worker is not None and self._engine:
+            threading.Thread(target=reap, args=(self._engine,), name="attunet-reap", daemon=True).start()
 
     def _set_buttons(self, running: bool) -> None:
         self.controls.run.enabled = not running

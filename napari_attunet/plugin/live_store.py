@@ -33,6 +33,7 @@ MIN_REFRESH_MS = 250  # at most four refreshes a second
 MAX_REFRESH_MS = 3000
 STORE_TAG = "attunet_store"
 LABELS_KEY = "labels/attunet/0"
+CHUNK_NAME = re.compile(r"\d+(\.\d+)*")  # a written chunk (not a file being written)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class StoreRun:
         uk["visible"] = self.show_uncertainty
         uk["metadata"].update(self._meta("uncertainty"))
         self._pending.append(lambda: self.viewer.add_image(view, **{**uk, "visible": self.show_uncertainty}))
+        self._pending.append(self._select_labels)  # napari selects each layer it adds
         self._drain()
 
     @property
@@ -194,6 +196,11 @@ class StoreRun:
     def _add_labels(self, labels, kwargs: dict) -> None:
         layer = self.viewer.add_labels(labels, **kwargs)
         layer.editable = False  # the engine writes these voxels until the run ends
+
+    def _select_labels(self) -> None:
+        layer = self.labels_layer()
+        if layer is None or (self.viewer.dims.ndisplay == 3 and self.viewer.cursor._view_direction is None):
+            return  # napari 0.9 fails to compute a 3D Labels status before the cursor has moved
         self.viewer.layers.selection.active = layer
 
     # ---- as blocks finish ------------------------------------------------------------------
@@ -221,7 +228,9 @@ class StoreRun:
         """Whether chunks written since the last call touch the slice on screen (in 3D: any).
         The store's chunk files tell, as the probabilities are never all zero (never skipped)."""
         try:
-            names = {entry.name for entry in os.scandir(self.partial / "0") if entry.name[0].isdigit()}
+            names = {
+                entry.name for entry in os.scandir(self.partial / "0") if CHUNK_NAME.fullmatch(entry.name)
+            }
         except OSError:  # renamed or removed meanwhile
             return False
         new = names - self._seen
@@ -236,7 +245,7 @@ class StoreRun:
         hidden = [a - lead for a in self.viewer.dims.not_displayed if a >= lead]
         chunks = self._chunks
         for name in new:
-            index = [int(i) for i in re.split(r"[./]", name)[1:]]  # after the channel chunk
+            index = [int(i) for i in name.split(".")[1:]]  # after the channel chunk
             if len(index) == layer.ndim and all(
                 index[a] * chunks[a] <= round(point[a]) < (index[a] + 1) * chunks[a] for a in hidden
             ):

@@ -213,7 +213,7 @@ class ResultLayers:
             return
         self.state = RunState(result.prediction, run.source, layer, store=result)
         self.show_volumes(layer.features.to_dict("list"))
-        self.viewer.layers.selection.active = layer
+        self._select_labels()
 
     def discard_store(self, run: StoreRun, exc: BaseException) -> str:
         """A store run was cancelled or failed: the engine removed the partial store; remove its
