@@ -178,3 +178,19 @@ def files(tmp_path_factory):
     """``helpers.bad_files``, written once: the bad checkpoints and scans of the API, command-line,
     reader and widget tests (none of which may change them)."""
     return bad_files(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _results_cache(tmp_path_factory):
+    """Result stores of scans from nowhere writable go to a folder of this session."""
+    import os
+
+    from napari_attunet.plugin.store_location import RESULTS_ENV
+
+    before = os.environ.get(RESULTS_ENV)
+    os.environ[RESULTS_ENV] = str(tmp_path_factory.mktemp("results-cache"))
+    yield
+    if before is None:
+        os.environ.pop(RESULTS_ENV, None)
+    else:
+        os.environ[RESULTS_ENV] = before
