@@ -39,7 +39,7 @@ def quantize(probabilities: torch.Tensor) -> np.ndarray:
     return q.to(torch.uint8).cpu().numpy()
 
 
-def keep_argmax(quantized: np.ndarray, probabilities: torch.Tensor, slab_voxels: int = 1 << 22) -> None:
+def keep_argmax(quantized: np.ndarray, probabilities: torch.Tensor, slab_voxels: int = 1 << 20) -> None:
     """Make the argmax of the stored levels that of the float probabilities, in place.
 
     Rounding to 1/255 can put the two most probable classes on one level, and among equal
