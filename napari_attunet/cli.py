@@ -214,7 +214,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from . import io, outputs
     from .checkpoint import load_model
-    from .inference import predict
+    from .inference import iter_predict
     from .inference.postprocess import gate_on_image_grid
 
     if (
@@ -242,13 +242,7 @@ def _predict(args: argparse.Namespace) -> int:
                     outputs.check_target(outdir / planned_name, False)
             volume = io.read(scan)
             with tqdm(total=1, desc=name, unit="batch", leave=False, disable=args.quiet) as bar:
-
-                def progress(done, total):
-                    bar.total = total
-                    bar.n = done
-                    bar.refresh()
-
-                pred = predict(
+                steps = iter_predict(
                     volume,
                     model,
                     orientation=args.orientation,
@@ -258,11 +252,11 @@ def _predict(args: argparse.Namespace) -> int:
                     device=args.device,
                     precision=args.precision,
                     tta=args.tta,
-                    progress=progress,
                     name=str(scan),
                     attention=args.attention,
                     runtime=args.runtime,
                 )
+                pred = _follow(steps, bar, name, args.quiet)
             for note in volume.notes:  # after the run: a scan that fails gets one line only
                 print(note, file=sys.stderr)
             labels = pred.labels(thresholds, min_size=args.min_size, fill_holes=args.fill_holes)
@@ -303,6 +297,24 @@ def _predict(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 1 if failures else 0
+
+
+def _follow(steps, bar, name: str, quiet: bool):
+    """Run ``iter_predict``'s steps: the bar follows the batches, and a conversion for this
+    CPU (tens of seconds, once per checkpoint) is said on stderr so a pause is not a hang."""
+    from .inference.runtime_openvino import COMPILING
+
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if step.stage == "predicting":
+            bar.total = step.total
+            bar.n = step.done
+            bar.refresh()
+        elif step.message == COMPILING and not quiet:
+            bar.write(f"{name}: {COMPILING}", file=sys.stderr)
 
 
 def done_line(name: str, shape, pred, target) -> str:

@@ -27,7 +27,14 @@ from helpers import (
 
 import napari_attunet as na
 from napari_attunet.inference import iter_predict
-from napari_attunet.inference.runtime_openvino import CACHE_ENV, COMPILING, network
+from napari_attunet.inference.runtime_openvino import (
+    CACHE_ENV,
+    COMPILING,
+    LIMIT_ENV,
+    known_failure,
+    network,
+)
+from napari_attunet.models.leejunhyun import LeeAttUNet
 
 pytest.importorskip("openvino")
 
@@ -63,7 +70,7 @@ def test_outputs_equal_pytorch(name, cache):
     assert ov_logits.shape == logits.shape
     assert float((ov_logits - logits).abs().max()) < 2e-3
     assert len(ov_gates) == len(gates) == len(spec.gates)
-    for ov_gate, gate in zip(ov_gates, gates):
+    for ov_gate, gate in zip(ov_gates, gates, strict=True):
         assert ov_gate.shape == gate.shape
         assert float(gate.std()) > 1e-3  # maps that vary, not a constant
         assert float((ov_gate - gate).abs().max()) < 1e-4
@@ -82,7 +89,7 @@ def test_predict_tta_uncertainty_and_preview_match_pytorch(cache):
     assert (ours.runtime, ref.runtime) == ("openvino", "torch")
     assert np.abs(ours.probabilities - ref.probabilities).max() <= TOL_Q
     assert np.abs(ours.uncertainty - ref.uncertainty).max() <= 2 * TOL_Q
-    for a, b in zip(ours.gates, ref.gates):
+    for a, b in zip(ours.gates, ref.gates, strict=True):
         assert (a.stride, a.offset) == (b.stride, b.offset)
         assert np.abs(a.data - b.data).max() < 1e-4
     region = (slice(6, 14), slice(0, 40), slice(0, 36))
@@ -97,7 +104,7 @@ def test_2d_model_on_a_volume_in_batches(cache):
     ours = _predict(model, image, runtime="openvino", tile=16, overlap=0.25)
     ref = _predict(model, image, runtime="torch", tile=16, overlap=0.25)
     assert np.abs(ours.probabilities - ref.probabilities).max() <= TOL_Q
-    for a, b in zip(ours.gates, ref.gates):
+    for a, b in zip(ours.gates, ref.gates, strict=True):
         assert np.abs(a.data - b.data).max() < 1e-4
 
 
@@ -259,6 +266,80 @@ def test_cli_runtime(cache, tmp_path, capsys):
             )
             == 0
         )
-        assert f"(fp32, {runtime})" in capsys.readouterr().out
+        captured = capsys.readouterr()
+        assert f"(fp32, {runtime})" in captured.out
+        assert (COMPILING in captured.err) == (runtime == "openvino")  # converted once, said once
         labels[runtime] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "scan_labels.nii.gz")))
     assert (labels["torch"] == labels["openvino"]).mean() > 0.999  # ties may fall either way
+
+
+class _WithBessel(LeeAttUNet):
+    """A network with an operation OpenVINO has no conversion rule for (a Bessel function);
+    it adds nothing to the logits, so PyTorch's answer is the plain network's."""
+
+    def forward_with_attention(self, x):
+        logits, gates = super().forward_with_attention(x)
+        return logits + 0.0 * torch.special.i0(logits), gates
+
+
+def test_a_network_openvino_cannot_convert_runs_on_torch_under_auto(cache):
+    plain = make_model(lee_spec(2, out_ch=3), seed=14)
+    model = _WithBessel(plain.spec)
+    model.load_state_dict(plain.state_dict())
+    model.eval()
+    image = random_image((24, 32), seed=8)
+    with pytest.warns(RuntimeWarning, match="PyTorch ran it"):
+        pred = _predict(model, image, tile=16)
+    assert pred.runtime == "torch"
+    (note,) = [n for n in pred.notes if "OpenVINO" in n]
+    assert one_sentence(note) and "aten::i0" in note
+    ref = _predict(plain, image, tile=16, runtime="torch")
+    assert np.array_equal(pred.quantized, ref.quantized)
+    assert known_failure(model, "fp32") is not None
+    # The failure is remembered: the next run neither converts again nor says it compiles.
+    steps = iter_predict(image, model, normalization="none", precision="fp32", tile=16)
+    with pytest.warns(RuntimeWarning):
+        messages = [step.message for step in steps]
+    assert COMPILING not in messages
+    with pytest.raises(na.CheckpointError) as err:
+        _predict(model, image, tile=16, runtime="openvino")
+    assert one_sentence(str(err.value)) and "runtime torch" in str(err.value)
+    assert not (cache / "openvino").exists() or not list((cache / "openvino").iterdir())
+
+
+def _entries(cache: pathlib.Path) -> set[str]:
+    return {p.name for p in (cache / "openvino").iterdir() if not p.name.startswith(".")}
+
+
+def test_cache_keeps_under_its_limit_by_evicting_the_least_recently_used(cache, monkeypatch):
+    models = [make_model(lee_spec(2), seed=20 + k) for k in range(3)]
+    network(models[0], "fp32")
+    (first,) = _entries(cache)
+    size = sum(p.stat().st_size for p in (cache / "openvino" / first).iterdir())
+    monkeypatch.setenv(LIMIT_ENV, str(2.5 * size / 2**20))  # room for two entries, not three
+    stale = cache / "openvino" / ".partial-died"
+    stale.mkdir()
+    os.utime(stale, (0, 0))  # left by a process that died long ago
+    network(models[1], "fp32")
+    (second,) = _entries(cache) - {first}
+    assert not stale.exists()
+    # The first model is used again (read from the cache by a new process): the second is
+    # now the least recently used, and goes when a third entry comes.
+    os.utime(cache / "openvino" / first, (1, 1))
+    os.utime(cache / "openvino" / second, (2, 2))
+    fresh = na.load_model(na.save_model(models[0], cache.parent / "again.safetensors"))
+    assert not _messages_compile(fresh)
+    network(models[2], "fp32")
+    entries = _entries(cache)
+    assert first in entries and second not in entries and len(entries) == 2
+    total = sum(p.stat().st_size for p in (cache / "openvino").rglob("*") if p.is_file())
+    assert total <= 2.5 * size
+    # A limit smaller than one entry keeps the one in use, and only it.
+    monkeypatch.setenv(LIMIT_ENV, "0")
+    network(make_model(lee_spec(2), seed=30), "fp32")
+    assert len(_entries(cache)) == 1
+
+
+def _messages_compile(model) -> bool:
+    messages, _ = _messages(model, random_image((24, 24), seed=9))
+    return COMPILING in messages

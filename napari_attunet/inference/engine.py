@@ -9,6 +9,7 @@ and ``finish`` (crop, resample back, quantize).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Generator, Sequence
 
 from ..errors import InputError
@@ -22,7 +23,7 @@ from .preprocess import check_spacing, check_tile
 from .progress import Progress
 from .progress import cancelled as _cancelled  # noqa: F401  (the name blockwise used)
 from .run import run_tiles
-from .runtime import resolve_runtime, runtime_device
+from .runtime import prepare_openvino, resolve_runtime, runtime_device
 from .tta import unflip_gate
 
 __all__ = ["Progress", "context_slices", "estimate_memory", "iter_predict", "predict", "unflip_gate"]
@@ -140,6 +141,13 @@ def iter_predict(
         region=region,
         intensity=intensity,
     )
+    if engine == "openvino":  # after the plan: a bad input fails before a long conversion
+        fallback = yield from prepare_openvino(model, prec, runtime)
+        if fallback is not None:
+            engine = "torch"
+            target = Target(dev, prec, engine, channels_last)
+            plan.notes.append(fallback)
+            warnings.warn(fallback, RuntimeWarning, stacklevel=2)
     blended, gate_sums = yield from run_tiles(
         plan,
         model,

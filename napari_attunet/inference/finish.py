@@ -13,7 +13,7 @@ from ..errors import InputError
 from ..models import GateGeometry
 from .orientation import Layout
 from .plan import Plan
-from .postprocess import GateMap, quantize
+from .postprocess import GateMap, keep_argmax, quantize
 from .preprocess import resample_back
 from .tta import activation
 
@@ -50,6 +50,8 @@ def finish(
         probs, gate_maps = _crop_context(probs, gate_maps, plan.context)
     _check_finite_output(probs, plan.x, name)
     quantized = quantize(probs)
+    if spec.output == "softmax":  # labels from the stored levels are the float argmax
+        keep_argmax(quantized[: spec.out_channels], probs[: spec.out_channels])
     del probs
     return quantized, gate_maps
 

@@ -39,6 +39,40 @@ def quantize(probabilities: torch.Tensor) -> np.ndarray:
     return q.to(torch.uint8).cpu().numpy()
 
 
+def keep_argmax(quantized: np.ndarray, probabilities: torch.Tensor, slab_voxels: int = 1 << 20) -> None:
+    """Make the argmax of the stored levels that of the float probabilities, in place.
+
+    Rounding to 1/255 can put the two most probable classes on one level, and among equal
+    levels the argmax is the lower class, not always the more probable one (the labels then
+    differ from a float argmax where two classes are within 1/255). There, the more probable
+    class goes one level up if it was rounded down, else the lower classes on its level go one
+    down (they were rounded up too): every value stays within 1/255 of its float, and labels,
+    thresholds and uncertainty keep reading the stored levels only.
+    """
+    channels = quantized.shape[0]
+    if channels < 2 or quantized.size == 0:
+        return
+    if quantized.ndim == 1:
+        quantized, probabilities = quantized[:, None], probabilities[:, None]
+    levels = torch.from_numpy(quantized)  # shares memory: edits land in ``quantized``
+    index = torch.arange(channels).reshape((channels,) + (1,) * (quantized.ndim - 1))
+    plane = max(1, int(np.prod(quantized.shape[2:])))
+    step = max(1, slab_voxels // plane)  # in slabs: an int64 argmax of a volume is 8x its size
+    for start in range(0, quantized.shape[1], step):
+        q = levels[:, start : start + step]
+        p = probabilities[:, start : start + step].float().cpu()
+        winner = p.argmax(0, keepdim=True)  # ties in float go to the lower class, as np.argmax
+        top = q.gather(0, winner)
+        tied = (q == top) & (index < winner)  # lower classes on the winner's level
+        need = tied.any(0, keepdim=True)
+        if not bool(need.any()):
+            continue
+        rounded_down = p.gather(0, winner) * PROBABILITY_LEVELS >= top.float()
+        up = need & rounded_down & (top < PROBABILITY_LEVELS)
+        q.scatter_(0, winner, top + up.to(torch.uint8))
+        q.sub_((tied & ~up).to(torch.uint8))
+
+
 @dataclass
 class Prediction:
     """The result of :func:`napari_attunet.predict`, on the input grid."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import torch
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
+from ..models import AttentionUNetBase
+from .progress import Progress
 
 RUNTIMES = ("auto", "torch", "openvino")
 OPENVINO_EXTRA = 'pip install "napari-attunet[openvino]"'
@@ -49,3 +53,25 @@ def runtime_device(runtime: str, device: str | torch.device) -> str | torch.devi
     if str(runtime).lower() == "openvino" and str(device).lower() == "auto":
         return "cpu"
     return device
+
+
+def prepare_openvino(
+    model: AttentionUNetBase, precision: str, requested: str
+) -> Generator[Progress, None, str | None]:
+    """Convert (once, then from the cache) and compile the network for OpenVINO, saying so
+    while it converts. Returns None when OpenVINO is ready, or, when ``requested`` is 'auto'
+    and it cannot run this network, the note that PyTorch runs it instead; an explicit
+    'openvino' that cannot is a CheckpointError."""
+    from . import runtime_openvino
+
+    if runtime_openvino.known_failure(model, precision) is None and not runtime_openvino.is_ready(model):
+        yield Progress("preparing", 0, 1, runtime_openvino.COMPILING)
+    try:
+        runtime_openvino.network(model, precision)
+    except runtime_openvino.NotConvertible as exc:
+        if str(requested).lower() == "openvino":
+            raise CheckpointError(
+                f"OpenVINO cannot run this network ({exc}); choose runtime torch or auto."
+            ) from None
+        return f"OpenVINO cannot run this network ({exc}), so PyTorch ran it."
+    return None
