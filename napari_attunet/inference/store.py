@@ -29,6 +29,7 @@ from .postprocess import PROBABILITY_LEVELS, threshold_labels, uncertainty_map
 
 NGFF_VERSION = "0.4"
 LABEL_NAME = "attunet"
+CHUNK = 128  # the longest chunk axis of the store's arrays
 # label colours (RGBA) for values 1, 2, ...; 0 is transparent
 COLOURS = [
     (230, 25, 75),
@@ -88,6 +89,13 @@ def multiscales(
     ]
 
 
+def store_chunk(block: int, largest: int = CHUNK) -> int:
+    """The largest chunk length up to ``largest`` that divides a block length: blocks then write
+    whole chunks of their own (no two workers write one chunk), and small chunks compress in
+    parallel and open fast in a viewer."""
+    return next(d for d in range(min(block, largest), 0, -1) if block % d == 0)
+
+
 def check_free(out) -> None:
     """Refuse an output store that exists, before any work is done."""
     if Path(out).exists():
@@ -117,7 +125,7 @@ class ZarrSink:
         unit = "millimeter" if spacing is not None else None
         spacing = tuple(float(s) for s in spacing)[-ndim:] if spacing is not None else (1.0,) * ndim
         origin = tuple(float(o) for o in origin)[-ndim:] if origin is not None else (0.0,) * ndim
-        chunks = tuple(min(b, n) for b, n in zip(block, spatial))
+        chunks = tuple(store_chunk(min(b, n)) for b, n in zip(block, spatial, strict=True))
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         channels = spec.out_channels
         root.create_array(
@@ -184,7 +192,9 @@ class ZarrSink:
             )
         for k, g in enumerate(plan.gates, start=1):
             group = root.require_group("gates").require_group(f"gate{k}")
-            gchunks = tuple(max(1, int(round(b / s))) for b, s in zip(chunks, g.stride))
+            gchunks = tuple(
+                max(1, int(round(min(b, n) / s))) for b, n, s in zip(block, spatial, g.stride, strict=True)
+            )
             group.create_array(
                 "0", shape=(g.heads,) + g.cells, chunks=(g.heads,) + gchunks, dtype="float32", fill_value=0.0
             )
@@ -194,8 +204,8 @@ class ZarrSink:
                         f"{name} gate {k}",
                         ndim,
                         True,
-                        [s * st for s, st in zip(spacing, g.stride)],
-                        [o + s * off for o, s, off in zip(origin, spacing, g.offset)],
+                        [s * st for s, st in zip(spacing, g.stride, strict=True)],
+                        [o + s * off for o, s, off in zip(origin, spacing, g.offset, strict=True)],
                         unit,
                     ),
                     "attunet": {"stride": list(g.stride), "offset": list(g.offset)},
@@ -225,11 +235,13 @@ class ZarrSink:
         self._array("uncertainty/0")[region] = np.round(unc * PROBABILITY_LEVELS).astype(np.uint8)
         if self.tta and result.disagreement is not None:
             self._array("disagreement/0")[region] = result.disagreement
-        for k, (grid, gate) in enumerate(zip(self.grids, result.gates), start=1):
+        for k, (grid, gate) in enumerate(zip(self.grids, result.gates, strict=True), start=1):
             dst, src = gate_window(grid, region, gate)
             self._array(f"gates/gate{k}/0")[dst] = gate.data[src]
         counts = np.bincount(labels.reshape(-1).astype(np.int64))
-        return BlockResult(region, counts=counts, device=result.device, precision=result.precision)
+        return BlockResult(
+            region, counts=counts, device=result.device, precision=result.precision, runtime=result.runtime
+        )
 
     # -- on the caller --
     def finish(self, results) -> None:
