@@ -116,6 +116,18 @@ class GuardedArray:
         raise AssertionError("np.asarray on the whole volume")
 
 
+class CountedArray:
+    """A zarr array that counts its reads."""
+
+    def __init__(self, array):
+        self.array, self.reads = array, 0
+        self.shape, self.dtype, self.chunks, self.ndim = (array.shape, array.dtype, array.chunks, array.ndim)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return self.array[index]
+
+
 @pytest.mark.parametrize("mode", ["zscore", "percentile"])
 def test_zarr_input_is_read_window_by_window(tmp_path, model3d, volume, mode, monkeypatch):
     from napari_attunet.inference import lazy
@@ -241,3 +253,80 @@ def _models_here() -> int:
     from napari_attunet.inference import blockwise
 
     return len(blockwise._MODELS)
+
+
+def test_one_block_is_read_once_and_equals_the_in_memory_run(tmp_path, model3d, volume):
+    """A volume that is one block: one read, the in-memory statistics, the very same bytes."""
+    array = zarr.create_array(
+        tmp_path / "scan.zarr", shape=volume.shape, chunks=(16, 24, 24), dtype=volume.dtype
+    )
+    array[:] = volume
+    counted = CountedArray(zarr.open_array(tmp_path / "scan.zarr", mode="r"))
+    ref = na.predict(volume, model3d, tile=32, normalization="zscore", spacing=(2.0, 1.0, 1.0))
+    out = tmp_path / "result.zarr"
+    pred = na.predict(counted, model3d, tile=32, normalization="zscore", spacing=(2.0, 1.0, 1.0), out=out)
+    assert counted.reads == 1  # no statistics pass before the block's own read
+    assert "1 block(s)" in pred.notes[0] and "in this process" in pred.notes[0]
+    assert np.array_equal(pred.quantized[:], ref.quantized)
+    for mine, theirs in zip(pred.gates, ref.gates, strict=True):
+        assert np.array_equal(mine.data[:], theirs.data)
+    assert pred.runtime == ref.runtime
+
+
+def test_block_sizes_run_the_fewest_windows_within_the_budget(model3d):
+    from napari_attunet.inference.blockwise import BLOCK_BUDGET, window_count
+
+    work = plan((512, 512, 512), model3d, tile=128)
+    runs, once = window_count(work)
+    assert once == 7**3
+    cubes = window_count(plan((512, 512, 512), model3d, tile=128, block=256))[0]
+    assert cubes == 8**3 and runs < cubes  # 448 with 512 x 256 x 256 blocks
+    assert max(np.prod([s.stop - s.start for s in b.outer]) for b in work.blocks) <= BLOCK_BUDGET
+    covered = np.zeros((512 // 64,) * 3, int)  # the blocks tile the volume exactly
+    for b in work.blocks:
+        covered[tuple(slice(s.start // 64, s.stop // 64) for s in b.region)] += 1
+    assert (covered == 1).all()
+
+
+def test_store_has_a_pyramid_that_ome_zarr_reads(tmp_path, model3d, volume, monkeypatch):
+    """Halved levels: probabilities and uncertainty by 2x2x2 means (centred between the voxels
+    they mix), labels by every second voxel; level 0 is what a one-level store holds."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    from napari_attunet.inference import store
+
+    spacing, origin = (2.0, 0.5, 0.75), (10.0, -20.0, 30.0)
+    scan = na.io.Volume(volume, spacing, origin, np.eye(3))
+    options = dict(tile=32, normalization="zscore", block=32)
+    na.predict(scan, model3d, out=tmp_path / "flat.zarr", **options)
+    monkeypatch.setattr(store, "PYRAMID_SMALLEST", 16)
+    na.predict(scan, model3d, out=tmp_path / "pyramid.zarr", **options)
+    flat = zarr.open_group(tmp_path / "flat.zarr", mode="r")
+    root = zarr.open_group(tmp_path / "pyramid.zarr", mode="r")
+    assert len(flat.attrs["multiscales"][0]["datasets"]) == 1
+    for key in ("0", "labels/attunet/0", "uncertainty/0"):
+        assert np.array_equal(root[key][:], flat[key][:])
+
+    nodes = list(Reader(parse_url(str(tmp_path / "pyramid.zarr")))())
+    image = nodes[0]
+    levels = len(image.data)
+    assert levels == 4  # 88 -> 44 -> 22 -> 11 voxels on the longest axis
+    labels = next(n for n in nodes if "image-label" in n.zarr.root_attrs)
+    assert len(labels.data) == levels
+    lab0 = np.asarray(labels.data[0])
+    for k in range(levels):
+        f = 2**k
+        scale, shift = image.metadata["coordinateTransformations"][k]
+        assert scale["scale"] == [1.0, *(s * f for s in spacing)]
+        assert shift["translation"] == pytest.approx(
+            [0.0, *(o + s * (f - 1) / 2 for o, s in zip(origin, spacing))]
+        )
+        scale, shift = labels.metadata["coordinateTransformations"][k]
+        assert scale["scale"] == [s * f for s in spacing] and shift["translation"] == list(origin)
+        assert np.array_equal(np.asarray(labels.data[k]), lab0[::f, ::f, ::f])
+        assert image.data[k].shape[1:] == tuple(-(-n // f) for n in volume.shape)
+    q = root["0"][:].astype(np.float64)
+    mean = q.reshape(2, 12, 4, 18, 4, 22, 4).mean(axis=(2, 4, 6))
+    assert np.abs(root["2"][:].astype(np.float64) - mean).max() <= 0.5
+    assert np.asarray(image.data[3]).std() > 0  # the levels hold values, not the fill
