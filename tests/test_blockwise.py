@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from helpers import make_model, monai_spec, official_spec, sharpen_gates
@@ -330,3 +332,42 @@ def test_store_has_a_pyramid_that_ome_zarr_reads(tmp_path, model3d, volume, monk
     mean = q.reshape(2, 12, 4, 18, 4, 22, 4).mean(axis=(2, 4, 6))
     assert np.abs(root["2"][:].astype(np.float64) - mean).max() <= 0.5
     assert np.asarray(image.data[3]).std() > 0  # the levels hold values, not the fill
+
+
+def test_the_documented_slurm_cluster_runs_blocks(tmp_path, model3d, volume):
+    """The README's SLURMCluster: its job script asks for what the README says, and the worker
+    command in it (run here as the job would run it, without SLURM) predicts our blocks."""
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    jobqueue = pytest.importorskip("dask_jobqueue")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    call = re.search(r"cluster = (SLURMCluster\(.*\))", readme).group(1)
+    cluster = eval(call, {"SLURMCluster": jobqueue.SLURMCluster})  # the README's literal arguments
+    worker = None
+    try:
+        script = cluster.job_script()
+        assert "#SBATCH --cpus-per-task=8" in script and "#SBATCH -t 02:00:00" in script
+        command = next(line for line in script.splitlines() if "dask_worker" in line)
+        assert cluster.scheduler_address in command and "--nthreads 1" in command
+        assert command.split()[0] == sys.executable
+        worker = subprocess.Popen(shlex.split(command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ref = na.predict(volume, model3d, tile=32, normalization="zscore")
+        pred = na.predict(
+            volume,
+            model3d,
+            tile=32,
+            normalization="zscore",
+            block=32,
+            scheduler=cluster.scheduler_address,
+            out=tmp_path / "r.zarr",
+        )
+        assert "on Dask" in pred.notes[0]
+        assert np.abs(pred.quantized[:].astype(int) - ref.quantized.astype(int)).max() <= 1
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(30)
+        cluster.close()
