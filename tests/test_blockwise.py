@@ -371,3 +371,25 @@ def test_the_documented_slurm_cluster_runs_blocks(tmp_path, model3d, volume):
             worker.terminate()
             worker.wait(30)
         cluster.close()
+
+
+@pytest.mark.parametrize("mode", ["zscore", "zscore_nonzero", "zscore_foreground", "percentile"])
+def test_statistics_of_wide_planes_come_in_bands(volume, mode, monkeypatch, model3d):
+    """A chunk-deep slab larger than the read size is read in bands of the second axis: the
+    statistics still equal the in-memory ones (same moments, same sampled voxels)."""
+    from napari_attunet.inference import lazy
+    from napari_attunet.inference.preprocess import _sample, fit, resolve_normalization
+
+    monkeypatch.setattr(lazy, "SLAB_VOXELS", 16 * 24 * 88)  # one chunk deep, a third of the plane
+    image = volume.copy()
+    image[:, :10] = 0  # something for "nonzero" to leave out
+    source = lazy.LazySource(da.from_array(image, chunks=(16, 24, 24)), model3d.spec, None, "v")
+    assert len(list(source.pieces(None))) == 3 * 3
+    norm = resolve_normalization(mode, model3d.spec)
+    mine = lazy.fit_lazy(source, norm)[0]
+    theirs = fit(image.astype(np.float32), norm)  # as the engine fits: on float32
+    assert mine.gain == pytest.approx(theirs.gain, rel=1e-5)
+    assert mine.shift == pytest.approx(theirs.shift, rel=1e-5, abs=1e-6)
+    monkeypatch.setattr(lazy, "SAMPLE_LIMIT", 5000)  # a strided sample, not every voxel
+    sample = lazy._sample(source, None, image.size)
+    assert np.array_equal(np.sort(sample), np.sort(_sample(image.astype(np.float32), 5000)))

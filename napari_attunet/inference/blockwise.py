@@ -28,7 +28,7 @@ from .postprocess import GateMap, Prediction
 from .preprocess import check_spacing, check_tile, resample_factors, resampled_shape, resolve_normalization
 from .tiling import default_tile, round_up
 
-BLOCK_BUDGET = 64 * 1024**2  # context voxels of one block: ~2 GB at its peak
+BLOCK_BUDGET = 36 * 1024**2  # context voxels of one block: ~60 B each at its peak, ~2.6 GB in all
 
 
 @dataclass(frozen=True)
