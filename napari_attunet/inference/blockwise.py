@@ -626,7 +626,7 @@ def _run(
             finished = _direct(source, work.blocks[0], job)
         else:
             job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
-            data = as_dask(source.image)
+            data = None if client is None else as_dask(source.image)
             tasks = [_task(data, source, b, job_arg) for b in work.blocks]
             finished = _execute(tasks, client, workers, cancel)
         yield Progress(
@@ -679,14 +679,23 @@ def _run(
 
 def _direct(source: LazySource, block: Block, job: Job):
     """The one block of a run, in this thread, without Dask (there is nothing to schedule)."""
-    yield run_block(source.read(block.outer), block, job)
+    yield _read_and_run(source, block, job)
 
 
 def _task(data, source: LazySource, block: Block, job: Job):
+    """One block as a Dask task. On threads it reads its own crop (so no chunk shared with a
+    neighbour waits in memory for it); on a cluster its crop comes from the chunks of ``data``
+    (a dask array over the image: only the chunks it needs travel)."""
     import dask
 
+    if data is None:
+        return dask.delayed(_read_and_run, pure=False)(source, block, job)
     crop = data[source.index(block.outer)]
     return dask.delayed(run_block, pure=False)(crop, block, job)
+
+
+def _read_and_run(source: LazySource, block: Block, job: Job) -> BlockResult:
+    return run_block(source.read(block.outer), block, job)
 
 
 def _client(scheduler):
