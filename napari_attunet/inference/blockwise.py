@@ -514,6 +514,7 @@ def iter_blockwise(
     )
     options = dict(
         spacing=spacing,
+        normalization=normalization,  # fitted by the engine when a block is the whole volume
         tile=work.tile,
         overlap=overlap,
         device=device,
