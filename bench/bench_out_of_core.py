@@ -5,7 +5,7 @@ the in-memory engine, and cohort throughput on a LocalCluster against the sequen
     python bench/bench_out_of_core.py rss --shape 1536 2048 2048 --features 2 4 8 8 8 --tile 128
     python bench/bench_out_of_core.py cohort [--scans 20] [--workers 1 2]
 
-``rss``: every run is a fresh process (peak RSS = ru_maxrss of that process). A uint16 volume of
+``rss``: every run is a fresh process (peak RSS = VmHWM of that process). A uint16 volume of
 smooth noise is written to a zarr store on disk chunk by chunk; ``store`` runs read it lazily and
 write an OME-Zarr result; ``memory`` runs hold it as numpy and call the in-memory ``predict``
 (reading the store into memory is part of its time). With ``--repeats`` the two alternate and
@@ -102,6 +102,19 @@ def write_volume(path: Path, shape, chunk: int = 128) -> None:
         array[z : z + chunk] = np.clip(slab + 2000, 0, 65535).astype(np.uint16)
 
 
+def peak_rss() -> int:
+    """This process's own peak resident memory in bytes (VmHWM). Not ru_maxrss: Linux carries
+    that over from the forked parent, so a child started by a bench that has just written a
+    large volume would report the parent's memory."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def child(mode: str, source: str, out: str, options: str) -> None:
     """One run in this (fresh) process; prints a JSON line (and blocks done to stderr)."""
     import zarr
@@ -116,7 +129,7 @@ def child(mode: str, source: str, out: str, options: str) -> None:
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        rss = peak_rss() / 1024**3
         print(
             f"[{time.strftime('%H:%M:%S')}] {done}/{total} blocks, {time.perf_counter() - started:.0f} s,"
             f" peak RSS so far {rss:.2f} GB",
@@ -133,7 +146,7 @@ def child(mode: str, source: str, out: str, options: str) -> None:
         pred = na.predict(array, model, out=out, progress=progress, **common)
     seconds = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    peak = usage.ru_maxrss * 1024
+    peak = peak_rss()
     cpu = usage.ru_utime + usage.ru_stime - cpu_before
     print(
         json.dumps(
