@@ -80,7 +80,7 @@ def painted_mask(folder: Path) -> float:
         # the mask voxel nearest to that point must be painted; distance to its centre
         index = np.linalg.solve(written.affine, world_scan)[:3]
         nearest = np.round(index).astype(int)
-        inside = all(0 <= n < s for n, s in zip(nearest, written.shape))
+        inside = all(0 <= n < s for n, s in zip(nearest, written.shape, strict=True))
         hit = inside and np.asarray(written.dataobj)[tuple(nearest)] == 1
         error = np.abs(written.affine[:3, :3] @ (index - nearest)).max() if hit else np.inf
         worst = max(worst, float(error))

@@ -234,7 +234,7 @@ def _predict(args: argparse.Namespace) -> int:
     outdir = outputs.check_folder(args.output, "-o/--output")
     names = getattr(args, "names", None) or outputs.unique_names(args.scans, io._stem)
     failures = 0
-    for scan, name in zip(args.scans, names):
+    for scan, name in zip(args.scans, names, strict=True):
         try:
             planned = _output_names(name, spec, args)
             if not args.overwrite:

@@ -306,7 +306,8 @@ def merge_volumes(path: str | os.PathLike, rows: Iterable[Sequence[str]]) -> Pat
             header = table[0] if table else []
             ours = {r[3] for r in rows}
             for row in table[1:]:
-                record = dict(zip(header, row))
+                # a row of another tool or version may be shorter or longer than the header
+                record = dict(zip(header, row, strict=False))
                 old = tuple(record.get(c, "") for c in VOLUME_COLUMNS)
                 if old[3] not in ours or not old[3]:
                     kept.append(old)

@@ -17,10 +17,10 @@ def make_phantom(
     grid = np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in shape], indexing="ij")
     centre = rng.uniform(-0.15, 0.15, len(shape))
     radii = rng.uniform(0.45, 0.7, len(shape))
-    organ = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+    organ = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1.0
     lesion_centre = centre + rng.uniform(-0.2, 0.2, len(shape)) * radii
     lesion_radii = radii * rng.uniform(0.2, 0.35, len(shape))
-    lesion = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, lesion_centre, lesion_radii)) <= 1.0
+    lesion = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, lesion_centre, lesion_radii, strict=True)) <= 1.0
     lesion &= organ
     labels = np.zeros(shape, np.uint8)
     labels[organ] = 1

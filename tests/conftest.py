@@ -1,12 +1,29 @@
-"""Shared fixtures: the official golden-output folder and a batch-norm randomiser."""
+"""Shared fixtures: the official golden-output folder, a batch-norm randomiser, the small
+networks of the engine's tests, the napari tests' scan, checkpoint and settings folder, and the
+table of bad files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
-from helpers import randomise_bn
+from helpers import (
+    ORIGIN_XYZ,
+    SPACING_XYZ,
+    bad_files,
+    lee_spec,
+    make_model,
+    monai_spec,
+    official_spec,
+    randomise_bn,
+)
+
+import napari_attunet as na
+from napari_attunet.models import build
+from napari_attunet.phantom import make_phantom
 
 REPO = Path(__file__).resolve().parent.parent
 OFFICIAL_FIXTURES = REPO / "tests" / "data" / "official-oktay"
@@ -77,3 +94,103 @@ def _compile_cache(tmp_path_factory):
         os.environ.pop(CACHE_ENV, None)
     else:
         os.environ[CACHE_ENV] = before
+
+
+# ---- small networks of the engine's tests (test_engine, test_plan, test_preprocess, ...) -------
+
+
+@pytest.fixture(scope="module")
+def official3d():
+    return make_model(official_spec(3), seed=1)
+
+
+@pytest.fixture(scope="module")
+def official2d():
+    return make_model(official_spec(2), seed=2)
+
+
+@pytest.fixture(scope="module")
+def monai2d():
+    return make_model(monai_spec(2), seed=3)
+
+
+@pytest.fixture(scope="module")
+def lee2d():
+    return make_model(lee_spec(2), seed=4)
+
+
+# ---- scans on disk ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scan_array() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(-1000, 1500, (6, 7, 9)).astype(np.int16)  # z, y, x; all axes differ
+
+
+# ---- napari: settings, a scan and a checkpoint, notifications ----------------------------------
+
+
+@pytest.fixture
+def _isolated_config(tmp_path, monkeypatch):
+    """A settings folder of the test's own (napari tests use it with ``usefixtures``)."""
+    monkeypatch.setenv("NAPARI_ATTUNET_CONFIG", str(tmp_path / "config"))
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    net = randomise_bn(build(official_spec(3, out_ch=3, axes=""))).eval()
+    # A bias towards the organ class so that labels are not empty and thresholds matter.
+    with torch.no_grad():
+        net.final.bias.copy_(torch.tensor([0.0, 1.5, -1.0]))
+    path = tmp_path / "model.safetensors"
+    na.save_model(net, path, class_names=["background", "organ", "lesion"])
+    return path
+
+
+@pytest.fixture
+def scan(tmp_path):
+    image, _ = make_phantom((24, 40, 48), seed=3)
+    itk = sitk.GetImageFromArray((image * 200).astype(np.int16))
+    itk.SetSpacing(SPACING_XYZ)
+    itk.SetOrigin(ORIGIN_XYZ)
+    path = tmp_path / "patient.nii.gz"
+    sitk.WriteImage(itk, str(path))
+    return path
+
+
+@pytest.fixture
+def notes():
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+# ---- bad files ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """``helpers.bad_files``, written once: the bad checkpoints and scans of the API, command-line,
+    reader and widget tests (none of which may change them)."""
+    return bad_files(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _results_cache(tmp_path_factory):
+    """Result stores of scans from nowhere writable go to a folder of this session."""
+    import os
+
+    from napari_attunet.plugin.store_location import RESULTS_ENV
+
+    before = os.environ.get(RESULTS_ENV)
+    os.environ[RESULTS_ENV] = str(tmp_path_factory.mktemp("results-cache"))
+    yield
+    if before is None:
+        os.environ.pop(RESULTS_ENV, None)
+    else:
+        os.environ[RESULTS_ENV] = before

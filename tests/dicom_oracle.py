@@ -75,7 +75,7 @@ def markers(paths) -> list[tuple[float, np.ndarray]]:
     for path in paths:
         ds = pydicom.dcmread(path)
         geometry = _frame_geometry(ds)
-        for f, r, c in zip(*np.nonzero(_pixels(ds) >= MARKER)):
+        for f, r, c in zip(*np.nonzero(_pixels(ds) >= MARKER), strict=True):
             found.append((float(_pixels(ds)[f, r, c]), pixel_lps(geometry[f], r, c)))
     return found
 

@@ -1,15 +1,28 @@
 """Small networks and geometry helpers shared by the tests: the one spec factory, the one
-batch-norm randomiser, seeded models, images, scans and DICOM series."""
+batch-norm randomiser, seeded models, images, scans and DICOM series; the napari widget and
+notifications; byte-for-byte snapshots and full disks; the table of bad checkpoints and scans."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import pathlib
+import re
+import struct
+import subprocess
+
 import numpy as np
+import pytest
+import SimpleITK as sitk
 import torch
 from torch import nn
 
+import napari_attunet as na
 from napari_attunet.models import ModelSpec, build, family
 
 TOL_Q = 1.0 / 255 + 1e-6  # probabilities are stored as uint8 levels
+FP32 = dict(precision="fp32", device="cpu")
 
 
 def make_spec(
@@ -242,3 +255,297 @@ def write_dicom_series(
         writer.Execute(piece)
         paths.append(path)
     return paths
+
+
+# ---- napari: the widget and notifications --------------------------------------------------
+
+
+# the geometry of conftest's ``scan`` fixture, ITK order (x, y, z)
+SPACING_XYZ = (0.8, 0.8, 2.5)
+ORIGIN_XYZ = (-12.0, 30.0, 7.5)
+
+
+def _widget(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
+    return widget
+
+
+def _wait(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def _run_on_scan(make_napari_viewer, qtbot, scan, checkpoint):
+    """A viewer with the scan opened through the plugin, after one finished run."""
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(scan), plugin="napari-attunet")
+    widget = _widget(viewer)
+    widget.load_checkpoint(checkpoint)
+    widget.image.value = image
+    widget.run.clicked.emit()
+    _wait(qtbot, widget)
+    return viewer, widget
+
+
+def _settle(qtbot, ms=150):
+    qtbot.wait(ms)
+
+
+def _errors(seen) -> list[str]:
+    return [str(n.message) for n in seen if str(n.severity) in ("error", "warning")]
+
+
+# ---- nothing lost: snapshots, full disks --------------------------------------------------
+
+
+BAD_TEXT = re.compile(r"Traceback|\[Errno|0x[0-9a-fA-F]{6,}")
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _check_message(message: str, names: str) -> None:
+    assert names in message, (names, message)
+    assert not BAD_TEXT.search(message), message
+    assert "\n" not in message.strip(), message
+
+
+@contextlib.contextmanager
+def _tmpfs(where: pathlib.Path, size: str, *options: str):
+    where.mkdir(parents=True, exist_ok=True)
+    opts = ",".join((f"size={size}",) + options)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _fill(folder: pathlib.Path, leave: int) -> None:
+    """Leave only ``leave`` bytes free on the file system of ``folder``."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    (folder / "filler.bin").write_bytes(b"\1" * max(free - leave, 0))
+
+
+def _no_staging(folder: pathlib.Path) -> None:
+    assert not [p for p in folder.rglob(".attunet-*")], list(folder.iterdir())
+
+
+# ---- bad checkpoints and scans -------------------------------------------------------------
+
+
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _first_weight(sd: dict) -> str:
+    return next(k for k, v in sd.items() if v.is_floating_point() and v.dim() > 1)
+
+
+def _save_torch(path, sd) -> pathlib.Path:
+    torch.save(sd, path)
+    return path
+
+
+def _zip_declaring(path, source: pathlib.Path, size: int = 0xFFFFFFFE) -> pathlib.Path:
+    """A torch zip whose central directory says every storage inflates to ``size`` bytes (as a
+    deflate bomb's would), written byte by byte: nothing in it is ever inflated."""
+    data = bytearray(source.read_bytes())
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) >= 0:
+        name_len = struct.unpack_from("<H", data, at + 28)[0]
+        name = bytes(data[at + 46 : at + 46 + name_len])
+        if b"/data/" in name:
+            struct.pack_into("<I", data, at + 24, size)
+        at += 46
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _safetensors_bomb(path) -> pathlib.Path:
+    header = json.dumps(
+        {"w": {"dtype": "F32", "shape": [1_000_000, 1_000_000], "data_offsets": [0, 4 * 10**12]}}
+    ).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 16)
+    return path
+
+
+def _with_spec(path, good: pathlib.Path, **changes) -> pathlib.Path:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(good), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - a safe_open handle
+    data = json.loads(meta["napari_attunet"])
+    data["spec"].update(changes)
+    save_file(tensors, str(path), metadata={"napari_attunet": json.dumps(data)})
+    return path
+
+
+def _nifti_header_only(path, shape, code=16, bitpix=32) -> pathlib.Path:
+    header = bytearray(348)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, len(shape), *shape, *([1] * (7 - len(shape))))
+    struct.pack_into("<hh", header, 70, code, bitpix)
+    struct.pack_into("<8f", header, 76, 1, 1, 1, 1, 1, 1, 1, 1)
+    struct.pack_into("<f", header, 108, 352.0)
+    header[344:348] = b"n+1\0"
+    path.write_bytes(bytes(header) + b"\0" * 4 + b"\0" * 1024)
+    return path
+
+
+def bad_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Bad checkpoints and scans (and one good of each) written into ``root``, by key; the
+    ``files`` fixture of conftest.py writes them once per session."""
+    import gzip
+
+    model = make_model(official_spec(3, out_ch=2, features=(2, 4, 8, 16, 32)), seed=3)
+    good = na.save_model(model, root / "good.safetensors", class_names=["background", "organ"])
+    sd = _state(model)
+    key = _first_weight(sd)
+    f: dict[str, pathlib.Path] = {"root": root, "good": good}
+
+    def changed(name, change):
+        d = _state(model)
+        change(d)
+        return _save_torch(root / name, d)
+
+    f["nan_pt"] = changed("nan_weights.pt", lambda d: d[key].fill_(float("nan")))
+    f["inf_pt"] = changed("inf_weights.pt", lambda d: d[key].view(-1)[0].fill_(float("inf")))
+    f["complex_pt"] = changed("complex_weights.pt", lambda d: d.__setitem__(key, d[key].to(torch.complex64)))
+    f["meta_pt"] = changed(
+        "meta_weights.pt", lambda d: d.__setitem__(key, torch.empty(d[key].shape, device="meta"))
+    )
+    f["sparse_pt"] = changed("sparse_weights.pt", lambda d: d.__setitem__(key, d[key].to_sparse()))
+    from safetensors.torch import save_file
+
+    nan_sd = _state(model)
+    nan_sd[key].fill_(float("nan"))
+    save_file(nan_sd, str(root / "nan_weights.safetensors"))
+    f["nan_st"] = root / "nan_weights.safetensors"
+    f["zip_bomb"] = _zip_declaring(root / "expands.pt", _save_torch(root / "plain.pt", sd))
+    f["st_bomb"] = _safetensors_bomb(root / "header_bomb.safetensors")
+    f["spec_strides"] = _with_spec(root / "empty_strides.safetensors", good, strides=[])
+    f["spec_features"] = _with_spec(root / "negative_features.safetensors", good, features=[2, -4, 8, 16, 32])
+    f["spec_spacing"] = _with_spec(root / "zero_spacing.safetensors", good, spacing=[0, 1, 1])
+    f["spec_bomb"] = _with_spec(
+        root / "spec_bomb.safetensors", good, features=[4096, 8192, 16384, 32768, 65536]
+    )
+    f["random_pth"] = root / "random.pth"
+    f["random_pth"].write_bytes(np.random.default_rng(1).bytes(4096))
+    truncated = root / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    f["truncated_st"] = truncated
+    f["missing_ckpt"] = root / "absent.safetensors"
+
+    image = (np.random.default_rng(2).random((12, 16, 16)) * 100).astype(np.int16)
+    scan = root / "scan.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(scan))
+    f["scan"] = scan
+    sitk.WriteImage(
+        sitk.GetImageFromArray((np.random.rand(6, 8, 8) + 1j).astype(np.complex64)),
+        str(root / "complex.nii.gz"),
+    )
+    f["complex_nii"] = root / "complex.nii.gz"
+    (root / "detached.nhdr").write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\n"
+        "encoding: raw\nendian: little\n"
+        "data file: detached_voxels.raw\n"
+    )
+    f["nhdr"] = root / "detached.nhdr"
+    (root / "detached.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\n"
+        "ElementType = MET_SHORT\n"
+        "ElementDataFile = mhd_voxels.raw\n"
+    )
+    f["mhd"] = root / "detached.mhd"
+    (root / "gzip_bomb.nrrd").write_bytes(
+        b"NRRD0004\ntype: float\ndimension: 3\nsizes: 512 512 512\nencoding: gzip\n"
+        b"endian: little\n\n" + gzip.compress(b"\0" * (4 << 20))
+    )
+    f["gz_bomb"] = root / "gzip_bomb.nrrd"
+    (root / "huge.nrrd").write_bytes(
+        b"NRRD0004\ntype: float\ndimension: 3\n"
+        b"sizes: 100000 100000 100000\nencoding: raw\n"
+        b"endian: little\n\n" + b"\0" * 64
+    )
+    f["huge_nrrd"] = root / "huge.nrrd"
+    f["huge_nii"] = _nifti_header_only(root / "huge.nii", (30000, 30000, 30000))
+    f["complex_hdr_nii"] = _nifti_header_only(root / "complex_header.nii", (4, 4, 4), 32, 64)
+    data = scan.read_bytes()
+    (root / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
+    f["truncated_nii"] = root / "truncated.nii.gz"
+    (root / "noise.nii.gz").write_bytes(np.random.default_rng(3).bytes(2048))
+    f["noise_nii"] = root / "noise.nii.gz"
+    (root / "empty.nrrd").write_bytes(b"")
+    f["empty_nrrd"] = root / "empty.nrrd"
+    import nibabel
+
+    nibabel.save(
+        nibabel.Nifti1Image(np.zeros((6, 5, 4, 2), np.float32), np.eye(4)), str(root / "series4d.nii.gz")
+    )
+    f["4d"] = root / "series4d.nii.gz"
+    mha = root / "compressed.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(mha), True)
+    (root / "truncated.mha").write_bytes(mha.read_bytes()[:-200])
+    f["truncated_mha"] = root / "truncated.mha"
+    with_nan = image.astype(np.float32)
+    with_nan[3, 4, 5] = np.nan
+    sitk.WriteImage(sitk.GetImageFromArray(with_nan), str(root / "with_nan.nii.gz"))
+    f["nan_nii"] = root / "with_nan.nii.gz"
+    f["missing_scan"] = root / "absent.nii.gz"
+    f["folder_as_file"] = root / "a_folder.nii.gz"
+    f["folder_as_file"].mkdir()
+    return f
+
+
+X = np.random.default_rng(0).random((12, 16, 16)).astype(np.float32)
+
+
+def _with(value, **index):
+    y = X.copy()
+    y[index.get("at", (0, 0, 0))] = value
+    return y
+
+
+CKPT_KEYS = [
+    "nan_pt",
+    "inf_pt",
+    "complex_pt",
+    "meta_pt",
+    "sparse_pt",
+    "nan_st",
+    "zip_bomb",
+    "st_bomb",
+    "spec_strides",
+    "spec_features",
+    "spec_spacing",
+    "spec_bomb",
+    "random_pth",
+    "truncated_st",
+    "missing_ckpt",
+]
+
+
+SCAN_KEYS = [
+    "complex_nii",
+    "complex_hdr_nii",
+    "nhdr",
+    "mhd",
+    "gz_bomb",
+    "huge_nrrd",
+    "huge_nii",
+    "truncated_nii",
+    "noise_nii",
+    "empty_nrrd",
+    "4d",
+    "truncated_mha",
+    "missing_scan",
+    "folder_as_file",
+]

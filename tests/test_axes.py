@@ -40,7 +40,7 @@ def test_xyz_network_sees_the_transposed_scan():
         logits, gates = model.forward_with_attention(x)
     expected = torch.softmax(logits, 1)[0].numpy().transpose(0, 3, 2, 1)
     assert np.abs(pred.probabilities - expected).max() <= TOL_Q
-    for got, ref, geometry in zip(pred.gates, gates, spec.gates):
+    for got, ref, geometry in zip(pred.gates, gates, spec.gates, strict=True):
         np.testing.assert_allclose(got.data, ref[0].numpy().transpose(0, 3, 2, 1), atol=1e-5)
         assert got.stride == tuple(float(s) for s in geometry.stride[::-1])
 

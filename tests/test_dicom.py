@@ -14,7 +14,8 @@ import warnings
 import dicom_oracle as oracle
 import numpy as np
 import pytest
-from helpers import one_sentence
+import SimpleITK as sitk
+from helpers import one_sentence, write_dicom_series
 
 from napari_attunet import InputError, dicom_tags, io
 
@@ -230,6 +231,50 @@ def test_a_file_that_is_no_image_is_one_sentence(tmp_path, name, kind):
     assert one_sentence(str(info.value)) and kind in str(info.value) and name in str(info.value)
 
 
+# ---- series written by SimpleITK, through io.read ---------------------------------------------
+
+
+def test_dicom_series_folder(tmp_path, scan_array):
+    folder = tmp_path / "series"
+    write_dicom_series(folder, scan_array, spacing=(0.8, 0.8, 2.5), origin=(-10.0, 20.0, 30.0))
+    vol = io.read(folder)
+    assert vol.array.shape == scan_array.shape
+    assert np.array_equal(vol.array, scan_array)
+    assert vol.spacing == pytest.approx((2.5, 0.8, 0.8), abs=1e-4)
+    assert vol.origin == pytest.approx((30.0, 20.0, -10.0), abs=1e-4)
+    assert vol.notes == []
+    assert vol.name == "series"
+    # one file of the series opens the whole series
+    single = io.read(folder / "slice002.dcm")
+    assert single.array.shape == scan_array.shape
+    # and labels written with its geometry line up
+    out = io.write(tmp_path / "labels.nii.gz", (vol.array > 0).astype(np.uint8), vol)
+    back = sitk.ReadImage(str(out))
+    assert np.array_equal(sitk.GetArrayFromImage(back), (scan_array > 0).astype(np.uint8))
+    assert back.GetSpacing() == pytest.approx((0.8, 0.8, 2.5), abs=1e-4)
+    assert back.GetOrigin() == pytest.approx((-10.0, 20.0, 30.0), abs=1e-4)
+
+
+def test_dicom_folder_with_two_series_opens_the_larger(tmp_path, scan_array):
+    folder = tmp_path / "mixed"
+    big_uid, small_uid = "1.2.826.0.1.3680043.2.1125.7.1", "1.2.826.0.1.3680043.2.1125.7.2"
+    write_dicom_series(folder, scan_array, series_uid=big_uid, prefix="a")
+    write_dicom_series(
+        folder,
+        scan_array[:3, :5, :4],
+        spacing=(0.5, 0.5, 1.0),
+        origin=(0.0, 0.0, 100.0),
+        series_uid=small_uid,
+        prefix="b",
+    )
+    vol = io.read(folder)
+    assert vol.array.shape == scan_array.shape
+    assert np.array_equal(vol.array, scan_array)
+    assert vol.spacing == pytest.approx((2.5, 0.8, 0.8), abs=1e-4)
+    assert len(vol.notes) == 1
+    assert small_uid in vol.notes[0]
+
+
 # ---- the tag reader against pydicom ---------------------------------------------------------------
 
 
@@ -242,7 +287,7 @@ def test_per_frame_positions_match_pydicom(name):
     _, dataset = dicom_tags.read_dataset(path)
     frames = dicom_tags.items(dataset, (0x5200, 0x9230))
     assert len(frames) == len(ds.PerFrameFunctionalGroupsSequence)
-    for ours, theirs in zip(frames, ds.PerFrameFunctionalGroupsSequence):
+    for ours, theirs in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
         position = dicom_tags.nested(ours, (0x0020, 0x9113))[(0x0020, 0x0032)]
         assert dicom_tags.numbers(position) == pytest.approx(
             [float(v) for v in theirs.PlanePositionSequence[0].ImagePositionPatient]

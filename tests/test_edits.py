@@ -10,13 +10,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import numpy as np
 import pytest
-import test_plugin
+from helpers import _run_on_scan, _wait
 
-# The scan, checkpoint and isolated-config fixtures of test_plugin, shared.
-_isolated_config = test_plugin._isolated_config
-checkpoint = test_plugin.checkpoint
-scan = test_plugin.scan
-_run_on_scan, _wait = test_plugin._run_on_scan, test_plugin._wait
+# The scan and checkpoint fixtures are conftest's; each test gets its own settings folder.
+pytestmark = pytest.mark.usefixtures("_isolated_config")
 
 
 def _assign(layer):

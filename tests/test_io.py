@@ -1,5 +1,6 @@
 """Scans in and out: ``napari_attunet.io.read`` and ``io.write`` on real files written by
-SimpleITK (NIfTI, NRRD, MHA/MHD, DICOM series), with non-trivial geometry, and bad files.
+SimpleITK (NIfTI, NRRD, MHA/MHD), with non-trivial geometry, and bad files. DICOM series are
+in test_dicom.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers import RAS, one_sentence, sitk_image, write_dicom_series
+from helpers import RAS, one_sentence, sitk_image
 
 import napari_attunet as na
 from napari_attunet import io
@@ -20,12 +21,6 @@ from napari_attunet import io
 SUFFIXES = [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"]
 SPACING_ITK = (0.8, 0.8, 2.5)  # x, y, z
 ORIGIN_ITK = (12.5, -30.0, 47.0)
-
-
-@pytest.fixture(scope="module")
-def scan_array() -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return rng.integers(-1000, 1500, (6, 7, 9)).astype(np.int16)  # z, y, x; all axes differ
 
 
 def _world_check(volume: io.Volume, original, samples: int = 25, seed: int = 1) -> None:
@@ -139,50 +134,6 @@ def test_write_without_a_source_uses_spacing_and_origin(tmp_path):
     with pytest.raises(na.InputError):
         io.write(tmp_path / "plain.png", array)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.nrrd"]
-
-
-# ---- DICOM ---------------------------------------------------------------------------------
-
-
-def test_dicom_series_folder(tmp_path, scan_array):
-    folder = tmp_path / "series"
-    write_dicom_series(folder, scan_array, spacing=(0.8, 0.8, 2.5), origin=(-10.0, 20.0, 30.0))
-    vol = io.read(folder)
-    assert vol.array.shape == scan_array.shape
-    assert np.array_equal(vol.array, scan_array)
-    assert vol.spacing == pytest.approx((2.5, 0.8, 0.8), abs=1e-4)
-    assert vol.origin == pytest.approx((30.0, 20.0, -10.0), abs=1e-4)
-    assert vol.notes == []
-    assert vol.name == "series"
-    # one file of the series opens the whole series
-    single = io.read(folder / "slice002.dcm")
-    assert single.array.shape == scan_array.shape
-    # and labels written with its geometry line up
-    out = io.write(tmp_path / "labels.nii.gz", (vol.array > 0).astype(np.uint8), vol)
-    back = sitk.ReadImage(str(out))
-    assert np.array_equal(sitk.GetArrayFromImage(back), (scan_array > 0).astype(np.uint8))
-    assert back.GetSpacing() == pytest.approx((0.8, 0.8, 2.5), abs=1e-4)
-    assert back.GetOrigin() == pytest.approx((-10.0, 20.0, 30.0), abs=1e-4)
-
-
-def test_dicom_folder_with_two_series_opens_the_larger(tmp_path, scan_array):
-    folder = tmp_path / "mixed"
-    big_uid, small_uid = "1.2.826.0.1.3680043.2.1125.7.1", "1.2.826.0.1.3680043.2.1125.7.2"
-    write_dicom_series(folder, scan_array, series_uid=big_uid, prefix="a")
-    write_dicom_series(
-        folder,
-        scan_array[:3, :5, :4],
-        spacing=(0.5, 0.5, 1.0),
-        origin=(0.0, 0.0, 100.0),
-        series_uid=small_uid,
-        prefix="b",
-    )
-    vol = io.read(folder)
-    assert vol.array.shape == scan_array.shape
-    assert np.array_equal(vol.array, scan_array)
-    assert vol.spacing == pytest.approx((2.5, 0.8, 0.8), abs=1e-4)
-    assert len(vol.notes) == 1
-    assert small_uid in vol.notes[0]
 
 
 # ---- bad files -----------------------------------------------------------------------------

@@ -160,9 +160,9 @@ def test_attu_net_matches_functional_oracle(name, tmp_path, randomize_bn):
     assert torch.equal(logits, logits2)
 
     assert len(maps) == len(spec.gates) == 4
-    for k, (alpha, ref, geometry) in enumerate(zip(maps, ref_maps, spec.gates)):
+    for k, (alpha, ref, geometry) in enumerate(zip(maps, ref_maps, spec.gates, strict=True)):
         assert geometry.stride == (2**k,) * dims
-        grid = tuple(math.ceil(n / s) for n, s in zip(size, geometry.stride))
+        grid = tuple(math.ceil(n / s) for n, s in zip(size, geometry.stride, strict=True))
         assert tuple(alpha.shape) == tuple(ref.shape) == (2, 1, *grid)
         gerr = float((alpha - ref).abs().max())
         print(f"[leejunhyun {dims}D {name}] Att{k + 2} {grid} max abs error {gerr:.3e}")

@@ -94,8 +94,8 @@ def test_monai_state_dict_matches_monai(name, tmp_path, randomize_bn):
     assert torch.equal(logits, logits2)
 
     assert len(maps) == len(ref_maps) == len(channels) - 1
-    for k, (alpha, ref, geometry) in enumerate(zip(maps, ref_maps, spec.gates)):
-        grid = tuple(math.ceil(n / s) for n, s in zip(size, geometry.stride))
+    for k, (alpha, ref, geometry) in enumerate(zip(maps, ref_maps, spec.gates, strict=True)):
+        grid = tuple(math.ceil(n / s) for n, s in zip(size, geometry.stride, strict=True))
         assert tuple(alpha.shape) == (2, 1, *grid), f"gate {k}"
         gerr = _err(alpha, ref)
         print(f"[monai {dims}D {name}] gate {k} {tuple(alpha.shape[2:])} max abs error {gerr:.3e}")
@@ -131,8 +131,8 @@ def test_monai_nondefault_strides_with_overrides(name, tmp_path, randomize_bn):
     print(f"\n[monai {dims}D {name}] logits max abs error {err:.3e}")
     assert err <= 1e-5
     assert len(maps) == len(ref_maps)
-    for alpha, ref, geometry in zip(maps, ref_maps, model.spec.gates):
-        grid = tuple(math.ceil(n / s) for n, s in zip(size, geometry.stride))
+    for alpha, ref, geometry in zip(maps, ref_maps, model.spec.gates, strict=True):
+        grid = tuple(math.ceil(n / s) for n, s in zip(size, geometry.stride, strict=True))
         assert tuple(alpha.shape[2:]) == grid
         assert _err(alpha, ref) <= 1e-5
 

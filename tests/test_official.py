@@ -69,7 +69,7 @@ def _check_against_golden(model, golden, label):
     assert err <= 1e-4
     assert _max_err(logits2, logits) == 0.0
     assert len(maps) == 3
-    for k, (got, want) in zip((2, 3, 4), zip(maps, golden["attention"])):
+    for k, (got, want) in zip((2, 3, 4), zip(maps, golden["attention"], strict=True), strict=True):
         assert tuple(got.shape) == want.shape, f"attention{k}"
         assert list(want.shape) == golden["meta"]["attention_shapes"][str(k)]
         err = _max_err(got, want)
@@ -114,7 +114,7 @@ def test_fixture_through_safetensors(fixture_pth, golden, tmp_path):
         a, maps_a = model.forward_with_attention(x)
         b, maps_b = again.forward_with_attention(x)
     assert torch.equal(a, b)
-    for ma, mb in zip(maps_a, maps_b):
+    for ma, mb in zip(maps_a, maps_b, strict=True):
         assert torch.equal(ma, mb)
     _check_against_golden(again, golden, ".safetensors")
 
@@ -214,9 +214,9 @@ def test_variant_roundtrip(name, how, tmp_path, randomize_bn):
     heads = 2 if spec.variant == "multi_att_dsv" else 1
     gates = model.spec.gates
     assert len(gates) == len(maps) == len(ref_maps) == 3
-    for k, (alpha, ref, geometry) in enumerate(zip(maps, ref_maps, gates)):
+    for k, (alpha, ref, geometry) in enumerate(zip(maps, ref_maps, gates, strict=True)):
         assert geometry.heads == heads
-        grid = tuple(math.ceil(n / s) for n, s in zip(x.shape[2:], geometry.stride))
+        grid = tuple(math.ceil(n / s) for n, s in zip(x.shape[2:], geometry.stride, strict=True))
         assert tuple(alpha.shape) == (x.shape[0], heads, *grid), f"gate {k}"
         assert torch.equal(alpha, ref)
         assert float(alpha.min()) >= 0.0 and float(alpha.max()) <= 1.0
@@ -257,13 +257,13 @@ def test_gate_modes(dims, variant, randomize_bn, tmp_path):
         assert torch.equal(logits, logits_l)
         assert torch.isfinite(logits).all()
         assert tuple(logits.shape[2:]) == tuple(x.shape[2:])
-        for alpha, alpha_l in zip(maps, maps_l):
+        for alpha, alpha_l in zip(maps, maps_l, strict=True):
             assert torch.equal(alpha, alpha_l)
             assert float(alpha.min()) >= 0.0 and float(alpha.max()) <= 1.0
         maps_by_mode[mode] = maps
-    for a, b in zip(maps_by_mode["concatenation"], maps_by_mode["concatenation_residual"]):
+    for a, b in zip(maps_by_mode["concatenation"], maps_by_mode["concatenation_residual"], strict=True):
         assert not torch.allclose(a, b)
-    for a, b in zip(maps_by_mode["concatenation"], maps_by_mode["concatenation_debug"]):
+    for a, b in zip(maps_by_mode["concatenation"], maps_by_mode["concatenation_debug"], strict=True):
         assert not torch.allclose(a, b)
 
 
@@ -301,8 +301,8 @@ def test_input_not_a_multiple_of_16(randomize_bn):
     assert torch.equal(logits, logits2)
     assert torch.allclose(logits, padded[:, :, :37, :29, :21], atol=1e-6)
     assert len(maps) == len(spec.gates) == 3
-    for alpha, geometry in zip(maps, spec.gates):
-        grid = tuple(math.ceil(n / s) for n, s in zip(size, geometry.stride))
+    for alpha, geometry in zip(maps, spec.gates, strict=True):
+        grid = tuple(math.ceil(n / s) for n, s in zip(size, geometry.stride, strict=True))
         assert tuple(alpha.shape) == (1, 1, *grid)
         assert float(alpha.min()) >= 0.0 and float(alpha.max()) <= 1.0
     assert [tuple(m.shape[2:]) for m in maps] == [(19, 15, 11), (10, 8, 6), (5, 4, 3)]

@@ -1,7 +1,7 @@
 """Nothing lost: outputs never replace files without --overwrite, inputs with the same name get
 distinct outputs, two runs into one folder keep each other's volumes, and a full disk, a
 read-only folder or an interrupt leave nothing partial behind (byte for byte, what was there
-stays). For the command line and for napari's save."""
+stays). For the command line and the API; napari's save is in test_writer.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers import make_model, official_spec
+from helpers import _fill, _no_staging, _tmpfs, make_model, official_spec, snapshot
 
 import napari_attunet as na
 from napari_attunet import io, outputs
@@ -27,10 +27,6 @@ from napari_attunet.cli import main
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 CLASSES = ["background", "organ"]
-
-
-def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _scan(path: pathlib.Path, seed: int, shape=(12, 16, 16)) -> pathlib.Path:
@@ -58,10 +54,6 @@ def _predict(*argv) -> tuple[int, list[str]]:
 def _rows(folder: pathlib.Path) -> list[dict]:
     with open(folder / "volumes.csv", newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def _no_staging(folder: pathlib.Path) -> None:
-    assert not [p for p in folder.rglob(".attunet-*")], list(folder.iterdir())
 
 
 # ---- overwrite ---------------------------------------------------------------------------------
@@ -189,28 +181,6 @@ def test_two_processes_into_one_folder_keep_both_tables(ckpt, tmp_path):
 # ---- full disk, read-only folder, interrupt ----------------------------------------------------
 
 
-@contextlib.contextmanager
-def _tmpfs(where: pathlib.Path, size: str, *options: str):
-    where.mkdir(parents=True, exist_ok=True)
-    opts = ",".join((f"size={size}",) + options)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], capture_output=True, check=False
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.decode().strip()})")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def _fill(folder: pathlib.Path, leave: int) -> None:
-    """Leave only ``leave`` bytes free on the file system of ``folder``."""
-    st = os.statvfs(folder)
-    free = st.f_bavail * st.f_frsize
-    (folder / "filler.bin").write_bytes(b"\1" * max(free - leave, 0))
-
-
 def test_cli_on_a_full_disk_leaves_nothing_partial(ckpt, tmp_path):
     scan = _scan(tmp_path / "big.nii.gz", 3, shape=(24, 48, 48))
     with _tmpfs(tmp_path / "disk", "1m") as disk:
@@ -224,26 +194,6 @@ def test_cli_on_a_full_disk_leaves_nothing_partial(ckpt, tmp_path):
         assert "[Errno" not in lines[0]
         assert snapshot(disk) == before
         _no_staging(disk)
-
-
-def test_napari_save_on_a_full_disk_raises_and_keeps_the_old_file(tmp_path, make_napari_viewer):
-    viewer = make_napari_viewer()
-    labels = viewer.add_labels(
-        np.random.default_rng(0).integers(0, 3, (40, 64, 64)).astype(np.uint8), name="edited"
-    )
-    with _tmpfs(tmp_path / "disk", "256k") as disk:
-        target = disk / "mask.nii.gz"
-        target.write_bytes(b"yesterday's save")
-        _fill(disk, 16 << 10)
-        before = snapshot(disk)
-        with pytest.raises(OSError, match="disk is full") as info:
-            labels.save(str(target), plugin="napari-attunet")
-        assert str(target) in str(info.value) and "[Errno" not in str(info.value)
-        assert snapshot(disk) == before
-        _no_staging(disk)
-        (disk / "filler.bin").unlink()  # room again: the save completes and reads back
-        assert labels.save(str(target), plugin="napari-attunet") == [str(target)]
-        assert np.array_equal(io.read(target).array, labels.data)
 
 
 def test_read_only_output_folder_is_one_sentence(ckpt, tmp_path):
@@ -314,19 +264,6 @@ def _expected() -> list[str]:
             "scan_prob_organ.nii.gz",
         ]
     )
-
-
-def test_napari_save_onto_a_folder_is_one_sentence(tmp_path, make_napari_viewer):
-    viewer = make_napari_viewer()
-    labels = viewer.add_labels(np.zeros((4, 5, 6), np.uint8), name="mask")
-    folder = tmp_path / "mask.nii.gz"
-    folder.mkdir()
-    (folder / "inside.txt").write_text("kept")
-    before = snapshot(tmp_path)
-    with pytest.raises(OSError, match="is a folder") as info:
-        labels.save(str(folder), plugin="napari-attunet")
-    assert "[Errno" not in str(info.value) and str(folder) in str(info.value)
-    assert snapshot(tmp_path) == before
 
 
 def test_a_name_taken_meanwhile_by_another_process_is_never_replaced(tmp_path):

@@ -49,7 +49,7 @@ def test_preview_gates_lie_on_the_full_run_grid(demo, preview):
     """Each preview gate cell holds the full run's value at the same world point."""
     scan, model, full = demo
     start = np.array([s.start for s in REGION], dtype=float)
-    for mine, theirs in zip(preview.gates, full.gates):
+    for mine, theirs in zip(preview.gates, full.gates, strict=True):
         assert mine.stride == theirs.stride
         # cell i of the preview is centred on region voxel offset + stride * i
         position = start + np.asarray(mine.offset)
@@ -57,5 +57,7 @@ def test_preview_gates_lie_on_the_full_run_grid(demo, preview):
         np.testing.assert_allclose(cell, np.round(cell), atol=1e-6)
         first = np.round(cell).astype(int)
         shape = mine.data.shape[1:]
-        reference = theirs.data[(slice(None),) + tuple(slice(f, f + n) for f, n in zip(first, shape))]
+        reference = theirs.data[
+            (slice(None),) + tuple(slice(f, f + n) for f, n in zip(first, shape, strict=True))
+        ]
         assert np.abs(mine.data - reference).mean() < 0.02

@@ -36,9 +36,9 @@ def test_each_row_builds_is_detected_and_places_its_gates(name, dims):
         logits, maps = model.forward_with_attention(torch.randn(1, 2, *size))
     assert tuple(logits.shape) == (1, 3, *size)
     assert len(maps) == len(spec.gates) > 0
-    for alpha, gate in zip(maps, spec.gates):
+    for alpha, gate in zip(maps, spec.gates, strict=True):
         assert alpha.shape[1] == gate.heads
-        assert tuple(alpha.shape[2:]) == tuple(n // s for n, s in zip(size, gate.stride))
+        assert tuple(alpha.shape[2:]) == tuple(n // s for n, s in zip(size, gate.stride, strict=True))
         assert float(alpha.min()) >= 0.0 and float(alpha.max()) <= 1.0
 
 

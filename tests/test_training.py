@@ -134,7 +134,7 @@ def test_shipped_demo_reproduces_its_reported_dice():
     pred = na.predict(scan.array, model, spacing=scan.spacing, precision="fp32", attention=False)
     measured = dice_per_class(pred.labels(), truth, 3)
     print(f"\ndemo Dice reported {reported}, measured {measured}")
-    for name, value in zip(("grey matter", "white matter"), measured):
+    for name, value in zip(("grey matter", "white matter"), measured, strict=True):
         assert abs(value - reported[name]) <= 0.01
 
 

@@ -255,7 +255,7 @@ def test_labels_and_gate_layers_sit_on_the_oblique_scan(tmp_path, tiny_official)
     labels = Labels(data, **kwargs)
     for p in sample_indices(data.shape, n=10):
         np.testing.assert_allclose(labels.data_to_world(p), scan.data_to_world(p), atol=TOL_MM)
-    for (gate_data, gate_kwargs, _), gate in zip(gate_layers(pred, source), pred.gates):
+    for (gate_data, gate_kwargs, _), gate in zip(gate_layers(pred, source), pred.gates, strict=True):
         layer = Image(gate_data, **gate_kwargs)
         for c in sample_indices(gate_data.shape, n=10):
             centre = np.asarray(gate.offset) + np.asarray(gate.stride) * np.asarray(c)

@@ -59,16 +59,16 @@ def _gate_maps(
 ) -> list[GateMap]:
     """Crop each stitched gate to the image and express its geometry in input voxels."""
     out = []
-    for k, (data, g) in enumerate(zip(sums, gates), start=1):
-        cells = tuple(math.ceil(n / s) for n, s in zip(plane, g.stride))
+    for k, (data, g) in enumerate(zip(sums, gates, strict=True), start=1):
+        cells = tuple(math.ceil(n / s) for n, s in zip(plane, g.stride, strict=True))
         data = data[(Ellipsis,) + tuple(slice(0, c) for c in cells)]
         lead = data.dim() - 1 - len(cells)  # the slices of a volume through a 2D model
         stride = (1.0,) * lead + tuple(float(s) for s in g.stride)
         offset = (0.0,) * lead + tuple(float(o) for o in g.offset)
         if factors is not None:
             # Resampled voxel r lies at input index r / f (see preprocess.resample).
-            stride = tuple(s / f for s, f in zip(stride, factors))
-            offset = tuple(o / f for o, f in zip(offset, factors))
+            stride = tuple(s / f for s, f in zip(stride, factors, strict=True))
+            offset = tuple(o / f for o, f in zip(offset, factors, strict=True))
         out.append(GateMap(data.clamp_(0, 1).cpu().numpy(), stride, offset, f"gate {k}"))
     return out
 
@@ -101,7 +101,7 @@ def _crop_context(probs: torch.Tensor, gates: list[GateMap], inner) -> tuple:
     cropped = []
     for g in gates:
         keep, offset = [], []
-        for (a, b), s, o, n in zip(inner, g.stride, g.offset, g.data.shape[1:]):
+        for (a, b), s, o, n in zip(inner, g.stride, g.offset, g.data.shape[1:], strict=True):
             first = max(0, math.ceil((a - o) / s - 1e-9))
             last = min(n, math.ceil((b - o) / s - 1e-9))
             keep.append(slice(first, max(first + 1, last)))

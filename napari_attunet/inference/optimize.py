@@ -43,7 +43,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             names = list(module._modules)
-            for a, b in zip(names, names[1:]):
+            for a, b in zip(names, names[1:], strict=False):  # each module with the next
                 first, second = module._modules[a], module._modules[b]
                 conv = _fusable(first)
                 if conv is not None and isinstance(second, _BatchNorm) and second.track_running_stats:

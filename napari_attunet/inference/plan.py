@@ -1,16 +1,17 @@
-"""The first stage of a run: the input checked, laid out, resampled, normalized and padded for
-the network, and the tiles, batches and memory decided from its shape."""
+"""The first stage of a run, in two steps: ``prepare_input`` (the input checked, laid out, resampled
+and normalized for the network) and the tiles, batches and memory decided from its shape, with
+the input padded to the total stride (``make_plan`` does both)."""
 
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ..models import AttentionUNetBase
+from ..models import AttentionUNetBase, ModelSpec
 from .memory import check_memory, check_shape_memory, estimate_memory
 from .orientation import Layout, network_layout
 from .preprocess import (
@@ -28,11 +29,11 @@ from .tiling import default_tile, round_up, window_grid
 
 
 @dataclass
-class Plan:
-    """One run's input, laid out, resampled, normalized and padded for the network, and the
-    shapes and tiles that the run and its finish share."""
+class NetworkInput:
+    """One run's input, checked, laid out, resampled and normalized for the network: what its
+    tiles are cut from, and the shapes the finish maps them back through."""
 
-    x: torch.Tensor  # (C, stack, *padded plane): what the tiles are cut from
+    x: torch.Tensor  # (C, *work_shape): normalized in place, not yet padded
     layout: Layout
     factors: tuple[float, ...] | None  # resampling, on the network's axes
     context: tuple[tuple[int, int], ...] | None  # the region inside ``x`` (with ``region``)
@@ -40,6 +41,14 @@ class Plan:
     image_shape: tuple[int, ...]  # the same on the network's axes
     work_shape: tuple[int, ...]  # ... resampled
     stack: int  # slices of a volume run through a 2D model, else 1
+    notes: list[str]
+
+
+@dataclass
+class Plan(NetworkInput):
+    """The network input padded (``x`` is then (C, stack, *padded)), and the shapes and tiles
+    that the run and its finish share."""
+
     plane: tuple[int, ...]  # the network's spatial axes of ``work_shape``
     padded: tuple[int, ...]  # ``plane`` padded to the total stride
     tile: tuple[int, ...]
@@ -47,7 +56,6 @@ class Plan:
     batch_size: int
     auto_batch: bool
     stitch_on_device: bool
-    notes: list[str]
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,40 @@ def make_plan(
     intensity,
 ) -> Generator[Progress, None, Plan]:
     """Checks, channels, layout, resampling and normalization; then tiles, batches, memory."""
-    spec = model.spec
+    network_input = yield from prepare_input(
+        image,
+        model.spec,
+        spacing=spacing,
+        channel_axis=channel_axis,
+        normalization=normalization,
+        tile=tile,
+        name=name,
+        affine=affine,
+        file_orientation=file_orientation,
+        orientation=orientation,
+        region=region,
+        intensity=intensity,
+    )
+    return _plan_tiles(network_input, model, target, tile, overlap, batch_size, attention, name)
+
+
+def prepare_input(
+    image,
+    spec: ModelSpec,
+    *,
+    spacing,
+    channel_axis,
+    normalization,
+    tile,
+    name: str,
+    affine,
+    file_orientation,
+    orientation,
+    region,
+    intensity,
+) -> Generator[Progress, None, NetworkInput]:
+    """The input checked, its channels taken, laid out for the network, resampled to the
+    training spacing and normalized."""
     notes: list[str] = []
     check_shape_memory(image, spec, name)
     check_resampled_size(spatial_shape(image, channel_axis), spacing, spec, name)
@@ -124,33 +165,42 @@ def make_plan(
     # `nonzero` are decided on the voxels the network sees).
     for c in range(x.shape[0]):
         (intensity[c] if intensity else fit(x[c].numpy(), norm)).apply(x[c])
-    plane = work_shape[-dims:]
-    padded = tuple(round_up(n, s) for n, s in zip(plane, spec.total_stride))
-    tile_, jobs, batch, auto_batch = _tiles(padded, spec, target.dev, tile, overlap, stack, batch_size)
-    host, device_bytes = estimate_memory(model, padded, tile_, batch, stack, attention)
+    return NetworkInput(x, layout, factors, context, scan_shape, image_shape, work_shape, stack, notes)
+
+
+def _plan_tiles(
+    p: NetworkInput,
+    model: AttentionUNetBase,
+    target: Target,
+    tile,
+    overlap: float,
+    batch_size: int | None,
+    attention: bool,
+    name: str,
+) -> Plan:
+    """Tiles, batches and memory from the input's shape; ``x`` padded to the total stride."""
+    spec = model.spec
+    dims = spec.spatial_dims
+    plane = p.work_shape[-dims:]
+    padded = tuple(round_up(n, s) for n, s in zip(plane, spec.total_stride, strict=True))
+    tile_, jobs, batch, auto_batch = _tiles(padded, spec, target.dev, tile, overlap, p.stack, batch_size)
+    host, device_bytes = estimate_memory(model, padded, tile_, batch, p.stack, attention)
     stitch_on_device = check_memory(host, device_bytes, target.dev, name)
     if target.dev.type != "cpu" and not stitch_on_device:
-        notes.append("stitching on the CPU: the GPU cannot hold the whole-image buffers")
-    x = _pad(x, plane, padded)
+        p.notes.append("stitching on the CPU: the GPU cannot hold the whole-image buffers")
+    x = _pad(p.x, plane, padded)
     if x.dim() == 1 + dims:  # one leading axis for every run: a single image is a stack of one
         x = x.unsqueeze(1)
+    input_fields = {f.name: getattr(p, f.name) for f in fields(NetworkInput)}
     return Plan(
-        x,
-        layout,
-        factors,
-        context,
-        scan_shape,
-        image_shape,
-        work_shape,
-        stack,
-        plane,
-        padded,
-        tile_,
-        jobs,
-        batch,
-        auto_batch,
-        stitch_on_device,
-        notes,
+        **input_fields | {"x": x},
+        plane=plane,
+        padded=padded,
+        tile=tile_,
+        jobs=jobs,
+        batch_size=batch,
+        auto_batch=auto_batch,
+        stitch_on_device=stitch_on_device,
     )
 
 
@@ -173,7 +223,7 @@ def _tiles(
 def _pad(x: torch.Tensor, plane, padded) -> torch.Tensor:
     """Zeros after the end of each plane axis, up to ``padded``."""
     pad = []
-    for n, p in zip(reversed(plane), reversed(padded)):
+    for n, p in zip(reversed(plane), reversed(padded), strict=True):
         pad += [0, p - n]
     return torch.nn.functional.pad(x, pad) if any(pad) else x
 
@@ -200,7 +250,7 @@ def context_slices(
     dims = spec.spatial_dims
     if isinstance(tile, int):
         tile = (tile,) * dims
-    padded = tuple(round_up(n, st) for n, st in zip(shape[-dims:], spec.total_stride))
+    padded = tuple(round_up(n, st) for n, st in zip(shape[-dims:], spec.total_stride, strict=True))
     full_tile = default_tile(padded, spec.total_stride, dims, tile or spec.tile)
     # Half of the largest tile dimension on every plane axis, whatever the network's axis order.
     margin = max(max(full_tile) // 2, max(spec.total_stride))
@@ -208,7 +258,7 @@ def context_slices(
     step = max(spec.total_stride)
     margins = [(0, 1)] * (len(shape) - dims) + [(margin, step)] * dims
     inner, outer = [], []
-    for sl, n, (m, grid) in zip(region, shape, margins):
+    for sl, n, (m, grid) in zip(region, shape, margins, strict=True):
         start, stop, _ = sl.indices(n)
         if stop <= start:
             raise InputError(f"region {tuple(region)} is empty for an image of shape {shape}.")

@@ -334,7 +334,7 @@ def resample_factors(spacing: Sequence[float] | None, spec: ModelSpec, ndim: int
         target = (spacing[0],) + target  # slices keep their own spacing
     if len(target) != ndim or len(spacing) != ndim:
         return None
-    factors = tuple(s / t for s, t in zip(spacing, target))
+    factors = tuple(s / t for s, t in zip(spacing, target, strict=True))
     if all(abs(f - 1.0) < 0.01 for f in factors):
         return None
     return factors
@@ -342,7 +342,7 @@ def resample_factors(spacing: Sequence[float] | None, spec: ModelSpec, ndim: int
 
 def resampled_shape(shape: Sequence[int], factors: Sequence[float]) -> tuple[int, ...]:
     """The grid MONAI's ``Spacingd`` makes: voxel 0 stays, ``round((n - 1) * f) + 1`` voxels."""
-    return tuple(max(1, int(np.round((n - 1) * f + 1))) for n, f in zip(shape, factors))
+    return tuple(max(1, int(np.round((n - 1) * f + 1))) for n, f in zip(shape, factors, strict=True))
 
 
 def resample(array, factors: Sequence[float]):
@@ -352,7 +352,7 @@ def resample(array, factors: Sequence[float]):
     linearly with the border value beyond the edge, one axis at a time (trilinear is separable).
     """
     shape = tuple(array.shape[1:])
-    for axis, (n, m, f) in enumerate(zip(shape, resampled_shape(shape, factors), factors)):
+    for axis, (n, m, f) in enumerate(zip(shape, resampled_shape(shape, factors), factors, strict=True)):
         if m != n or abs(f - 1.0) > 1e-9:
             array = _interpolate_axis(array, 1 + axis, np.arange(m) / f, n)
     return array
@@ -360,7 +360,7 @@ def resample(array, factors: Sequence[float]):
 
 def resample_back(array, factors: Sequence[float], shape: Sequence[int]):
     """The inverse of ``resample`` (as ``Invertd`` does it): back to the scan's ``shape``."""
-    for axis, (n, f) in enumerate(zip(shape, factors)):
+    for axis, (n, f) in enumerate(zip(shape, factors, strict=True)):
         m = array.shape[1 + axis]
         if m != n or abs(f - 1.0) > 1e-9:
             array = _interpolate_axis(array, 1 + axis, np.arange(n) * f, m)

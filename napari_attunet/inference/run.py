@@ -137,7 +137,7 @@ def _run_batch(net, x, chunk, tile, dev, prec, flips, output, gate_geometry, mem
     """Forward one batch of tiles (with TTA flips), returning float32 values and gate maps."""
     crops = []
     for z, start in chunk:
-        region = tuple(slice(s, s + t) for s, t in zip(start, tile))
+        region = tuple(slice(s, s + t) for s, t in zip(start, tile, strict=True))
         crops.append(x[(slice(None), z) + region])
     batch = torch.stack(crops).to(dev, non_blocking=True).contiguous(memory_format=memory_format)
     with torch.inference_mode(), autocast(dev, prec):

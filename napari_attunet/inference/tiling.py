@@ -28,7 +28,9 @@ def default_tile(
     """
     base = requested or ((512,) * spatial_dims if spatial_dims == 2 else (128,) * spatial_dims)
     base = tuple(base)[-spatial_dims:]
-    return tuple(min(round_up(max(int(b), s), s), round_up(n, s)) for b, n, s in zip(base, shape, stride))
+    return tuple(
+        min(round_up(max(int(b), s), s), round_up(n, s)) for b, n, s in zip(base, shape, stride, strict=True)
+    )
 
 
 def starts(size: int, tile: int, stride: int, overlap: float) -> list[int]:
@@ -47,7 +49,9 @@ def starts(size: int, tile: int, stride: int, overlap: float) -> list[int]:
 def window_grid(
     size: Sequence[int], tile: Sequence[int], stride: Sequence[int], overlap: float
 ) -> list[tuple[int, ...]]:
-    return list(itertools.product(*[starts(n, t, s, overlap) for n, t, s in zip(size, tile, stride)]))
+    return list(
+        itertools.product(*[starts(n, t, s, overlap) for n, t, s in zip(size, tile, stride, strict=True)])
+    )
 
 
 def gaussian_1d(n: int, sigma: float, positions: np.ndarray | None = None) -> np.ndarray:
@@ -123,8 +127,8 @@ class Stitcher:
                     )
                 )
                 continue
-            grid = tuple(n // s for n, s in zip(self.size, g.stride))
-            cells = tuple(n // s for n, s in zip(self.tile, g.stride))
+            grid = tuple(n // s for n, s in zip(self.size, g.stride, strict=True))
+            cells = tuple(n // s for n, s in zip(self.tile, g.stride, strict=True))
             positions = [g.offset[a] + g.stride[a] * np.arange(cells[a]) for a in range(len(cells))]
             self.gates.append(
                 GateBuffer(
@@ -140,14 +144,14 @@ class Stitcher:
     ) -> None:
         """Add one tile of image ``index``: ``values`` (C, *tile) and each gate map (heads, *cells)."""
         lead = (index,)
-        region = lead + tuple(slice(s, s + t) for s, t in zip(start, self.tile))
+        region = lead + tuple(slice(s, s + t) for s, t in zip(start, self.tile, strict=True))
         w = self.tile_weight
         self.sum[(slice(None),) + region].addcmul_(values.to(self.device, torch.float32), w)
         self.weight[region] += w
-        for buf, alpha in zip(self.gates, gate_maps):
+        for buf, alpha in zip(self.gates, gate_maps, strict=True):
             cells = alpha.shape[1:]
-            g_start = tuple(s // st for s, st in zip(start, buf.geometry.stride))
-            g_region = lead + tuple(slice(s, s + c) for s, c in zip(g_start, cells))
+            g_start = tuple(s // st for s, st in zip(start, buf.geometry.stride, strict=True))
+            g_region = lead + tuple(slice(s, s + c) for s, c in zip(g_start, cells, strict=True))
             buf.sum[(slice(None),) + g_region].addcmul_(alpha.to(self.device, torch.float32), buf.tile_weight)
             if not buf.shared:
                 buf.weight[g_region] += buf.tile_weight

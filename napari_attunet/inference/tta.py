@@ -56,12 +56,12 @@ def forward_flips(
         gates = [g.float() for g in gates]
         if axes:
             logits = logits.flip(axes)
-            gates = [unflip_gate(g, axes, geo) for g, geo in zip(gates, gate_geometry)]
+            gates = [unflip_gate(g, axes, geo) for g, geo in zip(gates, gate_geometry, strict=True)]
         if len(flip_axes) > 1:
             logits = activation(logits, output, 1)
             squares = logits * logits if squares is None else squares.addcmul_(logits, logits)
         values = logits if values is None else values.add_(logits)
-        maps = gates if maps is None else [m.add_(g) for m, g in zip(maps, gates)]
+        maps = gates if maps is None else [m.add_(g) for m, g in zip(maps, gates, strict=True)]
     assert values is not None and maps is not None
     return values, maps, squares
 

@@ -89,11 +89,11 @@ class AttentionUNetBase(nn.Module):
                 f"expected a (B, C, {'D, ' if self.spec.spatial_dims == 3 else ''}H, W) tensor "
                 f"for this {self.spec.spatial_dims}D model, got shape {tuple(x.shape)}"
             )
-        target = [math.ceil(n / s) * s for n, s in zip(size, self.spec.total_stride)]
+        target = [math.ceil(n / s) * s for n, s in zip(size, self.spec.total_stride, strict=True)]
         if list(size) == target:
             return x, size
         pad: list[int] = []
-        for n, t in zip(reversed(size), reversed(target)):
+        for n, t in zip(reversed(size), reversed(target), strict=True):
             pad += [0, t - n]
         return F.pad(x, pad), size
 
@@ -116,8 +116,8 @@ class AttentionUNetBase(nn.Module):
         maps: list[torch.Tensor] = []
         logits = self._forward(padded, maps)
         gates = []
-        for alpha, geometry in zip(maps, self.spec.gates):
-            grid = [math.ceil(n / s) for n, s in zip(size, geometry.stride)]
+        for alpha, geometry in zip(maps, self.spec.gates, strict=True):
+            grid = [math.ceil(n / s) for n, s in zip(size, geometry.stride, strict=True)]
             gates.append(_crop(alpha, grid))
         return _crop(logits, size), gates
 

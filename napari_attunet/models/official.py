@@ -146,7 +146,7 @@ class UpGrid(nn.Module):
         self.align_corners = align_corners
         if deconv:
             deconv_kernel = deconv_kernel or tuple(2 * f if f > 1 else 1 for f in factor)
-            padding = tuple((k - f) // 2 for k, f in zip(deconv_kernel, factor))
+            padding = tuple((k - f) // 2 for k, f in zip(deconv_kernel, factor, strict=True))
             self.up = conv_transpose_nd(dims)(in_size, out_size, deconv_kernel, factor, padding)
             self.conv = UnetConv(dims, in_size, out_size, kernel, batchnorm)
         else:

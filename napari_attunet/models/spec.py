@@ -152,7 +152,7 @@ class ModelSpec:
         """The factor the input size must be a multiple of, per axis."""
         total = [1] * self.spatial_dims
         for step in self.strides:
-            total = [t * s for t, s in zip(total, step)]
+            total = [t * s for t, s in zip(total, step, strict=True)]
         return tuple(total)
 
     @property

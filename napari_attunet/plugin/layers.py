@@ -158,37 +158,50 @@ def gate_layers(pred: Prediction, source: SourceGeometry, colormap: str = "infer
     0.5 %, drawn translucently (not added), so the labels keep their colours outside the hot
     spots; in 3D an iso-surface at the top of the range (the layer's iso threshold) shows them."""
     out = []
-    base = source.kwargs()
-    scale = np.asarray(source.scale)
-    translate = np.asarray(source.translate)
     for k, gate in enumerate(pred.gates, start=1):
         for h in range(gate.heads):
-            name = f"{source.name} gate {k}" + (f" head {h + 1}" if gate.heads > 1 else "")
-            limits = gate_contrast(gate.data[h])
-            kwargs = {
-                **base,
-                "name": name,
-                "scale": tuple(scale * np.asarray(gate.stride)),
-                "translate": tuple(translate + scale * np.asarray(gate.offset)),
-                "colormap": alpha_ramp(colormap, power=1.5),
-                "blending": "translucent_no_depth",
-                "contrast_limits": limits,
-                "rendering": "iso",
-                "iso_threshold": limits[0] + 0.8 * (limits[1] - limits[0]),
-                "opacity": 0.8,
-                "visible": k == 1,
-                "metadata": {
-                    "attunet_gate": {
-                        "index": k,
-                        "head": h + 1,
-                        "stride": list(gate.stride),
-                        "offset": list(gate.offset),
-                        "source": source.name,
-                    }
-                },
-            }
+            kwargs = gate_kwargs(
+                source, k, h, gate.heads, gate.stride, gate.offset, gate_contrast(gate.data[h]), colormap
+            )
             out.append((gate.data[h], kwargs, "image"))
     return out
+
+
+def gate_kwargs(
+    source: SourceGeometry,
+    k: int,
+    h: int,
+    heads: int,
+    stride,
+    offset,
+    limits: tuple[float, float],
+    colormap: str = "inferno",
+) -> dict:
+    """The Image layer keywords of gate ``k`` (from 1), head ``h`` (from 0), on its own grid."""
+    scale = np.asarray(source.scale)
+    translate = np.asarray(source.translate)
+    return {
+        **source.kwargs(),
+        "name": f"{source.name} gate {k}" + (f" head {h + 1}" if heads > 1 else ""),
+        "scale": tuple(scale * np.asarray(stride)),
+        "translate": tuple(translate + scale * np.asarray(offset)),
+        "colormap": alpha_ramp(colormap, power=1.5),
+        "blending": "translucent_no_depth",
+        "contrast_limits": limits,
+        "rendering": "iso",
+        "iso_threshold": limits[0] + 0.8 * (limits[1] - limits[0]),
+        "opacity": 0.8,
+        "visible": k == 1,
+        "metadata": {
+            "attunet_gate": {
+                "index": k,
+                "head": h + 1,
+                "stride": list(stride),
+                "offset": list(offset),
+                "source": source.name,
+            }
+        },
+    }
 
 
 def uncertainty_layer(pred: Prediction, source: SourceGeometry, level: float = 0.5) -> tuple:

@@ -55,7 +55,7 @@ def clinical_order(order: tuple[int, ...], ndisplay: int, first_scan_axis: int) 
     if len(scan) < 2:
         return tuple(order)
     slots = [i for i, a in enumerate(shown) if a >= first_scan_axis]
-    for slot, axis in zip(slots, sorted(scan)):
+    for slot, axis in zip(slots, sorted(scan), strict=True):
         shown[slot] = axis
     return tuple(order[:-ndisplay] + shown)
 

@@ -28,7 +28,7 @@ def readout(viewer, prediction, labels_layer, source_name: str) -> str:
     if voxel is None:
         return ""
     probs = prediction.quantized[(slice(None),) + voxel].astype(float) / 255
-    parts = [" ".join(f"{name} {p:.2f}" for name, p in zip(prediction.class_names, probs))]
+    parts = [" ".join(f"{name} {p:.2f}" for name, p in zip(prediction.class_names, probs, strict=True))]
     parts.append(f"uncertainty {float(prediction.uncertainty[voxel]):.2f}")
     gates = []
     for layer in viewer.layers:

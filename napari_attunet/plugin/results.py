@@ -13,9 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .edits import EditWatch
+from .jobs import StoreResult
 from .layers import LABEL_COLOURS, SourceGeometry, gate_layers, labels_layer, uncertainty_layer
+from .live_store import STORE_TAG, PaintWatch, StoreRun
 from .notify import notify
 from .readout import has_readout, readout, with_readout
+from .store_views import ThresholdView, volumes_from_counts
 
 VOLUME_COLUMNS = ("colour", "class", "mL", "uncertain mL")
 
@@ -37,12 +40,16 @@ class RunState:
     layers, so identity comparisons do not hold.
     """
 
-    def __init__(self, prediction, source: SourceGeometry, labels_layer, offset=None):
+    def __init__(self, prediction, source: SourceGeometry, labels_layer, offset=None, store=None):
         self.prediction = prediction
         self.source = source
         self.tag = labels_layer.metadata["attunet"]["run"]
         self.offset = offset
-        self.watch = EditWatch(labels_layer)
+        self.store: StoreResult | None = store  # a run that wrote a result store
+        self.counts = store.counts if store is not None else None  # of the labels the table shows
+        self.store_path = store.path if store is not None else None
+        # a store-backed layer is never copied (it may not fit in memory): paint is what counts
+        self.watch = PaintWatch(labels_layer) if store is not None else EditWatch(labels_layer)
 
     @property
     def edited(self) -> bool:
@@ -110,6 +117,8 @@ class ResultLayers:
         self._pending: list = []
         self._pending_names: list[str] = []
         self._closed = False
+        self.store_run: StoreRun | None = None
+        self._counting = None  # the worker counting a thresholds view's volumes
         self.relabel_timer = QTimer()  # the whole volume, once a threshold slider rests
         self.relabel_timer.setSingleShot(True)
         self.relabel_timer.setInterval(150)
@@ -119,12 +128,14 @@ class ResultLayers:
     @property
     def pending(self) -> bool:
         """Layers of a finished run still on the way."""
-        return bool(self._pending)
+        return bool(self._pending) or (self.store_run is not None and self.store_run.pending)
 
     def close(self) -> None:
         """The viewer went away: put nothing more."""
         self._closed = True
         self._pending.clear()
+        if self.store_run is not None:
+            self.store_run.close()
 
     def labels_layer(self):
         """The Labels layer of the latest run, or None."""
@@ -168,6 +179,55 @@ class ResultLayers:
             self._pending.append(self._put_uncertainty)
         self._pending.append(self._select_labels)
         self._drain()
+
+    # ---- a run writing a result store ----------------------------------------------------
+    def begin_store(self, source: SourceGeometry, out) -> StoreRun:
+        """A run that writes ``out``: its layers come when the store exists (``on_store_step``)."""
+        settings = self.settings()
+        self.store_run = StoreRun(
+            self.viewer, source, out, settings.show_uncertainty, settings.uncertainty_level
+        )
+        return self.store_run
+
+    def on_store_step(self, step) -> None:
+        """A step of the running store run: the store appeared, a block landed, or it is done."""
+        from .live_store import StoreOpened
+
+        run = self.store_run
+        if run is None or self._closed:
+            return
+        if isinstance(step, StoreOpened):
+            run.open(step.partial)
+        elif step.stage == "predicting" and step.done > 0:
+            run.block_done()
+        elif step.stage == "stitching":
+            run.stop()  # the store is renamed next: no reads of the partial one meanwhile
+
+    def show_store(self, result: StoreResult, run: StoreRun) -> None:
+        """The store is complete: its layers read the finished store, the labels are editable."""
+        self.store_run = None
+        if self._closed:
+            return
+        layer = run.finish(result.counts, result.gate_limits)
+        if layer is None:
+            return
+        self.state = RunState(result.prediction, run.source, layer, store=result)
+        self.show_volumes(layer.features.to_dict("list"))
+        self._select_labels()
+
+    def discard_store(self, run: StoreRun, exc: BaseException) -> str:
+        """A store run was cancelled or failed: the engine removed the partial store; remove its
+        layers. Returns the sentence to show."""
+        from ..errors import Cancelled
+
+        self.store_run = None
+        removed = run.discard()
+        layers = f" and its {removed} layers" if removed else ""
+        if isinstance(exc, Cancelled):
+            return f"Cancelled: nothing was kept; the partial store {run.out.name}{layers} were removed."
+        from .jobs import failure
+
+        return f"{failure(exc)[1]} The partial store {run.out.name}{layers} were removed."
 
     def _drain(self) -> None:
         """Apply one pending layer change, then yield to the event loop."""
@@ -226,6 +286,12 @@ class ResultLayers:
                 layer.visible = bool(show)
 
     def toggle_uncertainty(self, show: bool) -> None:
+        if self.store_run is not None:  # a store run's layers are in before it ends
+            self.store_run.show_uncertainty = bool(show)
+            for layer in self.store_run.layers():
+                if layer.metadata[STORE_TAG]["kind"] == "uncertainty":
+                    layer.visible = bool(show)
+                    return
         if self.state is None:
             return
         name = f"{self.state.source.name} uncertainty"
@@ -241,7 +307,8 @@ class ResultLayers:
             self.viewer.layers[f"{self.state.source.name} uncertainty"].iso_threshold = level
         layer = self.labels_layer()
         if layer is not None:
-            self.show_volumes(layer.features.to_dict("list"), np.asarray(layer.data))
+            store = self.state is not None and self.state.store is not None
+            self.show_volumes(layer.features.to_dict("list"), None if store else np.asarray(layer.data))
 
     def on_status(self, event=None) -> None:
         """Append the readout under the cursor to napari's status bar text."""
@@ -266,6 +333,9 @@ class ResultLayers:
         state = self.state
         layer = self.labels_layer()
         if state is None or layer is None:
+            return
+        if state.store is not None:
+            self._threshold_view(state, layer)
             return
         if not state.edited and self._relabel_visible_slice(state, layer):
             self.relabel_timer.start()
@@ -295,6 +365,74 @@ class ResultLayers:
         layer.refresh()
         return True
 
+    def _threshold_view(self, state: RunState, layer) -> None:
+        """Thresholds on a stored result: a read-only layer labelled slice by slice from the
+        stored probabilities as napari draws it. The store's labels, which the user may have
+        painted, are never rewritten; the volumes follow from a count in a worker thread."""
+        thresholds = self.settings().thresholds
+        pred = state.prediction
+        view = ThresholdView(pred.quantized, pred.output, thresholds)
+        found = [
+            other
+            for other in self.viewer.layers
+            if (other.metadata.get(STORE_TAG) or {}).get("thresholds_of") == state.tag
+        ]
+        if found:
+            found[0].data = view
+            found[0].editable = False
+        else:
+            _, kwargs, _ = labels_layer(pred, state.source, np.zeros((1,) * layer.ndim, np.uint8))
+            kwargs["name"] = f"{layer.name} (thresholds)"
+            kwargs["features"] = layer.features.to_dict("list")
+            kwargs["metadata"][STORE_TAG] = {"thresholds_of": state.tag, "store": str(state.store_path)}
+            self.viewer.add_labels(view, **kwargs).editable = False
+            notify(
+                "info",
+                f"Thresholds on a stored result show in the read-only layer {kwargs['name']!r}, "
+                f"computed from the stored probabilities; {layer.name!r} (editable, saved in the "
+                "store) keeps the run's labels.",
+            )
+        self._count_view(state, view)
+
+    def _count_view(self, state: RunState, view) -> None:
+        """Count a thresholds view's voxels by uncertainty level in a worker, then show them."""
+        from napari.qt.threading import thread_worker
+
+        from .store_views import uncertainty_counts
+
+        unc = state.prediction.uncertainty.array
+        n = len(state.prediction.label_names)
+        if self._counting is not None:
+            self._counting.quit()
+
+        @thread_worker
+        def count():
+            return uncertainty_counts(view, unc, n, unc.chunks, lambda: worker.abort_requested)
+
+        def done(counts) -> None:
+            if self.state is not state or worker.abort_requested or self._closed:
+                return
+            state.counts = counts
+            voxel = float(np.prod(state.source.scale)) / 1000.0
+            names = list(state.prediction.label_names)
+            features = {
+                "index": list(range(n)),
+                "class": names,
+                "volume_ml": [0.0] + [float(counts[k].sum()) * voxel for k in range(1, n)],
+            }
+            for other in self.viewer.layers:
+                if (other.metadata.get(STORE_TAG) or {}).get("thresholds_of") == state.tag:
+                    other.features = features
+            self.show_volumes(features)
+
+        worker = count()
+        worker.returned.connect(done)
+        worker.finished.connect(
+            lambda: setattr(self, "_counting", None) if self._counting is worker else None
+        )
+        self._counting = worker
+        worker.start()
+
     def relabel_all(self) -> None:
         state = self.state
         layer = self.labels_layer()
@@ -314,12 +452,17 @@ class ResultLayers:
         self.show_volumes(kwargs["features"], labels)
 
     # ---- volume table --------------------------------------------------------------------
-    def show_volumes(self, features: dict, labels: np.ndarray) -> None:
+    def show_volumes(self, features: dict, labels: np.ndarray | None = None) -> None:
         """The per-class table and colour legend, from a Labels layer's features (row 0 is the
-        background), with the volume of each class's voxels over the uncertainty level."""
+        background), with the volume of each class's voxels over the uncertainty level (for a
+        store, from the voxel counts by uncertainty level: nothing is read again)."""
         state = self.state
         uncertain = [0.0] * (len(features["class"]) - 1)
-        if state is not None and labels.shape == state.prediction.shape:
+        if state is not None and state.counts is not None and labels is None:
+            level = self.settings().uncertainty_level
+            mls = volumes_from_counts(state.counts, state.source.scale, level)
+            uncertain = [float(v) for v in mls[1 : len(features["class"])]]
+        elif state is not None and labels is not None and labels.shape == state.prediction.shape:
             level = self.settings().uncertainty_level
             mls = state.prediction.uncertain_volumes_ml(labels, level, state.source.scale)
             uncertain = [mls.get(name, 0.0) for name in features["class"][1:]]

@@ -119,11 +119,64 @@ def refuse_too_large(data, channel_axis: int | None, spec, name: str) -> None:
     )
 
 
+def store_run_wanted(data, channel_axis: int | None = None, spec=None) -> bool:
+    """Whether Run writes a result store: for a dask/zarr layer, and (given the model's
+    ``spec``) for an in-memory one whose in-memory run would not fit in free memory."""
+    from ..inference.lazy import is_lazy
+    from ..limits import fits
+
+    if is_lazy(data):
+        return True
+    if spec is None:
+        return False
+    shape = list(np.shape(data))
+    if channel_axis is not None:
+        del shape[channel_axis]
+    return not fits(bytes_needed(shape, spec.in_channels, spec.out_channels, False))[0]
+
+
+def store_bytes(shape: list[int], spec, tta: bool) -> float:
+    """Bytes a result store takes at most (uncompressed): uint8 probabilities, labels and
+    uncertainty (and the TTA spread) per voxel, and each gate map, float32 on its own grid."""
+    voxels = float(np.prod([float(n) for n in shape]))
+    per_voxel = spec.out_channels + 2 + (1 if tta else 0)
+    for gate in spec.gates:
+        per_voxel += 4.0 * gate.heads / float(np.prod(gate.stride))
+    return voxels * per_voxel
+
+
+def refuse_store_too_large(data, channel_axis: int | None, spec, name: str, folder, tta: bool) -> None:
+    """Refuse a store run whose store cannot fit on the disk of ``folder``, from the shape alone."""
+    import shutil
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..limits import gib
+
+    shape = list(np.shape(data))
+    if channel_axis is not None:
+        del shape[channel_axis]
+    needed = store_bytes(shape, spec, tta)
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return
+    if needed > 0.9 * free:
+        raise InputError(
+            f"layer {name!r} ({' x '.join(map(str, shape))} voxels) needs up to {gib(needed)} of disk "
+            f"for its result store in {folder}, but only {gib(free)} is free there; crop it "
+            "(or open a region of it) first, or free some space."
+        )
+
+
 def region_around(centre, shape) -> tuple[slice, ...]:
     """PREVIEW_DEPTH slices by PREVIEW_PLANE voxels across around ``centre``, inside ``shape``."""
     sizes = (PREVIEW_DEPTH,) + (PREVIEW_PLANE,) * (len(shape) - 1)
     region = []
-    for c, size, n in zip(centre, sizes, shape):
+    for c, size, n in zip(centre, sizes, shape, strict=True):
         start = int(np.clip(c - size // 2, 0, max(n - size, 0)))
         region.append(slice(start, min(start + size, n)))
     return tuple(region)
@@ -135,7 +188,7 @@ def preview_centre(viewer, layer) -> np.ndarray:
 
     point = np.array(viewer.dims.point[-layer.ndim :], dtype=float)
     lead = viewer.dims.ndim - layer.ndim
-    for axis, c in zip(list(viewer.dims.displayed)[-2:], camera_of(viewer).center[-2:]):
+    for axis, c in zip(list(viewer.dims.displayed)[-2:], camera_of(viewer).center[-2:], strict=False):
         if axis >= lead:
             point[axis - lead] = c
     return np.round(layer.world_to_data(point)).astype(int)

@@ -33,11 +33,14 @@ from .run_inputs import (
     channel_data,
     full_resolution,
     preview_region,
+    refuse_store_too_large,
     refuse_too_large,
     run_options,
     scan_geometry,
+    store_run_wanted,
     threshold_values,
 )
+from .store_location import default_folder, unique_store
 
 CHECKPOINT_FILTER = "*.safetensors *.pt *.pth *.ckpt"
 NORMALIZATIONS = (
@@ -106,6 +109,7 @@ class AttUNetWidget(Container):
         self.cancel = PushButton(name="cancel", text="Cancel", enabled=False)
         self.progress = ProgressBar(name="progress", label="progress", min=0, max=1, value=0)
         self.status = Label(name="status", value="")
+        self.store_info = Label(name="store_info", label="result store", value="", visible=False)
         self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
         self.extend(
             [
@@ -132,6 +136,7 @@ class AttUNetWidget(Container):
                 self.cancel,
                 self.progress,
                 self.status,
+                self.store_info,
                 self.volumes,
             ]
         )
@@ -155,7 +160,24 @@ class AttUNetWidget(Container):
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.image.reset_choices)
             event.connect(self.channels.reset_choices)
+        self.image.changed.connect(self._show_store_target)
         self.image.reset_choices()
+        self._show_store_target()
+
+    def _show_store_target(self, value=None) -> None:
+        """For a dask/zarr layer, where Run will write its result store (shown before the run)."""
+        layer = self.image.value
+        data = full_resolution(layer.data) if layer is not None else None
+        lazy = data is not None and not isinstance(data, list) and store_run_wanted(data)
+        self.store_info.visible = lazy
+        if lazy:
+            folder = default_folder(layer, data)
+            self.store_info.value = f"Run writes {unique_store(folder, layer.name)}"
+            self.store_info.tooltip = (
+                "A dask/zarr layer's result goes to an OME-Zarr store (beside the scan's store when "
+                "that folder is writable, else the user cache folder); its layers read the store "
+                "and fill in as blocks finish. Labels are editable once the run is done."
+            )
 
     def _image_layers(self, widget=None) -> list:
         import napari
@@ -294,7 +316,10 @@ class AttUNetWidget(Container):
         data, channel_axis = channel_data(layer, list(self.channels.value), spec.in_channels)
         if not isinstance(data, list):
             data = full_resolution(data)
-        refuse_too_large(data, channel_axis, spec, layer.name)
+        first = data[0] if isinstance(data, list) else data
+        to_store = not preview and not isinstance(data, list) and store_run_wanted(first, channel_axis, spec)
+        if not to_store:
+            refuse_too_large(data, channel_axis, spec, layer.name)
         source = SourceGeometry.from_layer(layer, layer.ndim)
         offset = None
         options = self._options()
@@ -306,15 +331,45 @@ class AttUNetWidget(Container):
             if region is not None:
                 options["region"] = region
                 offset = tuple(r.start for r in region)
+        launch = dict(spacing=source.scale, channel_axis=channel_axis, name=layer.name)
+        if to_store:
+            return self._launch_store(layer, first, data, source, options, launch)
         return self.jobs.launch(
             self.model,
             data,
-            spacing=source.scale,
-            channel_axis=channel_axis,
             options=options,
-            name=layer.name,
             on_result=lambda pred: self.results.show(pred, source, offset, preview),
+            **launch,
         )
+
+    def _launch_store(self, layer, first, data, source, options: dict, launch: dict):
+        """Run into a new OME-Zarr store whose layers fill in as blocks finish."""
+        folder = default_folder(layer, first)
+        refuse_store_too_large(
+            first, launch["channel_axis"], self.model.spec, layer.name, folder, options["tta"]
+        )
+        out = unique_store(folder, layer.name)
+        options.update(out=str(out), thresholds=self.threshold_values())
+        run = self.results.begin_store(source, out)
+        self.store_info.visible = True
+        self.store_info.value = f"writing {out}; labels are editable once it is done"
+        return self.jobs.launch(
+            self.model,
+            data,
+            options=options,
+            on_result=lambda result: self._store_done(result, run),
+            on_step=self.results.on_store_step,
+            on_failed=lambda exc: self._store_failed(exc, run),
+            **launch,
+        )
+
+    def _store_done(self, result, run) -> None:
+        self.results.show_store(result, run)
+        self.store_info.value = f"saved in {result.path}; painting the labels writes there"
+
+    def _store_failed(self, exc: BaseException, run) -> str:
+        self.store_info.value = f"nothing kept ({run.out.name} removed)"
+        return self.results.discard_store(run, exc)
 
     def _on_closed(self) -> None:
         """The viewer (or this dock) was closed: stop the run; its result goes nowhere."""

@@ -69,7 +69,7 @@ class PatchSampler:
 
     def _start(self, shape, centre=None) -> tuple[int, ...]:
         out = []
-        for a, (n, p) in enumerate(zip(shape, self.patch)):
+        for a, (n, p) in enumerate(zip(shape, self.patch, strict=True)):
             hi = max(n - p, 0)
             s = (
                 int(self.rng.integers(0, hi + 1))
@@ -90,7 +90,7 @@ class PatchSampler:
                 flat = self.fg_index[k][self.rng.integers(self.fg_index[k].size)]
                 centre = np.unravel_index(flat, shape)
             start = self._start(shape, centre)
-            region = tuple(slice(s, s + p) for s, p in zip(start, self.patch))
+            region = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
             img, lab = _pad_to(case.image[(slice(None),) + region], case.labels[region], self.patch)
             img, lab = self.augment(img, lab)
             images.append(img)
@@ -107,7 +107,7 @@ class PatchSampler:
 
 
 def _pad_to(image: np.ndarray, labels: np.ndarray, patch) -> tuple[np.ndarray, np.ndarray]:
-    pad = [(0, max(p - n, 0)) for n, p in zip(labels.shape, patch)]
+    pad = [(0, max(p - n, 0)) for n, p in zip(labels.shape, patch, strict=True)]
     if any(b for _, b in pad):
         image = np.pad(image, [(0, 0)] + pad, mode="constant", constant_values=image.min())
         labels = np.pad(labels, pad)

@@ -40,7 +40,7 @@ def mni152_volumes(spacing: float = MNI_SPACING):
         for k in ("t1", "gm", "wm")
     }
     ref = read["t1"]
-    size = [int(round(n * s / spacing)) for n, s in zip(ref.GetSize(), ref.GetSpacing())]
+    size = [int(round(n * s / spacing)) for n, s in zip(ref.GetSize(), ref.GetSpacing(), strict=True)]
     grid = sitk.Image(size, sitk.sitkFloat32)
     grid.SetSpacing((spacing,) * 3)
     grid.SetOrigin(ref.GetOrigin())
@@ -84,7 +84,7 @@ def mni152_cases(export: Path | None = None) -> tuple[list[Case], dict]:
         "source": "nilearn MNI ICBM152 2009a (sym) T1, GM and WM maps",
         "spacing_mm": list(volume.spacing),
         "shape": list(volume.array.shape),
-        "voxels_per_class": {n: int(c) for n, c in zip(MNI_CLASSES, counts)},
+        "voxels_per_class": {n: int(c) for n, c in zip(MNI_CLASSES, counts, strict=True)},
         "note": "one template; validation Dice is measured on the same volume",
     }
     return [case], summary

@@ -226,7 +226,9 @@ def train(
             _sync_buffers(module)
         if rank == 0:
             dice = validate(module, val_cases, spec, config.tile, str(device))
-            record["dice"] = dict(zip(class_names[1:] if spec.output == "softmax" else class_names, dice))
+            record["dice"] = dict(
+                zip(class_names[1:] if spec.output == "softmax" else class_names, dice, strict=True)
+            )
             score = float(np.mean(dice))
             if score > best:
                 best = score

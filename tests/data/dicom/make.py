@@ -85,7 +85,7 @@ def write_series(
     """One file per slice; ``positions`` the ImagePositionPatient of each slice."""
     folder.mkdir(parents=True, exist_ok=True)
     series = uid(folder.name, "series")
-    for k, (plane, position) in enumerate(zip(array, positions)):
+    for k, (plane, position) in enumerate(zip(array, positions, strict=True)):
         instance = instances[k] if instances else k + 1
         ds = _base(CT, series, uid(folder.name, k), syntax)
         ds.InstanceNumber = instance

@@ -1,70 +1,42 @@
-"""The napari plugin, in real viewers under Xvfb: readers, widget, layers, writer."""
+"""napari contribution ``napari-attunet.widget`` (``plugin/widget.py``, ``jobs.py``, ``results.py``),
+in real viewers under Xvfb: runs, result layers and thresholds, cancel, Preview, channels, the
+demo's overlays and readout, and bad layers that leave the widget usable.
+"""
 
 from __future__ import annotations
 
+import pathlib
+import sys
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from helpers import lee_spec, official_spec, randomise_bn
+from helpers import (
+    X,
+    _check_message,
+    _errors,
+    _run_on_scan,
+    _settle,
+    _wait,
+    _widget,
+    _with,
+    lee_spec,
+    randomise_bn,
+    snapshot,
+)
+from scipy import ndimage
 
 import napari_attunet as na
+from napari_attunet.demo_data import DEMO_CHECKPOINT, DEMO_SCAN
 from napari_attunet.models import build
 from napari_attunet.phantom import make_phantom
+from napari_attunet.plugin.layers import LABEL_COLOURS
 
-SPACING_XYZ = (0.8, 0.8, 2.5)
-ORIGIN_XYZ = (-12.0, 30.0, 7.5)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_config(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_ATTUNET_CONFIG", str(tmp_path / "config"))
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    torch.manual_seed(0)
-    net = randomise_bn(build(official_spec(3, out_ch=3, axes=""))).eval()
-    # A bias towards the organ class so that labels are not empty and thresholds matter.
-    with torch.no_grad():
-        net.final.bias.copy_(torch.tensor([0.0, 1.5, -1.0]))
-    path = tmp_path / "model.safetensors"
-    na.save_model(net, path, class_names=["background", "organ", "lesion"])
-    return path
-
-
-@pytest.fixture
-def scan(tmp_path):
-    image, _ = make_phantom((24, 40, 48), seed=3)
-    itk = sitk.GetImageFromArray((image * 200).astype(np.int16))
-    itk.SetSpacing(SPACING_XYZ)
-    itk.SetOrigin(ORIGIN_XYZ)
-    path = tmp_path / "patient.nii.gz"
-    sitk.WriteImage(itk, str(path))
-    return path
-
-
-def _widget(viewer):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
-    return widget
-
-
-def _wait(qtbot, widget, timeout=60_000):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
-
-
-def _run_on_scan(make_napari_viewer, qtbot, scan, checkpoint):
-    """A viewer with the scan opened through the plugin, after one finished run."""
-    viewer = make_napari_viewer()
-    (image,) = viewer.open(str(scan), plugin="napari-attunet")
-    widget = _widget(viewer)
-    widget.load_checkpoint(checkpoint)
-    widget.image.value = image
-    widget.run.clicked.emit()
-    _wait(qtbot, widget)
-    return viewer, widget
+# Each test here runs with its own settings folder (never the user's recent checkpoints).
+pytestmark = pytest.mark.usefixtures("_isolated_config")
 
 
 class ForwardCounter:
@@ -83,17 +55,6 @@ class ForwardCounter:
 
     def __exit__(self, *exc):
         self.handle.remove()
-
-
-def test_open_nifti_sets_scale_and_translate(make_napari_viewer, scan):
-    viewer = make_napari_viewer()
-    layers = viewer.open(str(scan), plugin="napari-attunet")
-    layer = layers[0]
-    assert layer.name == "patient"
-    np.testing.assert_allclose(layer.scale, SPACING_XYZ[::-1], rtol=1e-6)
-    np.testing.assert_allclose(layer.translate, ORIGIN_XYZ[::-1], rtol=1e-6)
-    assert layer.data.shape == (24, 40, 48)
-    assert "attunet_geometry" in layer.metadata
 
 
 def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan, checkpoint, tmp_path):
@@ -242,46 +203,6 @@ def test_event_loop_stays_responsive(make_napari_viewer, qtbot, checkpoint):
     assert rerun_landing < 0.25
 
 
-def test_checkpoint_reader_docks_widget(make_napari_viewer, checkpoint, tmp_path):
-    viewer = make_napari_viewer()
-    viewer.open(str(checkpoint), plugin="napari-attunet")
-    assert len(viewer.layers) == 0
-    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
-    assert widget.model is not None
-    assert "official, 3D, 3 classes" in widget.model_info.value
-
-
-def test_bad_checkpoint_is_a_notification(make_napari_viewer, tmp_path):
-    viewer = make_napari_viewer()
-    bad = tmp_path / "broken.pth"
-    bad.write_bytes(b"not a checkpoint")
-    widget = _widget(viewer)
-    assert widget.load_checkpoint(bad) is False
-    assert widget.model is None
-
-
-def test_writer_round_trip_voxel_for_voxel(make_napari_viewer, qtbot, scan, checkpoint, tmp_path):
-    viewer, widget = _run_on_scan(make_napari_viewer, qtbot, scan, checkpoint)
-    labels = viewer.layers["patient attunet"]
-    out = tmp_path / "mask.nii.gz"
-    labels.save(str(out), plugin="napari-attunet")
-    written = sitk.ReadImage(str(out))
-    original = sitk.ReadImage(str(scan))
-    assert written.GetSize() == original.GetSize()
-    np.testing.assert_allclose(written.GetSpacing(), original.GetSpacing(), rtol=1e-6)
-    np.testing.assert_allclose(written.GetOrigin(), original.GetOrigin(), atol=1e-6)
-    np.testing.assert_allclose(written.GetDirection(), original.GetDirection(), atol=1e-9)
-    assert np.array_equal(sitk.GetArrayFromImage(written), labels.data)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".attunet-")]
-
-
-def test_phantom_sample(make_napari_viewer):
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-attunet", "phantom")
-    assert viewer.layers["phantom"].data.ndim == 3
-    np.testing.assert_allclose(viewer.layers["phantom"].scale, (2.5, 0.8, 0.8))
-
-
 def test_preview_runs_a_crop_around_the_current_slice(make_napari_viewer, qtbot, checkpoint):
     from napari_attunet.plugin.run_inputs import PREVIEW_DEPTH
 
@@ -353,3 +274,218 @@ def test_widget_and_cli_give_the_same_labels(make_napari_viewer, qtbot, tmp_path
     assert widget_labels.shape == cli_labels.shape
     assert np.array_equal(widget_labels, cli_labels)
     assert len(np.unique(cli_labels)) > 1
+
+
+# ---- the demo: overlays, uncertainty and the readout --------------------------------------
+
+
+def _run_demo(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    (scan,) = viewer.open(str(DEMO_SCAN), plugin="napari-attunet")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
+    assert widget.load_checkpoint(DEMO_CHECKPOINT)
+    widget.image.value = scan
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert widget.status.value.startswith("done"), widget.status.value
+    return viewer, widget, scan
+
+
+def _canvas(viewer, qtbot) -> np.ndarray:
+    _settle(qtbot)
+    return viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
+
+
+def test_demo_overlays_uncertainty_and_readout(make_napari_viewer, qtbot):
+    viewer, widget, scan = _run_demo(make_napari_viewer, qtbot)
+    name = scan.name
+    labels = viewer.layers[f"{name} attunet"]
+    gate = viewer.layers[f"{name} gate 1"]
+    pred = widget.state.prediction
+
+    # After a run the labels are selected, and the dropdown names the loaded checkpoint.
+    assert viewer.layers.selection.active is labels or viewer.layers.selection.active.name == labels.name
+    assert widget.recent.value == str(DEMO_CHECKPOINT)
+
+    # The default labels follow the one rule (argmax for this softmax model), as the CLI's do.
+    assert np.array_equal(labels.data, pred.labels())
+    assert np.array_equal(labels.data, pred.quantized.argmax(0))
+
+    # ---- overlay: where attention is low, the label colours stay those of the legend --------
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.current_step = (50, 58, 49)
+    viewer.reset_view()
+    layers = list(viewer.layers)
+    visible = [layer.visible for layer in layers]
+    shown = _canvas(viewer, qtbot)  # scan + labels + gate, as the user sees
+    gate.visible = False
+    clean = _canvas(viewer, qtbot)  # scan + labels
+    for layer in layers:
+        layer.visible = layer is gate
+    attention = _canvas(viewer, qtbot).max(-1)  # the gate alone, on black
+    for layer in layers:
+        layer.visible = layer is labels
+    opacity = labels.opacity
+    labels.opacity = 1.0
+    classes = _canvas(viewer, qtbot)  # the labels alone, opaque
+    labels.opacity = opacity
+    for layer, was in zip(layers, visible, strict=True):
+        layer.visible = was
+    legend = np.array([LABEL_COLOURS[k][:3] for k in (1, 2)]) * 255
+    low = attention < 8
+    for k in (1, 2):
+        region = low & (np.abs(classes - legend[k - 1]).max(-1) < 3)
+        assert region.sum() > 2000, f"class {k} barely on screen"
+        # the gate leaves these pixels as labels-on-scan draws them ...
+        assert np.abs(shown[region] - clean[region]).mean() < 3
+        # ... and each looks like its own legend swatch more than like the other class's
+        own = np.linalg.norm(shown[region] - legend[k - 1], axis=-1)
+        other = np.linalg.norm(shown[region] - legend[2 - k], axis=-1)
+        assert (own < other).mean() > 0.95
+        assert np.median(own) < 90
+    # where attention is high, the gate is seen
+    hot = attention > 100
+    assert hot.sum() > 50 and np.abs(shown[hot] - clean[hot]).mean() > 20
+
+    # ---- uncertainty: in [0, 1], high on class boundaries, low inside large regions --------
+    u = pred.uncertainty
+    assert u.shape == pred.shape and u.dtype == np.float32
+    assert 0.0 <= u.min() and u.max() <= 1.0
+    lab = pred.labels()
+    inner = np.zeros_like(lab, bool)
+    edges = np.zeros_like(lab, bool)
+    for k in (0, 1, 2):
+        mask = lab == k
+        inner |= ndimage.binary_erosion(mask, iterations=3)
+        edges |= mask & ~ndimage.binary_erosion(mask)
+    boundary = edges & (ndimage.maximum_filter(lab, 3) != ndimage.minimum_filter(lab, 3))
+    assert u[inner].mean() < 0.02
+    assert u[boundary].mean() > 5 * u[inner].mean() + 0.05
+    assert np.percentile(u[boundary], 90) > 0.3
+
+    # the layer, the toggle and the uncertain column following the level
+    assert f"{name} uncertainty" not in viewer.layers
+    widget.show_uncertainty.value = True
+    layer = viewer.layers[f"{name} uncertainty"]
+    assert layer.visible and np.array_equal(layer.data, u)
+    np.testing.assert_allclose(layer.scale, scan.scale)
+    np.testing.assert_allclose(layer.translate, scan.translate)
+    widget.show_uncertainty.value = False
+    assert not layer.visible
+    table = {}
+    for level in (0.6, 0.2):
+        widget.uncertainty_level.value = level
+        data = widget.volumes.value
+        column = data["columns"].index("uncertain mL")
+        table[level] = [row[column] for row in data["data"]]
+        expected = pred.uncertain_volumes_ml(labels.data, level, scan.scale)
+        voxel = float(np.prod(scan.scale)) / 1000
+        for row, cname in zip(data["data"], ("grey matter", "white matter"), strict=True):
+            assert row[column] == pytest.approx(expected[cname], abs=1e-3)
+            assert expected[cname] == pytest.approx(
+                ((labels.data == pred.label_names.index(cname)) & (u > level)).sum() * voxel
+            )
+    assert all(a < b for a, b in zip(table[0.6], table[0.2], strict=True))
+    assert layer.iso_threshold == pytest.approx(0.2)
+
+    # ---- readout at the cursor ----------------------------------------------------------
+    boundary_voxel = tuple(int(i) for i in np.argwhere(boundary & (u > 0.3))[0])
+    gate.visible = True
+    viewer.dims.current_step = boundary_voxel
+    viewer.cursor.position = tuple(scan.data_to_world(boundary_voxel))
+    viewer.mouse_over_canvas = True
+    viewer.update_status_from_cursor()
+    status = viewer.status
+    text = status["coordinates"] if isinstance(status, dict) else status
+    probs = pred.quantized[(slice(None),) + boundary_voxel] / 255
+    for cname, p in zip(pred.class_names, probs, strict=True):
+        assert f"{cname} {p:.2f}" in text, text
+    assert f"uncertainty {u[boundary_voxel]:.2f}" in text, text
+    for k in (1, 2, 3):
+        g = viewer.layers[f"{name} gate {k}"]
+        cell = tuple(np.round(g.world_to_data(viewer.cursor.position)).astype(int))
+        assert f"gate {k} {g.data[cell]:.2f}" in text, text
+    viewer.cursor.position = tuple(scan.data_to_world((-50, -50, -50)))
+    viewer.update_status_from_cursor()
+    status = viewer.status
+    assert "uncertainty" not in (status["coordinates"] if isinstance(status, dict) else status)
+
+
+# ---- bad layers (helpers.bad_files) ---------------------------------------------------------
+
+
+def _bad_layers():
+    import dask.array as da
+
+    return {
+        "nan-voxels": lambda v: v.add_image(_with(np.nan), name="ct"),
+        "rgb-for-one-channel": lambda v: v.add_image(np.zeros((32, 32, 3), np.uint8), name="ct", rgb=True),
+        "2d-on-3d-model": lambda v: v.add_image(X[0], name="ct"),
+        "lazy-4e12-voxels": lambda v: v.add_image(  # its result store fits on no disk (~22 TB)
+            da.zeros((1_000_000, 2000, 2000), np.float32, chunks=(64, 512, 512)), name="ct"
+        ),
+    }
+
+
+@pytest.mark.usefixtures("torch_single_thread")  # as every bad-input test
+@pytest.mark.parametrize("kind", ["nan-voxels", "rgb-for-one-channel", "2d-on-3d-model", "lazy-4e12-voxels"])
+def test_napari_bad_layer_leaves_run_usable(kind, files, make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer()
+    layer = _bad_layers()[kind](viewer)
+    widget = _widget(viewer)
+    assert widget.load_checkpoint(files["good"])
+    widget.image.value = layer
+    before = snapshot(files["root"])
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    messages = _errors(notes)
+    assert len(messages) == 1, messages
+    _check_message(messages[0], "'ct'")
+    assert widget.run.enabled and widget.preview.enabled and not widget.cancel.enabled
+    assert [lay.name for lay in viewer.layers] == ["ct"]
+    assert snapshot(files["root"]) == before
+
+
+@pytest.mark.usefixtures("torch_single_thread")  # as every bad-input test
+def test_napari_lazy_layer_is_never_read_in_the_gui_thread(files, make_napari_viewer, qtbot):
+    import threading
+
+    import dask.array as da
+
+    readers = []
+
+    def block(chunk):
+        readers.append(threading.current_thread() is threading.main_thread())
+        return chunk
+
+    lazy = da.from_array(X, chunks=(4, 16, 16)).map_blocks(block, dtype=X.dtype)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(lazy, name="ct", contrast_limits=(0, 1))
+    readers.clear()  # napari may draw a slice; from here on, only the run reads
+    widget = _widget(viewer)
+    assert widget.load_checkpoint(files["good"])
+    widget.image.value = layer
+    assert widget.start() is not None
+    assert readers == []  # start() returned without reading a voxel
+    qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
+    assert "ct attunet" in viewer.layers
+    assert readers and not any(readers), "blocks were read in the GUI thread"
+
+
+@pytest.mark.usefixtures("torch_single_thread")  # as every bad-input test
+def test_napari_closing_the_viewer_mid_run_cancels_cleanly(files, make_napari_viewer, qtbot, monkeypatch):
+    raised = []
+    monkeypatch.setattr(sys, "excepthook", lambda *info: raised.append(info))
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.random.default_rng(0).random((48, 96, 96)).astype(np.float32), name="ct")
+    widget = _widget(viewer)
+    assert widget.load_checkpoint(files["good"])
+    widget.image.value = layer
+    worker = widget.start()
+    cancel = widget.jobs.cancel_event
+    viewer.close()
+    assert cancel.is_set()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+    qtbot.wait(200)
+    assert raised == []
+    assert widget.state is None  # no result was put anywhere

@@ -1,0 +1,202 @@
+"""napari contribution ``napari-attunet.read`` (``plugin/reader.py``), in real viewers under Xvfb:
+scans open with their geometry and upright planes, checkpoints dock the widget, bad files are one
+notification.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers import ORIGIN_XYZ, SPACING_XYZ, _check_message, _errors, _settle, _widget, snapshot
+
+# Each test here runs with its own settings folder (never the user's recent checkpoints).
+pytestmark = pytest.mark.usefixtures("_isolated_config")
+
+
+# ---- scans -----------------------------------------------------------------------------------
+
+
+def test_open_nifti_sets_scale_and_translate(make_napari_viewer, scan):
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(scan), plugin="napari-attunet")
+    layer = layers[0]
+    assert layer.name == "patient"
+    np.testing.assert_allclose(layer.scale, SPACING_XYZ[::-1], rtol=1e-6)
+    np.testing.assert_allclose(layer.translate, ORIGIN_XYZ[::-1], rtol=1e-6)
+    assert layer.data.shape == (24, 40, 48)
+    assert "attunet_geometry" in layer.metadata
+
+
+BRIGHT = 200  # grey level of the marker on screen (the background scan is dark)
+
+
+@pytest.fixture
+def marker_scan(tmp_path):
+    """A dim LPS volume with a bright cube at its superior, anterior, left corner.
+
+    Array axes (z, y, x) run along +S, +P, +L: the corner is high z, low y, high x. The three
+    extents differ so that a transposed plane cannot pass for the right one.
+    """
+    array = np.full((20, 30, 40), 10, np.int16)
+    array[-5:, :5, -5:] = 1000
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 1.0))
+    path = tmp_path / "marker.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _marker_on_screen(viewer) -> tuple[float, float]:
+    """(row, column) of the marker's centre as fractions of the canvas: 0 is top / left."""
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float).mean(-1)
+    rows, cols = np.nonzero(shot > BRIGHT)
+    assert rows.size > 20, "the marker is not on screen"
+    return rows.mean() / shot.shape[0], cols.mean() / shot.shape[1]
+
+
+# (dims.order, what the plane shows): anterior/superior up, the patient's left on screen right,
+# anterior on the left for sagittal. Transposed orders reach the same plane.
+PLANES = [
+    ((0, 1, 2), "axial"),
+    ((0, 2, 1), "axial"),
+    ((1, 0, 2), "coronal"),
+    ((1, 2, 0), "coronal"),
+    ((2, 0, 1), "sagittal"),
+    ((2, 1, 0), "sagittal"),
+]
+
+
+def test_planes_read_like_a_clinical_viewer(make_napari_viewer, qtbot, marker_scan):
+    viewer = make_napari_viewer(show=True)
+    (layer,) = viewer.open(str(marker_scan), plugin="napari-attunet")
+    assert tuple(viewer.dims.axis_labels) == ("superior", "posterior", "left")
+    for order, plane in PLANES:
+        viewer.dims.ndisplay = 2
+        viewer.dims.order = order
+        viewer.dims.current_step = (17, 2, 37)  # through the marker
+        viewer.reset_view()
+        _settle(qtbot)
+        row, col = _marker_on_screen(viewer)
+        if plane == "axial":  # anterior up, left on the right
+            assert row < 0.5 and col > 0.5, (order, row, col)
+        elif plane == "coronal":  # superior up, left on the right
+            assert row < 0.5 and col > 0.5, (order, row, col)
+        else:  # superior up, anterior on the left
+            assert row < 0.5 and col < 0.5, (order, row, col)
+
+    # 3D, un-mirrored: seen from the front (looking along +P, superior up), the patient's
+    # left is on screen right; a mirrored rendering would put it on the left.
+    viewer.dims.order = (0, 1, 2)
+    viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    viewer.scene.camera.set_view_direction((0, 1, 0), (1, 0, 0))
+    _settle(qtbot)
+    row, col = _marker_on_screen(viewer)
+    assert row < 0.5 and col > 0.5, (row, col)
+    # and from behind (looking along -P) the left is on screen left
+    viewer.scene.camera.set_view_direction((0, -1, 0), (1, 0, 0))
+    _settle(qtbot)
+    row, col = _marker_on_screen(viewer)
+    assert row < 0.5 and col < 0.5, (row, col)
+
+
+@pytest.mark.usefixtures("torch_single_thread")  # as every bad-input test
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".nii", ".mha"])
+def test_napari_nan_scan_opens_with_a_note(suffix, tmp_path, make_napari_viewer, notes):
+    image = np.ones((6, 8, 8), np.float32)
+    image[2, 3, 4] = np.nan
+    image[4, 1, 1] = -np.inf
+    path = tmp_path / f"with_nan{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(path))
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-attunet")
+    assert [lay.name for lay in viewer.layers] == ["with_nan"]
+    layer = viewer.layers["with_nan"]
+    assert np.isfinite(layer.contrast_limits).all()
+    # ITK reads a NIfTI's NaN/inf as 0; the reader keeps them, as in every other format
+    assert np.isnan(layer.data).sum() == 1 and np.isneginf(layer.data).sum() == 1
+    assert any("2 NaN or infinite" in str(n.message) for n in notes)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+def test_checkpoint_reader_docks_widget(make_napari_viewer, checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open(str(checkpoint), plugin="napari-attunet")
+    assert len(viewer.layers) == 0
+    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
+    assert widget.model is not None
+    assert "official, 3D, 3 classes" in widget.model_info.value
+
+
+def test_bad_checkpoint_is_a_notification(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    widget = _widget(viewer)
+    assert widget.load_checkpoint(bad) is False
+    assert widget.model is None
+
+
+# ---- bad files (helpers.bad_files) ----------------------------------------------------------
+
+
+NAPARI_SCANS = [
+    "complex_nii",
+    "complex_hdr_nii",
+    "nhdr",
+    "mhd",
+    "gz_bomb",
+    "huge_nrrd",
+    "huge_nii",
+    "truncated_nii",
+    "noise_nii",
+    "4d",
+    "truncated_mha",
+]
+
+
+@pytest.mark.usefixtures("torch_single_thread")  # as every bad-input test
+@pytest.mark.parametrize("key", NAPARI_SCANS)
+def test_napari_open_bad_scan(key, files, make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    before = snapshot(files["root"])
+    viewer.open(str(files[key]), plugin="napari-attunet")
+    assert len(viewer.layers) == 0
+    messages = _errors(notes)
+    assert len(messages) == 1, messages
+    _check_message(messages[0], str(files[key]))
+    assert snapshot(files["root"]) == before
+
+
+NAPARI_CKPTS = [
+    "nan_pt",
+    "complex_pt",
+    "meta_pt",
+    "sparse_pt",
+    "zip_bomb",
+    "st_bomb",
+    "spec_strides",
+    "spec_bomb",
+]
+
+
+@pytest.mark.usefixtures("torch_single_thread")  # as every bad-input test
+@pytest.mark.parametrize("key", NAPARI_CKPTS)
+def test_napari_bad_checkpoint(key, files, make_napari_viewer, notes):
+    viewer = make_napari_viewer()
+    before = snapshot(files["root"])
+    viewer.open(str(files[key]), plugin="napari-attunet")  # docks the widget, loads the file
+    widget = _widget(viewer)
+    assert widget.model is None
+    messages = _errors(notes)
+    assert len(messages) == 1, messages
+    _check_message(messages[0], str(files[key]))
+    assert snapshot(files["root"]) == before
