@@ -165,8 +165,14 @@ def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
         if context > BLOCK_BUDGET and best is not None and best[2] <= BLOCK_BUDGET:
             continue
         blocks = math.prod(-(-spatial[a] // b) for a, (b, _, _) in zip(plane, combo, strict=True))
-        # within the budget: fewest windows, then fewest blocks; over it: the smallest context
-        key = (0, windows, blocks, context) if context <= BLOCK_BUDGET else (1, context, windows, blocks)
+        # Within the budget: the fewest windows; of equals, the smallest block whose context is at
+        # least an eighth of the budget (per-block costs stay small, memory low, and progress
+        # and a viewer filling in come block by block). Over the budget: the smallest context.
+        small = context < BLOCK_BUDGET // 8
+        if context <= BLOCK_BUDGET:
+            key: tuple = (0, windows, small, -context if small else context, blocks)
+        else:
+            key = (1, context, windows, blocks)
         if best is None or key < best[0]:
             best = (key, combo, context)
     assert best is not None
