@@ -123,10 +123,13 @@ def _predict_stores(args) -> int:
     from .cli import _predict_options, _sentence, done_line
     from .inference import predict
 
-    if args.min_size or args.fill_holes:
+    given = [o for o, v in (("--min-size", args.min_size), ("--fill-holes", args.fill_holes)) if v]
+    if given:
         raise InputError(
-            "--min-size and --fill-holes need the whole volume in memory; they "
-            "are not available with zarr output."
+            f"{' and '.join(given)} cannot be used with zarr output: removing small components and "
+            "filling holes follow components across the whole label volume, and a store is written "
+            f"block by block; leave {'them' if len(given) > 1 else 'it'} out, or write NIfTI files "
+            "(--format .nii.gz, a folder as -o) for scans that fit in memory."
         )
     single = str(args.output).rstrip("/").endswith(".zarr")
     if single and len(args.scans) != 1:

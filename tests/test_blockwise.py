@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from helpers import make_model, monai_spec, official_spec, sharpen_gates
@@ -116,6 +118,18 @@ class GuardedArray:
         raise AssertionError("np.asarray on the whole volume")
 
 
+class CountedArray:
+    """A zarr array that counts its reads."""
+
+    def __init__(self, array):
+        self.array, self.reads = array, 0
+        self.shape, self.dtype, self.chunks, self.ndim = (array.shape, array.dtype, array.chunks, array.ndim)
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return self.array[index]
+
+
 @pytest.mark.parametrize("mode", ["zscore", "percentile"])
 def test_zarr_input_is_read_window_by_window(tmp_path, model3d, volume, mode, monkeypatch):
     from napari_attunet.inference import lazy
@@ -128,8 +142,9 @@ def test_zarr_input_is_read_window_by_window(tmp_path, model3d, volume, mode, mo
     guarded = GuardedArray(zarr.open_array(tmp_path / "scan.zarr", mode="r"))
     ref = na.predict(volume, model3d, tile=32, normalization=mode)
     pred = na.predict(guarded, model3d, tile=32, normalization=mode, block=32)
-    assert guarded.reads > 8
-    assert guarded.largest <= volume.size // 3
+    blocks = plan(volume.shape, model3d, tile=32, block=32).blocks
+    assert guarded.reads > len(blocks) >= 8  # statistics, then each block's own crop
+    assert guarded.largest <= max(np.prod([s.stop - s.start for s in b.outer]) for b in blocks)
     if mode == "zscore":  # exact chunked float64 moments: the very same statistics
         assert np.abs(pred.quantized.astype(int) - ref.quantized.astype(int)).max() <= 1
     else:  # the same strided sample, so the same percentiles
@@ -241,3 +256,153 @@ def _models_here() -> int:
     from napari_attunet.inference import blockwise
 
     return len(blockwise._MODELS)
+
+
+def test_one_block_is_read_once_and_equals_the_in_memory_run(tmp_path, model3d, volume):
+    """A volume that is one block: one read, the in-memory statistics, the very same bytes."""
+    array = zarr.create_array(
+        tmp_path / "scan.zarr", shape=volume.shape, chunks=(16, 24, 24), dtype=volume.dtype
+    )
+    array[:] = volume
+    counted = CountedArray(zarr.open_array(tmp_path / "scan.zarr", mode="r"))
+    ref = na.predict(volume, model3d, tile=32, normalization="percentile", spacing=(2.0, 1.0, 1.0))
+    out = tmp_path / "result.zarr"
+    pred = na.predict(counted, model3d, tile=32, normalization="percentile", spacing=(2.0, 1.0, 1.0), out=out)
+    assert counted.reads == 1  # no statistics pass before the block's own read
+    assert "1 block(s)" in pred.notes[0] and "in this process" in pred.notes[0]
+    assert np.array_equal(pred.quantized[:], ref.quantized)
+    for mine, theirs in zip(pred.gates, ref.gates, strict=True):
+        assert np.array_equal(mine.data[:], theirs.data)
+    assert pred.runtime == ref.runtime
+
+
+def test_block_sizes_run_the_fewest_windows_within_the_budget(model3d):
+    """Of every block size (multiples of the window step) whose largest context fits the
+    budget, the plan's runs the fewest windows; the blocks tile the volume once."""
+    import itertools
+
+    from napari_attunet.inference.blockwise import BLOCK_BUDGET, window_count
+
+    shape = (320, 512, 640)
+
+    def context(work) -> int:
+        return max(np.prod([s.stop - s.start for s in b.outer]) for b in work.blocks)
+
+    work = plan(shape, model3d, tile=128)
+    runs, once = window_count(work)
+    assert once == 4 * 7 * 9 and context(work) <= BLOCK_BUDGET
+    fewest = min(
+        window_count(other)[0]
+        for sizes in itertools.product(*[range(64, n + 64, 64) for n in shape])
+        if context(other := plan(shape, model3d, tile=128, block=sizes)) <= BLOCK_BUDGET
+    )
+    assert runs == fewest < window_count(plan(shape, model3d, tile=128, block=128))[0]
+    covered = np.zeros([n // 64 for n in shape], int)
+    for b in work.blocks:
+        covered[tuple(slice(s.start // 64, s.stop // 64) for s in b.region)] += 1
+    assert (covered == 1).all()
+
+
+def test_store_has_a_pyramid_that_ome_zarr_reads(tmp_path, model3d, volume, monkeypatch):
+    """Halved levels: probabilities and uncertainty by 2x2x2 means (centred between the voxels
+    they mix), labels by every second voxel; level 0 is what a one-level store holds."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    from napari_attunet.inference import store
+
+    spacing, origin = (2.0, 0.5, 0.75), (10.0, -20.0, 30.0)
+    scan = na.io.Volume(volume, spacing, origin, np.eye(3))
+    options = dict(tile=32, normalization="zscore", block=32)
+    na.predict(scan, model3d, out=tmp_path / "flat.zarr", **options)
+    monkeypatch.setattr(store, "PYRAMID_SMALLEST", 16)
+    na.predict(scan, model3d, out=tmp_path / "pyramid.zarr", **options)
+    flat = zarr.open_group(tmp_path / "flat.zarr", mode="r")
+    root = zarr.open_group(tmp_path / "pyramid.zarr", mode="r")
+    assert len(flat.attrs["multiscales"][0]["datasets"]) == 1
+    for key in ("0", "labels/attunet/0", "uncertainty/0"):
+        assert np.array_equal(root[key][:], flat[key][:])
+
+    nodes = list(Reader(parse_url(str(tmp_path / "pyramid.zarr")))())
+    image = nodes[0]
+    levels = len(image.data)
+    assert levels == 4  # 88 -> 44 -> 22 -> 11 voxels on the longest axis
+    labels = next(n for n in nodes if "image-label" in n.zarr.root_attrs)
+    assert len(labels.data) == levels
+    lab0 = np.asarray(labels.data[0])
+    for k in range(levels):
+        f = 2**k
+        scale, shift = image.metadata["coordinateTransformations"][k]
+        assert scale["scale"] == [1.0, *(s * f for s in spacing)]
+        assert shift["translation"] == pytest.approx(
+            [0.0, *(o + s * (f - 1) / 2 for o, s in zip(origin, spacing))]
+        )
+        scale, shift = labels.metadata["coordinateTransformations"][k]
+        assert scale["scale"] == [s * f for s in spacing] and shift["translation"] == list(origin)
+        assert np.array_equal(np.asarray(labels.data[k]), lab0[::f, ::f, ::f])
+        assert image.data[k].shape[1:] == tuple(-(-n // f) for n in volume.shape)
+    q = root["0"][:].astype(np.float64)
+    mean = q.reshape(2, 12, 4, 18, 4, 22, 4).mean(axis=(2, 4, 6))
+    assert np.abs(root["2"][:].astype(np.float64) - mean).max() <= 0.5
+    assert np.asarray(image.data[3]).std() > 0  # the levels hold values, not the fill
+
+
+def test_the_documented_slurm_cluster_runs_blocks(tmp_path, model3d, volume):
+    """The README's SLURMCluster: its job script asks for what the README says, and the worker
+    command in it (run here as the job would run it, without SLURM) predicts our blocks."""
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    jobqueue = pytest.importorskip("dask_jobqueue")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    call = re.search(r"cluster = (SLURMCluster\(.*\))", readme).group(1)
+    cluster = eval(call, {"SLURMCluster": jobqueue.SLURMCluster})  # the README's literal arguments
+    worker = None
+    try:
+        script = cluster.job_script()
+        assert "#SBATCH --cpus-per-task=8" in script and "#SBATCH -t 02:00:00" in script
+        command = next(line for line in script.splitlines() if "dask_worker" in line)
+        assert cluster.scheduler_address in command and "--nthreads 1" in command
+        assert command.split()[0] == sys.executable
+        worker = subprocess.Popen(shlex.split(command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ref = na.predict(volume, model3d, tile=32, normalization="zscore")
+        pred = na.predict(
+            volume,
+            model3d,
+            tile=32,
+            normalization="zscore",
+            block=32,
+            scheduler=cluster.scheduler_address,
+            out=tmp_path / "r.zarr",
+        )
+        assert "on Dask" in pred.notes[0]
+        assert np.abs(pred.quantized[:].astype(int) - ref.quantized.astype(int)).max() <= 1
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(30)
+        cluster.close()
+
+
+@pytest.mark.parametrize("mode", ["zscore", "zscore_nonzero", "zscore_foreground", "percentile"])
+def test_statistics_of_wide_planes_come_in_bands(volume, mode, monkeypatch, model3d):
+    """A chunk-deep slab larger than the read size is read in bands of the second axis: the
+    statistics still equal the in-memory ones (same moments, same sampled voxels)."""
+    from napari_attunet.inference import lazy
+    from napari_attunet.inference.preprocess import _sample, fit, resolve_normalization
+
+    monkeypatch.setattr(lazy, "SLAB_VOXELS", 16 * 24 * 88)  # one chunk deep, a third of the plane
+    image = volume.copy()
+    image[:, :10] = 0  # something for "nonzero" to leave out
+    source = lazy.LazySource(da.from_array(image, chunks=(16, 24, 24)), model3d.spec, None, "v")
+    assert len(list(source.pieces(None))) == 3 * 3
+    norm = resolve_normalization(mode, model3d.spec)
+    mine = lazy.fit_lazy(source, norm)[0]
+    theirs = fit(image.astype(np.float32), norm)  # as the engine fits: on float32
+    assert mine.gain == pytest.approx(theirs.gain, rel=1e-5)
+    assert mine.shift == pytest.approx(theirs.shift, rel=1e-5, abs=1e-6)
+    monkeypatch.setattr(lazy, "SAMPLE_LIMIT", 5000)  # a strided sample, not every voxel
+    sample = lazy._sample(source, None, image.size)
+    assert np.array_equal(np.sort(sample), np.sort(_sample(image.astype(np.float32), 5000)))

@@ -142,3 +142,19 @@ def test_predict_into_one_store(cohort, capsys):
     for name in pred.label_names[1:]:
         mine = next(float(r[2]) for r in rows if r[0] == "case1" and r[1] == name)
         assert mine == pytest.approx(counts[name], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "options", [["--min-size", "5"], ["--fill-holes"], ["--min-size", "5", "--fill-holes"]]
+)
+def test_cleaning_options_with_a_store_are_one_sentence(cohort, capsys, options):
+    c = cohort
+    out = c["root"] / "refused" / "case0.zarr"
+    code = main(["predict", str(c["scans"][0]), "-c", str(c["ckpt"]), "-o", str(out), "-q", *options])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    for option in options:
+        if option.startswith("--"):
+            assert option in err[0]
+    assert "--format .nii.gz" in err[0] and "zarr output" in err[0]
+    assert not out.exists() and not list(out.parent.glob(".*partial*"))

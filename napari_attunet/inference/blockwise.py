@@ -10,6 +10,7 @@ windows and the gate grids line up: the blocks agree with one in-memory run, wit
 
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
@@ -27,7 +28,7 @@ from .postprocess import GateMap, Prediction
 from .preprocess import check_spacing, check_tile, resample_factors, resampled_shape, resolve_normalization
 from .tiling import default_tile, round_up
 
-BLOCK_BUDGET = 64 * 1024**2  # context voxels of one block: ~2 GB at its peak
+BLOCK_BUDGET = 36 * 1024**2  # context voxels of one block: ~60 B each at its peak, ~2.6 GB in all
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Plan:
     blocks: list[Block]
     gates: list[GateGrid]
     stack: bool = False
+    axes: list = field(default_factory=list)  # AxisWindows per scan axis
 
 
 def plan(
@@ -89,18 +91,18 @@ def plan(
         tile = (tile,) * dims
     elif tile is not None and len(tile) == 1:  # `--tile 128`: every axis
         tile = tuple(tile) * dims
-    padded = tuple(round_up(n, s) for n, s in zip(plane, stride))
+    padded = tuple(round_up(n, s) for n, s in zip(plane, stride, strict=True))
     tile_ = default_tile(padded, stride, dims, tile or spec.tile)
     axes = _axis_windows(spatial, tile_, stride, overlap, perm, factors, layout, dims)
     sizes = _block_sizes(spatial, axes, block)
     blocks = []
-    for starts in _product([range(0, n, b) for n, b in zip(spatial, sizes)]):
-        region = tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, sizes, spatial))
-        outer = tuple(_context(r, n, ax) for r, n, ax in zip(region, spatial, axes))
-        inner = tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer))
+    for starts in itertools.product(*[range(0, n, b) for n, b in zip(spatial, sizes, strict=True)]):
+        region = tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, sizes, spatial, strict=True))
+        outer = tuple(_context(r, n, ax) for r, n, ax in zip(region, spatial, axes, strict=True))
+        inner = tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer, strict=True))
         blocks.append(Block(region, outer, inner))
     gates = _gate_grids(spec, spatial, plane, perm, layout, factors, stack) if attention else []
-    return Plan(spatial, tile_, sizes, blocks, gates, stack)
+    return Plan(spatial, tile_, sizes, blocks, gates, stack, axes)
 
 
 @dataclass(frozen=True)
@@ -142,39 +144,94 @@ def _context(region: slice, n: int, ax: AxisWindows) -> slice:
     return slice(n - hi, n - lo) if ax.flipped else slice(lo, hi)
 
 
-def _product(ranges):
-    import itertools
-
-    return itertools.product(*ranges)
-
-
 def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
-    """Block sizes per axis: on plane axes a multiple of the window step and stride, at least a
-    tile, as large as the budget allows (the whole volume when it fits); slice axes fill up."""
+    """Block sizes per axis. On plane axes a multiple of the window step and stride, chosen so
+    that the blocks together run the fewest windows (each block also runs the windows of its
+    halo) while the largest block's context stays within ``BLOCK_BUDGET``; the whole volume when
+    it fits. Slice axes (a 2D network on a stack) fill up what is left of the budget."""
     units = [math.lcm(ax.step, ax.stride) if ax.tile else 1 for ax in axes]
     if block is not None:
         block = (block,) * len(spatial) if isinstance(block, int) else tuple(block)
         block = block[-len(spatial) :]
-        return tuple(round_up(max(int(b), u), u) for b, u in zip(block, units))
+        return tuple(round_up(max(int(b), u), u) for b, u in zip(block, units, strict=True))
     if int(np.prod(spatial)) <= BLOCK_BUDGET:
         return tuple(spatial)
+    plane = [a for a, ax in enumerate(axes) if ax.tile]
+    options = [_axis_options(spatial[a], axes[a], units[a]) for a in plane]
+    best: tuple | None = None
+    for combo in itertools.product(*options):
+        windows = math.prod(w for _, w, _ in combo)
+        context = math.prod(c for _, _, c in combo)
+        if context > BLOCK_BUDGET and best is not None and best[2] <= BLOCK_BUDGET:
+            continue
+        blocks = math.prod(-(-spatial[a] // b) for a, (b, _, _) in zip(plane, combo, strict=True))
+        # Within the budget: the fewest windows; of equals, the smallest block whose context is at
+        # least an eighth of the budget (per-block costs stay small, memory low, and progress
+        # and a viewer filling in come block by block). Over the budget: the smallest context.
+        small = context < BLOCK_BUDGET // 8
+        if context <= BLOCK_BUDGET:
+            key: tuple = (0, windows, small, -context if small else context, blocks)
+        else:
+            key = (1, context, windows, blocks)
+        if best is None or key < best[0]:
+            best = (key, combo, context)
+    assert best is not None
+    sizes = list(spatial)
+    for a, (b, _, _) in zip(plane, best[1], strict=True):
+        sizes[a] = b
+    per_slice = max(1, best[2])
+    for a, ax in enumerate(axes):
+        if not ax.tile:  # slices: as many as fit, a multiple of 16 from 16 on (whole store chunks)
+            count = max(1, min(spatial[a], BLOCK_BUDGET // per_slice))
+            sizes[a] = count // 16 * 16 if 16 <= count < spatial[a] else count
+    return tuple(sizes)
 
-    def plane_sizes(m: int) -> list[int]:
-        return [round_up(m * ax.tile, u) if ax.tile else 1 for ax, u in zip(axes, units)]
 
-    def context_voxels(sizes) -> int:
-        return int(np.prod([min(n, b + ax.tile) if ax.tile else 1 for n, b, ax in zip(spatial, sizes, axes)]))
+def _axis_starts(n: int, ax: AxisWindows) -> list[int]:
+    """The whole run's window starts along a plane axis, in scan voxels (as ``_context``)."""
+    assert ax.tile is not None
+    flush = max(0, round_up(n, ax.stride) - ax.tile)
+    return sorted(set(range(0, flush, ax.step)) | {flush})
 
-    m = 1  # the most tiles per axis whose block and context fit the budget
-    while context_voxels(plane_sizes(m + 1)) <= BLOCK_BUDGET and any(
-        ax.tile and b < n for ax, b, n in zip(axes, plane_sizes(m), spatial)
-    ):
-        m += 1
-    sizes = plane_sizes(m)
-    per_slice = context_voxels(sizes)
-    return tuple(
-        b if ax.tile else max(1, min(n, BLOCK_BUDGET // per_slice)) for b, ax, n in zip(sizes, axes, spatial)
-    )
+
+def _axis_options(n: int, ax: AxisWindows, unit: int) -> list[tuple[int, int, int]]:
+    """(block size, windows its blocks run along the axis, largest context along the axis) for
+    each block size worth trying on one plane axis (multiples of ``unit`` up to the axis)."""
+    assert ax.tile is not None
+    starts = _axis_starts(n, ax)
+    best: dict[int, tuple[int, int, int]] = {}
+    for b in range(unit, round_up(n, unit) + 1, unit):
+        windows = context = 0
+        for lo in range(0, n, b):
+            hi = min(n, lo + b)
+            # windows touching the block (a flipped axis mirrors blocks and windows alike)
+            a, z = (n - hi, n - lo) if ax.flipped else (lo, hi)
+            windows += sum(1 for s in starts if s < z and s + ax.tile > a)
+            outer = _context(slice(lo, hi), n, ax)
+            context = max(context, outer.stop - outer.start)
+        blocks = -(-n // b)
+        if blocks not in best or (windows, context) < best[blocks][1:]:
+            best[blocks] = (b, windows, context)  # per block count, at most 2 sqrt(n / unit) kept
+        if b >= n:
+            break
+    return list(best.values())
+
+
+def window_count(work: Plan) -> tuple[int, int]:
+    """(windows the blocks run, windows one in-memory run has), per image of the plane axes."""
+    runs, once = 1, 1
+    for n, b, ax in zip(work.spatial, work.block, work.axes, strict=True):
+        if ax.tile is None:
+            continue
+        starts = _axis_starts(n, ax)
+        once *= len(starts)
+        total = 0
+        for lo in range(0, n, b):
+            hi = min(n, lo + b)
+            a, z = (n - hi, n - lo) if ax.flipped else (lo, hi)
+            total += sum(1 for s in starts if s < z and s + ax.tile > a)
+        runs *= total
+    return runs, once
 
 
 def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[GateGrid]:
@@ -182,12 +239,14 @@ def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[Gate
     grids = []
     lead = 1 if stack else 0
     for k, g in enumerate(spec.gates, start=1):
-        cells = (spatial[perm[0]],) * lead + tuple(math.ceil(n / s) for n, s in zip(plane, g.stride))
+        cells = (spatial[perm[0]],) * lead + tuple(
+            math.ceil(n / s) for n, s in zip(plane, g.stride, strict=True)
+        )
         stride = [1.0] * lead + [float(s) for s in g.stride]
         offset = [0.0] * lead + [float(o) for o in g.offset]
         if factors is not None:
-            stride = [s / f for s, f in zip(stride, factors)]
-            offset = [o / f for o, f in zip(offset, factors)]
+            stride = [s / f for s, f in zip(stride, factors, strict=True)]
+            offset = [o / f for o, f in zip(offset, factors, strict=True)]
         if layout is not None and not layout.identity:
             net_shape = tuple(spatial[p] for p in perm)
             for a in layout.flipped:
@@ -203,7 +262,7 @@ def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[Gate
 def gate_window(grid: GateGrid, region: Sequence[slice], local: GateMap):
     """(slices into the whole gate grid, slices into ``local``) for one block's gate map."""
     dst, src = [], []
-    for a, (sl, s, o, n) in enumerate(zip(region, grid.stride, grid.offset, grid.cells)):
+    for a, (sl, s, o, n) in enumerate(zip(region, grid.stride, grid.offset, grid.cells, strict=True)):
         first = int(round((sl.start + local.offset[a] - o) / s))
         count = local.data.shape[1 + a]
         lo, hi = max(0, first), min(n, first + count)
@@ -312,7 +371,7 @@ class MemorySink:
         self.quantized[(slice(None),) + region] = result.quantized
         if self.disagreement is not None and result.disagreement is not None:
             self.disagreement[region] = np.asarray(result.disagreement)
-        for buf, grid, gate in zip(self.gates, self.grids, result.gates):
+        for buf, grid, gate in zip(self.gates, self.grids, result.gates, strict=True):
             dst, src = gate_window(grid, region, gate)
             buf[dst] = gate.data[src]
         return BlockResult(region, device=result.device, precision=result.precision, runtime=result.runtime)
@@ -326,7 +385,7 @@ class Job:
     """Everything a block task needs besides its pixels."""
 
     model: ModelRef
-    intensity: list
+    intensity: list | None  # None: the block is the whole volume and fits its own
     options: dict
     channel_axis: int | None
     sink: Any
@@ -374,7 +433,7 @@ def _crop_gate(gate: GateMap, block: Block, shape) -> GateMap:
     also those centred beyond it (the whole run keeps them); offsets relative to the region."""
     keep, offset = [], []
     for sl, inner, n, s, o, cells in zip(
-        block.region, block.inner, shape, gate.stride, gate.offset, gate.data.shape[1:]
+        block.region, block.inner, shape, gate.stride, gate.offset, gate.data.shape[1:], strict=True
     ):
         lo = inner.start if sl.start > 0 else -math.inf
         hi = inner.stop if sl.stop < n else math.inf
@@ -447,9 +506,7 @@ def iter_blockwise(
             f"image with {len(spatial)} spatial axes, not {np.shape(affine)}."
         )
     layout = network_layout(spec, len(spatial), affine, file_orientation, orientation)
-    yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
     norm = resolve_normalization(normalization, spec)
-    intensity = fit_lazy(source, norm)
     layout_arg = None if layout.identity else layout
     work = plan(
         spatial,
@@ -463,6 +520,7 @@ def iter_blockwise(
     )
     options = dict(
         spacing=spacing,
+        normalization=normalization,  # fitted by the engine when a block is the whole volume
         tile=work.tile,
         overlap=overlap,
         device=device,
@@ -483,6 +541,8 @@ def iter_blockwise(
             raise InputError("a region is predicted in memory; leave out= unset for it.")
         from .engine import context_slices, iter_predict
 
+        yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
+        intensity: list | None = fit_lazy(source, norm)
         outer, inner = context_slices(spatial, region, spec, work.tile)
         return (
             yield from iter_predict(
@@ -497,6 +557,12 @@ def iter_blockwise(
         )
     client, owned = _client(scheduler)
     try:
+        # One block on this machine's threads is the whole volume, read once: the engine takes
+        # its statistics from it as an in-memory run does. Otherwise a pass over the chunks first.
+        intensity = None
+        if client is not None or len(work.blocks) > 1:
+            yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
+            intensity = fit_lazy(source, norm)
         return (
             yield from _run(
                 source,
@@ -562,14 +628,18 @@ def _run(
             cancel if client is None else None,
             tuple(work.spatial),
         )
-        job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
-        data = as_dask(source.image)
-        tasks = [_task(data, source, b, job_arg) for b in work.blocks]
-        total = len(tasks)
+        total = len(work.blocks)
+        if client is None and total == 1:  # nothing to schedule
+            finished = _direct(source, work.blocks[0], job)
+        else:
+            job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
+            data = None if client is None else as_dask(source.image)
+            tasks = [_task(data, source, b, job_arg) for b in work.blocks]
+            finished = _execute(tasks, client, workers, cancel)
         yield Progress(
             "predicting", 0, total, f"{total} blocks of {work.block} voxels (tiles of {work.tile})"
         )
-        for done, result in enumerate(_execute(tasks, client, workers, cancel), start=1):
+        for done, result in enumerate(finished, start=1):
             if not sink.on_worker:
                 result = sink.write(result)
             results.append(result)
@@ -583,7 +653,11 @@ def _run(
             sink.discard()
         raise
     first = results[0] if results else BlockResult(())
-    notes = [f"predicted in {total} block(s) of {work.block} on Dask"]
+    runs, once = window_count(work)
+    where = "on Dask" if client is not None or total > 1 else "in this process"
+    notes = [
+        f"predicted in {total} block(s) of {work.block} {where} ({runs} windows; one in-memory run: {once})"
+    ]
     if out is not None:
         yield Progress("stitching", total, total, "finishing the store")
         sink.finish(results)
@@ -592,7 +666,7 @@ def _run(
         notes.append(f"written to {sink.path}")
     else:
         quantized, disagreement, gate_data = sink.quantized, sink.disagreement, sink.gates
-    gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates)]
+    gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates, strict=True)]
     return Prediction(
         quantized=quantized,
         disagreement=disagreement,
@@ -610,11 +684,25 @@ def _run(
     )
 
 
+def _direct(source: LazySource, block: Block, job: Job):
+    """The one block of a run, in this thread, without Dask (there is nothing to schedule)."""
+    yield _read_and_run(source, block, job)
+
+
 def _task(data, source: LazySource, block: Block, job: Job):
+    """One block as a Dask task. On threads it reads its own crop (so no chunk shared with a
+    neighbour waits in memory for it); on a cluster its crop comes from the chunks of ``data``
+    (a dask array over the image: only the chunks it needs travel)."""
     import dask
 
+    if data is None:
+        return dask.delayed(_read_and_run, pure=False)(source, block, job)
     crop = data[source.index(block.outer)]
     return dask.delayed(run_block, pure=False)(crop, block, job)
+
+
+def _read_and_run(source: LazySource, block: Block, job: Job) -> BlockResult:
+    return run_block(source.read(block.outer), block, job)
 
 
 def _client(scheduler):

@@ -93,19 +93,27 @@ class LazySource:
     def read(self, spatial: Sequence[slice], channel: int | None = None) -> np.ndarray:
         return np.asarray(self.image[self.index(spatial, channel)])
 
-    def slabs(self, channel: int) -> Iterator[np.ndarray]:
-        """One channel as float32 slabs along the first spatial axis, in order."""
-        plane = int(np.prod(self.spatial[1:]))
+    def pieces(self, channel: int | None) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+        """One channel as float32 pieces of about ``SLAB_VOXELS`` (whole chunks along the first
+        two spatial axes, the rest whole), each with its start on those two axes."""
+        n0, n1 = self.spatial[0], self.spatial[1]
+        rest = int(np.prod(self.spatial[2:]))
+        c0, c1 = self._chunk(0), self._chunk(1)
+        depth = max(1, SLAB_VOXELS // max(n1 * rest, 1) // c0) * c0
+        band = n1 if c0 * n1 * rest <= SLAB_VOXELS else max(1, SLAB_VOXELS // (c0 * rest) // c1) * c1
+        tail = [slice(None)] * (len(self.spatial) - 2)
+        for a0 in range(0, n0, depth):
+            for a1 in range(0, n1, band):
+                piece = self.read([slice(a0, a0 + depth), slice(a1, a1 + band)] + tail, channel)
+                yield (a0, a1), piece.astype(np.float32, copy=False)
+
+    def _chunk(self, axis: int) -> int:
+        """The chunk length of the image along a spatial axis (1 when not chunked)."""
         chunks = getattr(self.image, "chunksize", None) or getattr(self.image, "chunks", None)
-        first = 1
-        if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int):
-            axis0 = 0 if self.channel_axis != 0 else 1
-            first = max(1, int(chunks[axis0]))
-        depth = max(1, SLAB_VOXELS // max(plane, 1) // first) * first
-        rest = [slice(None)] * (len(self.spatial) - 1)
-        for start in range(0, self.spatial[0], depth):
-            slab = self.read([slice(start, start + depth)] + rest, channel)
-            yield slab.astype(np.float32, copy=False)
+        if not (isinstance(chunks, tuple) and chunks and all(isinstance(c, int) for c in chunks)):
+            return 1
+        axes = [a for a in range(len(chunks)) if a != self.channel_axis]
+        return max(1, int(chunks[axes[axis]]))
 
 
 def fit_lazy(source: LazySource, norm: Normalization) -> list[IntensityMap]:
@@ -148,7 +156,7 @@ def _fit_channel(source: LazySource, channel: int | None, norm: Normalization) -
 def _moments(source: LazySource, channel, keep) -> tuple[int, np.float32, np.float32]:
     """Count, mean and population std in float64 accumulators, one slab at a time."""
     count, total, total_sq = 0, 0.0, 0.0
-    for slab in source.slabs(channel):
+    for _, slab in source.pieces(channel):
         if np.issubdtype(slab.dtype, np.floating) and not np.isfinite(slab).all():
             bad = int(slab.size - np.count_nonzero(np.isfinite(slab)))
             raise InputError(
@@ -166,12 +174,22 @@ def _moments(source: LazySource, channel, keep) -> tuple[int, np.float32, np.flo
 
 
 def _sample(source: LazySource, channel, size: int) -> np.ndarray:
-    """``flat[::step]`` of the whole channel, gathered slab by slab."""
+    """The voxels of ``flat[::step]`` of the whole channel (the in-memory sample; its order does
+    not matter to percentiles and Otsu), gathered piece by piece."""
     step = max(1, size // SAMPLE_LIMIT)
-    pieces, offset = [], 0
-    for slab in source.slabs(channel):
-        flat = slab.reshape(-1)
-        first = -offset % step
-        pieces.append(flat[first::step].copy())
-        offset += flat.size
+    n1 = source.spatial[1]
+    rest = int(np.prod(source.spatial[2:]))
+    pieces = []
+    for (a0, a1), piece in source.pieces(channel):
+        flat = piece.reshape(-1)
+        if piece.shape[1] == n1:  # whole rows of axis 1: contiguous in the flat order
+            pieces.append(flat[(-(a0 * n1 * rest)) % step :: step].copy())
+            continue
+        rows = (
+            np.arange(a0, a0 + piece.shape[0])[:, None] * n1 + np.arange(a1, a1 + piece.shape[1])
+        ).reshape(-1)
+        first = (-(rows * rest)) % step  # the first sampled voxel of each row
+        x = first[:, None] + np.arange(-(-rest // step) + 1)[None, :] * step
+        keep = x < rest
+        pieces.append(flat[(np.arange(rows.size)[:, None] * rest + x)[keep]])
     return np.concatenate(pieces)

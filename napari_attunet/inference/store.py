@@ -29,6 +29,8 @@ from .postprocess import PROBABILITY_LEVELS, threshold_labels, uncertainty_map
 
 NGFF_VERSION = "0.4"
 LABEL_NAME = "attunet"
+CHUNK = 128  # the longest chunk axis of the store's arrays
+PYRAMID_SMALLEST = 256  # halved levels are added until the largest axis is at most this
 # label colours (RGBA) for values 1, 2, ...; 0 is transparent
 COLOURS = [
     (230, 25, 75),
@@ -63,29 +65,89 @@ def multiscales(
     scale: Sequence[float],
     translation: Sequence[float],
     unit: str | None,
+    levels: int = 0,
+    reduce: str = "mean",
 ) -> list[dict]:
-    """One-level NGFF multiscales metadata for an image of ``ndim`` spatial axes."""
+    """NGFF multiscales metadata for an image of ``ndim`` spatial axes: level 0 and ``levels``
+    more, each halving every spatial axis. ``reduce`` says how a level was made: "mean" (its
+    voxel is the mean of 2^k level-0 voxels per axis, so it is centred between them) or
+    "nearest" (stride subsampling: it is level-0 voxel 2^k i, centred where that voxel is)."""
     lead = [1.0] if channel else []
-    return [
-        {
-            "version": NGFF_VERSION,
-            "name": name,
-            "axes": _axes(ndim, channel, unit),
-            "datasets": [
-                {
-                    "path": "0",
-                    "coordinateTransformations": [
-                        {"type": "scale", "scale": lead + [float(s) for s in scale]},
-                        {
-                            "type": "translation",
-                            "translation": [0.0] * len(lead) + [float(t) for t in translation],
-                        },
-                    ],
-                }
-            ],
-            "type": "none",
+    datasets = []
+    for k in range(levels + 1):
+        f = 2**k
+        shift = (f - 1) / 2 if reduce == "mean" else 0.0
+        datasets.append(
+            {
+                "path": str(k),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": lead + [float(s) * f for s in scale]},
+                    {
+                        "type": "translation",
+                        "translation": [0.0] * len(lead)
+                        + [float(t) + float(s) * shift for t, s in zip(translation, scale, strict=True)],
+                    },
+                ],
+            }
+        )
+    meta: dict = {
+        "version": NGFF_VERSION,
+        "name": name,
+        "axes": _axes(ndim, channel, unit),
+        "datasets": datasets,
+    }
+    meta["type"] = reduce if levels else "none"
+    if levels:
+        meta["metadata"] = {
+            "description": "each level halves every spatial axis: "
+            + ("2x2(x2) means" if reduce == "mean" else "every second voxel (labels are never mixed)")
         }
-    ]
+    return [meta]
+
+
+def pyramid_levels(spatial: Sequence[int], block: Sequence[int]) -> int:
+    """How many halved levels to write below level 0: until the largest axis is at most
+    ``PYRAMID_SMALLEST``, and only as far as every block (but each axis' last) halves exactly,
+    so each block writes its own part of every level."""
+    levels = 0
+    shape = list(spatial)
+    while max(shape) > PYRAMID_SMALLEST:
+        f = 2 ** (levels + 1)
+        if any(b < n and b % f for b, n in zip(block, spatial, strict=True)):
+            break
+        levels += 1
+        shape = [-(-n // 2) for n in shape]
+    return levels
+
+
+def level_shape(spatial: Sequence[int], k: int) -> tuple[int, ...]:
+    return tuple(-(-int(n) // 2**k) for n in spatial)
+
+
+def halve_mean(x: np.ndarray, spatial_axes: int) -> np.ndarray:
+    """The mean of each 2 x 2 (x 2) cell of the last ``spatial_axes`` axes (float32; at an odd
+    end the last voxel is repeated)."""
+    lead = x.ndim - spatial_axes
+    pad = [(0, 0)] * lead + [(0, n % 2) for n in x.shape[lead:]]
+    if any(p for _, p in pad):
+        x = np.pad(x, pad, mode="edge")
+    shape = list(x.shape[:lead])
+    for n in x.shape[lead:]:
+        shape += [n // 2, 2]
+    pairs = tuple(lead + 2 * i + 1 for i in range(spatial_axes))
+    return x.reshape(shape).mean(axis=pairs, dtype=np.float32)
+
+
+def level_region(region: Sequence[slice], k: int) -> tuple[slice, ...]:
+    f = 2**k
+    return tuple(slice(r.start // f, -(-r.stop // f)) for r in region)
+
+
+def store_chunk(block: int, largest: int = CHUNK) -> int:
+    """The largest chunk length up to ``largest`` that divides a block length: blocks then write
+    whole chunks of their own (no two workers write one chunk), and small chunks compress in
+    parallel and open fast in a viewer."""
+    return next(d for d in range(min(block, largest), 0, -1) if block % d == 0)
 
 
 def check_free(out) -> None:
@@ -99,10 +161,20 @@ class ZarrSink:
 
     on_worker = True
 
-    def __init__(self, path: str, tmp: str, output: str, thresholds, channels: int, grids: list, tta: bool):
+    def __init__(
+        self,
+        path: str,
+        tmp: str,
+        output: str,
+        thresholds,
+        channels: int,
+        grids: list,
+        tta: bool,
+        levels: int = 0,
+    ):
         self.path, self.tmp, self.output = path, tmp, output
         self.thresholds, self.channels = thresholds, channels
-        self.grids, self.tta = grids, tta
+        self.grids, self.tta, self.levels = grids, tta, levels
 
     @classmethod
     def create(cls, out, spec, plan, spacing, origin, tta: bool, thresholds, name: str):
@@ -117,16 +189,26 @@ class ZarrSink:
         unit = "millimeter" if spacing is not None else None
         spacing = tuple(float(s) for s in spacing)[-ndim:] if spacing is not None else (1.0,) * ndim
         origin = tuple(float(o) for o in origin)[-ndim:] if origin is not None else (0.0,) * ndim
-        chunks = tuple(min(b, n) for b, n in zip(block, spatial))
+        levels = pyramid_levels(spatial, block)
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         channels = spec.out_channels
-        root.create_array(
-            "0", shape=(channels,) + spatial, chunks=(channels,) + chunks, dtype="uint8", fill_value=0
-        )
+
+        def arrays(group, dtype, lead: tuple[int, ...] = ()) -> None:
+            for k in range(levels + 1):  # each block's part of a level is whole chunks
+                chunks = tuple(
+                    store_chunk(min(-(-b // 2**k), m))
+                    for b, m in zip(block, level_shape(spatial, k), strict=True)
+                )
+                shape = lead + level_shape(spatial, k)
+                group.create_array(str(k), shape=shape, chunks=lead + chunks, dtype=dtype, fill_value=0)
+
+        arrays(root, "uint8", (channels,))
         names = list(spec.class_labels)
         root.attrs.update(
             {
-                "multiscales": multiscales(f"{name} probabilities", ndim, True, spacing, origin, unit),
+                "multiscales": multiscales(
+                    f"{name} probabilities", ndim, True, spacing, origin, unit, levels
+                ),
                 "omero": {
                     "name": f"{name} probabilities",
                     "version": NGFF_VERSION,
@@ -160,10 +242,12 @@ class ZarrSink:
         labels.attrs.update({"labels": [LABEL_NAME]})
         group = labels.require_group(LABEL_NAME)
         dtype = "uint8" if len(label_names) < 255 else "int16"
-        group.create_array("0", shape=spatial, chunks=chunks, dtype=dtype, fill_value=0)
+        arrays(group, dtype)
         group.attrs.update(
             {
-                "multiscales": multiscales(f"{name} {LABEL_NAME}", ndim, False, spacing, origin, unit),
+                "multiscales": multiscales(
+                    f"{name} {LABEL_NAME}", ndim, False, spacing, origin, unit, levels, "nearest"
+                ),
                 "image-label": {
                     "version": NGFF_VERSION,
                     "source": {"image": "../../"},
@@ -178,13 +262,15 @@ class ZarrSink:
         extra = ["uncertainty"] + (["disagreement"] if tta else [])
         for key in extra:
             group = root.require_group(key)
-            group.create_array("0", shape=spatial, chunks=chunks, dtype="uint8", fill_value=0)
+            arrays(group, "uint8")
             group.attrs.update(
-                {"multiscales": multiscales(f"{name} {key}", ndim, False, spacing, origin, unit)}
+                {"multiscales": multiscales(f"{name} {key}", ndim, False, spacing, origin, unit, levels)}
             )
         for k, g in enumerate(plan.gates, start=1):
             group = root.require_group("gates").require_group(f"gate{k}")
-            gchunks = tuple(max(1, int(round(b / s))) for b, s in zip(chunks, g.stride))
+            gchunks = tuple(
+                max(1, int(round(min(b, n) / s))) for b, n, s in zip(block, spatial, g.stride, strict=True)
+            )
             group.create_array(
                 "0", shape=(g.heads,) + g.cells, chunks=(g.heads,) + gchunks, dtype="float32", fill_value=0.0
             )
@@ -194,14 +280,14 @@ class ZarrSink:
                         f"{name} gate {k}",
                         ndim,
                         True,
-                        [s * st for s, st in zip(spacing, g.stride)],
-                        [o + s * off for o, s, off in zip(origin, spacing, g.offset)],
+                        [s * st for s, st in zip(spacing, g.stride, strict=True)],
+                        [o + s * off for o, s, off in zip(origin, spacing, g.offset, strict=True)],
                         unit,
                     ),
                     "attunet": {"stride": list(g.stride), "offset": list(g.offset)},
                 }
             )
-        return cls(str(path), str(tmp), spec.output, thresholds, channels, list(plan.gates), tta)
+        return cls(str(path), str(tmp), spec.output, thresholds, channels, list(plan.gates), tta, levels)
 
     # -- on the workers --
     def _array(self, key: str):
@@ -218,18 +304,34 @@ class ZarrSink:
 
         region = result.region
         q = result.quantized
-        self._array("0")[(slice(None),) + region] = q
         labels = threshold_labels(q, self.output, self.thresholds)
-        self._array(f"labels/{LABEL_NAME}/0")[region] = labels
-        unc = uncertainty_map(q, self.output, result.disagreement)
-        self._array("uncertainty/0")[region] = np.round(unc * PROBABILITY_LEVELS).astype(np.uint8)
+        unc = np.round(uncertainty_map(q, self.output, result.disagreement) * PROBABILITY_LEVELS)
+        images = [("0", q), (f"labels/{LABEL_NAME}/0", labels), ("uncertainty/0", unc.astype(np.uint8))]
         if self.tta and result.disagreement is not None:
-            self._array("disagreement/0")[region] = result.disagreement
-        for k, (grid, gate) in enumerate(zip(self.grids, result.gates), start=1):
+            images.append(("disagreement/0", result.disagreement))
+        for key, data in images:
+            self._write_levels(key[:-1], data, region, nearest=key.startswith("labels/"))
+        for k, (grid, gate) in enumerate(zip(self.grids, result.gates, strict=True), start=1):
             dst, src = gate_window(grid, region, gate)
             self._array(f"gates/gate{k}/0")[dst] = gate.data[src]
         counts = np.bincount(labels.reshape(-1).astype(np.int64))
-        return BlockResult(region, counts=counts, device=result.device, precision=result.precision)
+        return BlockResult(
+            region, counts=counts, device=result.device, precision=result.precision, runtime=result.runtime
+        )
+
+    def _write_levels(self, prefix: str, data: np.ndarray, region, nearest: bool) -> None:
+        """Level 0 of one image and this block's part of each halved level."""
+        lead = (slice(None),) * (data.ndim - len(region))
+        self._array(f"{prefix}0")[lead + tuple(region)] = data
+        level = data if nearest else data.astype(np.float32)
+        for k in range(1, self.levels + 1):
+            if nearest:  # every second voxel: 0, 2, 4... of the whole volume (blocks start even)
+                level = level[lead + (slice(None, None, 2),) * len(region)]
+                values = level
+            else:  # means of means (float32) are the means of the 2^k cells, rounded once
+                level = halve_mean(level, len(region))
+                values = np.round(level).astype(data.dtype)
+            self._array(f"{prefix}{k}")[lead + level_region(region, k)] = values
 
     # -- on the caller --
     def finish(self, results) -> None:
