@@ -77,7 +77,7 @@ def _predict_cohort(args) -> int:
     names = outputs.unique_names(args.scans, io._stem)
     pending = [
         (scan, name)
-        for scan, name in zip(scans, names)
+        for scan, name in zip(scans, names, strict=True)
         if args.overwrite or not all((outdir / f).exists() for f in _output_names(name, spec, args))
     ]
     options = {k: v for k, v in vars(args).items() if k not in ("func", "model", "names")}
@@ -145,7 +145,7 @@ def _predict_stores(args) -> int:
 
         client, owned = connect(args.scheduler), True
     try:
-        for scan, name in zip(args.scans, names):
+        for scan, name in zip(args.scans, names, strict=True):
             try:
                 target = Path(args.output) if single else outdir / f"{name}.zarr"
                 if target.exists() and args.overwrite:

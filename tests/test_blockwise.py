@@ -47,7 +47,7 @@ def test_blocks_agree_with_one_in_memory_run(model3d, volume):
     for value in range(model3d.spec.out_channels):
         assert _dice(labels, expected, value) >= 0.999
     assert len(lazy.gates) == len(ref.gates) == 3
-    for mine, theirs in zip(lazy.gates, ref.gates):
+    for mine, theirs in zip(lazy.gates, ref.gates, strict=True):
         assert mine.stride == theirs.stride and mine.offset == theirs.offset
         assert mine.data.shape == theirs.data.shape
         assert theirs.data.std() > 0.01  # the maps vary, so the comparison means something
@@ -76,7 +76,7 @@ def test_blocks_agree_on_reoriented_scans_and_any_overlap(model3d, options):
     assert np.abs(pred.quantized.astype(int) - ref.quantized.astype(int)).max() <= 1
     if options.get("tta"):
         assert np.abs(pred.disagreement.astype(int) - ref.disagreement.astype(int)).max() <= 1
-    for mine, theirs in zip(pred.gates, ref.gates):
+    for mine, theirs in zip(pred.gates, ref.gates, strict=True):
         assert mine.offset == theirs.offset and mine.data.shape == theirs.data.shape
         assert np.abs(mine.data - theirs.data).max() < 1e-4
 
@@ -94,7 +94,7 @@ def test_seams_of_a_2d_model_on_a_stack():
     lazy = na.predict(store, model, tile=16, normalization="zscore", block=(2, 16, 16))
     assert len(plan(image.shape, model, tile=16, block=(2, 16, 16)).blocks) == 3 * 3 * 4
     assert np.abs(lazy.quantized.astype(int) - ref.quantized.astype(int)).max() <= 1
-    for mine, theirs in zip(lazy.gates, ref.gates):
+    for mine, theirs in zip(lazy.gates, ref.gates, strict=True):
         assert mine.data.shape == theirs.data.shape
         assert np.abs(mine.data - theirs.data).max() < 1e-4
 
@@ -221,8 +221,10 @@ def test_store_opens_with_the_ome_zarr_reader(tmp_path, model3d, volume):
     gate = next(Reader(parse_url(str(out / "gates" / "gate2")))())
     scale, shift = gate.metadata["coordinateTransformations"][0]
     stride, offset = pred.gates[1].stride, pred.gates[1].offset
-    assert scale["scale"][1:] == pytest.approx([s * t for s, t in zip(spacing, stride)])
-    assert shift["translation"][1:] == pytest.approx([o + s * f for o, s, f in zip(origin, spacing, offset)])
+    assert scale["scale"][1:] == pytest.approx([s * t for s, t in zip(spacing, stride, strict=True)])
+    assert shift["translation"][1:] == pytest.approx(
+        [o + s * f for o, s, f in zip(origin, spacing, offset, strict=True)]
+    )
 
 
 def test_blocks_on_a_local_cluster_load_the_model_once_per_worker(model3d, volume, tmp_path):
@@ -248,7 +250,7 @@ def test_blocks_on_a_local_cluster_load_the_model_once_per_worker(model3d, volum
     assert len(plan(volume.shape, model3d, tile=32, block=32).blocks) >= 8
     assert sorted(loaded.values()) == [1, 1]  # each worker built the network once
     assert np.abs(pred.quantized[:].astype(int) - ref.quantized.astype(int)).max() <= 1
-    for mine, theirs in zip(pred.gates, ref.gates):
+    for mine, theirs in zip(pred.gates, ref.gates, strict=True):
         assert np.abs(mine.data[:] - theirs.data).max() < 1e-4
 
 
@@ -335,7 +337,7 @@ def test_store_has_a_pyramid_that_ome_zarr_reads(tmp_path, model3d, volume, monk
         scale, shift = image.metadata["coordinateTransformations"][k]
         assert scale["scale"] == [1.0, *(s * f for s in spacing)]
         assert shift["translation"] == pytest.approx(
-            [0.0, *(o + s * (f - 1) / 2 for o, s in zip(origin, spacing))]
+            [0.0, *(o + s * (f - 1) / 2 for o, s in zip(origin, spacing, strict=True))]
         )
         scale, shift = labels.metadata["coordinateTransformations"][k]
         assert scale["scale"] == [s * f for s in spacing] and shift["translation"] == list(origin)
