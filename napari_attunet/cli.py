@@ -242,20 +242,7 @@ def _predict(args: argparse.Namespace) -> int:
                     outputs.check_target(outdir / planned_name, False)
             volume = io.read(scan)
             with tqdm(total=1, desc=name, unit="batch", leave=False, disable=args.quiet) as bar:
-                steps = iter_predict(
-                    volume,
-                    model,
-                    orientation=args.orientation,
-                    normalization=options["normalization"],
-                    tile=options["tile"],
-                    overlap=args.overlap,
-                    device=args.device,
-                    precision=args.precision,
-                    tta=args.tta,
-                    name=str(scan),
-                    attention=args.attention,
-                    runtime=args.runtime,
-                )
+                steps = iter_predict(volume, model, **run_options(args, options, scan))
                 pred = _follow(steps, bar, name, args.quiet)
             for note in volume.notes:  # after the run: a scan that fails gets one line only
                 print(note, file=sys.stderr)
@@ -315,6 +302,23 @@ def _follow(steps, bar, name: str, quiet: bool):
             bar.refresh()
         elif step.message == COMPILING and not quiet:
             bar.write(f"{name}: {COMPILING}", file=sys.stderr)
+
+
+def run_options(args: argparse.Namespace, options: dict, scan) -> dict:
+    """The engine's options for one scan, from the command line (one place for `predict` and
+    the cohort's stores)."""
+    return dict(
+        orientation=args.orientation,
+        normalization=options["normalization"],
+        tile=options["tile"],
+        overlap=args.overlap,
+        device=args.device,
+        precision=args.precision,
+        tta=args.tta,
+        name=str(scan),
+        attention=args.attention,
+        runtime=args.runtime,
+    )
 
 
 def done_line(name: str, shape, pred, target) -> str:

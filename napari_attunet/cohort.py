@@ -120,7 +120,7 @@ def _predict_stores(args) -> int:
 
     from . import io, outputs
     from .checkpoint import load_model
-    from .cli import _predict_options, _sentence, done_line
+    from .cli import _predict_options, _sentence, done_line, run_options
     from .inference import predict
 
     given = [o for o, v in (("--min-size", args.min_size), ("--fill-holes", args.fill_holes)) if v]
@@ -165,20 +165,11 @@ def _predict_stores(args) -> int:
                     pred = predict(
                         volume,
                         model,
-                        orientation=args.orientation,
-                        normalization=options["normalization"],
-                        tile=options["tile"],
-                        overlap=args.overlap,
-                        device=args.device,
-                        precision=args.precision,
-                        tta=args.tta,
                         progress=progress,
-                        name=str(scan),
-                        attention=args.attention,
                         out=target,
                         scheduler=client,
                         thresholds=args.thresholds,
-                        runtime=args.runtime,
+                        **run_options(args, options, scan),
                     )
                 for note in volume.notes:
                     print(note, file=sys.stderr)
