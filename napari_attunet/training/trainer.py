@@ -260,7 +260,18 @@ def train(
     }
     if world > 1:
         summary["ranks"] = _gather_digests(module, rank, world, config.out)
+        _leave_group()
     return summary
+
+
+def _leave_group() -> None:
+    """Close the process group before the interpreter exits: a gloo group left open aborts its
+    process at exit now and then ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _sync_buffers(model) -> None:
