@@ -343,3 +343,18 @@ def test_cache_keeps_under_its_limit_by_evicting_the_least_recently_used(cache, 
 def _messages_compile(model) -> bool:
     messages, _ = _messages(model, random_image((24, 24), seed=9))
     return COMPILING in messages
+
+
+def test_blocks_on_two_threads_share_one_compiled_network(cache):
+    """Dask threads run blocks at once on one compiled network: each thread has its own infer
+    requests (one request runs one inference at a time: 'Infer Request is busy')."""
+    da = pytest.importorskip("dask.array")
+    model = sharpen_gates(make_model(official_spec(3), seed=4))
+    image = random_image((24, 48, 40), seed=6)
+    options = dict(tile=16, block=16, runtime="openvino")
+    one = _predict(model, da.from_array(image, chunks=16), workers=1, **options)
+    two = _predict(model, da.from_array(image, chunks=16), workers=2, **options)
+    assert two.runtime == "openvino"
+    assert np.array_equal(two.quantized, one.quantized)
+    for a, b in zip(two.gates, one.gates, strict=True):
+        assert np.array_equal(a.data, b.data)

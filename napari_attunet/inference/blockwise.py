@@ -642,6 +642,8 @@ def _run(
         for done, result in enumerate(finished, start=1):
             if not sink.on_worker:
                 result = sink.write(result)
+            elif result.gates and out is not None:
+                sink.write_shared(result)
             results.append(result)
             yield Progress("predicting", done, total)
     except Cancelled:

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 import weakref
@@ -251,19 +252,28 @@ class OpenVINONet:
 
     ``forward_with_attention(x)`` takes a (B, C, *tile) float32 CPU tensor and returns
     ``(logits, [gate, ...])`` as float32 tensors. With several infer requests (OpenVINO's
-    THROUGHPUT hint), the tiles of a batch run concurrently, one per request.
+    THROUGHPUT hint), the tiles of a batch run concurrently, one per request. Each thread has
+    its own requests (blocks on Dask threads share one compiled network; a request runs one
+    inference at a time).
     """
 
     def __init__(self, compiled, gates: int) -> None:
         self.compiled = compiled
         self.gates = gates
-        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.requests = [compiled.create_infer_request() for _ in range(max(1, requests))]
+        self.count = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._local = threading.local()
+
+    @property
+    def requests(self) -> list:
+        mine = getattr(self._local, "requests", None)
+        if mine is None:
+            mine = self._local.requests = [self.compiled.create_infer_request() for _ in range(self.count)]
+        return mine
 
     @property
     def parallel(self) -> int:
         """How many tiles run at once: the batch size that keeps every request busy."""
-        return len(self.requests)
+        return self.count
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attention(x)[0]

@@ -16,6 +16,7 @@ in: an interrupted or cancelled run leaves nothing at ``out``.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import uuid
@@ -150,6 +151,21 @@ def store_chunk(block: int, largest: int = CHUNK) -> int:
     return next(d for d in range(min(block, largest), 0, -1) if block % d == 0)
 
 
+def cell_bounds(n: int, starts: Sequence[int], stride: float, offset: float, cells: int) -> list[int]:
+    """The first gate cell of each block along one axis (blocks start at ``starts``): a block
+    keeps the cells centred in it, the first block also those centred before the volume."""
+    return [0 if lo == 0 else min(cells, max(0, math.ceil((lo - offset) / stride - 1e-9))) for lo in starts]
+
+
+def chunks_owned(plan, grid, chunks: Sequence[int]) -> bool:
+    """Whether every chunk of a gate map with these chunk lengths lies within one block."""
+    for a, (n, b) in enumerate(zip(plan.spatial, plan.block, strict=True)):
+        bounds = cell_bounds(n, range(0, n, b), grid.stride[a], grid.offset[a], grid.cells[a])
+        if any(c % chunks[a] for c in bounds if c < grid.cells[a]):
+            return False
+    return True
+
+
 def check_free(out) -> None:
     """Refuse an output store that exists, before any work is done."""
     if Path(out).exists():
@@ -171,10 +187,14 @@ class ZarrSink:
         grids: list,
         tta: bool,
         levels: int = 0,
+        owned: Sequence[bool] = (),
     ):
         self.path, self.tmp, self.output = path, tmp, output
         self.thresholds, self.channels = thresholds, channels
         self.grids, self.tta, self.levels = grids, tta, levels
+        # per gate: whether each of its chunks lies in one block (a worker may write it); the
+        # others are written by the caller, one block after another
+        self.owned = list(owned) or [True] * len(grids)
 
     @classmethod
     def create(cls, out, spec, plan, spacing, origin, tta: bool, thresholds, name: str):
@@ -266,11 +286,13 @@ class ZarrSink:
             group.attrs.update(
                 {"multiscales": multiscales(f"{name} {key}", ndim, False, spacing, origin, unit, levels)}
             )
+        owned = []
         for k, g in enumerate(plan.gates, start=1):
             group = root.require_group("gates").require_group(f"gate{k}")
             gchunks = tuple(
                 max(1, int(round(min(b, n) / s))) for b, n, s in zip(block, spatial, g.stride, strict=True)
             )
+            owned.append(chunks_owned(plan, g, gchunks))
             group.create_array(
                 "0", shape=(g.heads,) + g.cells, chunks=(g.heads,) + gchunks, dtype="float32", fill_value=0.0
             )
@@ -287,7 +309,9 @@ class ZarrSink:
                     "attunet": {"stride": list(g.stride), "offset": list(g.offset)},
                 }
             )
-        return cls(str(path), str(tmp), spec.output, thresholds, channels, list(plan.gates), tta, levels)
+        return cls(
+            str(path), str(tmp), spec.output, thresholds, channels, list(plan.gates), tta, levels, owned
+        )
 
     # -- on the workers --
     def _array(self, key: str):
@@ -311,13 +335,35 @@ class ZarrSink:
             images.append(("disagreement/0", result.disagreement))
         for key, data in images:
             self._write_levels(key[:-1], data, region, nearest=key.startswith("labels/"))
-        for k, (grid, gate) in enumerate(zip(self.grids, result.gates, strict=True), start=1):
-            dst, src = gate_window(grid, region, gate)
-            self._array(f"gates/gate{k}/0")[dst] = gate.data[src]
+        left = []
+        for k, (grid, gate, owned) in enumerate(
+            zip(self.grids, result.gates, self.owned, strict=True), start=1
+        ):
+            if owned:
+                dst, src = gate_window(grid, region, gate)
+                self._array(f"gates/gate{k}/0")[dst] = gate.data[src]
+            left.append(None if owned else gate)
         counts = np.bincount(labels.reshape(-1).astype(np.int64))
         return BlockResult(
-            region, counts=counts, device=result.device, precision=result.precision, runtime=result.runtime
+            region,
+            gates=left if not all(self.owned) else [],
+            counts=counts,
+            device=result.device,
+            precision=result.precision,
+            runtime=result.runtime,
         )
+
+    def write_shared(self, result) -> None:
+        """On the caller: the gate maps whose chunks this block shares with a neighbour. Two
+        workers writing parts of one chunk at once would each rewrite the whole chunk, and one
+        part would be lost."""
+        from .blockwise import gate_window
+
+        for k, (grid, gate) in enumerate(zip(self.grids, result.gates, strict=True), start=1):
+            if gate is not None:
+                dst, src = gate_window(grid, result.region, gate)
+                self._array(f"gates/gate{k}/0")[dst] = gate.data[src]
+        result.gates = []
 
     def _write_levels(self, prefix: str, data: np.ndarray, region, nearest: bool) -> None:
         """Level 0 of one image and this block's part of each halved level."""
