@@ -23,10 +23,18 @@ import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
-from .lazy import LazySource, as_dask, fit_lazy
+from .lazy import LazySource, ResampledSource, as_dask, fit_lazy
 from .postprocess import GateMap, Prediction
-from .preprocess import check_spacing, check_tile, resample_factors, resampled_shape, resolve_normalization
+from .preprocess import (
+    GridWindow,
+    check_spacing,
+    check_tile,
+    resample_factors,
+    resampled_shape,
+    resolve_normalization,
+)
 from .tiling import default_tile, round_up
+from .tiling import starts as window_starts
 
 BLOCK_BUDGET = 36 * 1024**2  # context voxels of one block: ~60 B each at its peak, ~2.6 GB in all
 
@@ -34,11 +42,13 @@ BLOCK_BUDGET = 36 * 1024**2  # context voxels of one block: ~60 B each at its pe
 @dataclass(frozen=True)
 class Block:
     """One task: ``region`` (spatial slices it writes), ``outer`` (what it reads) and
-    ``inner`` (the region within ``outer``)."""
+    ``inner`` (the region within ``outer``); with resampling, ``grid`` places ``outer`` on the
+    whole run's grids (a GridWindow per network axis)."""
 
     region: tuple[slice, ...]
     outer: tuple[slice, ...]
     inner: tuple[slice, ...]
+    grid: tuple[GridWindow, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,50 +108,77 @@ def plan(
     blocks = []
     for starts in itertools.product(*[range(0, n, b) for n, b in zip(spatial, sizes, strict=True)]):
         region = tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, sizes, spatial, strict=True))
-        outer = tuple(_context(r, n, ax) for r, n, ax in zip(region, spatial, axes, strict=True))
+        found = [_axis_context(r, n, ax) for r, n, ax in zip(region, spatial, axes, strict=True)]
+        outer = tuple(o for o, _ in found)
         inner = tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer, strict=True))
-        blocks.append(Block(region, outer, inner))
+        grid = tuple(found[p][1] for p in perm) if factors is not None else None
+        blocks.append(Block(region, outer, inner, grid))
     gates = _gate_grids(spec, spatial, plane, perm, layout, factors, stack) if attention else []
     return Plan(spatial, tile_, sizes, blocks, gates, stack, axes)
 
 
 @dataclass(frozen=True)
 class AxisWindows:
-    """The whole run's windows along one scan axis, in scan voxels (None: a slice axis)."""
+    """The whole run's windows along one scan axis (tile None: a slice axis). ``starts`` and
+    ``net_tile`` are on the network's grid (after flipping and resampling, of ``net_size``
+    voxels); ``tile``, ``step`` and ``stride`` are their lengths in scan voxels (rounded up)."""
 
     tile: int | None = None
     step: int = 1
     stride: int = 1
     flipped: bool = False
+    factor: float = 1.0
+    net_tile: int = 0
+    net_size: int = 0
+    starts: tuple[int, ...] = ()
 
 
 def _axis_windows(spatial, tile, stride, overlap, perm, factors, layout, dims):
     lead = len(spatial) - dims
-    axes = [AxisWindows() for _ in spatial]
     flipped = set(layout.flipped) if layout is not None and not layout.identity else set()
+    axes = [AxisWindows(flipped=perm.index(a) in flipped) for a in range(len(spatial))]
     for i in range(dims):
         net = lead + i
+        n = spatial[perm[net]]
         f = factors[net] if factors is not None else 1.0
         t, s = tile[i], stride[i]
+        size = resampled_shape((n,), (f,))[0] if factors is not None else n
         w = max(s, int(t * (1.0 - overlap)) // s * s)  # as tiling.starts
         axes[perm[net]] = AxisWindows(
-            max(1, math.ceil(t / f)), max(1, round(w / f)), max(1, round(s / f)), net in flipped
+            max(1, math.ceil(t / f)),
+            max(1, round(w / f)),
+            max(1, round(s / f)),
+            net in flipped,
+            f,
+            t,
+            size,
+            tuple(window_starts(round_up(size, s), t, s, overlap)),
         )
     return axes
 
 
-def _context(region: slice, n: int, ax: AxisWindows) -> slice:
-    """The part of an axis a block reads: every window of the whole run that touches the
-    region, and nothing that would change the crop's own windows (at least one tile, starts on
-    the run's window grid, ends on one of its windows or the image end)."""
-    if ax.tile is None:
-        return region
+def _axis_context(region: slice, n: int, ax: AxisWindows) -> tuple[slice, GridWindow]:
+    """The part of an axis a block reads, and where it lies on the whole run's grids: every
+    window of the whole run that touches the network voxels the region is resampled from,
+    and the scan voxels those windows are resampled from. The crop's windows are then the whole
+    run's (they start on a window of it, end on one or at the image's end)."""
     a, b = (n - region.stop, n - region.start) if ax.flipped else (region.start, region.stop)
-    t, w = ax.tile, ax.step
-    flush = round_up(n, ax.stride) - t  # the last window, flush with the (padded) end
-    lo = min(max(0, ((a - t) // w + 1) * w), max(0, flush // w * w))  # first one touching a
-    hi = n if b - 1 >= flush else min(n, (b - 1) // w * w + t)  # end of the last touching b-1
-    return slice(n - hi, n - lo) if ax.flipped else slice(lo, hi)
+    if ax.tile is None:
+        return region, GridWindow(a, n, a, b - a, n)
+    f, size, t = ax.factor, ax.net_size, ax.net_tile
+    if f == 1.0:
+        lo, hi = a, b
+    else:  # the network voxels that scan voxels a..b-1 are interpolated from
+        lo = min(size - 1, int(np.floor(a * f)))
+        hi = min(size, int(np.floor((b - 1) * f)) + 2)
+    touching = [s for s in ax.starts if s < hi and s + t > lo]
+    first, last = min(touching), min(size, max(touching) + t)
+    if f == 1.0:
+        src = (first, last)
+    else:  # the scan voxels those network voxels are interpolated from
+        src = (int(np.floor(first / f)), min(n, int(np.floor((last - 1) / f)) + 2))
+    outer = slice(n - src[1], n - src[0]) if ax.flipped else slice(*src)
+    return outer, GridWindow(src[0], n, first, last - first, size)
 
 
 def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
@@ -187,27 +224,16 @@ def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-def _axis_starts(n: int, ax: AxisWindows) -> list[int]:
-    """The whole run's window starts along a plane axis, in scan voxels (as ``_context``)."""
-    assert ax.tile is not None
-    flush = max(0, round_up(n, ax.stride) - ax.tile)
-    return sorted(set(range(0, flush, ax.step)) | {flush})
-
-
 def _axis_options(n: int, ax: AxisWindows, unit: int) -> list[tuple[int, int, int]]:
     """(block size, windows its blocks run along the axis, largest context along the axis) for
     each block size worth trying on one plane axis (multiples of ``unit`` up to the axis)."""
     assert ax.tile is not None
-    starts = _axis_starts(n, ax)
     best: dict[int, tuple[int, int, int]] = {}
     for b in range(unit, round_up(n, unit) + 1, unit):
         windows = context = 0
         for lo in range(0, n, b):
-            hi = min(n, lo + b)
-            # windows touching the block (a flipped axis mirrors blocks and windows alike)
-            a, z = (n - hi, n - lo) if ax.flipped else (lo, hi)
-            windows += sum(1 for s in starts if s < z and s + ax.tile > a)
-            outer = _context(slice(lo, hi), n, ax)
+            outer, grid = _axis_context(slice(lo, min(n, lo + b)), n, ax)
+            windows += _windows_in(grid, ax)
             context = max(context, outer.stop - outer.start)
         blocks = -(-n // b)
         if blocks not in best or (windows, context) < best[blocks][1:]:
@@ -223,15 +249,17 @@ def window_count(work: Plan) -> tuple[int, int]:
     for n, b, ax in zip(work.spatial, work.block, work.axes, strict=True):
         if ax.tile is None:
             continue
-        starts = _axis_starts(n, ax)
-        once *= len(starts)
-        total = 0
-        for lo in range(0, n, b):
-            hi = min(n, lo + b)
-            a, z = (n - hi, n - lo) if ax.flipped else (lo, hi)
-            total += sum(1 for s in starts if s < z and s + ax.tile > a)
-        runs *= total
+        once *= len(ax.starts)
+        runs *= sum(
+            _windows_in(_axis_context(slice(lo, min(n, lo + b)), n, ax)[1], ax) for lo in range(0, n, b)
+        )
     return runs, once
+
+
+def _windows_in(grid: GridWindow, ax: AxisWindows) -> int:
+    """The whole run's windows inside a block's crop (the windows the block runs)."""
+    end = grid.dst_start + grid.dst_count
+    return sum(1 for s in ax.starts if s >= grid.dst_start and min(s + ax.net_tile, grid.dst_total) <= end)
 
 
 def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[GateGrid]:
@@ -407,6 +435,7 @@ def run_block(crop: np.ndarray, block: Block, job: Job) -> BlockResult:
         channel_axis=job.channel_axis,
         intensity=job.intensity,
         cancel=job.cancel,
+        grid=block.grid,
         **job.options,
     )
     quantized = np.ascontiguousarray(pred.quantized[(slice(None),) + tuple(block.inner)])
@@ -562,7 +591,7 @@ def iter_blockwise(
         intensity = None
         if client is not None or len(work.blocks) > 1:
             yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
-            intensity = fit_lazy(source, norm)
+            intensity = fit_lazy(_as_seen(source, work), norm)
         return (
             yield from _run(
                 source,
@@ -587,6 +616,14 @@ def iter_blockwise(
             from .cluster import close
 
             close(client)
+
+
+def _as_seen(source: LazySource, work: Plan) -> LazySource | ResampledSource:
+    """The source whose statistics the in-memory run takes: the resampled voxels, if any."""
+    factors = [ax.factor for ax in work.axes]
+    if all(abs(f - 1.0) <= 1e-9 for f in factors):
+        return source
+    return ResampledSource(source, factors, [ax.flipped for ax in work.axes])
 
 
 def _run(

@@ -55,6 +55,7 @@ def iter_predict(
     intensity=None,
     out=None,
     scheduler=None,
+    grid=None,
     **blockwise,
 ) -> Generator[Progress, None, Prediction]:
     """Run ``model`` over ``image`` tile by tile, yielding a Progress after each batch.
@@ -73,7 +74,8 @@ def iter_predict(
 
     A dask or zarr ``image``, or an ``out`` store, runs block by block on Dask (see
     ``blockwise``, whose options ``block``, ``workers``, ``thresholds`` pass through);
-    ``intensity`` (one fitted IntensityMap per channel) skips the fit.
+    ``intensity`` (one fitted IntensityMap per channel) skips the fit; ``grid`` (a
+    ``preprocess.GridWindow`` per network axis) places the image on a larger run's grids.
     """
     from .lazy import is_lazy
 
@@ -140,6 +142,7 @@ def iter_predict(
         orientation=orientation,
         region=region,
         intensity=intensity,
+        grid=grid,
     )
     if engine == "openvino":  # after the plan: a bad input fails before a long conversion
         fallback = yield from prepare_openvino(model, prec, runtime)

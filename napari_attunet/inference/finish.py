@@ -34,14 +34,13 @@ def finish(
     blended = blended[(Ellipsis,) + tuple(slice(0, n) for n in plan.plane)]
     probs = blended if tta else activation(blended, spec.output, 0)
     if plan.factors is not None:
-        probs = resample_back(probs, plan.factors, plan.image_shape)
+        probs = resample_back(probs, plan.factors, plan.image_shape, plan.window)
     gate_maps = _gate_maps(
         gate_sums,
         spec.gates if attention else (),
         plan.plane,
         plan.factors,
-        plan.image_shape,
-        plan.work_shape,
+        plan.window,
     )
     if not plan.layout.identity:
         probs = _from_network(probs, plan.layout)
@@ -57,7 +56,7 @@ def finish(
 
 
 def _gate_maps(
-    sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane, factors, image_shape, work_shape
+    sums: list[torch.Tensor], gates: Sequence[GateGeometry], plane, factors, window
 ) -> list[GateMap]:
     """Crop each stitched gate to the image and express its geometry in input voxels."""
     out = []
@@ -68,9 +67,11 @@ def _gate_maps(
         stride = (1.0,) * lead + tuple(float(s) for s in g.stride)
         offset = (0.0,) * lead + tuple(float(o) for o in g.offset)
         if factors is not None:
-            # Resampled voxel r lies at input index r / f (see preprocess.resample).
+            # Resampled voxel r lies at input index r / f (see preprocess.resample); in a crop
+            # (``window``), whole-run voxel dst_start + r at whole-run index (...) / f.
+            shift = [(w.dst_start, w.src_start) for w in window] if window else [(0, 0)] * len(factors)
             stride = tuple(s / f for s, f in zip(stride, factors, strict=True))
-            offset = tuple(o / f for o, f in zip(offset, factors, strict=True))
+            offset = tuple((o + d) / f - a for o, f, (d, a) in zip(offset, factors, shift, strict=True))
         out.append(GateMap(data.clamp_(0, 1).cpu().numpy(), stride, offset, f"gate {k}"))
     return out
 

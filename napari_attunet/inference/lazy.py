@@ -14,7 +14,15 @@ import numpy as np
 
 from ..errors import InputError
 from ..models import ModelSpec
-from .preprocess import IntensityMap, Normalization, _check_dtype, _otsu, fit
+from .preprocess import (
+    IntensityMap,
+    Normalization,
+    _check_dtype,
+    _interpolate_axis,
+    _otsu,
+    fit,
+    resampled_shape,
+)
 
 SLAB_VOXELS = 1 << 24  # voxels per statistics read (64 MiB as float32)
 SAMPLE_LIMIT = 4_000_000  # as preprocess._sample
@@ -116,7 +124,48 @@ class LazySource:
         return max(1, int(chunks[axes[axis]]))
 
 
-def fit_lazy(source: LazySource, norm: Normalization) -> list[IntensityMap]:
+class ResampledSource:
+    """A lazy image as the network sees it after resampling (``factors`` and ``flipped`` per
+    scan axis, as ``preprocess.resample`` does it after the layout), for its statistics: the
+    in-memory engine normalizes the resampled voxels. Pieces are whole planes of the first
+    axis, each interpolated from the few scan planes around it."""
+
+    def __init__(self, source: LazySource, factors: Sequence[float], flipped: Sequence[bool]):
+        self.source, self.name = source, source.name
+        self.channels, self.channel_axis = source.channels, source.channel_axis
+        self.factors, self.flipped = tuple(factors), tuple(flipped)
+        self.spatial = resampled_shape(source.spatial, self.factors)
+
+    def _positions(self, axis: int, count: int, first: int = 0) -> np.ndarray:
+        """Where resampled voxels ``first ...`` lie on a scan axis (flipped: from its end)."""
+        n, f = self.source.spatial[axis], self.factors[axis]
+        positions = np.arange(first, first + count) / f
+        return n - 1 - positions if self.flipped[axis] else positions
+
+    def pieces(self, channel: int | None) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+        import torch
+
+        scan, out = self.source.spatial, self.spatial
+        depth = max(1, SLAB_VOXELS // max(int(np.prod(out[1:])), 1))
+        rest = [slice(None)] * (len(scan) - 1)
+        for first in range(0, out[0], depth):
+            count = min(depth, out[0] - first)
+            positions = np.clip(self._positions(0, count, first), 0, scan[0] - 1)
+            lo, hi = int(np.floor(positions.min())), min(scan[0], int(np.floor(positions.max())) + 2)
+            piece = torch.from_numpy(self.source.read([slice(lo, hi)] + rest, channel).astype(np.float32))[
+                None
+            ]
+            for axis, f in enumerate(self.factors):
+                if abs(f - 1.0) <= 1e-9:
+                    continue
+                if axis == 0:
+                    piece = _interpolate_axis(piece, 1, positions, scan[0], lo, hi - lo)
+                else:
+                    piece = _interpolate_axis(piece, 1 + axis, self._positions(axis, out[axis]), scan[axis])
+            yield (first, 0), piece[0].numpy()
+
+
+def fit_lazy(source: LazySource | ResampledSource, norm: Normalization) -> list[IntensityMap]:
     """The per-channel IntensityMap ``preprocess.fit`` would give on the whole array."""
     return [
         _fit_channel(source, c if source.channel_axis is not None else None, norm)
@@ -124,7 +173,9 @@ def fit_lazy(source: LazySource, norm: Normalization) -> list[IntensityMap]:
     ]
 
 
-def _fit_channel(source: LazySource, channel: int | None, norm: Normalization) -> IntensityMap:
+def _fit_channel(
+    source: LazySource | ResampledSource, channel: int | None, norm: Normalization
+) -> IntensityMap:
     if norm.mode in ("none", "ct", "range"):
         return fit(np.zeros(1, np.float32), norm)  # these need no statistics
     size = int(np.prod(source.spatial))
@@ -153,7 +204,7 @@ def _fit_channel(source: LazySource, channel: int | None, norm: Normalization) -
     return IntensityMap(gain, -float(mean) * gain, None, norm.mode == "zscore_nonzero")
 
 
-def _moments(source: LazySource, channel, keep) -> tuple[int, np.float32, np.float32]:
+def _moments(source: LazySource | ResampledSource, channel, keep) -> tuple[int, np.float32, np.float32]:
     """Count, mean and population std in float64 accumulators, one slab at a time."""
     count, total, total_sq = 0, 0.0, 0.0
     for _, slab in source.pieces(channel):
@@ -173,7 +224,7 @@ def _moments(source: LazySource, channel, keep) -> tuple[int, np.float32, np.flo
     return count, np.float32(mean), np.float32(std)
 
 
-def _sample(source: LazySource, channel, size: int) -> np.ndarray:
+def _sample(source: LazySource | ResampledSource, channel, size: int) -> np.ndarray:
     """The voxels of ``flat[::step]`` of the whole channel (the in-memory sample; its order does
     not matter to percentiles and Otsu), gathered piece by piece."""
     step = max(1, size // SAMPLE_LIMIT)

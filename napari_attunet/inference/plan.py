@@ -15,6 +15,7 @@ from ..models import AttentionUNetBase, ModelSpec
 from .memory import check_memory, check_shape_memory, estimate_memory
 from .orientation import Layout, network_layout
 from .preprocess import (
+    GridWindow,
     check_resampled_size,
     fit,
     prepare_channels,
@@ -36,6 +37,7 @@ class NetworkInput:
     x: torch.Tensor  # (C, *work_shape): normalized in place, not yet padded
     layout: Layout
     factors: tuple[float, ...] | None  # resampling, on the network's axes
+    window: tuple[GridWindow, ...] | None  # a crop's place on a larger run's grids (``grid``)
     context: tuple[tuple[int, int], ...] | None  # the region inside ``x`` (with ``region``)
     scan_shape: tuple[int, ...]  # the input's spatial shape (the region's, with context)
     image_shape: tuple[int, ...]  # the same on the network's axes
@@ -86,6 +88,7 @@ def make_plan(
     orientation,
     region,
     intensity,
+    grid=None,
 ) -> Generator[Progress, None, Plan]:
     """Checks, channels, layout, resampling and normalization; then tiles, batches, memory."""
     network_input = yield from prepare_input(
@@ -101,6 +104,7 @@ def make_plan(
         orientation=orientation,
         region=region,
         intensity=intensity,
+        grid=grid,
     )
     return _plan_tiles(network_input, model, target, tile, overlap, batch_size, attention, name)
 
@@ -119,9 +123,11 @@ def prepare_input(
     orientation,
     region,
     intensity,
+    grid=None,
 ) -> Generator[Progress, None, NetworkInput]:
     """The input checked, its channels taken, laid out for the network, resampled to the
-    training spacing and normalized."""
+    training spacing and normalized. ``grid`` (a GridWindow per network axis) says where the
+    image lies on a larger run's grids, for a block of that run."""
     notes: list[str] = []
     check_shape_memory(image, spec, name)
     check_resampled_size(spatial_shape(image, channel_axis), spacing, spec, name)
@@ -153,7 +159,13 @@ def prepare_input(
         factors = None if factors is None else tuple(factors[p] for p in layout.permutation)
         notes.append(f"the network saw the scan {layout.description}")
     image_shape = tuple(x.shape[1:])
-    if factors is not None:
+    window = None
+    if factors is not None and grid is not None:
+        window = tuple(grid)
+        work_shape = tuple(w.dst_count for w in window)
+        x = resample(x, factors, window)
+        notes.append(f"resampled to the training spacing {tuple(spec.spacing or ())} mm")
+    elif factors is not None:
         work_shape = resampled_shape(image_shape, factors)
         x = resample(x, factors)
         notes.append(
@@ -165,7 +177,9 @@ def prepare_input(
     # `nonzero` are decided on the voxels the network sees).
     for c in range(x.shape[0]):
         (intensity[c] if intensity else fit(x[c].numpy(), norm)).apply(x[c])
-    return NetworkInput(x, layout, factors, context, scan_shape, image_shape, work_shape, stack, notes)
+    return NetworkInput(
+        x, layout, factors, window, context, scan_shape, image_shape, work_shape, stack, notes
+    )
 
 
 def _plan_tiles(

@@ -345,37 +345,77 @@ def resampled_shape(shape: Sequence[int], factors: Sequence[float]) -> tuple[int
     return tuple(max(1, int(np.round((n - 1) * f + 1))) for n, f in zip(shape, factors, strict=True))
 
 
-def resample(array, factors: Sequence[float]):
+@dataclass(frozen=True)
+class GridWindow:
+    """Where a crop lies on one axis of a larger run, before (``src``) and after (``dst``)
+    resampling: its first voxel and the whole run's length on each grid, and how many voxels
+    of the resampled grid it makes. A crop resampled through its window has exactly the voxels
+    the whole run has there, so its tiles are the whole run's tiles."""
+
+    src_start: int
+    src_total: int
+    dst_start: int
+    dst_count: int
+    dst_total: int
+
+
+def resample(array, factors: Sequence[float], window: Sequence[GridWindow] | None = None):
     """A (C, *spatial) tensor on the training grid, as ``Spacingd`` resamples it.
 
     Output voxel j lies at input index ``j / f`` (f = scan spacing / training spacing), sampled
     linearly with the border value beyond the edge, one axis at a time (trilinear is separable).
+    With ``window`` the array is a crop of a larger image and makes that image's output voxels
+    ``dst_start ...`` (see ``GridWindow``).
     """
     shape = tuple(array.shape[1:])
-    for axis, (n, m, f) in enumerate(zip(shape, resampled_shape(shape, factors), factors, strict=True)):
+    for axis, (n, f) in enumerate(zip(shape, factors, strict=True)):
+        if window is not None:
+            w = window[axis]
+            if abs(f - 1.0) > 1e-9:
+                positions = np.arange(w.dst_start, w.dst_start + w.dst_count) / f
+                array = _interpolate_axis(array, 1 + axis, positions, w.src_total, w.src_start, n)
+            continue
+        m = resampled_shape((n,), (f,))[0]
         if m != n or abs(f - 1.0) > 1e-9:
             array = _interpolate_axis(array, 1 + axis, np.arange(m) / f, n)
     return array
 
 
-def resample_back(array, factors: Sequence[float], shape: Sequence[int]):
+def resample_back(
+    array, factors: Sequence[float], shape: Sequence[int], window: Sequence[GridWindow] | None = None
+):
     """The inverse of ``resample`` (as ``Invertd`` does it): back to the scan's ``shape``."""
     for axis, (n, f) in enumerate(zip(shape, factors, strict=True)):
         m = array.shape[1 + axis]
+        if window is not None:
+            w = window[axis]
+            if abs(f - 1.0) > 1e-9:
+                positions = np.arange(w.src_start, w.src_start + n) * f
+                array = _interpolate_axis(array, 1 + axis, positions, w.dst_total, w.dst_start, m)
+            continue
         if m != n or abs(f - 1.0) > 1e-9:
             array = _interpolate_axis(array, 1 + axis, np.arange(n) * f, m)
     return array
 
 
-def _interpolate_axis(array, axis: int, positions: np.ndarray, size: int):
+def _interpolate_axis(
+    array, axis: int, positions: np.ndarray, size: int, start: int = 0, held: int | None = None
+):
+    """Linear interpolation along ``axis`` at ``positions`` on a grid of ``size`` voxels of
+    which ``array`` holds ``held``, from voxel ``start`` on (the positions are clipped to the
+    whole grid, then the neighbours taken from the part held: a crop interpolates as the
+    whole would wherever it holds both neighbours)."""
     import torch
 
+    held = size if held is None else held
     positions = np.clip(positions, 0, size - 1)
     low = np.floor(positions).astype(np.int64)
     high = np.minimum(low + 1, size - 1)
+    weight = positions - low
+    low, high = np.clip(low - start, 0, held - 1), np.clip(high - start, 0, held - 1)
     shape = [1] * array.dim()
     shape[axis] = len(positions)
-    weight = torch.as_tensor(positions - low, dtype=array.dtype).view(shape)
+    weight = torch.as_tensor(weight, dtype=array.dtype).view(shape)
     lo = array.index_select(axis, torch.from_numpy(low))
     hi = array.index_select(axis, torch.from_numpy(high))
     return lo + (hi - lo) * weight

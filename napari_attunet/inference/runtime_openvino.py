@@ -252,23 +252,18 @@ class OpenVINONet:
 
     ``forward_with_attention(x)`` takes a (B, C, *tile) float32 CPU tensor and returns
     ``(logits, [gate, ...])`` as float32 tensors. With several infer requests (OpenVINO's
-    THROUGHPUT hint), the tiles of a batch run concurrently, one per request. Each thread has
-    its own requests (blocks on Dask threads share one compiled network; a request runs one
-    inference at a time).
+    THROUGHPUT hint), the tiles of a batch run concurrently, one per request. Calls from
+    several threads at once (blocks on Dask threads share one compiled network) each take a
+    set of requests of their own from a pool: a request runs one inference at a time. The pool
+    belongs to this object, so no request outlives its compiled network.
     """
 
     def __init__(self, compiled, gates: int) -> None:
         self.compiled = compiled
         self.gates = gates
         self.count = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        self._local = threading.local()
-
-    @property
-    def requests(self) -> list:
-        mine = getattr(self._local, "requests", None)
-        if mine is None:
-            mine = self._local.requests = [self.compiled.create_infer_request() for _ in range(self.count)]
-        return mine
+        self._free: list[list] = []
+        self._lock = threading.Lock()
 
     @property
     def parallel(self) -> int:
@@ -280,20 +275,30 @@ class OpenVINONet:
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        if len(self.requests) == 1 or len(array) == 1:
-            outputs = self._infer(self.requests[0], array)
-        else:
-            parts = np.array_split(array, min(len(array), len(self.requests)))
-            used = self.requests[: len(parts)]
-            for request, part in zip(used, parts, strict=True):
-                request.start_async({0: part})
-            results = []
-            for request in used:
-                request.wait()
-                results.append([np.copy(request.get_output_tensor(i).data) for i in range(1 + self.gates)])
-            outputs = [np.concatenate(column) for column in zip(*results, strict=True)]
+        with self._lock:
+            requests = self._free.pop() if self._free else None
+        if requests is None:
+            requests = [self.compiled.create_infer_request() for _ in range(self.count)]
+        try:
+            outputs = self._run(requests, array)
+        finally:
+            with self._lock:
+                self._free.append(requests)
         tensors = [torch.from_numpy(o) for o in outputs]
         return tensors[0], tensors[1:]
+
+    def _run(self, requests: list, array: np.ndarray) -> list[np.ndarray]:
+        if len(requests) == 1 or len(array) == 1:
+            return self._infer(requests[0], array)
+        parts = np.array_split(array, min(len(array), len(requests)))
+        used = requests[: len(parts)]
+        for request, part in zip(used, parts, strict=True):
+            request.start_async({0: part})
+        results = []
+        for request in used:
+            request.wait()
+            results.append([np.copy(request.get_output_tensor(i).data) for i in range(1 + self.gates)])
+        return [np.concatenate(column) for column in zip(*results, strict=True)]
 
     def _infer(self, request, array: np.ndarray) -> list[np.ndarray]:
         result = request.infer({0: array})
