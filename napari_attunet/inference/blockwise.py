@@ -2,11 +2,10 @@
 (to memory or to an OME-Zarr store) as blocks finish.
 
 Each block is a Dask task that reads its region plus every window of the whole run that touches
-it (half a tile on each side at overlap 0.5), runs the in-memory engine on that crop with the
-intensity statistics of the whole volume, and keeps its region. Block origins are multiples of
-the window step and of the network's total stride, so the crop's windows are the whole run's
-windows and the gate grids line up: the blocks agree with one in-memory run, with no seams.
-"""
+it (see ``windows``: with resampling, on the whole run's resampled grid), runs the in-memory
+engine on that crop with the intensity statistics of the whole volume, and keeps its region.
+The crop's windows are the whole run's windows and the gate grids line up: the blocks agree
+with one in-memory run, with no seams."""
 
 from __future__ import annotations
 
@@ -23,32 +22,13 @@ import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
-from .lazy import LazySource, ResampledSource, as_dask, fit_lazy
+from .lazy import LazySource, as_dask, as_seen, fit_lazy
 from .postprocess import GateMap, Prediction
-from .preprocess import (
-    GridWindow,
-    check_spacing,
-    check_tile,
-    resample_factors,
-    resampled_shape,
-    resolve_normalization,
-)
-from .tiling import default_tile, round_up
-from .tiling import starts as window_starts
+from .preprocess import check_spacing, check_tile, resolve_normalization
+from .tiling import round_up
+from .windows import AxisWindows, Part, axis_context, part, run_windows, windows_in
 
 BLOCK_BUDGET = 36 * 1024**2  # context voxels of one block: ~60 B each at its peak, ~2.6 GB in all
-
-
-@dataclass(frozen=True)
-class Block:
-    """One task: ``region`` (spatial slices it writes), ``outer`` (what it reads) and
-    ``inner`` (the region within ``outer``); with resampling, ``grid`` places ``outer`` on the
-    whole run's grids (a GridWindow per network axis)."""
-
-    region: tuple[slice, ...]
-    outer: tuple[slice, ...]
-    inner: tuple[slice, ...]
-    grid: tuple[GridWindow, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +47,7 @@ class Plan:
     spatial: tuple[int, ...]
     tile: tuple[int, ...]
     block: tuple[int, ...]
-    blocks: list[Block]
+    blocks: list[Part]
     gates: list[GateGrid]
     stack: bool = False
     axes: list = field(default_factory=list)  # AxisWindows per scan axis
@@ -86,99 +66,17 @@ def plan(
 ) -> Plan:
     """Cut ``spatial`` into blocks, each with the context its windows need."""
     spec = model.spec
-    dims = spec.spatial_dims
-    spatial = tuple(int(n) for n in spatial)
-    stack = len(spatial) == 3 and dims == 2
-    perm = tuple(range(len(spatial))) if layout is None or layout.identity else layout.permutation
-    net_shape = tuple(spatial[p] for p in perm)
-    factors = resample_factors(spacing, spec, len(spatial))
-    if factors is not None:
-        factors = tuple(factors[p] for p in perm)
-    work = resampled_shape(net_shape, factors) if factors is not None else net_shape
-    plane = work[-dims:]
-    stride = spec.total_stride
-    if isinstance(tile, int):
-        tile = (tile,) * dims
-    elif tile is not None and len(tile) == 1:  # `--tile 128`: every axis
-        tile = tuple(tile) * dims
-    padded = tuple(round_up(n, s) for n, s in zip(plane, stride, strict=True))
-    tile_ = default_tile(padded, stride, dims, tile or spec.tile)
-    axes = _axis_windows(spatial, tile_, stride, overlap, perm, factors, layout, dims)
-    sizes = _block_sizes(spatial, axes, block)
-    blocks = []
-    for starts in itertools.product(*[range(0, n, b) for n, b in zip(spatial, sizes, strict=True)]):
-        region = tuple(slice(s, min(s + b, n)) for s, b, n in zip(starts, sizes, spatial, strict=True))
-        found = [_axis_context(r, n, ax) for r, n, ax in zip(region, spatial, axes, strict=True)]
-        outer = tuple(o for o, _ in found)
-        inner = tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer, strict=True))
-        grid = tuple(found[p][1] for p in perm) if factors is not None else None
-        blocks.append(Block(region, outer, inner, grid))
-    gates = _gate_grids(spec, spatial, plane, perm, layout, factors, stack) if attention else []
-    return Plan(spatial, tile_, sizes, blocks, gates, stack, axes)
-
-
-@dataclass(frozen=True)
-class AxisWindows:
-    """The whole run's windows along one scan axis (tile None: a slice axis). ``starts`` and
-    ``net_tile`` are on the network's grid (after flipping and resampling, of ``net_size``
-    voxels); ``tile``, ``step`` and ``stride`` are their lengths in scan voxels (rounded up)."""
-
-    tile: int | None = None
-    step: int = 1
-    stride: int = 1
-    flipped: bool = False
-    factor: float = 1.0
-    net_tile: int = 0
-    net_size: int = 0
-    starts: tuple[int, ...] = ()
-
-
-def _axis_windows(spatial, tile, stride, overlap, perm, factors, layout, dims):
-    lead = len(spatial) - dims
-    flipped = set(layout.flipped) if layout is not None and not layout.identity else set()
-    axes = [AxisWindows(flipped=perm.index(a) in flipped) for a in range(len(spatial))]
-    for i in range(dims):
-        net = lead + i
-        n = spatial[perm[net]]
-        f = factors[net] if factors is not None else 1.0
-        t, s = tile[i], stride[i]
-        size = resampled_shape((n,), (f,))[0] if factors is not None else n
-        w = max(s, int(t * (1.0 - overlap)) // s * s)  # as tiling.starts
-        axes[perm[net]] = AxisWindows(
-            max(1, math.ceil(t / f)),
-            max(1, round(w / f)),
-            max(1, round(s / f)),
-            net in flipped,
-            f,
-            t,
-            size,
-            tuple(window_starts(round_up(size, s), t, s, overlap)),
-        )
-    return axes
-
-
-def _axis_context(region: slice, n: int, ax: AxisWindows) -> tuple[slice, GridWindow]:
-    """The part of an axis a block reads, and where it lies on the whole run's grids: every
-    window of the whole run that touches the network voxels the region is resampled from,
-    and the scan voxels those windows are resampled from. The crop's windows are then the whole
-    run's (they start on a window of it, end on one or at the image's end)."""
-    a, b = (n - region.stop, n - region.start) if ax.flipped else (region.start, region.stop)
-    if ax.tile is None:
-        return region, GridWindow(a, n, a, b - a, n)
-    f, size, t = ax.factor, ax.net_size, ax.net_tile
-    if f == 1.0:
-        lo, hi = a, b
-    else:  # the network voxels that scan voxels a..b-1 are interpolated from
-        lo = min(size - 1, int(np.floor(a * f)))
-        hi = min(size, int(np.floor((b - 1) * f)) + 2)
-    touching = [s for s in ax.starts if s < hi and s + t > lo]
-    first, last = min(touching), min(size, max(touching) + t)
-    if f == 1.0:
-        src = (first, last)
-    else:  # the scan voxels those network voxels are interpolated from
-        src = (int(np.floor(first / f)), min(n, int(np.floor((last - 1) / f)) + 2))
-    outer = slice(n - src[1], n - src[0]) if ax.flipped else slice(*src)
-    return outer, GridWindow(src[0], n, first, last - first, size)
+    run = run_windows(spatial, spec, tile=tile, overlap=overlap, spacing=spacing, layout=layout)
+    spatial = run.spatial
+    sizes = _block_sizes(spatial, list(run.axes), block)
+    ranges = [range(0, n, b) for n, b in zip(spatial, sizes, strict=True)]
+    blocks = [
+        part(run, tuple(slice(s, min(s + b, n)) for s, b, n in zip(origin, sizes, spatial, strict=True)))
+        for origin in itertools.product(*ranges)
+    ]
+    perm, factors = run.perm, run.factors
+    gates = _gate_grids(spec, spatial, run.plane, perm, layout, factors, run.stack) if attention else []
+    return Plan(spatial, run.tile, sizes, blocks, gates, run.stack, list(run.axes))
 
 
 def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
@@ -232,8 +130,8 @@ def _axis_options(n: int, ax: AxisWindows, unit: int) -> list[tuple[int, int, in
     for b in range(unit, round_up(n, unit) + 1, unit):
         windows = context = 0
         for lo in range(0, n, b):
-            outer, grid = _axis_context(slice(lo, min(n, lo + b)), n, ax)
-            windows += _windows_in(grid, ax)
+            outer, grid = axis_context(slice(lo, min(n, lo + b)), n, ax)
+            windows += windows_in(grid, ax)
             context = max(context, outer.stop - outer.start)
         blocks = -(-n // b)
         if blocks not in best or (windows, context) < best[blocks][1:]:
@@ -251,15 +149,9 @@ def window_count(work: Plan) -> tuple[int, int]:
             continue
         once *= len(ax.starts)
         runs *= sum(
-            _windows_in(_axis_context(slice(lo, min(n, lo + b)), n, ax)[1], ax) for lo in range(0, n, b)
+            windows_in(axis_context(slice(lo, min(n, lo + b)), n, ax)[1], ax) for lo in range(0, n, b)
         )
     return runs, once
-
-
-def _windows_in(grid: GridWindow, ax: AxisWindows) -> int:
-    """The whole run's windows inside a block's crop (the windows the block runs)."""
-    end = grid.dst_start + grid.dst_count
-    return sum(1 for s in ax.starts if s >= grid.dst_start and min(s + ax.net_tile, grid.dst_total) <= end)
 
 
 def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[GateGrid]:
@@ -421,7 +313,7 @@ class Job:
     shape: tuple[int, ...] = ()  # the whole volume's spatial shape
 
 
-def run_block(crop: np.ndarray, block: Block, job: Job) -> BlockResult:
+def run_block(crop: np.ndarray, block: Part, job: Job) -> BlockResult:
     """Predict one block (its context read into ``crop``) and hand its interior to the sink."""
     from .engine import predict
     from .progress import cancelled as _cancelled
@@ -457,7 +349,7 @@ def run_block(crop: np.ndarray, block: Block, job: Job) -> BlockResult:
     return result
 
 
-def _crop_gate(gate: GateMap, block: Block, shape) -> GateMap:
+def _crop_gate(gate: GateMap, block: Part, shape) -> GateMap:
     """The cells of a crop's gate map centred in the block's region, and on the volume's edges
     also those centred beyond it (the whole run keeps them); offsets relative to the region."""
     keep, offset = [], []
@@ -568,21 +460,31 @@ def iter_blockwise(
     if region is not None:  # one block: the region and its context, read alone
         if out is not None:
             raise InputError("a region is predicted in memory; leave out= unset for it.")
-        from .engine import context_slices, iter_predict
-
         yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
-        intensity: list | None = fit_lazy(source, norm)
-        outer, inner = context_slices(spatial, region, spec, work.tile)
-        return (
-            yield from iter_predict(
-                source.read(outer),
-                model,
-                channel_axis=source.channel_axis,
-                region=tuple(slice(a, b) for a, b in inner),
-                intensity=intensity,
-                cancel=cancel,
-                **options,
-            )
+        intensity: list | None = fit_lazy(as_seen(source, work.axes), norm)
+        run = run_windows(spatial, spec, tile=work.tile, overlap=overlap, spacing=spacing, layout=layout_arg)
+        crop = part(run, region)
+        yield Progress(
+            "predicting", 0, 1, f"the region and its context, {tuple(o.stop - o.start for o in crop.outer)}"
+        )
+        job = Job(ModelRef(model), intensity, options, source.channel_axis, None, cancel, tuple(spatial))
+        result = run_block(source.read(crop.outer), crop, job)
+        yield Progress("predicting", 1, 1)
+        assert result.quantized is not None
+        return Prediction(
+            quantized=result.quantized,
+            disagreement=result.disagreement,
+            output=spec.output,
+            class_names=spec.class_labels,
+            gates=result.gates,
+            spacing=(tuple(float(s) for s in spacing)[-len(spatial) :] if spacing is not None else None),
+            device=result.device,
+            precision=result.precision,
+            runtime=result.runtime,
+            seconds=time.perf_counter() - started,
+            tile=work.tile,
+            overlap=overlap,
+            notes=[f"a region of {name}, with the whole run's windows around it"],
         )
     client, owned = _client(scheduler)
     try:
@@ -591,7 +493,7 @@ def iter_blockwise(
         intensity = None
         if client is not None or len(work.blocks) > 1:
             yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
-            intensity = fit_lazy(_as_seen(source, work), norm)
+            intensity = fit_lazy(as_seen(source, work.axes), norm)
         return (
             yield from _run(
                 source,
@@ -616,14 +518,6 @@ def iter_blockwise(
             from .cluster import close
 
             close(client)
-
-
-def _as_seen(source: LazySource, work: Plan) -> LazySource | ResampledSource:
-    """The source whose statistics the in-memory run takes: the resampled voxels, if any."""
-    factors = [ax.factor for ax in work.axes]
-    if all(abs(f - 1.0) <= 1e-9 for f in factors):
-        return source
-    return ResampledSource(source, factors, [ax.flipped for ax in work.axes])
 
 
 def _run(
@@ -723,12 +617,12 @@ def _run(
     )
 
 
-def _direct(source: LazySource, block: Block, job: Job):
+def _direct(source: LazySource, block: Part, job: Job):
     """The one block of a run, in this thread, without Dask (there is nothing to schedule)."""
     yield _read_and_run(source, block, job)
 
 
-def _task(data, source: LazySource, block: Block, job: Job):
+def _task(data, source: LazySource, block: Part, job: Job):
     """One block as a Dask task. On threads it reads its own crop (so no chunk shared with a
     neighbour waits in memory for it); on a cluster its crop comes from the chunks of ``data``
     (a dask array over the image: only the chunks it needs travel)."""
@@ -740,7 +634,7 @@ def _task(data, source: LazySource, block: Block, job: Job):
     return dask.delayed(run_block, pure=False)(crop, block, job)
 
 
-def _read_and_run(source: LazySource, block: Block, job: Job) -> BlockResult:
+def _read_and_run(source: LazySource, block: Part, job: Job) -> BlockResult:
     return run_block(source.read(block.outer), block, job)
 
 

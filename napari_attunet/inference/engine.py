@@ -17,7 +17,7 @@ from ..models import AttentionUNetBase
 from .devices import resolve_device, resolve_precision
 from .finish import finish
 from .memory import estimate_memory
-from .plan import Target, context_slices, make_plan
+from .plan import Target, make_plan
 from .postprocess import Prediction
 from .preprocess import check_spacing, check_tile
 from .progress import Progress
@@ -26,7 +26,7 @@ from .run import run_tiles
 from .runtime import prepare_openvino, resolve_runtime, runtime_device
 from .tta import unflip_gate
 
-__all__ = ["Progress", "context_slices", "estimate_memory", "iter_predict", "predict", "unflip_gate"]
+__all__ = ["Progress", "estimate_memory", "iter_predict", "predict", "unflip_gate"]
 
 
 def iter_predict(
@@ -66,7 +66,7 @@ def iter_predict(
     checkpoint was trained (``ModelSpec.network_orientation``; ``orientation`` overrides it);
     without one, the array is taken as this tool's reader lays scans out, (z, y, x) toward
     Superior, Posterior, Left. ``region`` (slices) predicts only that part of the image, with
-    the whole image's intensity statistics and half a tile of context around it, as a full run
+    the whole image's intensity statistics and the full run's windows around it, as a full run
     would see it. ``runtime``: 'auto' (OpenVINO on the CPU when installed, else PyTorch),
     'torch' or 'openvino'. Returns (as the generator's value) a :class:`Prediction` on the
     input grid (the region's grid with ``region``). Raises InputError for images the model

@@ -130,7 +130,7 @@ class ResampledSource:
     in-memory engine normalizes the resampled voxels. Pieces are whole planes of the first
     axis, each interpolated from the few scan planes around it."""
 
-    def __init__(self, source: LazySource, factors: Sequence[float], flipped: Sequence[bool]):
+    def __init__(self, source: LazySource | HeldChannel, factors: Sequence[float], flipped: Sequence[bool]):
         self.source, self.name = source, source.name
         self.channels, self.channel_axis = source.channels, source.channel_axis
         self.factors, self.flipped = tuple(factors), tuple(flipped)
@@ -163,6 +163,36 @@ class ResampledSource:
                 else:
                     piece = _interpolate_axis(piece, 1 + axis, self._positions(axis, out[axis]), scan[axis])
             yield (first, 0), piece[0].numpy()
+
+
+class HeldChannel:
+    """One channel held in memory, with the reads ``ResampledSource`` makes of a lazy source."""
+
+    channels, channel_axis = 1, None
+
+    def __init__(self, array: np.ndarray, name: str):
+        self.array, self.name, self.spatial = array, name, tuple(array.shape)
+
+    def read(self, spatial: Sequence[slice], channel: int | None = None) -> np.ndarray:
+        return np.asarray(self.array[tuple(spatial)])
+
+
+def as_seen(source: LazySource, axes) -> LazySource | ResampledSource:
+    """The source whose statistics the whole run takes: its resampled voxels when the run
+    resamples (``axes``: a ``windows.AxisWindows`` per scan axis)."""
+    if all(abs(ax.factor - 1.0) <= 1e-9 for ax in axes):
+        return source
+    return ResampledSource(source, [ax.factor for ax in axes], [ax.flipped for ax in axes])
+
+
+def fit_as_seen(channels, axes, norm: Normalization, name: str) -> list[IntensityMap]:
+    """Per channel held in memory, the IntensityMap the whole run fits (see ``as_seen``)."""
+    if all(abs(ax.factor - 1.0) <= 1e-9 for ax in axes):
+        return [fit(c, norm) for c in channels]
+    factors, flipped = [ax.factor for ax in axes], [ax.flipped for ax in axes]
+    return [
+        _fit_channel(ResampledSource(HeldChannel(c, name), factors, flipped), None, norm) for c in channels
+    ]
 
 
 def fit_lazy(source: LazySource | ResampledSource, norm: Normalization) -> list[IntensityMap]:

@@ -4,7 +4,7 @@ the input padded to the total stride (``make_plan`` does both)."""
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -12,6 +12,7 @@ import torch
 
 from ..errors import InputError
 from ..models import AttentionUNetBase, ModelSpec
+from .lazy import fit_as_seen
 from .memory import check_memory, check_shape_memory, estimate_memory
 from .orientation import Layout, network_layout
 from .preprocess import (
@@ -27,6 +28,7 @@ from .preprocess import (
 )
 from .progress import Progress
 from .tiling import default_tile, round_up, window_grid
+from .windows import part, run_windows
 
 
 @dataclass
@@ -105,6 +107,7 @@ def make_plan(
         region=region,
         intensity=intensity,
         grid=grid,
+        overlap=overlap,
     )
     return _plan_tiles(network_input, model, target, tile, overlap, batch_size, attention, name)
 
@@ -124,6 +127,7 @@ def prepare_input(
     region,
     intensity,
     grid=None,
+    overlap: float = 0.5,
 ) -> Generator[Progress, None, NetworkInput]:
     """The input checked, its channels taken, laid out for the network, resampled to the
     training spacing and normalized. ``grid`` (a GridWindow per network axis) says where the
@@ -135,20 +139,28 @@ def prepare_input(
 
     channels = prepare_channels(image, spec, channel_axis, name)
     norm = resolve_normalization(normalization, spec)
-    # A region takes its statistics from the whole image, as the full run would.
-    if intensity is None and region is not None:
-        intensity = [fit(c, norm) for c in channels]
-    x = torch.from_numpy(np.array(channels, dtype=np.float32))  # a copy: normalized in place
-    dims = spec.spatial_dims
-    if affine is not None and np.shape(affine) != (x.dim(), x.dim()):
+    ndim = np.ndim(channels[0])
+    if affine is not None and np.shape(affine) != (ndim + 1, ndim + 1):
         raise InputError(
-            f"{name}: affine must be {x.dim()}x{x.dim()} for an image with "
-            f"{x.dim() - 1} spatial axes, not {np.shape(affine)}."
+            f"{name}: affine must be {ndim + 1}x{ndim + 1} for an image with "
+            f"{ndim} spatial axes, not {np.shape(affine)}."
         )
-    layout = network_layout(spec, x.dim() - 1, affine, file_orientation, orientation)
+    layout = network_layout(spec, ndim, affine, file_orientation, orientation)
     context = None
     if region is not None:
-        x, context = _with_context(x, region, spec, tile)
+        # The whole run's windows that reach into the region, on its grids, and the whole
+        # image's statistics: inside the region, the whole run's result.
+        run = run_windows(
+            np.shape(channels[0]), spec, tile=tile, overlap=overlap, spacing=spacing, layout=layout
+        )
+        crop = part(run, region)
+        if intensity is None:
+            intensity = fit_as_seen(channels, run.axes, norm, name)
+        channels = np.stack([c[crop.outer] for c in channels])
+        context = tuple((s.start, s.stop) for s in crop.inner)
+        grid = crop.grid
+    x = torch.from_numpy(np.array(channels, dtype=np.float32))  # a copy: normalized in place
+    dims = spec.spatial_dims
     scan_shape = tuple(x.shape[1:])
     stack = scan_shape[0] if len(scan_shape) == 3 and dims == 2 else 1
 
@@ -246,37 +258,3 @@ def _to_network(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     """A (C, *scan) tensor laid out for the network (see ``orientation``)."""
     x = x.permute(0, *[1 + p for p in layout.permutation])
     return x.flip([1 + a for a in layout.flipped]) if layout.flipped else x
-
-
-def _with_context(x: torch.Tensor, region: Sequence[slice], spec, tile) -> tuple:
-    """The region grown by half a tile on each side (within the image), and where it lies."""
-    outer, inner = context_slices(tuple(x.shape[1:]), region, spec, tile)
-    return x[(slice(None),) + outer], inner
-
-
-def context_slices(
-    shape: Sequence[int], region: Sequence[slice], spec, tile
-) -> tuple[tuple[slice, ...], tuple[tuple[int, int], ...]]:
-    """The slices of ``region`` grown by its context, and the region's bounds inside them."""
-    shape = tuple(shape)
-    if len(region) != len(shape):
-        raise InputError(f"region has {len(region)} axes, the image {len(shape)}.")
-    dims = spec.spatial_dims
-    if isinstance(tile, int):
-        tile = (tile,) * dims
-    padded = tuple(round_up(n, st) for n, st in zip(shape[-dims:], spec.total_stride, strict=True))
-    full_tile = default_tile(padded, spec.total_stride, dims, tile or spec.tile)
-    # Half of the largest tile dimension on every plane axis, whatever the network's axis order.
-    margin = max(max(full_tile) // 2, max(spec.total_stride))
-    # Context starts on a multiple of the total stride, so gate grids match a full run's.
-    step = max(spec.total_stride)
-    margins = [(0, 1)] * (len(shape) - dims) + [(margin, step)] * dims
-    inner, outer = [], []
-    for sl, n, (m, grid) in zip(region, shape, margins, strict=True):
-        start, stop, _ = sl.indices(n)
-        if stop <= start:
-            raise InputError(f"region {tuple(region)} is empty for an image of shape {shape}.")
-        lo, hi = max(0, (start - m) // grid * grid), min(n, stop + m)
-        outer.append(slice(lo, hi))
-        inner.append((start - lo, stop - lo))
-    return tuple(outer), tuple(inner)
