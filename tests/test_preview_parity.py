@@ -118,3 +118,75 @@ def test_a_bad_region_is_one_sentence(region):
     with pytest.raises(na.InputError) as caught:
         na.predict(image, model, region=region, normalization="none")
     assert one_sentence(str(caught.value)) and "region" in str(caught.value)
+
+
+def test_parts_of_a_scan_upsampled_threefold_keep_their_gate_windows():
+    """A factor of 3 between scan and network voxels: the gate cells kept with a block or region
+    reach past the network voxels its scan voxels are interpolated from; their windows are in."""
+    import dask.array as da
+    from helpers import make_model, monai_spec, sharpen_gates
+    from scipy import ndimage
+
+    model = sharpen_gates(make_model(monai_spec(2, features=(4, 8, 16), spacing=(1.0, 1.0)), seed=3))
+    rng = np.random.default_rng(637)
+    image = (ndimage.gaussian_filter(rng.normal(size=(7, 33, 48)), 1.5) * 4000 + 300).astype(np.int16)
+    options = dict(tile=16, overlap=0.5, normalization="zscore", spacing=(3.0, 0.5, 3.0))
+    whole = na.predict(image, model, **options)
+    blocks = na.predict(da.from_array(image, chunks=16), model, block=(16, 5, 9), **options)
+    region = (slice(0, 7), slice(0, 33), slice(18, 27))
+    preview = na.predict(image, model, region=region, **options)
+    for part, index in ((blocks, (slice(None),) * 3), (preview, region)):
+        levels = np.abs(
+            np.asarray(part.quantized).astype(int) - whole.quantized[(slice(None),) + index].astype(int)
+        )
+        assert levels.max() <= 1
+        start = np.array([s.start or 0 for s in index], dtype=float)
+        for mine, theirs in zip(part.gates, whole.gates, strict=True):
+            first = np.round(
+                (start + np.asarray(mine.offset) - np.asarray(theirs.offset)) / np.asarray(theirs.stride)
+            )
+            cells = tuple(slice(int(f), int(f) + n) for f, n in zip(first, mine.data.shape[1:], strict=True))
+            assert np.abs(mine.data - theirs.data[(slice(None),) + cells]).max() < 1e-4
+
+
+def test_one_slice_of_a_stack_keeps_its_slice_axis():
+    """A 2D network over a volume of one slice, or over a region of one slice: results keep the
+    slice axis (they were 2D, and a one-slice region failed with an IndexError)."""
+    from helpers import make_model, monai_spec
+
+    model = make_model(monai_spec(2, features=(4, 8, 16)), seed=3)
+    volume = np.random.default_rng(0).normal(size=(9, 41, 33)).astype(np.float32)
+    one = na.predict(volume[4:5], model, tile=32, normalization="zscore")
+    assert one.quantized.shape == (2, 1, 41, 33) and one.labels().shape == (1, 41, 33)
+    whole = na.predict(volume, model, tile=32, overlap=0.0, normalization="zscore")
+    region = (slice(5, 6), slice(0, 12), slice(0, 33))
+    part = na.predict(volume, model, region=region, tile=32, overlap=0.0, normalization="zscore")
+    assert part.quantized.shape == (2, 1, 12, 33)
+    assert (
+        np.abs(part.quantized.astype(int) - whole.quantized[(slice(None),) + region].astype(int)).max() <= 1
+    )
+
+
+def test_a_region_narrower_than_a_gate_cell_keeps_no_cell_of_it():
+    """Only cells centred in the region are kept (their windows are in its context); a region
+    one voxel wide holds none of a coarse gate's cells along that axis."""
+    from helpers import make_model, official_spec, sharpen_gates
+
+    model = sharpen_gates(make_model(official_spec(3, features=(4, 8, 16, 32, 64)), seed=2))
+    image = np.random.default_rng(3).normal(size=(24, 32, 33)).astype(np.float32)
+    whole = na.predict(image, model, tile=16, normalization="zscore")
+    region = (slice(8, 16), slice(0, 32), slice(1, 2))
+    part = na.predict(image, model, region=region, tile=16, normalization="zscore")
+    start = np.array([s.start for s in region], dtype=float)
+    sizes = []
+    for mine, theirs in zip(part.gates, whole.gates, strict=True):
+        centres = start[2] + mine.offset[2] + mine.stride[2] * np.arange(mine.data.shape[3])
+        assert ((centres >= 1) & (centres < 2)).all()
+        sizes.append(mine.data.shape[3])
+        if mine.data.size:
+            first = np.round(
+                (start + np.asarray(mine.offset) - np.asarray(theirs.offset)) / np.asarray(theirs.stride)
+            )
+            cells = tuple(slice(int(f), int(f) + n) for f, n in zip(first, mine.data.shape[1:], strict=True))
+            assert np.abs(mine.data - theirs.data[(slice(None),) + cells]).max() < 1e-4
+    assert 0 in sizes

@@ -29,7 +29,7 @@ def finish(
     name: str,
 ) -> tuple[np.ndarray, list[GateMap]]:
     """Crop the padding, resample and lay out back on the input's grid, quantize."""
-    if plan.stack == 1:  # the leading axis was the Stitcher's alone
+    if len(plan.scan_shape) == spec.spatial_dims:  # the leading axis was the Stitcher's alone
         blended, gate_sums = blended[:, 0], [g[:, 0] for g in gate_sums]
     blended = blended[(Ellipsis,) + tuple(slice(0, n) for n in plan.plane)]
     probs = blended if tta else activation(blended, spec.output, 0)
@@ -99,7 +99,9 @@ def _gate_from_network(gate: GateMap, layout: Layout, network_shape) -> GateMap:
 
 
 def _crop_context(probs: torch.Tensor, gates: list[GateMap], inner) -> tuple:
-    """Keep the region: probabilities by slicing, gate maps by the cells centred inside it."""
+    """Keep the region: probabilities by slicing, gate maps by the cells centred inside it (none
+    along an axis where the region is narrower than a cell: the context holds the windows of
+    the cells centred in the region, not of their neighbours)."""
     probs = probs[(slice(None),) + tuple(slice(a, b) for a, b in inner)]
     cropped = []
     for g in gates:
@@ -107,7 +109,7 @@ def _crop_context(probs: torch.Tensor, gates: list[GateMap], inner) -> tuple:
         for (a, b), s, o, n in zip(inner, g.stride, g.offset, g.data.shape[1:], strict=True):
             first = max(0, math.ceil((a - o) / s - 1e-9))
             last = min(n, math.ceil((b - o) / s - 1e-9))
-            keep.append(slice(first, max(first + 1, last)))
+            keep.append(slice(first, max(first, last)))
             offset.append(o + s * first - a)
         data = np.ascontiguousarray(g.data[(slice(None),) + tuple(keep)])
         cropped.append(GateMap(data, g.stride, tuple(offset), g.name))

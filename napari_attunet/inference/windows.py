@@ -116,9 +116,11 @@ def axis_context(region: slice, n: int, ax: AxisWindows) -> tuple[slice, GridWin
     f, size, t = ax.factor, ax.net_size, ax.net_tile
     if f == 1.0:
         lo, hi = a, b
-    else:  # the network voxels that scan voxels a..b-1 are interpolated from
+    else:  # the network voxels that scan voxels a..b-1 are interpolated from, and (kept with
+        # the region) every gate cell centred before scan voxel b: a window that holds one
+        # starts before its centre (windows and cells start on multiples of the gate's stride)
         lo = min(size - 1, int(np.floor(a * f)))
-        hi = min(size, int(np.floor((b - 1) * f)) + 2)
+        hi = min(size, max(int(np.floor((b - 1) * f)) + 2, math.ceil(b * f - 1e-9)))
     touching = [s for s in ax.starts if s < hi and s + t > lo]
     first, last = min(touching), min(size, max(touching) + t)
     if f == 1.0:

@@ -159,6 +159,8 @@ def gate_layers(pred: Prediction, source: SourceGeometry, colormap: str = "infer
     spots; in 3D an iso-surface at the top of the range (the layer's iso threshold) shows them."""
     out = []
     for k, gate in enumerate(pred.gates, start=1):
+        if gate.data.size == 0:  # a region narrower than this gate's cells holds none of them
+            continue
         for h in range(gate.heads):
             kwargs = gate_kwargs(
                 source, k, h, gate.heads, gate.stride, gate.offset, gate_contrast(gate.data[h]), colormap
