@@ -450,7 +450,12 @@ def test_blocks_agree_on_resampled_and_reoriented_scans(tmp_path, normalization)
     image = (ndimage.gaussian_filter(rng.normal(size=(29, 46, 51)), 2.0) * 4000 + 300).astype(np.int16)
     affine = np.diag([-1.3, 0.7, -1.1, 1.0])
     options = dict(
-        tile=32, normalization=normalization, spacing=(1.3, 0.7, 1.1), affine=affine, orientation="RAS"
+        tile=32,
+        normalization=normalization,
+        spacing=(1.3, 0.7, 1.1),
+        affine=affine,
+        orientation="RAS",
+        precision="fp32",
     )
     ref = na.predict(image, model, **options)
     out = tmp_path / "r.zarr"

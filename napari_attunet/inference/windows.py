@@ -116,11 +116,15 @@ def axis_context(region: slice, n: int, ax: AxisWindows) -> tuple[slice, GridWin
     f, size, t = ax.factor, ax.net_size, ax.net_tile
     if f == 1.0:
         lo, hi = a, b
-    else:  # the network voxels that scan voxels a..b-1 are interpolated from, and (kept with
-        # the region) every gate cell centred before scan voxel b: a window that holds one
-        # starts before its centre (windows and cells start on multiples of the gate's stride)
-        lo = min(size - 1, int(np.floor(a * f)))
-        hi = min(size, max(int(np.floor((b - 1) * f)) + 2, math.ceil(b * f - 1e-9)))
+    else:  # the network voxels that scan voxels a..b-1 are interpolated from, and the gate
+        # cells kept with the region: those centred in it, at [a, b) on the laid-out axis, or
+        # (a - 1, b - 1] where it is flipped. A window holds a cell's centre (windows and
+        # cells start on multiples of the gate's stride), so the windows touching that span
+        # are those of its cells.
+        low = (a - 1) * f if ax.flipped else a * f  # the lowest centre kept (exclusive if flipped)
+        beyond = int(np.floor((b - 1) * f)) + 1 if ax.flipped else math.ceil(b * f - 1e-9)
+        lo = max(0, min(size - 1, int(np.floor(min(a * f, low)))))
+        hi = min(size, max(int(np.floor((b - 1) * f)) + 2, beyond))
     touching = [s for s in ax.starts if s < hi and s + t > lo]
     first, last = min(touching), min(size, max(touching) + t)
     if f == 1.0:
