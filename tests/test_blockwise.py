@@ -468,3 +468,31 @@ def test_blocks_agree_on_resampled_and_reoriented_scans(tmp_path, normalization)
         mine = zarr.open_array(str(out / "gates" / f"gate{k}" / "0"), mode="r")[:]
         assert mine.shape == theirs.data.shape
         assert np.abs(mine - theirs.data).max() < 1e-4
+
+
+def test_statistics_of_a_resampled_permuted_scan_are_the_in_memory_ones():
+    """The resampled voxels are made in the network's axis order, as in memory: the same float32
+    values, the same exact zeros (zscore_nonzero counts them), so the same IntensityMap."""
+    import torch
+
+    from napari_attunet.inference import lazy, preprocess
+    from napari_attunet.inference.orientation import network_layout
+    from napari_attunet.inference.plan import _to_network
+    from napari_attunet.inference.windows import run_windows
+
+    model = make_model(monai_spec(3, features=(4, 8, 16), spacing=(2.0, 1.0, 1.0)), seed=3)
+    rng = np.random.default_rng(724)
+    image = (ndimage.gaussian_filter(rng.normal(size=(37, 37, 32)), 1.5) * 4000 + 300).astype(np.int16)
+    image[..., :8] = 0
+    spacing, affine = (4.0, 1.3, 2.6), np.diag([4.0, 1.3, -2.6, 1.0])
+    layout = network_layout(model.spec, 3, affine, None, "LPS")
+    assert layout.permutation != (0, 1, 2) and layout.flipped  # permuted and flipped
+    norm = preprocess.resolve_normalization("zscore_nonzero", model.spec)
+    factors = preprocess.resample_factors(spacing, model.spec, 3)
+    laid = _to_network(torch.from_numpy(image.astype(np.float32))[None], layout)
+    seen = preprocess.resample(laid, tuple(factors[p] for p in layout.permutation))[0].numpy()
+    expected = preprocess.fit(seen, norm)
+    run = run_windows(image.shape, model.spec, tile=16, spacing=spacing, layout=layout)
+    assert lazy.fit_as_seen([image], run.axes, run.perm, norm, "scan") == [expected]
+    source = lazy.LazySource(da.from_array(image, chunks=16), model.spec, None, "scan")
+    assert lazy.fit_lazy(lazy.as_seen(source, run.axes, run.perm), norm) == [expected]

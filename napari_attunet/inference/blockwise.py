@@ -51,6 +51,7 @@ class Plan:
     gates: list[GateGrid]
     stack: bool = False
     axes: list = field(default_factory=list)  # AxisWindows per scan axis
+    perm: tuple[int, ...] = ()  # network axis i is scan axis perm[i]
 
 
 def plan(
@@ -76,7 +77,7 @@ def plan(
     ]
     perm, factors = run.perm, run.factors
     gates = _gate_grids(spec, spatial, run.plane, perm, layout, factors, run.stack) if attention else []
-    return Plan(spatial, run.tile, sizes, blocks, gates, run.stack, list(run.axes))
+    return Plan(spatial, run.tile, sizes, blocks, gates, run.stack, list(run.axes), run.perm)
 
 
 def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
@@ -461,7 +462,7 @@ def iter_blockwise(
         if out is not None:
             raise InputError("a region is predicted in memory; leave out= unset for it.")
         yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
-        intensity: list | None = fit_lazy(as_seen(source, work.axes), norm)
+        intensity: list | None = fit_lazy(as_seen(source, work.axes, work.perm), norm)
         run = run_windows(spatial, spec, tile=work.tile, overlap=overlap, spacing=spacing, layout=layout_arg)
         crop = part(run, region)
         yield Progress(
@@ -493,7 +494,7 @@ def iter_blockwise(
         intensity = None
         if client is not None or len(work.blocks) > 1:
             yield Progress("preparing", 0, 1, "intensity statistics, chunk by chunk")
-            intensity = fit_lazy(as_seen(source, work.axes), norm)
+            intensity = fit_lazy(as_seen(source, work.axes, work.perm), norm)
         return (
             yield from _run(
                 source,

@@ -18,7 +18,6 @@ from .preprocess import (
     IntensityMap,
     Normalization,
     _check_dtype,
-    _interpolate_axis,
     _otsu,
     fit,
     resampled_shape,
@@ -130,39 +129,67 @@ class ResampledSource:
     in-memory engine normalizes the resampled voxels. Pieces are whole planes of the first
     axis, each interpolated from the few scan planes around it."""
 
-    def __init__(self, source: LazySource | HeldChannel, factors: Sequence[float], flipped: Sequence[bool]):
+    def __init__(
+        self,
+        source: LazySource | HeldChannel,
+        factors: Sequence[float],
+        flipped: Sequence[bool],
+        order: Sequence[int] | None = None,
+    ):
         self.source, self.name = source, source.name
         self.channels, self.channel_axis = source.channels, source.channel_axis
         self.factors, self.flipped = tuple(factors), tuple(flipped)
+        # the scan axes in the order the engine interpolates them (the network's axis order):
+        # the same order gives the same float32 values, and the same exact zeros
+        self.order = tuple(order) if order is not None else tuple(range(len(self.factors)))
         self.spatial = resampled_shape(source.spatial, self.factors)
 
-    def _positions(self, axis: int, count: int, first: int = 0) -> np.ndarray:
-        """Where resampled voxels ``first ...`` lie on a scan axis (flipped: from its end)."""
+    def _neighbours(self, axis: int, count: int, first: int = 0):
+        """(scan index below, scan index above, weight) of resampled voxels ``first ...`` on an
+        axis, computed as ``preprocess.resample`` computes them on the laid-out (flipped) axis,
+        so that the same voxels come out exactly zero (``zscore_nonzero`` counts them)."""
         n, f = self.source.spatial[axis], self.factors[axis]
-        positions = np.arange(first, first + count) / f
-        return n - 1 - positions if self.flipped[axis] else positions
+        positions = np.clip(np.arange(first, first + count) / f, 0, n - 1)
+        low = np.floor(positions).astype(np.int64)
+        high = np.minimum(low + 1, n - 1)
+        weight = positions - low
+        if self.flipped[axis]:
+            low, high = n - 1 - low, n - 1 - high
+        return low, high, weight
 
     def pieces(self, channel: int | None) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
-        import torch
-
         scan, out = self.source.spatial, self.spatial
         depth = max(1, SLAB_VOXELS // max(int(np.prod(out[1:])), 1))
         rest = [slice(None)] * (len(scan) - 1)
         for first in range(0, out[0], depth):
             count = min(depth, out[0] - first)
-            positions = np.clip(self._positions(0, count, first), 0, scan[0] - 1)
-            lo, hi = int(np.floor(positions.min())), min(scan[0], int(np.floor(positions.max())) + 2)
-            piece = torch.from_numpy(self.source.read([slice(lo, hi)] + rest, channel).astype(np.float32))[
-                None
-            ]
-            for axis, f in enumerate(self.factors):
-                if abs(f - 1.0) <= 1e-9:
-                    continue
+            if abs(self.factors[0] - 1.0) <= 1e-9:
+                rows = np.arange(first, first + count)
+                low = high = (scan[0] - 1 - rows) if self.flipped[0] else rows
+                weight = np.zeros(count)
+            else:
+                low, high, weight = self._neighbours(0, count, first)
+            start, stop = int(min(low.min(), high.min())), int(max(low.max(), high.max())) + 1
+            piece = self.source.read([slice(start, stop)] + rest, channel).astype(np.float32)
+            for axis in self.order:
                 if axis == 0:
-                    piece = _interpolate_axis(piece, 1, positions, scan[0], lo, hi - lo)
-                else:
-                    piece = _interpolate_axis(piece, 1 + axis, self._positions(axis, out[axis]), scan[axis])
-            yield (first, 0), piece[0].numpy()
+                    piece = _blend(piece, 0, low - start, high - start, weight)
+                elif abs(self.factors[axis] - 1.0) > 1e-9:
+                    piece = _blend(piece, axis, *self._neighbours(axis, out[axis]))
+            yield (first, 0), piece
+
+
+def _blend(array: np.ndarray, axis: int, low, high, weight) -> np.ndarray:
+    """``lo + (hi - lo) * w`` along ``axis`` in float32, as ``preprocess._interpolate_axis``."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(array))
+    shape = [1] * x.dim()
+    shape[axis] = len(weight)
+    w = torch.as_tensor(weight, dtype=x.dtype).view(shape)
+    lo = x.index_select(axis, torch.from_numpy(np.asarray(low, np.int64)))
+    hi = x.index_select(axis, torch.from_numpy(np.asarray(high, np.int64)))
+    return (lo + (hi - lo) * w).numpy()
 
 
 class HeldChannel:
@@ -177,21 +204,23 @@ class HeldChannel:
         return np.asarray(self.array[tuple(spatial)])
 
 
-def as_seen(source: LazySource, axes) -> LazySource | ResampledSource:
+def as_seen(source: LazySource, axes, order: Sequence[int]) -> LazySource | ResampledSource:
     """The source whose statistics the whole run takes: its resampled voxels when the run
-    resamples (``axes``: a ``windows.AxisWindows`` per scan axis)."""
+    resamples (``axes``: a ``windows.AxisWindows`` per scan axis; ``order``: the scan axes in
+    the network's order)."""
     if all(abs(ax.factor - 1.0) <= 1e-9 for ax in axes):
         return source
-    return ResampledSource(source, [ax.factor for ax in axes], [ax.flipped for ax in axes])
+    return ResampledSource(source, [ax.factor for ax in axes], [ax.flipped for ax in axes], order)
 
 
-def fit_as_seen(channels, axes, norm: Normalization, name: str) -> list[IntensityMap]:
+def fit_as_seen(channels, axes, order: Sequence[int], norm: Normalization, name: str) -> list[IntensityMap]:
     """Per channel held in memory, the IntensityMap the whole run fits (see ``as_seen``)."""
     if all(abs(ax.factor - 1.0) <= 1e-9 for ax in axes):
         return [fit(c, norm) for c in channels]
     factors, flipped = [ax.factor for ax in axes], [ax.flipped for ax in axes]
     return [
-        _fit_channel(ResampledSource(HeldChannel(c, name), factors, flipped), None, norm) for c in channels
+        _fit_channel(ResampledSource(HeldChannel(c, name), factors, flipped, order), None, norm)
+        for c in channels
     ]
 
 

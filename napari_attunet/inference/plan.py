@@ -155,7 +155,7 @@ def prepare_input(
         )
         crop = part(run, region)
         if intensity is None:
-            intensity = fit_as_seen(channels, run.axes, norm, name)
+            intensity = fit_as_seen(channels, run.axes, run.perm, norm, name)
         channels = np.stack([c[crop.outer] for c in channels])
         context = tuple((s.start, s.stop) for s in crop.inner)
         grid = crop.grid
