@@ -472,20 +472,18 @@ def iter_blockwise(
         result = run_block(source.read(crop.outer), crop, job)
         yield Progress("predicting", 1, 1)
         assert result.quantized is not None
-        return Prediction(
-            quantized=result.quantized,
-            disagreement=result.disagreement,
-            output=spec.output,
-            class_names=spec.class_labels,
-            gates=result.gates,
-            spacing=(tuple(float(s) for s in spacing)[-len(spatial) :] if spacing is not None else None),
-            device=result.device,
-            precision=result.precision,
-            runtime=result.runtime,
-            seconds=time.perf_counter() - started,
-            tile=work.tile,
-            overlap=overlap,
-            notes=[f"a region of {name}, with the whole run's windows around it"],
+        note = f"a region of {name}, with the whole run's windows around it"
+        return _prediction(
+            spec,
+            work,
+            spacing,
+            overlap,
+            started,
+            result,
+            result.quantized,
+            result.disagreement,
+            result.gates,
+            [note],
         )
     client, owned = _client(scheduler)
     try:
@@ -601,6 +599,22 @@ def _run(
     else:
         quantized, disagreement, gate_data = sink.quantized, sink.disagreement, sink.gates
     gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates, strict=True)]
+    return _prediction(spec, work, spacing, overlap, started, first, quantized, disagreement, gates, notes)
+
+
+def _prediction(
+    spec,
+    work: Plan,
+    spacing,
+    overlap: float,
+    started: float,
+    first: BlockResult,
+    quantized,
+    disagreement,
+    gates,
+    notes,
+) -> Prediction:
+    """The run's Prediction (device, precision and runtime as the first block reports them)."""
     return Prediction(
         quantized=quantized,
         disagreement=disagreement,
