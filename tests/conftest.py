@@ -80,20 +80,25 @@ def torch_single_thread():
     torch.set_num_threads(before)
 
 
+def _session_folder(tmp_path_factory, variable: str, name: str):
+    """``variable`` set to a fresh folder for the session, then restored."""
+    import os
+
+    before = os.environ.get(variable)
+    os.environ[variable] = str(tmp_path_factory.mktemp(name))
+    yield
+    if before is None:
+        os.environ.pop(variable, None)
+    else:
+        os.environ[variable] = before
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _compile_cache(tmp_path_factory):
     """OpenVINO conversions go to a folder of this session, never to the user's cache."""
-    import os
-
     from napari_attunet.inference.runtime_openvino import CACHE_ENV
 
-    before = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("compile-cache"))
-    yield
-    if before is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = before
+    yield from _session_folder(tmp_path_factory, CACHE_ENV, "compile-cache")
 
 
 # ---- small networks of the engine's tests (test_engine, test_plan, test_preprocess, ...) -------
@@ -183,14 +188,6 @@ def files(tmp_path_factory):
 @pytest.fixture(autouse=True, scope="session")
 def _results_cache(tmp_path_factory):
     """Result stores of scans from nowhere writable go to a folder of this session."""
-    import os
-
     from napari_attunet.plugin.store_location import RESULTS_ENV
 
-    before = os.environ.get(RESULTS_ENV)
-    os.environ[RESULTS_ENV] = str(tmp_path_factory.mktemp("results-cache"))
-    yield
-    if before is None:
-        os.environ.pop(RESULTS_ENV, None)
-    else:
-        os.environ[RESULTS_ENV] = before
+    yield from _session_folder(tmp_path_factory, RESULTS_ENV, "results-cache")

@@ -114,6 +114,20 @@ def _zarr_layer(viewer, tmp_path, shape, seed=4, name="lazy"):
     return data, layer
 
 
+def _store_widget(viewer, tmp_path, checkpoint, monkeypatch):
+    """A zarr-backed 48^3 layer and the widget set to run it in 27 blocks of 16^3."""
+    from napari_attunet.inference import blockwise
+
+    monkeypatch.setenv("NAPARI_ATTUNET_CONFIG", str(tmp_path / "config"))
+    monkeypatch.setattr(blockwise, "BLOCK_BUDGET", 32**3)  # 27 blocks of 16^3
+    data, lazy = _zarr_layer(viewer, tmp_path, (48, 48, 48))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
+    widget.load_checkpoint(checkpoint)
+    widget.tile.value = 16
+    widget.image.value = lazy
+    return data, lazy, widget
+
+
 def _store_layers(viewer):
     from napari_attunet.plugin.live_store import STORE_TAG
 
@@ -134,19 +148,12 @@ def test_store_backed_layers_fill_in_as_blocks_finish(
     store) and thresholds go to a read-only view layer."""
     from qtpy.QtCore import QTimer
 
-    from napari_attunet.inference import blockwise
     from napari_attunet.plugin import live_store
     from napari_attunet.plugin.store_views import StoreView
 
-    monkeypatch.setenv("NAPARI_ATTUNET_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setattr(blockwise, "BLOCK_BUDGET", 32**3)  # 27 blocks of 16^3
     monkeypatch.setattr(live_store, "MIN_REFRESH_MS", 20)
     viewer = make_napari_viewer()
-    data, lazy = _zarr_layer(viewer, tmp_path, (48, 48, 48))
-    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
-    widget.load_checkpoint(checkpoint)
-    widget.tile.value = 16
-    widget.image.value = lazy
+    data, lazy, widget = _store_widget(viewer, tmp_path, checkpoint, monkeypatch)
     out = tmp_path / "lazy_attunet.zarr"
     assert not widget.store_info.native.isHidden() and str(out) in widget.store_info.value
     ticks = []
@@ -229,16 +236,8 @@ def test_cancel_removes_the_partial_store_and_its_layers(
 ):
     from napari.utils.notifications import notification_manager
 
-    from napari_attunet.inference import blockwise
-
-    monkeypatch.setenv("NAPARI_ATTUNET_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setattr(blockwise, "BLOCK_BUDGET", 32**3)  # 27 blocks of 16^3
     viewer = make_napari_viewer()
-    _, lazy = _zarr_layer(viewer, tmp_path, (48, 48, 48))
-    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
-    widget.load_checkpoint(checkpoint)
-    widget.tile.value = 16
-    widget.image.value = lazy
+    _, lazy, widget = _store_widget(viewer, tmp_path, checkpoint, monkeypatch)
     seen = []
     notification_manager.notification_ready.connect(seen.append)
     try:
@@ -262,18 +261,11 @@ def test_cancel_removes_the_partial_store_and_its_layers(
 def test_closing_the_viewer_mid_store_run_leaves_no_store(
     make_napari_viewer, qtbot, tmp_path, checkpoint, monkeypatch
 ):
-    from napari_attunet.inference import blockwise
 
     raised = []
     monkeypatch.setattr(sys, "excepthook", lambda *info: raised.append(info))
-    monkeypatch.setenv("NAPARI_ATTUNET_CONFIG", str(tmp_path / "config"))
-    monkeypatch.setattr(blockwise, "BLOCK_BUDGET", 32**3)
     viewer = make_napari_viewer()
-    _, lazy = _zarr_layer(viewer, tmp_path, (48, 48, 48))
-    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
-    widget.load_checkpoint(checkpoint)
-    widget.tile.value = 16
-    widget.image.value = lazy
+    _, lazy, widget = _store_widget(viewer, tmp_path, checkpoint, monkeypatch)
     worker = widget.start()
     qtbot.waitUntil(lambda: bool(_store_layers(viewer)) or not worker.is_running, timeout=60_000)
     viewer.close()
