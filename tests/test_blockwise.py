@@ -350,7 +350,7 @@ def test_store_has_a_pyramid_that_ome_zarr_reads(tmp_path, model3d, volume, monk
 
 
 def test_the_documented_slurm_cluster_runs_blocks(tmp_path, model3d, volume):
-    """The README's SLURMCluster: its job script asks for what the README says, and the worker
+    """docs/out-of-core.md's SLURMCluster: its job script asks for what the page says, and the worker
     command in it (run here as the job would run it, without SLURM) predicts our blocks."""
     import re
     import shlex
@@ -358,9 +358,9 @@ def test_the_documented_slurm_cluster_runs_blocks(tmp_path, model3d, volume):
     from pathlib import Path
 
     jobqueue = pytest.importorskip("dask_jobqueue")
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent / "docs" / "out-of-core.md").read_text()
     call = re.search(r"cluster = (SLURMCluster\(.*\))", readme).group(1)
-    cluster = eval(call, {"SLURMCluster": jobqueue.SLURMCluster})  # the README's literal arguments
+    cluster = eval(call, {"SLURMCluster": jobqueue.SLURMCluster})  # the page's literal arguments
     worker = None
     try:
         script = cluster.job_script()
