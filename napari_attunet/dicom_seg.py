@@ -1,0 +1,578 @@
+"""DICOM Segmentation (SEG) objects out of a DICOM series, written with highdicom.
+
+A SEG is the DICOM way to store a segmentation next to the images it was made on: PACS, OHIF and
+3D Slicer's DICOM module open it over its series. This module turns a label array on the grid of
+a scan read from a DICOM series (``io.read``) into a Segmentation Storage object
+(SOP Class 1.2.840.10008.5.1.4.1.1.66.4):
+
+- it references every instance of the series the scan was read from (the same files the reader
+  chose, localizers left out), shares its StudyInstanceUID and FrameOfReferenceUID, and copies the
+  patient and study attributes (an attribute the source lacks stays empty: nothing is invented);
+- one segment per foreground class, labelled with the class name (segment number = label value),
+  with a generic category and type code (Tissue, SNOMED CT 85756007) unless the checkpoint's
+  metadata names codes for the class (``class_codes``);
+- a prediction's segments are AUTOMATIC with the algorithm named (napari-attunet, its version, the
+  checkpoint file's name and sha256); a mask painted by hand is MANUAL;
+- BINARY by default, LABELMAP (one frame stack holding label values, DICOM 2024, highdicom >= 0.24)
+  or FRACTIONAL PROBABILITY (from class probabilities, 0..255).
+
+Geometry. Each frame is placed explicitly (its own ImagePositionPatient, the series'
+ImageOrientationPatient and pixel spacing); highdicom then never has to guess frame order from
+``source_images`` (its issue #330). The label grid is brought back to the series' own axes (rows,
+columns, slice normal) by axis swaps and flips only; where a frame lies on a source slice (within
+1 % of the slice step, the reader's own tolerance for a uniform series) it takes that slice's
+ImagePositionPatient exactly, so it references that instance. A series the reader resampled (a
+gap, uneven spacing, a gantry tilt) is written on the reader's uniform grid, each frame with its
+own plane position: this is exactly what the Labels layer shows, and no label is moved or
+interpolated a second time. Such frames do not all coincide with source slices, so they carry no
+per-frame source reference (the series is still referenced as a whole), and a note says so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation Storage (2024)
+SEG_TYPES = ("binary", "labelmap", "fractional")
+DEFAULT_CODE = "SCT:85756007:Tissue"
+REQUIRED_UIDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+)
+# type 2 attributes highdicom reads from the source: absent ones are copied as empty, never made up
+TYPE2 = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+AXIS_TOLERANCE = 1e-4  # 1 - |cos| between a label axis and a series axis (about 0.8 degrees)
+NEEDS_DICOM = (
+    "a DICOM SEG needs the source DICOM images; save as NIfTI (--format .nii.gz), or open the DICOM series"
+)
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """What made the segments: written as the AlgorithmIdentificationSequence."""
+
+    checkpoint: str
+    sha256: str
+    version: str = ""
+    name: str = "napari-attunet"
+    codes: dict | None = None  # class name -> {"category": CODE, "type": CODE} (checkpoint metadata)
+
+    @classmethod
+    def of_checkpoint(cls, path: str | os.PathLike) -> Algorithm:
+        """The algorithm of a checkpoint file: its name and sha256, with this tool's version, and
+        the class codes stored in its metadata (native .safetensors only)."""
+        from . import __version__
+        from .checkpoint import read_checkpoint, sha256
+
+        codes = None
+        if str(path).lower().endswith(".safetensors"):
+            codes = (read_checkpoint(path).metadata or {}).get("class_codes")
+        return cls(Path(path).name, sha256(path), __version__, codes=codes)
+
+
+@dataclass
+class Source:
+    """The series a scan was read from: its datasets (no pixel data) and its axes."""
+
+    path: Path
+    datasets: list
+    frame: np.ndarray  # rows: r (along a row), c (down a column), n = r x c; LPS
+    positions: np.ndarray  # (slices, 3) ImagePositionPatient of every placed frame or file
+    step: float  # the slice step along n (mm), or the thickness of a single slice
+
+
+@dataclass
+class Placement:
+    """How a label array (napari axis order) becomes SEG frames: axes permuted and flipped
+    into (frames along n, rows along c, columns along r)."""
+
+    order: tuple[int, ...]
+    flips: tuple[int, ...]
+    origin: np.ndarray  # LPS position of pixel (0, 0) of frame 0
+    step: float
+    pixel_spacing: tuple[float, float]  # (between rows, between columns), as DICOM's PixelSpacing
+    orientation: np.ndarray  # (6,) ImageOrientationPatient
+    positions: list[np.ndarray] = field(default_factory=list)
+    snapped: int = 0  # frames placed exactly on a source slice
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """A spatial array (napari order, 2D or 3D) as (frames, rows, columns)."""
+        array = np.asarray(array)
+        if array.ndim == 2:
+            array = array[None]
+        out = np.transpose(array, self.order)
+        for axis in self.flips:
+            out = np.flip(out, axis)
+        return np.ascontiguousarray(out)
+
+
+# ---- the source series -----------------------------------------------------------------------
+
+
+def is_dicom_source(path: str | os.PathLike | None) -> bool:
+    """Whether a scan path is a DICOM folder or file (the only sources a SEG can refer to)."""
+    from . import dicom
+
+    if not path:
+        return False
+    path = Path(path).expanduser()
+    return path.is_dir() or (path.is_file() and dicom.is_dicom_file(path))
+
+
+def check_scan(path: str | os.PathLike) -> Source:
+    """The source series of a scan, read before any work: an InputError for a scan that is not
+    DICOM (a SEG refers to DICOM images) or lacks what a SEG must share with it."""
+    if not is_dicom_source(path):
+        raise InputError(f"{path} is not a DICOM series: {NEEDS_DICOM}.")
+    return load_source({"source": {"path": str(path)}})
+
+
+def _geometry(like) -> dict:
+    from .io import Volume
+
+    return like.geometry() if isinstance(like, Volume) else dict(like or {})
+
+
+def load_source(like) -> Source:
+    """The source series of a Volume or a layer's geometry dict; an InputError when there is none
+    or it lacks what a SEG must share with it."""
+    from . import dicom
+
+    geometry = _geometry(like)
+    source = geometry.get("source") or {}
+    path = source.get("path")
+    if not is_dicom_source(path):
+        where = f"{path}" if path else "this layer"
+        raise InputError(f"{where} was not read from DICOM images: {NEEDS_DICOM}.")
+    path = Path(path)
+    files, _ = dicom._gather(path)
+    slices = [s for f in files for s in f.slices]
+    if any(s.position is None or s.orientation is None for s in slices):
+        raise InputError(
+            f"{path}: the images have no patient position or orientation, so a DICOM SEG "
+            "cannot be placed on them; save as NIfTI (--format .nii.gz) instead."
+        )
+    slices, _ = dicom._placed_group(slices)
+    frame = dicom._frame(slices[0].orientation)
+    kept = list(dict.fromkeys(s.path for s in slices))
+    datasets = [_read_header(p) for p in kept]
+    _check_uids(datasets, kept, path)
+    positions = np.array([s.position for s in slices])
+    depth = np.sort(positions @ frame[2])
+    steps = np.diff(depth)
+    steps = steps[steps > dicom.DUPLICATE_MM]
+    if steps.size:
+        step = float(np.min(steps))
+    else:
+        step = float(getattr(datasets[0], "SliceThickness", 0) or 1.0)
+    return Source(path, datasets, frame, positions, step)
+
+
+def _read_header(path: Path):
+    import pydicom
+
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot be read as DICOM ({exc}); copy it again.") from None
+
+
+def _check_uids(datasets: list, paths: list[Path], folder: Path) -> None:
+    for ds, p in zip(datasets, paths, strict=True):
+        missing = [key for key in REQUIRED_UIDS if not str(getattr(ds, key, "") or "").strip()]
+        if missing:
+            raise InputError(
+                f"{folder}: {p.name} has no {' or '.join(missing)}; a DICOM SEG must "
+                "refer to its images by these UIDs and share their study and frame of "
+                "reference, so none was written; save as NIfTI (--format .nii.gz) instead."
+            )
+    series = {str(ds.SeriesInstanceUID) for ds in datasets}
+    frames = {str(ds.FrameOfReferenceUID) for ds in datasets}
+    if len(frames) > 1 or len(series) > 1:
+        raise InputError(
+            f"{folder}: the images do not share one series and frame of reference "
+            f"({len(series)} series, {len(frames)} frames of reference); a DICOM SEG "
+            "needs one; save as NIfTI (--format .nii.gz) instead."
+        )
+
+
+# ---- geometry --------------------------------------------------------------------------------
+
+
+def _index_to_lps(geometry: dict, shape: Sequence[int]) -> np.ndarray:
+    """3 x 4 matrix: array index (napari order; a 2D array as one frame) -> LPS point (x, y, z)."""
+    affine = np.asarray(geometry.get("affine"), dtype=float)
+    if len(shape) == 3:
+        if affine.shape != (4, 4):
+            raise InputError("the labels have no 3D placement; they cannot be written as a DICOM SEG.")
+        return affine[:3][::-1]  # napari world (S, P, L) -> LPS (x, y, z)
+    plane = (geometry.get("source") or {}).get("plane")
+    if len(shape) != 2 or affine.shape != (3, 3) or not plane:
+        raise InputError(
+            "the labels are not a 2D slice or 3D volume placed in the patient; they cannot be "
+            "written as a DICOM SEG."
+        )
+    axes = np.asarray(plane["axes"], dtype=float)  # LPS direction of the 2D image's axes
+    origin = np.asarray(plane["origin"], dtype=float)
+    base = origin - (origin @ axes[0]) * axes[0] - (origin @ axes[1]) * axes[1]
+    out = np.zeros((3, 4))
+    out[:, 0] = np.cross(axes[0], axes[1])  # the one frame: a unit step along the normal
+    out[:, 1] = axes.T @ affine[:2, 0]
+    out[:, 2] = axes.T @ affine[:2, 1]
+    out[:, 3] = base + axes.T @ affine[:2, 2]
+    return out
+
+
+def placement(shape: Sequence[int], like, source: Source) -> Placement:
+    """Where the frames of a label array of ``shape`` lie, in the series' own axes."""
+    geometry = _geometry(like)
+    matrix = _index_to_lps(geometry, shape)
+    shape3 = tuple(shape) if len(shape) == 3 else (1, *shape)
+    targets = source.frame[[2, 1, 0]]  # frames along n, rows along c, columns along r
+    order = [0, 0, 0]
+    signs = [1.0, 1.0, 1.0]
+    lengths = np.linalg.norm(matrix[:, :3], axis=0)
+    used = set()
+    for axis in range(3):
+        cosines = targets @ (matrix[:, axis] / lengths[axis])
+        target = int(np.argmax(np.abs(cosines)))
+        if 1.0 - abs(cosines[target]) > AXIS_TOLERANCE or target in used:
+            raise InputError(
+                f"{source.path}: the labels are not on the planes of the DICOM series (rotated "
+                "against its slices); a DICOM SEG holds frames in the series' own planes. "
+                "Save as NIfTI instead."
+            )
+        used.add(target)
+        order[target] = axis
+        signs[target] = float(np.sign(cosines[target]))
+    origin = matrix[:, 3].copy()
+    flips = []
+    for target, axis in enumerate(order):
+        if signs[target] < 0:
+            origin = origin + matrix[:, axis] * (shape3[axis] - 1)
+            flips.append(target)
+    frame = source.frame
+    step = float(lengths[order[0]]) if len(shape) == 3 else source.step
+    out = Placement(
+        tuple(order),
+        tuple(flips),
+        origin,
+        step,
+        (float(lengths[order[1]]), float(lengths[order[2]])),
+        np.concatenate([frame[0], frame[1]]),
+    )
+    _place_frames(out, shape3[order[0]], source)
+    return out
+
+
+def _place_frames(out: Placement, count: int, source: Source) -> None:
+    """Each frame's ImagePositionPatient: a source slice's own where the frame lies on it."""
+    from .dicom import UNIFORM_TOLERANCE
+
+    tolerance = max(UNIFORM_TOLERANCE * min(out.step, source.step), 1e-4)
+    normal = source.frame[2]
+    for k in range(count):
+        point = out.origin + k * out.step * normal
+        distance = np.linalg.norm(source.positions - point, axis=1)
+        nearest = int(np.argmin(distance))
+        if distance[nearest] <= tolerance:
+            point = source.positions[nearest].copy()
+            out.snapped += 1
+        out.positions.append(point)
+
+
+# ---- segments --------------------------------------------------------------------------------
+
+
+def _code(text: str):
+    from highdicom.sr import CodedConcept
+
+    parts = str(text).split(":", 2)
+    if len(parts) != 3 or not all(p.strip() for p in parts):
+        raise InputError(f"class code {text!r}: give SCHEME:VALUE:MEANING, as in {DEFAULT_CODE}.")
+    scheme, value, meaning = (p.strip() for p in parts)
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def _segments(names: Sequence[str], algorithm: Algorithm | None, codes: Mapping[str, Mapping] | None) -> list:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes as dcm_codes
+
+    kind = hd.seg.SegmentAlgorithmTypeValues
+    identification = None
+    if algorithm is not None:
+        parameters = {"checkpoint": algorithm.checkpoint, "sha256": algorithm.sha256}
+        identification = hd.AlgorithmIdentificationSequence(
+            name=algorithm.name,
+            family=dcm_codes.cid7162.ArtificialIntelligence,
+            version=algorithm.version or "unknown",
+            parameters=parameters,
+        )
+    out = []
+    for number, name in enumerate(names, start=1):
+        chosen = (codes or {}).get(name) or {}
+        out.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=str(name)[:64],
+                segmented_property_category=_code(chosen.get("category", DEFAULT_CODE)),
+                segmented_property_type=_code(chosen.get("type", DEFAULT_CODE)),
+                algorithm_type=kind.AUTOMATIC if algorithm is not None else kind.MANUAL,
+                algorithm_identification=identification,
+            )
+        )
+    return out
+
+
+def _check_labels(labels: np.ndarray, names: Sequence[str]) -> list[str]:
+    """Foreground names (label value k -> names[k]); notes for classes without voxels."""
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise InputError(f"labels of type {labels.dtype}: a DICOM SEG is written from integer labels.")
+    counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=len(names))
+    if labels.size and (labels.min() < 0 or len(counts) > len(names)):
+        extra = sorted(int(v) for v in np.nonzero(counts[len(names) :])[0] + len(names))
+        raise InputError(
+            f"label value{'s' * (len(extra) > 1)} {', '.join(map(str, extra[:5]))} "
+            f"{'have' if len(extra) > 1 else 'has'} no class name (there are "
+            f"{len(names) - 1} classes); a DICOM SEG names every segment."
+        )
+    empty = [names[k] for k in range(1, len(names)) if counts[k] == 0]
+    if not empty:
+        return []
+    if len(empty) == len(names) - 1:
+        return ["no class has any voxel: the SEG describes every class as a segment and holds empty frames."]
+    return [
+        f"{', '.join(repr(n) for n in empty)} {'have' if len(empty) > 1 else 'has'} no voxels: "
+        f"{'their segments are' if len(empty) > 1 else 'its segment is'} described in the SEG, "
+        "without frames."
+    ]
+
+
+# ---- the object ------------------------------------------------------------------------------
+
+
+def build(
+    labels: np.ndarray,
+    like,
+    names: Sequence[str],
+    *,
+    seg_type: str = "binary",
+    probabilities: np.ndarray | None = None,
+    algorithm: Algorithm | None = None,
+    codes: Mapping[str, Mapping] | None = None,
+    source: Source | None = None,
+):
+    """The SEG dataset and notes for the user.
+
+    ``labels``: integer labels on the scan grid (napari order), value k is class ``names[k]``
+    (``names[0]`` the background). ``probabilities``: for ``fractional``, (K, *labels.shape) in
+    [0, 1], one per foreground class in ``names[1:]`` order. ``algorithm``: None for a mask
+    painted by hand (MANUAL segments).
+    """
+    import highdicom as hd
+
+    if seg_type not in SEG_TYPES:
+        raise InputError(f"--seg-type {seg_type}: choose {', '.join(SEG_TYPES)}.")
+    labels = np.asarray(labels)
+    names = [str(n) for n in names]
+    if len(names) < 2:
+        raise InputError("a DICOM SEG needs at least one foreground class.")
+    notes = _check_labels(labels, names)
+    source = source or load_source(like)
+    where = placement(labels.shape, like, source)
+    if seg_type == "fractional":
+        if probabilities is None or tuple(np.shape(probabilities)) != (len(names) - 1, *labels.shape):
+            raise InputError(
+                "--seg-type fractional needs the class probabilities of the run, one per foreground "
+                "class; a painted mask has none (save it as binary or labelmap)."
+            )
+        pixels = np.stack([where.apply(p) for p in np.asarray(probabilities, np.float32)], axis=-1)
+        pixels = np.clip(pixels, 0.0, 1.0)
+    elif seg_type == "labelmap":
+        pixels = where.apply(labels).astype(np.uint8 if len(names) <= 256 else np.uint16)
+    else:
+        frames = where.apply(labels)
+        pixels = np.stack([frames == k for k in range(1, len(names))], axis=-1).astype(np.uint8)
+    if where.snapped < len(where.positions):
+        notes.append(
+            f"{source.path.name}: the scan was resampled when read (see its notes), so the SEG's "
+            f"frames lie on that uniform grid, {where.step:.3f} mm apart, each at its own plane "
+            f"position ({where.snapped} of {len(where.positions)} on a source slice)."
+        )
+    positions = [
+        hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, [float(v) for v in p])
+        for p in where.positions
+    ]
+    first = source.datasets[0]
+    measures = hd.PixelMeasuresSequence(
+        pixel_spacing=list(where.pixel_spacing),
+        slice_thickness=float(getattr(first, "SliceThickness", 0) or where.step),
+        spacing_between_slices=where.step if len(where.positions) > 1 else None,
+    )
+    orientation = hd.PlaneOrientationSequence(
+        hd.CoordinateSystemNames.PATIENT, [float(v) for v in where.orientation]
+    )
+    sources = [_with_type2(ds) for ds in source.datasets]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=seg_type.upper(),
+        segment_descriptions=_segments(names[1:], algorithm, codes),
+        series_instance_uid=hd.UID(),
+        series_number=_series_number(first),
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="napari-attunet",
+        manufacturer_model_name="napari-attunet",
+        software_versions=_version(algorithm),
+        device_serial_number="0",
+        content_description=(f"{algorithm.checkpoint}" if algorithm else "painted by hand")[:64],
+        content_label="ATTUNET",
+        series_description=_series_description(first, algorithm),
+        plane_positions=positions,
+        plane_orientation=orientation,
+        pixel_measures=measures,
+        omit_empty_frames=not _all_empty(pixels),
+        max_fractional_value=255,
+    )
+    try:
+        seg.copy_patient_and_study_information(first)  # every patient and study attribute there is
+    except (KeyError, AttributeError):
+        pass  # a SOP class highdicom does not know: the attributes highdicom copied stay
+    return seg, notes
+
+
+def _with_type2(ds):
+    """A copy of a source header where absent type 2 attributes are present and empty."""
+    missing = [key for key in TYPE2 if key not in ds]
+    if not missing:
+        return ds
+    copy = ds.copy()
+    for key in missing:
+        setattr(copy, key, None)
+    return copy
+
+
+def _all_empty(pixels: np.ndarray) -> bool:
+    return not np.any(pixels)
+
+
+def _series_number(ds) -> int:
+    try:
+        return 1000 + int(ds.SeriesNumber)
+    except (AttributeError, TypeError, ValueError):
+        return 1000
+
+
+def _version(algorithm: Algorithm | None) -> str:
+    from . import __version__
+
+    return (algorithm.version if algorithm and algorithm.version else __version__) or "unknown"
+
+
+def _series_description(ds, algorithm: Algorithm | None) -> str:
+    what = "attunet" if algorithm else "attunet manual"
+    base = str(getattr(ds, "SeriesDescription", "") or "").strip()
+    return (f"{base} {what} SEG" if base else f"{what} SEG")[:64]
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def require_highdicom(what: str) -> None:
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        raise InputError(f'{what} needs highdicom: pip install "napari-attunet[dicom-seg]".') from None
+
+
+def write_run(
+    stage,
+    name: str,
+    labels,
+    volume,
+    pred,
+    seg_type: str,
+    algorithm: Algorithm | None,
+    source: Source | None = None,
+) -> list[str]:
+    """A run's SEG (``pred``: its Prediction) into the scan's set of outputs; notes for the user.
+    Category and type codes per class come from the checkpoint's ``class_codes`` metadata."""
+    probabilities = None
+    if seg_type == "fractional":
+        probabilities = pred.probabilities
+        probabilities = probabilities[1:] if pred.output == "softmax" else probabilities
+    return write_staged(
+        stage,
+        name,
+        labels,
+        volume,
+        list(pred.label_names),
+        seg_type=seg_type,
+        probabilities=probabilities,
+        algorithm=algorithm,
+        codes=algorithm.codes if algorithm else None,
+        source=source,
+    )
+
+
+def write_staged(stage, name: str, labels: np.ndarray, like, names: Sequence[str], **options) -> list[str]:
+    """Build the SEG and write it into an ``outputs.Staging`` set (moved into place on commit);
+    the notes for the user."""
+    seg, notes = build(labels, like, names, **options)
+    frames = int(seg.NumberOfFrames)
+    stage.write(
+        name, lambda target: seg.save_as(target, enforce_file_format=True), lambda t: _verify(t, frames)
+    )
+    return notes
+
+
+def write(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    like,
+    names: Sequence[str],
+    *,
+    overwrite: bool = False,
+    **options,
+) -> tuple[Path, list[str]]:
+    """Write a SEG file whole or not at all; an existing file is replaced only with
+    ``overwrite=True`` (else ``outputs.OutputExists``). Returns the path and notes."""
+    from . import outputs
+
+    path = Path(path).expanduser()
+    outputs.check_target(path, overwrite, "overwrite=True")
+    outputs.check_folder(path.parent, "the output path")
+    with outputs.staged(path.parent, overwrite, "overwrite=True") as stage:
+        notes = write_staged(stage, path.name, labels, like, names, **options)
+    return path, notes
+
+
+def _verify(path: Path, frames: int) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    if str(ds.SOPClassUID) not in (SEG_SOP_CLASS, LABELMAP_SOP_CLASS) or int(ds.NumberOfFrames) != frames:
+        raise OSError(5, "the SEG did not read back whole")
+    _ = ds.PixelData
