@@ -161,11 +161,11 @@ def load_source(like) -> Source:
 
     geometry = _geometry(like)
     source = geometry.get("source") or {}
-    path = source.get("path")
-    if not is_dicom_source(path):
-        where = f"{path}" if path else "this layer"
+    given = source.get("path")
+    if not given or not is_dicom_source(given):
+        where = f"{given}" if given else "this layer"
         raise InputError(f"{where} was not read from DICOM images: {NEEDS_DICOM}.")
-    path = Path(path)
+    path = Path(given)
     files, _ = dicom._gather(path)
     slices = [s for f in files for s in f.slices]
     if any(s.position is None or s.orientation is None for s in slices):
@@ -174,7 +174,7 @@ def load_source(like) -> Source:
             "cannot be placed on them; save as NIfTI (--format .nii.gz) instead."
         )
     slices, _ = dicom._placed_group(slices)
-    frame = dicom._frame(slices[0].orientation)
+    frame = dicom._frame(np.asarray(slices[0].orientation))
     kept = list(dict.fromkeys(s.path for s in slices))
     datasets = [_read_header(p) for p in kept]
     _check_uids(datasets, kept, path)
