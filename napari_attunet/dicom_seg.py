@@ -31,6 +31,7 @@ per-frame source reference (the series is still referenced as a whole), and a no
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,9 +64,7 @@ TYPE2 = (
     "ReferringPhysicianName",
 )
 AXIS_TOLERANCE = 1e-4  # 1 - |cos| between a label axis and a series axis (about 0.8 degrees)
-NEEDS_DICOM = (
-    "a DICOM SEG needs the source DICOM images; save as NIfTI (--format .nii.gz), or open the DICOM series"
-)
+NEEDS_DICOM = "a DICOM SEG needs the source DICOM images; save as NIfTI (.nii.gz), or open the DICOM series"
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ def load_source(like) -> Source:
     if any(s.position is None or s.orientation is None for s in slices):
         raise InputError(
             f"{path}: the images have no patient position or orientation, so a DICOM SEG "
-            "cannot be placed on them; save as NIfTI (--format .nii.gz) instead."
+            "cannot be placed on them; save as NIfTI (.nii.gz) instead."
         )
     slices, _ = dicom._placed_group(slices)
     frame = dicom._frame(np.asarray(slices[0].orientation))
@@ -205,7 +204,7 @@ def _check_uids(datasets: list, paths: list[Path], folder: Path) -> None:
             raise InputError(
                 f"{folder}: {p.name} has no {' or '.join(missing)}; a DICOM SEG must "
                 "refer to its images by these UIDs and share their study and frame of "
-                "reference, so none was written; save as NIfTI (--format .nii.gz) instead."
+                "reference, so none was written; save as NIfTI (.nii.gz) instead."
             )
     series = {str(ds.SeriesInstanceUID) for ds in datasets}
     frames = {str(ds.FrameOfReferenceUID) for ds in datasets}
@@ -213,7 +212,7 @@ def _check_uids(datasets: list, paths: list[Path], folder: Path) -> None:
         raise InputError(
             f"{folder}: the images do not share one series and frame of reference "
             f"({len(series)} series, {len(frames)} frames of reference); a DICOM SEG "
-            "needs one; save as NIfTI (--format .nii.gz) instead."
+            "needs one; save as NIfTI (.nii.gz) instead."
         )
 
 
@@ -315,7 +314,12 @@ def _code(text: str):
     return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
-def _segments(names: Sequence[str], algorithm: Algorithm | None, codes: Mapping[str, Mapping] | None) -> list:
+def _segments(
+    names: Sequence[str],
+    algorithm: Algorithm | None,
+    codes: Mapping[str, Mapping] | None,
+    edited: bool = False,
+) -> list:
     import highdicom as hd
     from pydicom.sr.codedict import codes as dcm_codes
 
@@ -338,7 +342,9 @@ def _segments(names: Sequence[str], algorithm: Algorithm | None, codes: Mapping[
                 segment_label=str(name)[:64],
                 segmented_property_category=_code(chosen.get("category", DEFAULT_CODE)),
                 segmented_property_type=_code(chosen.get("type", DEFAULT_CODE)),
-                algorithm_type=kind.AUTOMATIC if algorithm is not None else kind.MANUAL,
+                algorithm_type=(
+                    kind.MANUAL if algorithm is None else kind.SEMIAUTOMATIC if edited else kind.AUTOMATIC
+                ),
                 algorithm_identification=identification,
             )
         )
@@ -382,13 +388,15 @@ def build(
     algorithm: Algorithm | None = None,
     codes: Mapping[str, Mapping] | None = None,
     source: Source | None = None,
+    edited: bool = False,
 ):
     """The SEG dataset and notes for the user.
 
     ``labels``: integer labels on the scan grid (napari order), value k is class ``names[k]``
     (``names[0]`` the background). ``probabilities``: for ``fractional``, (K, *labels.shape) in
     [0, 1], one per foreground class in ``names[1:]`` order. ``algorithm``: None for a mask
-    painted by hand (MANUAL segments).
+    painted by hand (MANUAL segments); with ``edited``, a prediction corrected by hand
+    (SEMIAUTOMATIC).
     """
     import highdicom as hd
 
@@ -438,7 +446,7 @@ def build(
         source_images=sources,
         pixel_array=pixels,
         segmentation_type=seg_type.upper(),
-        segment_descriptions=_segments(names[1:], algorithm, codes),
+        segment_descriptions=_segments(names[1:], algorithm, codes, edited),
         series_instance_uid=hd.UID(),
         series_number=_series_number(first),
         sop_instance_uid=hd.UID(),
@@ -576,3 +584,159 @@ def _verify(path: Path, frames: int) -> None:
     if str(ds.SOPClassUID) not in (SEG_SOP_CLASS, LABELMAP_SOP_CLASS) or int(ds.NumberOfFrames) != frames:
         raise OSError(5, "the SEG did not read back whole")
     _ = ds.PixelData
+
+
+# ---- reading a SEG back ----------------------------------------------------------------------
+
+
+@dataclass
+class SegFrames:
+    """A SEG file's frames as plain arrays (read with pydicom), each placed by its own plane
+    position; ``names[k - 1]`` is the label of segment k."""
+
+    path: Path
+    seg_type: str
+    names: list[str]
+    frame_of_reference: str
+    series: str  # the SeriesInstanceUID it refers to
+    orientation: np.ndarray  # (6,)
+    spacing: np.ndarray  # (2,) between rows, between columns
+    positions: np.ndarray  # (frames, 3)
+    segments: list[int | None]  # per frame; None in a label map
+    pixels: np.ndarray  # (frames, rows, cols)
+    maximum: int = 1  # of a fractional SEG's pixels
+
+    def frame_labels(self, k: int) -> np.ndarray:
+        """Frame ``k`` as label values (segment numbers, 0 for none)."""
+        pixels = self.pixels[k]
+        if self.segments[k] is None:
+            return pixels.astype(np.int32)
+        cut = (self.maximum + 1) // 2 if self.seg_type == "FRACTIONAL" else 1
+        return np.where(pixels >= cut, self.segments[k], 0).astype(np.int32)
+
+    def points(self, k: int) -> np.ndarray:
+        """(rows, cols, 3) LPS points of frame ``k``'s pixels."""
+        rows, cols = self.pixels.shape[1:]
+        r, c = self.orientation[:3], self.orientation[3:]
+        i, j = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        return (
+            self.positions[k]
+            + (i * self.spacing[0])[..., None] * c[None, None]
+            + (j * self.spacing[1])[..., None] * r[None, None]
+        )
+
+
+def is_seg_file(path: str | os.PathLike) -> bool:
+    """Whether a file is a DICOM Segmentation (binary, fractional or label map), by its file meta
+    (no pydicom needed: a plain install opens scans without it)."""
+    from . import dicom_tags as tags
+
+    try:
+        with open(path, "rb") as fh:
+            found = tags.file_meta(fh.read(1 << 14))
+    except (OSError, ValueError, struct.error):
+        return False
+    sop = tags.text(found[0].get((0x0002, 0x0002))) if found else ""
+    return sop in (SEG_SOP_CLASS, LABELMAP_SOP_CLASS)
+
+
+def read_seg(path: str | os.PathLike) -> SegFrames:
+    """A SEG file's frames; an InputError naming the file when it cannot be placed."""
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+        pixels = np.asarray(ds.pixel_array)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on a broken file
+        raise InputError(
+            f"{path}: cannot be read as a DICOM SEG ({type(exc).__name__}); copy it again."
+        ) from None
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    pixels = pixels.reshape(frames, int(ds.Rows), int(ds.Columns))
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != frames:
+        raise InputError(f"{path}: the SEG has no per-frame positions; it cannot be placed on its series.")
+
+    def value(item, sequence, key):
+        for group in (item, shared):
+            if group is not None and sequence in group and key in group[sequence][0]:
+                return np.array(group[sequence][0][key].value, dtype=float)
+        raise InputError(f"{path}: the SEG frames lack {key}; it cannot be placed on its series.")
+
+    positions = np.array([value(f, "PlanePositionSequence", "ImagePositionPatient") for f in per_frame])
+    segments = [
+        int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        if "SegmentIdentificationSequence" in f
+        else None
+        for f in per_frame
+    ]
+    names = {int(s.SegmentNumber): str(s.SegmentLabel) for s in ds.SegmentSequence}
+    referenced = ds.get("ReferencedSeriesSequence") or []
+    return SegFrames(
+        path,
+        str(ds.SegmentationType),
+        [names.get(k, f"segment {k}") for k in range(1, max(names, default=0) + 1)],
+        str(getattr(ds, "FrameOfReferenceUID", "")),
+        str(referenced[0].SeriesInstanceUID) if referenced else "",
+        value(per_frame[0], "PlaneOrientationSequence", "ImageOrientationPatient"),
+        value(per_frame[0], "PixelMeasuresSequence", "PixelSpacing"),
+        positions,
+        segments,
+        pixels,
+        int(getattr(ds, "MaximumFractionalValue", 1) or 1),
+    )
+
+
+def labels_on_grid(seg: SegFrames, affine: np.ndarray, shape: Sequence[int]) -> np.ndarray | None:
+    """The SEG's labels on a scan's grid (napari order ``affine``, ``shape``), each frame pixel at
+    the voxel where its position lies; None when a pixel lies off that grid (another series)."""
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4) or len(shape) != 3:
+        return None
+    inverse = np.linalg.inv(affine)
+    out = np.zeros(tuple(shape), np.uint8 if len(seg.names) < 256 else np.uint16)
+    for k in range(len(seg.positions)):
+        world = seg.points(k).reshape(-1, 3)[:, ::-1]  # LPS -> napari world (S, P, L)
+        index = (inverse[:3, :3] @ world.T + inverse[:3, 3:]).T
+        nearest = np.rint(index)
+        if np.abs(index - nearest).max() > 1e-2:
+            return None
+        nearest = nearest.astype(np.int64)
+        if (nearest < 0).any() or (nearest >= np.asarray(shape)).any():
+            return None
+        labels = seg.frame_labels(k).reshape(-1)
+        hit = labels > 0
+        out[tuple(nearest[hit].T)] = labels[hit]
+    return out
+
+
+def seg_volume(seg: SegFrames):
+    """The SEG on a grid of its own (its frames' planes, one step apart along the normal; frames
+    left out for being empty are zeros), as an ``io.Volume`` read like any scan."""
+    import SimpleITK as sitk
+
+    from . import dicom, io
+
+    frame = dicom._frame(seg.orientation)
+    depth = seg.positions @ frame[2]
+    levels = np.unique(np.round(depth, 3))
+    steps = np.diff(levels)
+    step = float(steps.min()) if steps.size else 1.0
+    first = seg.positions[int(np.argmin(depth))]
+    slot = np.rint((depth - depth.min()) / step).astype(int)
+    drift = np.abs(seg.positions - first - np.outer(depth - depth.min(), frame[2])).max()
+    if np.abs((depth - depth.min()) / step - slot).max() > 0.01 or drift > 1e-2:
+        raise InputError(f"{seg.path}: the SEG's frames are not on one grid; open it over its series.")
+    array = np.zeros(
+        (int(slot.max()) + 1, *seg.pixels.shape[1:]), np.uint8 if len(seg.names) < 256 else np.uint16
+    )
+    for k in range(len(seg.positions)):
+        labels = seg.frame_labels(k)
+        np.copyto(array[slot[k]], labels.astype(array.dtype), where=labels > 0)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((float(seg.spacing[1]), float(seg.spacing[0]), step))
+    image.SetOrigin(tuple(float(v) for v in first))
+    image.SetDirection(tuple(float(v) for v in frame.T.reshape(-1)))
+    return io._to_volume(image, seg.path, [])

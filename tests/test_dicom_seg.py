@@ -531,3 +531,92 @@ def test_cli_existing_seg_is_kept_without_overwrite(tmp_path, capsys):
     code, err = _predict(capsys, DICOM / "axial", "-o", out, "--format", "dicom-seg")
     assert code == 1 and len(err.strip().splitlines()) == 1 and "--overwrite" in err
     assert snapshot(out) == before
+
+
+# ---- napari: File > Save Selected Layers to a .dcm name, and a SEG dragged in --------------------
+
+
+def _open_series(viewer, folder):
+    (image,) = viewer.open(str(folder), plugin="napari-attunet")
+    return image
+
+
+def test_napari_painted_layer_saves_as_manual_seg_and_opens_back_in_place(tmp_path, make_napari_viewer):
+    from napari_attunet.plugin.transforms import data_to_world, layer_state
+
+    folder, nifti, _, truth = built_case(tmp_path, "oblique")
+    viewer = make_napari_viewer()
+    image = _open_series(viewer, folder)
+    painted = viewer.add_labels(  # as napari's "New labels layer": the scan's grid
+        np.zeros(image.data.shape, np.uint8),
+        name="painted",
+        scale=image.scale,
+        translate=image.translate,
+        affine=image.affine,
+    )
+    painted.data = truth  # as if painted by hand: the template's classes
+    target = tmp_path / "painted.dcm"
+    assert painted.save(str(target), plugin="napari-attunet") == [str(target)]
+    ds = pydicom.dcmread(target, stop_before_pixels=True)
+    assert str(ds.SOPClassUID) == dseg.SEG_SOP_CLASS
+    assert {s.SegmentAlgorithmType for s in ds.SegmentSequence} == {"MANUAL"}
+    assert_same_labels(*placed_by_pydicom(target, nifti))
+    # dragged back in: a Labels layer on the series' grid, voxel for voxel
+    (opened,) = viewer.open(str(target), plugin="napari-attunet")
+    assert opened._type_string == "labels" and opened.data.shape == image.data.shape
+    assert np.array_equal(np.asarray(opened.data), truth)
+    assert np.allclose(data_to_world(layer_state(opened)), data_to_world(layer_state(image)))
+    assert list(opened.features["class"]) == ["background", "label 1", "label 2"]
+
+
+def test_napari_seg_without_its_series_opens_at_its_place(tmp_path, make_napari_viewer):
+    from napari_attunet.plugin.transforms import data_to_world, layer_state
+
+    folder, nifti, volume, truth = built_case(tmp_path, "sagittal")
+    out, _ = dseg.write(tmp_path / "seg.dcm", truth, volume, NAMES)
+    viewer = make_napari_viewer()
+    (opened,) = viewer.open(str(out), plugin="napari-attunet")
+    assert list(opened.features["class"]) == NAMES
+    # every labelled voxel of the layer lies where the NIfTI holds that class (empty frames are zeros)
+    data = np.asarray(opened.data)
+    affine = data_to_world(layer_state(opened))
+    index = np.argwhere(data > 0)
+    world = (affine[:3, :3] @ index.T + affine[:3, 3:]).T[:, ::-1]
+    where, reference = nifti_index(nifti, world)
+    assert np.array_equal(reference[where], data[tuple(index.T)])
+    assert int((data > 0).sum()) == int((reference > 0).sum())
+
+
+def test_napari_prediction_saves_as_automatic_seg_naming_the_checkpoint(
+    tmp_path, make_napari_viewer, qtbot, checkpoint, _isolated_config
+):
+    from helpers import _run_on_scan
+
+    from napari_attunet.checkpoint import sha256
+
+    viewer, widget = _run_on_scan(make_napari_viewer, qtbot, DICOM / "axial", checkpoint)
+    result = viewer.layers["axial attunet"]
+    target = tmp_path / "result.dcm"
+    result.save(str(target), plugin="napari-attunet")
+    ds = pydicom.dcmread(target, stop_before_pixels=True)
+    assert [s.SegmentLabel for s in ds.SegmentSequence] == ["organ", "lesion"]
+    segment = ds.SegmentSequence[0]
+    assert segment.SegmentAlgorithmType == "AUTOMATIC"
+    parameters = segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
+    assert checkpoint.name in parameters and sha256(checkpoint) in parameters
+    # painted on afterwards: SEMIAUTOMATIC
+    result.paint((0, 0, 0), 1 + int(result.data[0, 0, 0] == 1))  # a label it does not hold yet
+    result.save(str(target), plugin="napari-attunet")
+    again = pydicom.dcmread(target, stop_before_pixels=True)
+    assert {s.SegmentAlgorithmType for s in again.SegmentSequence} == {"SEMIAUTOMATIC"}
+
+
+def test_napari_labels_over_a_nifti_scan_refuse_a_seg_in_one_sentence(tmp_path, make_napari_viewer):
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(DEMO_SCAN), plugin="napari-attunet")
+    labels = viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="mask", scale=image.scale)
+    target = tmp_path / "mask.dcm"
+    with pytest.raises(OSError, match="DICOM") as info:
+        labels.save(str(target), plugin="napari-attunet")
+    assert one_sentence(str(info.value)) and not BAD_TEXT.search(str(info.value))
+    assert list(tmp_path.iterdir()) == []
