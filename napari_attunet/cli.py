@@ -119,6 +119,11 @@ def _convert(args: argparse.Namespace) -> int:
     if args.orientation:
         overrides["orientation"] = args.orientation
     model = load_model(args.checkpoint, family=args.family, overrides=overrides or None)
+    codes = None
+    if args.class_codes:
+        from .dicom_seg import parse_class_codes
+
+        codes = parse_class_codes(args.class_codes, args.class_names or model.spec.class_labels)
     out = save_model(
         model,
         args.out,
@@ -130,6 +135,7 @@ def _convert(args: argparse.Namespace) -> int:
             "source_sha256": sha256(model.source),
             "source_family": model.spec.family,
         },
+        class_codes=codes,
     )
     print(f"wrote {out}: {load_model(out).spec.summary()}")
     return 0
@@ -490,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("out", help="the .safetensors file to write")
     conv.add_argument("--family", choices=FAMILIES)
     conv.add_argument("--class-names", nargs="+", metavar="NAME")
+    conv.add_argument(
+        "--class-codes",
+        metavar="JSON",
+        help='DICOM SEG codes per class, a JSON file or text: {"NAME": {"category": '
+        '"SCT:91723000:Anatomical Structure", "type": "SCT:...:..."}} (default: Tissue)',
+    )
     conv.add_argument(
         "--normalization",
         metavar="MODE",

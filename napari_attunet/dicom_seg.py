@@ -304,6 +304,45 @@ def _place_frames(out: Placement, count: int, source: Source) -> None:
 # ---- segments --------------------------------------------------------------------------------
 
 
+def parse_class_codes(given: str, class_names: Sequence[str]) -> dict:
+    """``convert --class-codes``: a JSON file or text mapping class names to "category" and
+    "type" codes (SCHEME:VALUE:MEANING), checked against the checkpoint's class names."""
+    import json
+
+    option = "--class-codes"
+    text = given
+    if os.path.isfile(given):
+        try:
+            text = Path(given).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{option} {given}: cannot be read ({type(exc).__name__}).") from None
+    try:
+        codes = json.loads(text)
+    except ValueError:
+        raise InputError(
+            f"{option} {given!r} is neither a JSON file nor JSON text; give "
+            '{"CLASS": {"category": "SCT:VALUE:MEANING", "type": "SCT:VALUE:MEANING"}}.'
+        ) from None
+    if not isinstance(codes, dict):
+        raise InputError(f"{option}: give a JSON object with one entry per class name.")
+    unknown = [name for name in codes if name not in class_names]
+    if unknown:
+        raise InputError(
+            f"{option}: {', '.join(map(repr, unknown))} is not a class of this checkpoint "
+            f"({', '.join(class_names)})."
+        )
+    out = {}
+    for name, entry in codes.items():
+        if not isinstance(entry, dict) or not set(entry) <= {"category", "type"} or not entry:
+            raise InputError(f'{option}: class {name!r}: give {{"category": CODE, "type": CODE}}.')
+        for code in entry.values():
+            parts = str(code).split(":", 2)
+            if len(parts) != 3 or not all(p.strip() for p in parts):
+                raise InputError(f"{option}: class {name!r}: code {code!r}: give SCHEME:VALUE:MEANING.")
+        out[str(name)] = {k: str(v) for k, v in entry.items()}
+    return out
+
+
 def _code(text: str):
     from highdicom.sr import CodedConcept
 

@@ -620,3 +620,39 @@ def test_napari_labels_over_a_nifti_scan_refuse_a_seg_in_one_sentence(tmp_path, 
         labels.save(str(target), plugin="napari-attunet")
     assert one_sentence(str(info.value)) and not BAD_TEXT.search(str(info.value))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_class_codes_stored_by_convert_reach_the_seg(tmp_path, capsys):
+    codes = tmp_path / "codes.json"
+    codes.write_text(
+        '{"white matter": {"category": "SCT:91723000:Anatomical Structure", '
+        '"type": "SCT:68523003:White matter"}}'
+    )
+    coded = tmp_path / "coded.safetensors"
+    assert main(["convert", str(DEMO_CHECKPOINT), str(coded), "--class-codes", str(codes)]) == 0
+    again = tmp_path / "again.safetensors"  # a later conversion keeps them
+    assert main(["convert", str(coded), str(again)]) == 0
+    out = tmp_path / "out"
+    code = main(
+        ["predict", str(DICOM / "axial"), "-c", str(again), "-o", str(out), "-q", "--format", "dicom-seg"]
+    )
+    assert code == 0, capsys.readouterr().err
+    grey, white = pydicom.dcmread(out / "axial_seg.dcm", stop_before_pixels=True).SegmentSequence
+    assert white.SegmentedPropertyTypeCodeSequence[0].CodeValue == "68523003"
+    assert white.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
+    assert grey.SegmentedPropertyTypeCodeSequence[0].CodeValue == "85756007"  # the generic default
+    parameters = white.SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
+    assert again.name in parameters
+    capsys.readouterr()
+    bad = main(
+        [
+            "convert",
+            str(DEMO_CHECKPOINT),
+            str(tmp_path / "bad.safetensors"),
+            "--class-codes",
+            '{"csf": {"type": "SCT:1:x"}}',
+        ]
+    )
+    err = capsys.readouterr().err
+    assert bad == 1 and len(err.strip().splitlines()) == 1 and "'csf'" in err
+    assert not (tmp_path / "bad.safetensors").exists()
