@@ -601,7 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
         action=_FormatAction,
         choices=(".nii.gz", ".nii", ".nrrd", ".mha", "zarr", "dicom-seg"),
         help="zarr: one OME-Zarr store per scan, written block by block (also when -o ends in .zarr); "
-        "dicom-seg: a DICOM SEG of a DICOM series, <name>_seg.dcm; may be given more than once",
+        "dicom-seg: a DICOM SEG of a DICOM series, <name>_seg.dcm (alone, other outputs asked for "
+        "go to .nii.gz); may be given more than once",
     )
     pred.add_argument(
         "--seg-type",

@@ -399,8 +399,9 @@ def _check_labels(labels: np.ndarray, names: Sequence[str]) -> list[str]:
         extra = sorted(int(v) for v in np.nonzero(counts[len(names) :])[0] + len(names))
         raise InputError(
             f"label value{'s' * (len(extra) > 1)} {', '.join(map(str, extra[:5]))} "
-            f"{'have' if len(extra) > 1 else 'has'} no class name (there are "
-            f"{len(names) - 1} classes); a DICOM SEG names every segment."
+            f"{'have' if len(extra) > 1 else 'has'} no class name (there "
+            f"{'is 1 class' if len(names) == 2 else f'are {len(names) - 1} classes'}); a DICOM SEG "
+            "names every segment."
         )
     empty = [names[k] for k in range(1, len(names)) if counts[k] == 0]
     if not empty:
@@ -456,11 +457,9 @@ def build(
             )
         pixels = np.stack([where.apply(p) for p in np.asarray(probabilities, np.float32)], axis=-1)
         pixels = np.clip(pixels, 0.0, 1.0)
-    elif seg_type == "labelmap":
+    else:  # label values as segment numbers: highdicom splits BINARY segments itself, and a
+        # (frames, rows, cols, segments) stack would take a byte per voxel and class
         pixels = where.apply(labels).astype(np.uint8 if len(names) <= 256 else np.uint16)
-    else:
-        frames = where.apply(labels)
-        pixels = np.stack([frames == k for k in range(1, len(names))], axis=-1).astype(np.uint8)
     if where.snapped < len(where.positions):
         notes.append(
             f"{source.path.name}: the scan was resampled when read (see its notes), so the SEG's "

@@ -523,6 +523,20 @@ def test_cli_non_dicom_scan_with_dicom_seg_is_one_line(tmp_path, capsys):
     assert not any(out.rglob("*.dcm")) and not any(out.rglob("*.nii.gz"))
 
 
+def test_cli_source_without_frame_of_reference_is_refused_before_the_run(tmp_path, capsys):
+    folder = tmp_path / "nofor"
+    shutil.copytree(DICOM / "axial", folder)
+    for victim in folder.iterdir():
+        ds = pydicom.dcmread(victim)
+        del ds.FrameOfReferenceUID
+        ds.save_as(victim)
+    out = tmp_path / "out"
+    code, err = _predict(capsys, folder, "-o", out, "--format", ".nii.gz", "--format", "dicom-seg")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "FrameOfReferenceUID" in lines[0], err
+    assert not BAD_TEXT.search(lines[0]) and list(out.iterdir()) == []
+
+
 def test_cli_existing_seg_is_kept_without_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

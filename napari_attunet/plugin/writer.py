@@ -94,7 +94,7 @@ def _algorithm(metadata: dict):
     checkpoint = run.get("checkpoint") or {}
     algorithm = dicom_seg.Algorithm(
         checkpoint.get("name", "unknown"),
-        checkpoint.get("sha256", "unknown"),
+        _sha256(checkpoint),
         checkpoint.get("version", ""),
         codes=checkpoint.get("codes"),
     )
@@ -102,17 +102,23 @@ def _algorithm(metadata: dict):
 
 
 def tag_run(layer, model) -> None:
-    """Name the checkpoint in a result layer's metadata (a SEG's algorithm identification) and
-    mark the layer once it is painted on (its SEG segments become SEMIAUTOMATIC)."""
+    """Name the checkpoint in a result layer's metadata (a SEG's algorithm identification; its
+    sha256 is computed when a SEG is saved, not while the result lands) and mark the layer once
+    it is painted on (its SEG segments become SEMIAUTOMATIC)."""
     from .. import __version__
 
     run = None if layer is None else layer.metadata.get("attunet")
     source = getattr(model, "source", None)
     if run is None or source is None:
         return
+    try:
+        stat = os.stat(source)
+    except OSError:
+        return
     run["checkpoint"] = {
+        "path": str(source),
         "name": os.path.basename(str(source)),
-        "sha256": _sha256(str(source)),
+        "stat": [stat.st_mtime_ns, stat.st_size],
         "version": __version__,
         "codes": (getattr(model, "metadata", None) or {}).get("class_codes"),
     }
@@ -125,11 +131,15 @@ def tag_run(layer, model) -> None:
     layer.events.paint.connect(painted)
 
 
-def _sha256(path: str) -> str:
+def _sha256(checkpoint: dict) -> str:
+    """The sha256 of the run's checkpoint file, if it is still the file the run used."""
+    path = checkpoint.get("path")
     try:
-        stat = os.stat(path)
+        stat = os.stat(path) if path else None
     except OSError:
-        return "unknown"
+        stat = None
+    if stat is None or [stat.st_mtime_ns, stat.st_size] != list(checkpoint.get("stat") or []):
+        return "unknown (the checkpoint file changed or moved since the run)"
     return _sha256_of(path, stat.st_mtime_ns, stat.st_size)
 
 
