@@ -471,6 +471,22 @@ def test_an_existing_seg_is_kept_without_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.dcm"]  # no staging left
 
 
+def test_a_full_disk_leaves_the_old_seg_and_nothing_partial(tmp_path):
+    from helpers import _fill, _no_staging, _tmpfs
+
+    _, _, volume, labels = built_case(tmp_path, "axial")
+    with _tmpfs(tmp_path / "disk", "512k") as disk:
+        target = disk / "seg.dcm"
+        target.write_bytes(b"yesterday's SEG")
+        _fill(disk, 8 << 10)
+        before = snapshot(disk)
+        with pytest.raises(InputError) as info:
+            dseg.write(target, labels, volume, NAMES, overwrite=True)
+        assert one_sentence(str(info.value)) and "disk is full" in str(info.value)
+        assert snapshot(disk) == before
+        _no_staging(disk)
+
+
 # ---- the command line --------------------------------------------------------------------------
 
 
