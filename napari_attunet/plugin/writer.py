@@ -134,8 +134,10 @@ def tag_run(layer, model) -> None:
 def _sha256(checkpoint: dict) -> str:
     """The sha256 of the run's checkpoint file, if it is still the file the run used."""
     path = checkpoint.get("path")
+    if not path:  # a result this widget did not tag (a store run's layer)
+        return "unknown"
     try:
-        stat = os.stat(path) if path else None
+        stat = os.stat(path)
     except OSError:
         stat = None
     if stat is None or [stat.st_mtime_ns, stat.st_size] != list(checkpoint.get("stat") or []):
