@@ -1,4 +1,4 @@
-"""The command line: ``napari-attunet predict | info | convert | train | demo``.
+"""The command line: ``napari-attunet predict | evaluate | info | convert | train | demo``.
 
 Every failure is one line on stderr and a non-zero exit code.
 """
@@ -412,6 +412,28 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """A prediction against a reference: a table per foreground class, and the CSV."""
+    from .review import evaluate
+    from .review.table import check_csv, text, write_csv
+
+    if args.csv:
+        check_csv(args.csv, args.overwrite)
+    names = None
+    if args.checkpoint:
+        from .checkpoint import load_model
+
+        spec = load_model(args.checkpoint).spec
+        names = (("background",) if spec.output == "sigmoid" else ()) + spec.class_labels
+    rows = evaluate(args.prediction, args.reference, class_names=names)
+    for note in rows.notes + [r.note for r in rows if r.note]:
+        print(note, file=sys.stderr)
+    print(text(rows))
+    if args.csv:
+        print(f"-> {write_csv(args.csv, rows, args.overwrite)}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .plugin.demo import run_demo
 
@@ -578,6 +600,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT's .state.pt")
     tr.add_argument("-q", "--quiet", action="store_true")
     tr.set_defaults(func=_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="Dice, HD95, ASSD and volumes of a prediction against a reference, per class"
+    )
+    ev.add_argument("prediction", help="labels: a scan file (NIfTI, NRRD, MHA...) or a result store (.zarr)")
+    ev.add_argument("reference", help="the ground truth, in any of those formats, on any grid")
+    ev.add_argument(
+        "--csv", metavar="PATH", help="also write class,dice,hd95_mm,assd_mm,volume_pred_ml,volume_ref_ml"
+    )
+    ev.add_argument("--checkpoint", help="name the classes as this checkpoint does")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
+    ev.set_defaults(func=_evaluate)
 
     demo = sub.add_parser("demo", help="napari with the MNI152 sample and the demo checkpoint")
     demo.add_argument("--screenshot", metavar="PNG", help="save the window after the run, and exit")
