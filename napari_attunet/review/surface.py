@@ -84,7 +84,7 @@ def edges(labels: np.ndarray, pad: Sequence[int], sentinel: int) -> Edges:
     order = np.argsort(values, kind="stable")
     index, values = index[order], values[order]
     classes, starts = np.unique(values, return_index=True)
-    ends = list(starts[1:]) + [len(values)]
+    ends = list(starts[1:]) + [len(values)] if len(starts) else []
     points = {int(c): index[a:b] for c, a, b in zip(classes, starts, ends, strict=True)}
     return Edges(np.where(boundary, padded, sentinel).reshape(-1), points, padded.shape, sentinel)
 
