@@ -176,6 +176,12 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
         raise InputError(f"--overlap {args.overlap:g}: give a fraction in [0, 1).")
     if args.min_size < 0:
         raise InputError(f"--min-size {args.min_size}: give a number of voxels, 0 or more.")
+    if getattr(args, "structures", False) and not (
+        0.0 <= args.uncertain_over <= 1.0 and args.structure_min_ml >= 0
+    ):
+        raise InputError(
+            "--uncertain-over takes a level in [0, 1] and --structure-min-ml a volume of 0 mL or more."
+        )
     return {
         "normalization": normalization,
         "tile": None if args.tile is None else (args.tile[0] if len(args.tile) == 1 else tuple(args.tile)),
@@ -195,6 +201,8 @@ def _output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
     if args.probabilities:
         for cname in spec.class_labels:
             names.append(f"{name}_prob_{_safe(cname)}{suffix}")
+    if getattr(args, "structures", False):
+        names.append(f"{name}_structures.csv")
     return names
 
 
@@ -224,6 +232,12 @@ def _predict(args: argparse.Namespace) -> int:
     ):
         from .cohort import run
 
+        if getattr(args, "structures", False) and not getattr(args, "scheduler", None):
+            from .errors import InputError
+
+            raise InputError(
+                "--structures needs file outputs (--format .nii.gz and a folder as -o), not zarr."
+            )
         return run(args)
     model = getattr(args, "model", None) or load_model(args.checkpoint)
     spec = model.spec
@@ -266,6 +280,8 @@ def _predict(args: argparse.Namespace) -> int:
                     probs = pred.probabilities
                     for c, cname in enumerate(pred.class_names):
                         io.write_staged(stage, f"{name}_prob_{_safe(cname)}{suffix}", probs[c], volume)
+                if getattr(args, "structures", False):
+                    _write_structures(stage, name, labels, pred, volume, args)
             full_path = str(Path(scan).expanduser().absolute())
             rows = [
                 (name, cname, f"{ml:.3f}", full_path)
@@ -284,6 +300,17 @@ def _predict(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 1 if failures else 0
+
+
+def _write_structures(stage, name: str, labels, pred, volume, args: argparse.Namespace) -> None:
+    """``<name>_structures.csv``: each class and its components with their mean uncertainty."""
+    from .review.structures import structures, write_csv
+
+    rows = structures(
+        labels, pred.uncertainty, volume.spacing, pred.label_names, volume.affine, args.uncertain_over,
+        args.structure_min_ml,
+    )  # fmt: skip
+    stage.write(f"{name}_structures.csv", lambda target: write_csv(target, rows))
 
 
 def _follow(steps, bar, name: str, quiet: bool):
@@ -550,6 +577,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop connected components smaller than this",
     )
     pred.add_argument("--fill-holes", action="store_true")
+    pred.add_argument(
+        "--structures",
+        action="store_true",
+        help="also write <scan>_structures.csv: each class and connected component with its volume, "
+        "mean uncertainty, uncertain mL and centroid",
+    )
+    pred.add_argument("--uncertain-over", type=float, default=0.5, metavar="LEVEL", help="for --structures")
+    pred.add_argument("--structure-min-ml", type=float, default=0.1, metavar="ML", help="for --structures")
     pred.add_argument(
         "--format",
         default=".nii.gz",

@@ -152,9 +152,16 @@ def test_store_names_its_classes(demo, tmp_path, capsys):
 def test_predict_outputs_name_classes_and_checkpoint_does(demo, tmp_path, capsys):
     """A predict folder's volumes.csv names the classes of its label files; --checkpoint too."""
     out = tmp_path / "run"
-    assert main(["predict", str(DEMO_SCAN), "-c", str(DEMO_CHECKPOINT), "-o", str(out), "-q"]) == 0
+    run = ["predict", str(DEMO_SCAN), "-c", str(DEMO_CHECKPOINT), "-o", str(out), "-q", "--structures"]
+    run += ["--precision", "fp32", "--device", "cpu"]  # as the fixture's run
+    assert main(run) == 0
     labels = out / "mni152_t1_2mm_labels.nii.gz"
     assert [r.name for r in na.evaluate(labels, DEMO_LABELS)] == ["grey matter", "white matter"]
+    _check_structures_csv(out / "mni152_t1_2mm_structures.csv", demo)
+    before = snapshot(out)
+    assert main(run) == 1  # the outputs exist: refused, nothing changed
+    assert "--overwrite" in capsys.readouterr().err
+    assert snapshot(out) == before
     capsys.readouterr()
     assert main(["evaluate", str(demo["nifti"]), str(DEMO_LABELS), "--checkpoint", str(DEMO_CHECKPOINT)]) == 0
     assert "white matter" in capsys.readouterr().out
@@ -331,3 +338,62 @@ def test_review_imports_neither_torch_nor_qt():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+# ---- confidence per structure ----------------------------------------------------------------
+
+
+def _check_structures_csv(path: pathlib.Path, demo) -> None:
+    from napari_attunet.review.structures import STRUCTURE_COLUMNS
+
+    table = _read_csv(path)
+    assert tuple(table[0]) == STRUCTURE_COLUMNS
+    rows = [dict(zip(table[0], line, strict=True)) for line in table[1:]]
+    labels, unc = demo["labels"], demo["pred"].uncertainty
+    voxel_ml = float(np.prod(demo["scan"].spacing)) / 1000
+    for value, name in ((1, "grey matter"), (2, "white matter")):
+        (whole,) = [r for r in rows if r["class"] == name and r["component"] == "all"]
+        mask = labels == value
+        assert float(whole["volume_ml"]) == pytest.approx(mask.sum() * voxel_ml, abs=1e-3)
+        assert float(whole["mean_uncertainty"]) == pytest.approx(float(unc[mask].mean()), abs=1e-4)
+        assert float(whole["uncertain_ml"]) == pytest.approx((mask & (unc > 0.5)).sum() * voxel_ml, abs=1e-3)
+        centre = demo["scan"].affine @ np.append(np.argwhere(mask).mean(0), 1.0)
+        lps = [float(whole[f"centroid_{a}_mm"]) for a in "xyz"]
+        assert lps == pytest.approx(list(centre[2::-1]), abs=0.01)
+        parts = [r for r in rows if r["class"] == name and r["component"] != "all"]
+        assert parts and float(parts[0]["volume_ml"]) <= float(whole["volume_ml"])
+        sizes = [float(r["volume_ml"]) for r in parts]
+        assert sizes == sorted(sizes, reverse=True) and min(sizes) >= 0.1
+
+
+def test_structures_per_class_and_component():
+    from napari_attunet.geometry import compose
+    from napari_attunet.review.structures import structures
+
+    labels = np.zeros((10, 20, 20), np.uint8)
+    labels[1:5, 2:10, 2:10] = 1  # 256 voxels
+    labels[7:9, 15:17, 15:17] = 1  # 8 voxels, unsure
+    labels[6, 1, 1] = 1  # one voxel: under the minimum size
+    labels[2:6, 12:18, 3:7] = 2
+    unc = np.full(labels.shape, 0.1, np.float32)
+    unc[7:9, 15:17, 15:17] = 0.9
+    spacing = (2.0, 1.0, 1.5)
+    direction = np.diag([1.0, -1.0, 1.0])
+    affine = compose(spacing, (10.0, 20.0, -30.0), direction)
+    rows = structures(labels, unc, spacing, ["background", "liver", "lesion"], affine, level=0.5, min_ml=0.01)
+    assert [(r.name, r.component, r.voxels) for r in rows] == [
+        ("liver", 0, 265),
+        ("liver", 1, 256),
+        ("liver", 2, 8),
+        ("lesion", 0, 96),
+        ("lesion", 1, 96),
+    ]
+    voxel_ml = 3.0 / 1000
+    whole, big, small = rows[:3]
+    assert whole.volume_ml == pytest.approx(265 * voxel_ml)
+    assert whole.mean_uncertainty == pytest.approx((257 * 0.1 + 8 * 0.9) / 265, rel=1e-6)
+    assert whole.uncertain_ml == pytest.approx(8 * voxel_ml) and small.uncertain_ml == whole.uncertain_ml
+    assert small.flagged and not big.flagged and not whole.flagged
+    centre = np.array([7.5, 15.5, 15.5])
+    assert small.centroid == pytest.approx(tuple(affine[:3, :3] @ centre + affine[:3, 3]))
+    assert small.centroid[1] == pytest.approx(20.0 - 15.5)  # the flipped axis
