@@ -176,6 +176,10 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
         raise InputError(f"--overlap {args.overlap:g}: give a fraction in [0, 1).")
     if args.min_size < 0:
         raise InputError(f"--min-size {args.min_size}: give a number of voxels, 0 or more.")
+    if getattr(args, "reference", None):
+        from .review.references import check_folder
+
+        check_folder(args.reference)
     if getattr(args, "structures", False) and not (
         0.0 <= args.uncertain_over <= 1.0 and args.structure_min_ml >= 0
     ):
@@ -232,11 +236,13 @@ def _predict(args: argparse.Namespace) -> int:
     ):
         from .cohort import run
 
-        if getattr(args, "structures", False) and not getattr(args, "scheduler", None):
+        zarr = args.format == "zarr" or str(args.output).rstrip("/").endswith(".zarr")
+        given = [o for o in ("structures", "reference") if getattr(args, o, None)]
+        if zarr and given:
             from .errors import InputError
 
             raise InputError(
-                "--structures needs file outputs (--format .nii.gz and a folder as -o), not zarr."
+                f"--{given[0]} needs file outputs (--format .nii.gz and a folder as -o), not zarr."
             )
         return run(args)
     model = getattr(args, "model", None) or load_model(args.checkpoint)
@@ -261,6 +267,7 @@ def _predict(args: argparse.Namespace) -> int:
             for note in volume.notes:  # after the run: a scan that fails gets one line only
                 print(note, file=sys.stderr)
             labels = pred.labels(thresholds, min_size=args.min_size, fill_holes=args.fill_holes)
+            scores = _scores(args, scan, name, labels, volume, pred)
             suffix = args.format
             with outputs.staged(outdir, args.overwrite) as stage:
                 io.write_staged(stage, f"{name}_labels{suffix}", labels, volume)
@@ -284,7 +291,7 @@ def _predict(args: argparse.Namespace) -> int:
                     _write_structures(stage, name, labels, pred, volume, args)
             full_path = str(Path(scan).expanduser().absolute())
             rows = [
-                (name, cname, f"{ml:.3f}", full_path)
+                (name, cname, f"{ml:.3f}", full_path, *scores.get(cname, ()))
                 for cname, ml in pred.volumes_ml(labels, volume.spacing).items()
             ]
             outputs.merge_volumes(outdir / "volumes.csv", rows)  # per scan: an interrupt keeps it
@@ -299,7 +306,36 @@ def _predict(args: argparse.Namespace) -> int:
                 f"napari-attunet predict: {scan}: failed ({_sentence(exc)}); nothing was written for it.",
                 file=sys.stderr,
             )
+    if getattr(args, "reference", None) and not args.quiet:
+        print_reference_summary(outdir / "volumes.csv", args.scans)
     return 1 if failures else 0
+
+
+def _scores(args: argparse.Namespace, scan, name: str, labels, volume, pred) -> dict[str, list[str]]:
+    """With --reference: the metric cells per class against the scan's reference, or {}."""
+    if not getattr(args, "reference", None):
+        return {}
+    from .review import references
+
+    found = references.find(args.reference, scan, name)
+    if found is None:
+        print(f"{name}: no reference in {args.reference}; its rows have no metrics.", file=sys.stderr)
+        return {}
+    cells, notes = references.scores(found, labels, volume, pred.label_names)
+    for note in notes:
+        print(f"{name}: {note}", file=sys.stderr)
+    return cells
+
+
+def print_reference_summary(table, scans) -> None:
+    """The mean and median per class of this run's scans, from volumes.csv."""
+    from pathlib import Path
+
+    from .review.references import summary
+
+    text = summary(table, [str(Path(s).expanduser().absolute()) for s in scans])
+    if text:
+        print(text)
 
 
 def _write_structures(stage, name: str, labels, pred, volume, args: argparse.Namespace) -> None:
@@ -577,6 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop connected components smaller than this",
     )
     pred.add_argument("--fill-holes", action="store_true")
+    pred.add_argument(
+        "--reference",
+        metavar="REF_DIR",
+        help="score each scan against its reference label map in this folder (same stem, or "
+        "stem_seg, stem_labels, stem_gt...): Dice, HD95, ASSD columns in volumes.csv",
+    )
     pred.add_argument(
         "--structures",
         action="store_true",

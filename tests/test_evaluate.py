@@ -397,3 +397,64 @@ def test_structures_per_class_and_component():
     centre = np.array([7.5, 15.5, 15.5])
     assert small.centroid == pytest.approx(tuple(affine[:3, :3] @ centre + affine[:3, 3]))
     assert small.centroid[1] == pytest.approx(20.0 - 15.5)  # the flipped axis
+
+
+# ---- a cohort against its references -----------------------------------------------------------
+
+
+def test_references_are_found_by_stem(tmp_path):
+    from napari_attunet.review.references import find
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for name in (
+        "case1_seg.nii.gz",
+        "case1.nrrd",
+        "case2_gt.nii.gz",
+        "case3_seg.nii",
+        "case3_mask.mha",
+        ".hidden",
+    ):
+        (refs / name).write_bytes(b"x")
+    assert find(refs, "/data/case1.nii.gz", "case1").name == "case1.nrrd"  # the bare stem first
+    assert find(refs, "/data/case2.mha", "case2").name == "case2_gt.nii.gz"
+    assert find(refs, "/data/case3.nii.gz", "case3").name == "case3_seg.nii"
+    assert find(refs, "/data/case4.nii.gz", "case4") is None
+    (refs / "case2_gt.nrrd").write_bytes(b"x")
+    with pytest.raises(na.InputError, match="2 references for /data/case2.mha"):
+        find(refs, "/data/case2.mha", "case2")
+
+
+def test_predict_with_references_adds_metric_columns(demo, tmp_path, capsys):
+    import shutil
+
+    scans, refs, out = tmp_path / "scans", tmp_path / "refs", tmp_path / "out"
+    scans.mkdir()
+    refs.mkdir()
+    shutil.copy(DEMO_SCAN, scans / "brain.nii.gz")
+    _reoriented(DEMO_LABELS, refs / "brain_seg.nii.gz", ("R", "A", "S"))
+    run = [
+        "predict",
+        str(scans / "brain.nii.gz"),
+        "-c",
+        str(DEMO_CHECKPOINT),
+        "-o",
+        str(out),
+        "--reference",
+        str(refs),
+    ]
+    assert main([*run, "--precision", "fp32", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "against the references (1 scans)" in printed and "grey matter" in printed
+    table = _read_csv(out / "volumes.csv")
+    assert table[0] == ["scan", "class", "volume_ml", "path", "dice", "hd95_mm", "assd_mm", "volume_ref_ml"]
+    expected = na.evaluate(out / "brain_labels.nii.gz", DEMO_LABELS)
+    for line, row in zip(table[1:], expected, strict=True):
+        assert line[1] == row.name
+        assert float(line[4]) == pytest.approx(row.dice, abs=1e-6)
+        assert float(line[5]) == pytest.approx(row.hd95_mm, abs=1e-4)
+        assert float(line[7]) == pytest.approx(row.volume_ref_ml, abs=1e-3)
+    with pytest.raises(na.InputError, match="--reference .*no such folder"):
+        from napari_attunet.cli import _predict, build_parser
+
+        _predict(build_parser().parse_args([*run[:-1], str(tmp_path / "nowhere")]))
