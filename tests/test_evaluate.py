@@ -458,3 +458,50 @@ def test_predict_with_references_adds_metric_columns(demo, tmp_path, capsys):
         from napari_attunet.cli import _predict, build_parser
 
         _predict(build_parser().parse_args([*run[:-1], str(tmp_path / "nowhere")]))
+
+
+# ---- in napari --------------------------------------------------------------------------------
+
+
+def _table(widget) -> dict[str, list[str]]:
+    value = widget.agreement.value
+    return {h: [row[i] for row in value["data"]] for i, h in enumerate(value["columns"])}
+
+
+def test_compare_widget_follows_edits_to_either_layer(make_napari_viewer, qtbot):
+    from napari_attunet.plugin.compare import FALSE_NEGATIVE, FALSE_POSITIVE
+
+    viewer = make_napari_viewer()
+    pred, ref = random_pair((20, 32, 28), 2, 5)
+    spacing = (2.0, 1.0, 1.0)
+    names = ["background", "liver", "lesion"]
+    result = viewer.add_labels(
+        pred, name="ct attunet", scale=spacing, metadata={"attunet": {"class_names": names}}
+    )
+    truth = viewer.add_labels(ref.copy(), name="painted truth", scale=spacing, translate=(0, 0, 0))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Compare with a reference")
+    assert {c for c in widget.reference.choices if c is not None} == {result, truth}
+    widget.result.value = result
+    widget.reference.value = truth
+
+    def shown(dice: list[float]) -> bool:
+        return not widget.busy and "ct disagreement" in viewer.layers and _table(widget)["Dice"] == dice
+
+    expected = na.evaluate(pred, ref, spacing=spacing, class_names=names)
+    qtbot.waitUntil(lambda: shown([round(r.dice, 4) for r in expected]), timeout=30_000)
+    table = _table(widget)
+    assert table["class"] == ["liver", "lesion"]
+    assert table["HD95 mm"] == [round(r.hd95_mm, 4) for r in expected]
+    layer = viewer.layers["ct disagreement"]
+    assert np.count_nonzero(layer.data == FALSE_POSITIVE) == np.count_nonzero((pred != ref) & (pred != 0))
+    assert np.count_nonzero(layer.data == FALSE_NEGATIVE) == np.count_nonzero((pred != ref) & (pred == 0))
+    assert tuple(layer.scale) == spacing and layer not in widget.reference.choices
+
+    truth.data = pred.copy()  # the reference replaced: the two agree
+    qtbot.waitUntil(lambda: shown([1.0, 1.0]), timeout=30_000)
+    assert not viewer.layers["ct disagreement"].data.any()
+
+    result.paint((10, 16, 14), 2, refresh=True)  # a brush stroke on the result
+    qtbot.waitUntil(lambda: not widget.busy and viewer.layers["ct disagreement"].data.any(), timeout=30_000)
+    assert _table(widget)["Dice"] != [1.0, 1.0]
+    assert viewer.layers["ct disagreement"].data[10, 16, 14] in (FALSE_POSITIVE, FALSE_NEGATIVE)
