@@ -505,3 +505,39 @@ def test_compare_widget_follows_edits_to_either_layer(make_napari_viewer, qtbot)
     qtbot.waitUntil(lambda: not widget.busy and viewer.layers["ct disagreement"].data.any(), timeout=30_000)
     assert _table(widget)["Dice"] != [1.0, 1.0]
     assert viewer.layers["ct disagreement"].data[10, 16, 14] in (FALSE_POSITIVE, FALSE_NEGATIVE)
+
+
+def test_structures_widget_flags_and_jumps(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    labels = np.zeros((16, 40, 40), np.uint8)
+    labels[2:8, 5:20, 5:20] = 1
+    labels[10:14, 30:36, 30:36] = 1  # an unsure island
+    unc = np.full(labels.shape, 0.05, np.float32)
+    unc[10:14, 30:36, 30:36] = 0.8
+    kw = {"scale": (2.0, 1.0, 1.0), "translate": (-20.0, 5.0, 0.0)}
+    names = {"attunet": {"class_names": ["background", "liver"]}}
+    viewer.add_labels(labels, name="ct attunet", metadata=names, **kw)
+    viewer.add_image(unc, name="ct uncertainty", **kw)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Structures to double-check")
+    widget.segmentation.value = viewer.layers["ct attunet"]
+    assert widget.uncertainty.value is viewer.layers["ct uncertainty"]  # found by name
+    qtbot.waitUntil(lambda: not widget.busy and len(widget.rows) == 3, timeout=30_000)
+    table = _table_of(widget.table)
+    assert table["class"] == ["liver"] * 3 and table["component"] == ["all", "1", "2"]
+    assert table["check"] == ["no", "no", "yes"]
+    island = widget.rows[2]
+    assert island.centroid == pytest.approx((-20 + 2 * 11.5, 5 + 32.5, 32.5))
+    widget.table.native.cellClicked.emit(2, 0)
+    assert viewer.dims.point[0] == pytest.approx(island.centroid[0], abs=1.0)
+    from napari_attunet.plugin.orientation import camera_of
+
+    assert tuple(camera_of(viewer).center[-2:]) == pytest.approx(island.centroid[1:])
+    widget.level.value = 0.9  # nothing is that unsure
+    qtbot.waitUntil(
+        lambda: not widget.busy and _table_of(widget.table)["check"] == ["no", "no", "no"], timeout=30_000
+    )
+
+
+def _table_of(table) -> dict[str, list]:
+    value = table.value
+    return {h: [row[i] for row in value["data"]] for i, h in enumerate(value["columns"])}
