@@ -167,6 +167,12 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
         resolve_precision(args.precision, device)
     except InputError as exc:
         raise InputError(f"--precision {args.precision}: {exc}") from None
+    if getattr(args, "calibrate", None) is not None:
+        if args.precision != "int8":
+            raise InputError("--calibrate is for --precision int8; add it, or leave --calibrate out.")
+        from .inference.quantize import scan_files
+
+        scan_files(args.calibrate)  # a folder with scans, before any is run
     if args.thresholds is not None and len(args.thresholds) not in (1, spec.out_channels):
         raise InputError(
             f"--thresholds: {len(args.thresholds)} values given, but the model has "
@@ -319,6 +325,8 @@ def _predict(args: argparse.Namespace) -> int:
                 pred = _follow(steps, bar, name, args.quiet)
             for note in volume.notes:  # after the run: a scan that fails gets one line only
                 print(note, file=sys.stderr)
+            for note in [n for n in pred.notes if "int8" in n and not args.quiet]:  # the guard's figures
+                print(f"{name}: {note}", file=sys.stderr)
             labels = pred.labels(thresholds, min_size=args.min_size, fill_holes=args.fill_holes)
             scores = _scores(args, scan, name, labels, volume, pred)
             seg_notes: list[str] = []
@@ -413,6 +421,7 @@ def _write_structures(stage, name: str, labels, pred, volume, args: argparse.Nam
 def _follow(steps, bar, name: str, quiet: bool):
     """Run ``iter_predict``'s steps: the bar follows the batches, and a conversion for this
     CPU (tens of seconds, once per checkpoint) is said on stderr so a pause is not a hang."""
+    from .inference.quantize import CALIBRATING
     from .inference.runtime_openvino import COMPILING
 
     while True:
@@ -424,8 +433,8 @@ def _follow(steps, bar, name: str, quiet: bool):
             bar.total = step.total
             bar.n = step.done
             bar.refresh()
-        elif step.message == COMPILING and not quiet:
-            bar.write(f"{name}: {COMPILING}", file=sys.stderr)
+        elif step.message in (COMPILING, CALIBRATING) and not quiet:
+            bar.write(f"{name}: {step.message}", file=sys.stderr)
 
 
 def run_options(args: argparse.Namespace, options: dict, scan) -> dict:
@@ -442,6 +451,7 @@ def run_options(args: argparse.Namespace, options: dict, scan) -> dict:
         name=str(scan),
         attention=args.attention,
         runtime=args.runtime,
+        calibration=getattr(args, "calibrate", None),
     )
 
 
@@ -640,7 +650,17 @@ def build_parser() -> argparse.ArgumentParser:
         "with --tta, or the flips' disagreement where larger)",
     )
     pred.add_argument("--device", default="auto")
-    pred.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    pred.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16", "int8"),
+        help='int8: OpenVINO int8 on the CPU, calibrated once (pip install "napari-attunet[int8]")',
+    )
+    pred.add_argument(
+        "--calibrate",
+        metavar="DIR",
+        help="with --precision int8: calibrate on the scans in DIR (default: 16 windows of each scan)",
+    )
     pred.add_argument(
         "--runtime",
         default="auto",

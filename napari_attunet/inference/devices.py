@@ -9,7 +9,7 @@ import torch
 from ..errors import InputError
 from ..limits import free_memory as host_free_memory
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def available_devices() -> list[str]:
@@ -65,13 +65,19 @@ def cpu_has_fast_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """'auto': fp16 on CUDA (bf16 where the GPU supports it), bf16 on a CPU with fast bf16,
-    fp32 elsewhere."""
+    fp32 elsewhere; never int8, which runs only when asked for (OpenVINO on the CPU, with NNCF)."""
     precision = precision.lower()
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
             raise InputError("fp16 is not supported on the CPU; use bf16 or fp32.")
+        if precision == "int8":
+            if device.type != "cpu":
+                raise InputError(f"int8 runs on the CPU (OpenVINO), not on {device}; choose device cpu.")
+            from .quantize import require_nncf
+
+            require_nncf()
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -52,6 +52,7 @@ def iter_predict(
     orientation: str | None = None,
     region: Sequence[slice] | None = None,
     runtime: str = "auto",
+    calibration=None,
     intensity=None,
     out=None,
     scheduler=None,
@@ -80,6 +81,8 @@ def iter_predict(
     from .lazy import is_lazy
 
     if out is not None or is_lazy(image) or scheduler is not None or blockwise:
+        if str(precision).lower() == "int8":
+            raise InputError("precision int8 runs on scans held in memory, not block by block; choose fp32.")
         from .blockwise import iter_blockwise
 
         return (
@@ -120,9 +123,9 @@ def iter_predict(
         raise InputError(f"overlap must be in [0, 1), not {overlap}.")
     spacing = check_spacing(spacing, name)
     tile = check_tile(tile, model.spec.spatial_dims)
-    dev = resolve_device(runtime_device(runtime, device))
+    dev = resolve_device(runtime_device(runtime, device, precision))
     prec = resolve_precision(precision, dev)
-    engine = resolve_runtime(runtime, dev)
+    engine = resolve_runtime(runtime, dev, prec)
     # OpenVINO picks its own layouts; it takes plain arrays
     target = Target(dev, prec, engine, channels_last and engine != "openvino")
     plan = yield from make_plan(
@@ -144,7 +147,10 @@ def iter_predict(
         intensity=intensity,
         grid=grid,
     )
-    if engine == "openvino":  # after the plan: a bad input fails before a long conversion
+    int8_net = None
+    if prec == "int8":  # after the plan, like OpenVINO's conversion
+        int8_net = yield from _prepare_int8(model, plan, target, calibration, normalization)
+    elif engine == "openvino":  # after the plan: a bad input fails before a long conversion
         fallback = yield from prepare_openvino(model, prec, runtime)
         if fallback is not None:
             engine = "torch"
@@ -160,7 +166,12 @@ def iter_predict(
         cancel=cancel,
         fold_batchnorm=fold_batchnorm,
         name=name,
+        net=int8_net,
     )
+    if int8_net is not None:
+        from .quantize import guard
+
+        plan.notes.append(guard(int8_net, model, plan, blended, tta))
     quantized, gate_maps = finish(
         plan, blended, gate_sums, model.spec, tta=tta, attention=attention, name=name
     )
@@ -181,6 +192,23 @@ def iter_predict(
         notes=plan.notes,
         runtime=engine,
     )
+
+
+def _prepare_int8(model, plan, target, calibration, normalization):
+    """The int8 network, calibrated on this scan or on the scans of ``calibration``, each
+    planned as this one (normalization, tile)."""
+    from .quantize import prepare_int8
+
+    def plan_for(volume):
+        return make_plan(
+            volume.array, model, target, spacing=volume.spacing, channel_axis=None,
+            normalization=normalization, tile=plan.tile, overlap=0.0, batch_size=None,
+            attention=True, name=volume.name, affine=volume.affine,
+            file_orientation=volume.source.get("orientation"), orientation=None, region=None,
+            intensity=None, grid=None,
+        )  # fmt: skip
+
+    return (yield from prepare_int8(model, plan, calibration, plan_for))
 
 
 def predict(

@@ -26,15 +26,18 @@ def _network(
     plan: Plan,
     target: Target,
     fold_batchnorm: bool,
+    net: Any = None,
 ) -> Generator[Progress, None, tuple[Any, int]]:
-    """The network to call (PyTorch, or OpenVINO's compiled model) and the batch size for it."""
+    """The network to call (PyTorch, OpenVINO's compiled model, or ``net`` when given: int8) and
+    the batch size for it."""
     if target.engine != "openvino":
         return prepared(model, target.dev, fold=fold_batchnorm, layout=target.channels_last), plan.batch_size
     from . import runtime_openvino
 
-    if not runtime_openvino.is_ready(model):
+    if net is None and not runtime_openvino.is_ready(model):
         yield Progress("preparing", 0, 1, runtime_openvino.COMPILING)
-    net: Any = runtime_openvino.network(model, target.precision)  # called as the torch network is
+    if net is None:
+        net = runtime_openvino.network(model, target.precision)  # called as the torch network is
     batch_size = plan.batch_size
     if plan.auto_batch and model.spec.spatial_dims == 3:  # one tile per infer request, all at once
         batch_size = max(1, min(net.parallel, len(plan.jobs)))
@@ -51,12 +54,13 @@ def run_tiles(
     cancel,
     fold_batchnorm: bool,
     name: str,
+    net: Any = None,
 ) -> Generator[Progress, None, tuple[torch.Tensor, list[torch.Tensor]]]:
     """Every batch of tiles through the network (with TTA flips), blended by a Stitcher; on a
     GPU out of memory, halve the batch, then stitch on the CPU, then give up. Returns the
     blended values and gate maps on the padded plane."""
     spec, dev, jobs = model.spec, target.dev, plan.jobs
-    net, batch_size = yield from _network(model, plan, target, fold_batchnorm)
+    net, batch_size = yield from _network(model, plan, target, fold_batchnorm, net)
     # OpenVINO has its own precision hint
     autocast_precision = "fp32" if target.engine == "openvino" else target.precision
     gates = spec.gates if attention else ()

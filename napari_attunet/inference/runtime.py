@@ -23,7 +23,7 @@ def openvino_available() -> bool:
     return True
 
 
-def resolve_runtime(runtime: str, device: torch.device) -> str:
+def resolve_runtime(runtime: str, device: torch.device, precision: str = "fp32") -> str:
     """'torch' or 'openvino' for a run on ``device``.
 
     'auto' picks OpenVINO on the CPU when it is installed and PyTorch everywhere else. Asking
@@ -32,9 +32,11 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
     name = str(runtime).lower()
     if name not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}.")
+    if precision == "int8" and name == "torch":
+        raise InputError("precision int8 runs on OpenVINO, not PyTorch; choose runtime auto or openvino.")
     if name == "torch":
         return "torch"
-    if name == "auto":
+    if name == "auto" and precision != "int8":
         return "openvino" if device.type == "cpu" and openvino_available() else "torch"
     if device.type != "cpu":
         raise InputError(
@@ -48,9 +50,10 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
     return "openvino"
 
 
-def runtime_device(runtime: str, device: str | torch.device) -> str | torch.device:
-    """The device to resolve: an explicit OpenVINO run with device 'auto' means the CPU."""
-    if str(runtime).lower() == "openvino" and str(device).lower() == "auto":
+def runtime_device(runtime: str, device: str | torch.device, precision: str = "auto") -> str | torch.device:
+    """The device to resolve: an explicit OpenVINO or int8 run with device 'auto' means the CPU."""
+    explicit = str(runtime).lower() == "openvino" or str(precision).lower() == "int8"
+    if explicit and str(device).lower() == "auto":
         return "cpu"
     return device
 

@@ -74,7 +74,7 @@ class AttUNetWidget(Container):
         self.model_info = Label(name="model_info", value="no checkpoint loaded")
         self.device = ComboBox(name="device", label="device", choices=self._devices())
         self.precision = ComboBox(
-            name="precision", label="precision", choices=["auto", "fp32", "bf16", "fp16"]
+            name="precision", label="precision", choices=["auto", "fp32", "bf16", "fp16", "int8"]
         )
         self.runtime = ComboBox(
             name="runtime",
