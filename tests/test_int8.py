@@ -1,0 +1,211 @@
+"""int8 through NNCF: labels and gates close to fp32 for every family, a calibration cache that is
+reused and rebuilt when corrupt, a clear error without NNCF, and a guard that says how far int8
+is from fp32 and warns when it is too far."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import lee_spec, make_model, monai_spec, official_spec, one_sentence, random_image, sharpen_gates
+
+import napari_attunet as na
+from napari_attunet.inference import iter_predict
+from napari_attunet.inference.devices import resolve_precision
+from napari_attunet.inference.quantize import CALIBRATING, DICE_MIN, GATE_MAX, guard_note
+from napari_attunet.inference.runtime_openvino import CACHE_ENV
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+SPECS = {
+    "official-3d": official_spec(3),
+    "official-2d": official_spec(2),
+    "monai-3d": monai_spec(3),
+    "monai-2d": monai_spec(2),
+    "leejunhyun-3d": lee_spec(3),
+    "leejunhyun-2d": lee_spec(2),
+}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> pathlib.Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    return folder
+
+
+def blobs(shape, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image, truth): a few balls, bright on dark, with noise."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
+    truth = np.zeros(shape, bool)
+    for _ in range(3):
+        centre = rng.uniform(0, shape[0], len(shape)).reshape((-1,) + (1,) * len(shape))
+        truth |= ((grid - centre) ** 2).sum(0) < rng.uniform(3, 6) ** 2
+    image = truth * 2.0 - 1.0 + rng.normal(0, 0.3, shape)
+    return image.astype(np.float32), truth.astype(np.int64)
+
+
+def trained(spec, steps: int = 60, seed: int = 0):
+    """A small network trained for a few seconds to find the balls."""
+    model = make_model(spec, seed=seed).train()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    for step in range(steps):
+        pairs = [blobs((16,) * spec.spatial_dims, seed * 1000 + 4 * step + k) for k in range(4)]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None]
+        loss = F.cross_entropy(model(x), torch.from_numpy(np.stack([p[1] for p in pairs])))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _run(model, image, **options):
+    """(Prediction, the progress messages) of one run."""
+    steps = iter_predict(image, model, normalization="none", tile=16, **options)
+    messages = []
+    while True:
+        try:
+            messages.append(next(steps).message)
+        except StopIteration as stop:
+            return stop.value, messages
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_int8_labels_and_gates_close_to_fp32(name, cache, torch_single_thread):
+    spec = SPECS[name]
+    model = trained(spec, 120 if spec.family == "monai" else 60)  # MONAI's learns slower
+    image, _ = blobs((32,) * spec.spatial_dims, 99)
+    fp32 = na.predict(image, model, normalization="none", tile=16, precision="fp32", runtime="torch")
+    int8, messages = _run(model, image, precision="int8")
+    assert (int8.precision, int8.runtime, fp32.precision) == ("int8", "openvino", "fp32")
+    assert CALIBRATING in messages
+    probs = fp32.probabilities
+    sure = probs.max(0) > 0.8  # where fp32 is sure, int8 gives the same label
+    assert sure.mean() > 0.25
+    assert (fp32.quantized.argmax(0) == int8.quantized.argmax(0))[sure].mean() > 0.99
+    assert len(int8.gates) == len(fp32.gates) == len(spec.gates)
+    diffs = []
+    for g8, g32 in zip(int8.gates, fp32.gates, strict=True):
+        assert g8.data.shape == g32.data.shape
+        diffs.append(float(np.abs(g8.data.astype(np.float32) - g32.data.astype(np.float32)).mean()))
+    assert diffs[0] <= GATE_MAX  # the finest gate, where the detail is
+    assert max(diffs) <= 0.25, diffs
+    (note,) = [n for n in int8.notes if "Dice per class" in n]
+    assert "int8" in note and "mean |d|" in note and one_sentence(note + ".")
+
+
+def test_cache_is_reused_and_rebuilt_when_corrupt(cache, tmp_path, torch_single_thread):
+    path = na.save_model(sharpen_gates(make_model(lee_spec(2), seed=5)), tmp_path / "m.safetensors")
+    image = random_image((32, 32), seed=3)
+    first, messages = _run(na.load_model(path), image, precision="int8")
+    assert CALIBRATING in messages
+    (entry,) = [p for p in (cache / "openvino").iterdir() if p.name.startswith("int8-")]
+    assert sorted(p.name for p in entry.iterdir()) == ["manifest.json", "model.bin", "model.xml"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in entry.iterdir()}
+
+    # A new model object from the same file, as a new session would load it: no calibration.
+    second, messages = _run(na.load_model(path), image, precision="int8")
+    assert CALIBRATING not in messages
+    assert {p.name: p.stat().st_mtime_ns for p in entry.iterdir()} == stamps
+    assert np.array_equal(first.quantized, second.quantized)
+
+    weights = entry / "model.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
+    weights.write_bytes(bytes(data))
+    third, messages = _run(na.load_model(path), image, precision="int8")
+    assert CALIBRATING in messages  # detected, calibrated again
+    assert weights.read_bytes() != bytes(data)
+    assert np.array_equal(first.quantized, third.quantized)
+
+    # Another scan is another calibration set: a second entry.
+    _, messages = _run(na.load_model(path), random_image((32, 32), seed=4), precision="int8")
+    assert CALIBRATING in messages
+    assert len([p for p in (cache / "openvino").iterdir() if p.name.startswith("int8-")]) == 2
+
+
+def test_guard_warns_when_int8_is_far_from_fp32(cache, torch_single_thread):
+    # Untrained, with sharpened gates, on noise: many voxels near a tie, gates that swing.
+    model = sharpen_gates(make_model(lee_spec(2), seed=11), 40.0)
+    with pytest.warns(RuntimeWarning, match="use precision fp32"):
+        pred, _ = _run(model, random_image((48, 48), seed=2), precision="int8")
+    (note,) = [n for n in pred.notes if "Dice per class" in n]
+    assert note.startswith("WARNING: int8 differs from fp32") and "use precision fp32" in note
+
+
+def test_guard_note_limits():
+    good = guard_note([1.0, 0.999], [0.001, 0.019], ("background", "organ"))
+    assert good.startswith("int8 agrees") and "organ 0.9990" in good and "0.0190" in good
+    assert guard_note([1.0, DICE_MIN - 1e-3], [0.0], ("a", "b")).startswith("WARNING")
+    assert guard_note([1.0, 1.0], [0.0, GATE_MAX + 1e-3], ("a", "b")).startswith("WARNING")
+
+
+def test_auto_never_picks_int8_and_int8_needs_the_cpu_and_openvino():
+    assert resolve_precision("auto", torch.device("cpu")) != "int8"
+    model = make_model(lee_spec(2), seed=1)
+    with pytest.raises(na.InputError) as err:
+        na.predict(random_image((16, 16)), model, precision="int8", runtime="torch")
+    assert one_sentence(str(err.value)) and "OpenVINO" in str(err.value)
+
+
+WITHOUT_NNCF = """
+import sys
+sys.modules["nncf"] = None  # what Python does when the package is not installed
+sys.path.insert(0, {tests!r})
+import numpy as np
+import napari_attunet as na
+from helpers import lee_spec, make_model
+model = make_model(lee_spec(2), seed=11)
+image = np.random.default_rng(0).normal(size=(24, 24)).astype(np.float32)
+print("fp32:", na.predict(image, model, normalization="none", tile=16, precision="fp32").precision)
+try:
+    na.predict(image, model, precision="int8")
+except na.InputError as exc:
+    print("int8:", exc)
+"""
+
+
+def test_without_nncf_int8_is_a_clear_error(tmp_path):
+    script = WITHOUT_NNCF.format(tests=str(pathlib.Path(__file__).parent))
+    env = {**os.environ, CACHE_ENV: str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+    assert lines["fp32"] == "fp32"
+    assert 'pip install "napari-attunet[int8]"' in lines["int8"] and one_sentence(lines["int8"])
+
+
+def test_cli_int8_with_a_calibration_folder(cache, tmp_path, capsys):
+    import SimpleITK as sitk
+    from helpers import RAS, sitk_image
+
+    from napari_attunet.cli import main
+
+    ckpt = na.save_model(make_model(lee_spec(3), seed=13), tmp_path / "c.safetensors")
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for i, where in enumerate((calibration / "a.nii.gz", calibration / "b.nii.gz", tmp_path / "scan.nii.gz")):
+        array = (random_image((16, 24, 20), seed=20 + i) * 100).astype(np.int16)
+        sitk.WriteImage(sitk_image(array, (0.8, 0.8, 2.5), (1.0, 2.0, 3.0), RAS), str(where))
+    base = ["predict", str(tmp_path / "scan.nii.gz"), "-c", str(ckpt), "--precision"]
+    assert main(base + ["fp32", "-o", str(tmp_path / "x"), "--calibrate", str(calibration)]) != 0
+    assert "--calibrate is for --precision int8" in capsys.readouterr().err
+    assert main(base + ["int8", "-o", str(tmp_path / "y"), "--calibrate", str(tmp_path / "none")]) != 0
+    assert "calibration folder" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+    assert main(base + ["int8", "-o", str(tmp_path / "out"), "--calibrate", str(calibration)]) == 0
+    captured = capsys.readouterr()
+    assert "(int8, openvino)" in captured.out
+    assert CALIBRATING in captured.err and "Dice per class" in captured.err
+    assert (tmp_path / "out" / "scan_labels.nii.gz").exists()
