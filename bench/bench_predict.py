@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import napari_attunet as na  # noqa: E402
 from napari_attunet.inference.devices import cpu_has_fast_bf16  # noqa: E402
+from napari_attunet.inference.quantize import SCOPES, nncf_available  # noqa: E402
 from napari_attunet.inference.tiling import window_grid  # noqa: E402
 from napari_attunet.phantom import make_phantom  # noqa: E402
 
@@ -288,6 +289,8 @@ def main() -> None:
                 "ours",
             ),
         ]
+    int8_rows = int8_configs(args, image, roi) if cpu["openvino"] and nncf_available() else []
+    configs += int8_rows
     for _, fn, _ in configs:  # warm-up: one-time costs (OpenVINO conversion, allocator) first
         fn()
     times = {label: [] for label, _, _ in configs}
@@ -315,6 +318,8 @@ def main() -> None:
             f"{label + precision:46s} {best[label]:6.2f} {monai_best / best[label]:11.2f}x "
             f"{gflops:8.1f} {share}  {scores}"
         )
+    if int8_rows:
+        print_int8(outputs, [label for label, _, _ in int8_rows], "na.predict openvino, fp32")
     print(
         f"(best of {args.repeats} interleaved runs; MONAI fp32 labels vs truth: "
         + ", ".join(f"{dice(reference, truth, c):.3f}" for c in (1, 2))
@@ -336,6 +341,8 @@ def main() -> None:
         )
         hints(model, roi, args.repeats, per_tile, peak)
 
+    if int8_rows:
+        int8_first_and_cached(args, image, roi)
     print("\nin fresh processes (peak RSS above the level after loading):")
     kinds = ["monai", "torch:fp32", "torch:auto"]
     if cpu["openvino"]:
@@ -347,6 +354,69 @@ def main() -> None:
             first = _child("convert", args, cache)
             second = _child("convert", args, cache)
         print(f"  OpenVINO network ready, empty cache: {first}; from the cache: {second}")
+
+
+def int8_configs(args, image, roi) -> list:
+    """int8 rows: every layer quantized, and the attention blocks kept in fp32 (one model
+    object each, so that each keeps its own compiled network)."""
+    from napari_attunet.inference.quantize import SCOPE_ENV
+
+    def run_int8(scope: str):
+        model = na.load_model(args.weights)
+
+        def run():
+            os.environ[SCOPE_ENV] = scope
+            try:
+                return na.predict(
+                    image, model, normalization="none", tile=roi, overlap=args.overlap,
+                    precision="int8", orientation="native",
+                )  # fmt: skip
+            finally:
+                os.environ.pop(SCOPE_ENV, None)
+
+        return run
+
+    return [(f"na.predict openvino, int8 ({scope})", run_int8(scope), "ours") for scope in SCOPES]
+
+
+def print_int8(outputs: dict, labels: list[str], fp32: str) -> None:
+    """Each gate's mean |d| against OpenVINO fp32, and the guard's note, per int8 row."""
+    for label in labels:
+        diffs = [
+            float(np.abs(a.data.astype(np.float32) - b.data.astype(np.float32)).mean())
+            for a, b in zip(outputs[label].gates, outputs[fp32].gates, strict=True)
+        ]
+        guard = next((n for n in outputs[label].notes if "Dice per class" in n), "")
+        print(
+            f"  {label}: each gate's mean |d| vs fp32 (finest first) " + ", ".join(f"{d:.4f}" for d in diffs)
+        )
+        print(f"    guard: {guard}")
+
+
+def int8_first_and_cached(args, image, roi) -> None:
+    """First int8 run with an empty cache (calibration included) against one from the cache,
+    each on a fresh model object; in this process, with a temporary cache folder."""
+    from napari_attunet.inference.runtime_openvino import CACHE_ENV
+
+    before = os.environ.get(CACHE_ENV)
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ[CACHE_ENV] = cache
+        seconds = []
+        for _ in range(2):
+            model = na.load_model(args.weights)
+            t = time.perf_counter()
+            na.predict(image, model, normalization="none", tile=roi, overlap=args.overlap,
+                       precision="int8", orientation="native")  # fmt: skip
+            seconds.append(time.perf_counter() - t)
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+    print(
+        f"\nint8, empty cache (conversion + calibration + run): {seconds[0]:.1f} s; "
+        f"from the cache (read + compile + run): {seconds[1]:.1f} s; calibration and "
+        f"conversion about {seconds[0] - seconds[1]:.1f} s"
+    )
 
 
 def hints(model, roi, repeats: int, per_tile: float, peak) -> None:

@@ -41,7 +41,9 @@ WINDOWS = 16
 DICE_MIN = 0.995
 GATE_MAX = 0.02
 UNCERTAIN = 0.9  # a voxel whose top probability is below this (sigmoid: inside 1 - this) is uncertain
+GUARD_SIDE = {2: 256, 3: 64}  # the guard window's largest side, in voxels
 SCOPES = ("all", "keep-attention")
+SCOPE_ENV = "NAPARI_ATTUNET_INT8_SCOPE"  # 'all' or 'keep-attention' overrides the family's choice
 # OpenVINO node names of the attention blocks, as tracing names them from the module paths:
 # MONAI ``...attention.psi``, Lee ``Att3.psi``, Oktay ``attentionblock2.gate_block_1.psi``.
 ATTENTION_NODES = r".*__module\.net\.(.*\.)?(attention\w*|Att\d+)\..*"
@@ -71,11 +73,13 @@ def require_nncf() -> None:
 
 
 def scope_for(model: AttentionUNetBase, scope: str | None = None) -> str:
-    """'all' (every layer in int8) or 'keep-attention' (attention blocks stay fp32)."""
+    """'all' (every layer in int8) or 'keep-attention' (attention blocks stay fp32): ``scope``,
+    else ``$NAPARI_ATTUNET_INT8_SCOPE``, else the family's (``FAMILY_SCOPE``)."""
+    scope = scope or os.environ.get(SCOPE_ENV, "").strip().lower() or None
     if scope is None or scope == "auto":
         return FAMILY_SCOPE.get(model.spec.family, "keep-attention")
     if scope not in SCOPES:
-        raise InputError(f"unknown int8 scope {scope!r}; use auto, {', '.join(SCOPES)}.")
+        raise InputError(f"unknown int8 scope {scope!r} (${SCOPE_ENV}); use auto, {', '.join(SCOPES)}.")
     return scope
 
 
@@ -287,20 +291,31 @@ def _uncertain(probs: torch.Tensor, output: str) -> torch.Tensor:
     return ((probs > 1 - UNCERTAIN) & (probs < UNCERTAIN)).any(0)
 
 
-def most_uncertain_job(plan, blended: torch.Tensor, spec, tta: bool):
-    """The tile whose window holds the most uncertain voxels of the blended result."""
+def guard_window(tile: Sequence[int], stride: Sequence[int]) -> tuple[int, ...]:
+    """The guard's window: the tile, at most ``GUARD_SIDE`` voxels a side (a multiple of the
+    stride), so that a run in one whole-volume tile does not run twice in fp32."""
+    side = GUARD_SIDE[len(tile)]
+    return tuple(min(t, max(s, side // s * s)) for t, s in zip(tile, stride, strict=True))
+
+
+def most_uncertain_window(plan, blended: torch.Tensor, spec, tta: bool):
+    """(slice, start, size) of the guard window holding the most uncertain voxels of the
+    blended result, among windows on a grid over the whole padded plane."""
+    from .tiling import window_grid
     from .tta import activation
 
-    values = blended[: spec.out_channels]
-    best, best_count = plan.jobs[0], -1
-    for z, start in plan.jobs:
-        region = tuple(slice(s, s + t) for s, t in zip(start, plan.tile, strict=True))
-        window = values[(slice(None), z) + region].float()
-        probs = window if tta else activation(window, spec.output, 0)
-        count = int(_uncertain(probs, spec.output).sum())
-        if count > best_count:
-            best, best_count = (z, start), count
-    return best
+    size = guard_window(plan.tile, spec.total_stride)
+    values = blended[: spec.out_channels].float()
+    probs = values if tta else activation(values, spec.output, 0)
+    uncertain = _uncertain(probs, spec.output)  # (stack, *padded)
+    best, best_count = (0, (0,) * len(size)), -1
+    for z in range(uncertain.shape[0]):
+        for start in window_grid(plan.padded, size, spec.total_stride, 0.0):
+            region = tuple(slice(s, s + t) for s, t in zip(start, size, strict=True))
+            count = int(uncertain[(z,) + region].sum())
+            if count > best_count:
+                best, best_count = (z, start), count
+    return best[0], best[1], size
 
 
 def labels_of(logits: torch.Tensor, output: str) -> torch.Tensor:
@@ -317,11 +332,12 @@ def dice(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare(int8_net, model: AttentionUNetBase, window: np.ndarray) -> tuple[list[float], list[float]]:
-    """(Dice per class, each gate's mean |d|) of int8 against PyTorch fp32 on one window."""
-    from .optimize import prepared
+    """(Dice per class, each gate's mean |d|) of int8 against fp32 (OpenVINO's, the model int8
+    was quantized from, equal to PyTorch's within 1e-4) on one window."""
+    from . import runtime_openvino
 
     x = torch.from_numpy(window)
-    reference: Any = prepared(model, torch.device("cpu"), fold=True, layout=False)
+    reference: Any = runtime_openvino.network(model, "fp32")
     with torch.inference_mode():
         ref_logits, ref_gates = reference.forward_with_attention(x)
         logits, gates = int8_net.forward_with_attention(x)
@@ -347,8 +363,8 @@ def guard_note(dices: Sequence[float], diffs: Sequence[float], class_names: Sequ
 
 def guard(int8_net, model: AttentionUNetBase, plan, blended: torch.Tensor, tta: bool) -> str:
     """Run the most uncertain window in fp32 too, and say how well int8 agrees there."""
-    job = most_uncertain_job(plan, blended, model.spec, tta)
-    dices, diffs = compare(int8_net, model, _crop(plan.x, job, plan.tile))
+    z, start, size = most_uncertain_window(plan, blended, model.spec, tta)
+    dices, diffs = compare(int8_net, model, _crop(plan.x, (z, start), size))
     note = guard_note(dices, diffs, model.spec.class_labels)
     if note.startswith("WARNING"):
         warnings.warn(note, RuntimeWarning, stacklevel=3)
