@@ -209,3 +209,21 @@ def test_cli_int8_with_a_calibration_folder(cache, tmp_path, capsys):
     assert "(int8, openvino)" in captured.out
     assert CALIBRATING in captured.err and "Dice per class" in captured.err
     assert (tmp_path / "out" / "scan_labels.nii.gz").exists()
+
+
+def test_widget_int8_says_it_calibrates_and_shows_the_guard(make_napari_viewer, qtbot, cache, tmp_path):
+    path = na.save_model(make_model(lee_spec(3), seed=12), tmp_path / "w.safetensors")
+    viewer = make_napari_viewer()
+    viewer.add_image(random_image((16, 32, 32), seed=6), name="scan")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
+    assert widget.load_checkpoint(path)
+    assert "int8" in list(widget.precision.choices)
+    widget.precision.value = "int8"
+    seen = []
+    worker = widget.start()
+    worker.yielded.connect(lambda step: seen.append(widget.status.value))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=300_000)
+    assert any(CALIBRATING in status for status in seen), seen
+    status = widget.status.value
+    assert status.startswith("done") and "(int8, openvino)" in status and "Dice per class" in status
+    assert widget.state.prediction.precision == "int8"
