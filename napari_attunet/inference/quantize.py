@@ -160,14 +160,19 @@ def int8_key(model: AttentionUNetBase, digest: str, scope: str) -> tuple[str, di
     fields = {
         "weights": ro._weights_digest(model),
         **ro._versions(),
-        "int8": {"nncf": _nncf_version(), "calibration": digest, "scope": scope, "preset": "mixed"},
+        "int8": {
+            "nncf": _nncf_version(),
+            "calibration": digest,
+            "scope": scope,
+            "preset": "mixed, no bias correction",
+        },
     }
     name = "int8-" + hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()[:32]
     return name, fields
 
 
 def quantize_model(ov_model, windows: Sequence[np.ndarray], scope: str):
-    """NNCF post-training quantization (MIXED preset, fast bias correction) of ``ov_model``."""
+    """NNCF post-training quantization (MIXED preset, no bias correction) of ``ov_model``."""
     import nncf
 
     keep = scope == "keep-attention"
@@ -181,8 +186,10 @@ def quantize_model(ov_model, windows: Sequence[np.ndarray], scope: str):
             nncf.Dataset(list(windows)),
             preset=nncf.QuantizationPreset.MIXED,
             subset_size=len(windows),
-            fast_bias_correction=True,
             ignored_scope=ignored,
+            # Measured on the MNI152 demo (docs/int8.md): without bias correction, labels Dice
+            # 0.997 against 0.990 with NNCF's fast bias correction, and calibration 5x faster.
+            advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=True),
         )
 
 
