@@ -41,7 +41,7 @@ WINDOWS = 16
 DICE_MIN = 0.995
 GATE_MAX = 0.02
 UNCERTAIN = 0.9  # a voxel whose top probability is below this (sigmoid: inside 1 - this) is uncertain
-GUARD_SIDE = {2: 256, 3: 64}  # the guard window's largest side, in voxels
+GUARD_SIDE = {2: 256, 3: 48}  # the guard window's largest side, in voxels: a fixed cost per run
 SCOPES = ("all", "keep-attention")
 SCOPE_ENV = "NAPARI_ATTUNET_INT8_SCOPE"  # 'all' or 'keep-attention' overrides the family's choice
 # OpenVINO node names of the attention blocks, as tracing names them from the module paths:
