@@ -146,6 +146,7 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
     from .errors import InputError
     from .inference.devices import resolve_device, resolve_precision
     from .inference.preprocess import Normalization
+    from .inference.runtime import runtime_device
 
     try:
         normalization = _parse_normalization(args.normalization)
@@ -160,7 +161,7 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
             "ct:-160,240 or percentile:0.5,99.5."
         ) from None
     try:
-        device = resolve_device(args.device)
+        device = resolve_device(runtime_device("auto", args.device, args.precision))  # int8: the CPU
     except InputError as exc:
         raise InputError(f"--device {args.device}: {exc}") from None
     try:
