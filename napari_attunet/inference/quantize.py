@@ -282,7 +282,7 @@ def prepare_int8(
             f"int8 cannot run this network ({ro.failure_reason(exc)}); choose precision fp32."
         ) from None
     plan.notes.append(
-        f"int8 calibrated on {len(windows)} windows of "
+        f"int8 calibrated on {len(windows)} window{'s' * (len(windows) != 1)} of "
         + ("this scan" if calibration is None else str(calibration))
         + (", attention blocks in fp32" if scope_for(model, scope) == "keep-attention" else "")
     )
