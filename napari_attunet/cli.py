@@ -167,6 +167,11 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
         resolve_precision(args.precision, device)
     except InputError as exc:
         raise InputError(f"--precision {args.precision}: {exc}") from None
+    if args.orientation not in (None, "display") and spec.spatial_dims == 2:
+        raise InputError(
+            f"--orientation {args.orientation}: a 2D model sees each plane as napari displays it "
+            f"(axes {spec.axes or 'yx'!r}), so no orientation applies; leave --orientation out."
+        )
     if args.thresholds is not None and len(args.thresholds) not in (1, spec.out_channels):
         raise InputError(
             f"--thresholds: {len(args.thresholds)} values given, but the model has "
@@ -196,6 +201,17 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
         "normalization": normalization,
         "tile": None if args.tile is None else (args.tile[0] if len(args.tile) == 1 else tuple(args.tile)),
     }
+
+
+def _check_run_arguments(args: argparse.Namespace) -> None:
+    """The options checked before a model is loaded or a scheduler started."""
+    from .inference.postprocess import check_thresholds
+
+    check_thresholds(args.thresholds, "--thresholds")
+    if getattr(args, "scheduler", None):
+        from .inference.cluster import parse
+
+        parse(args.scheduler)
 
 
 def _output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
@@ -276,6 +292,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference.postprocess import gate_on_image_grid
 
     _check_formats(args)
+    _check_run_arguments(args)
     if (
         getattr(args, "scheduler", None)
         or args.format == "zarr"

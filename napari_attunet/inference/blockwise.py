@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
 from .lazy import LazySource, as_dask, as_seen, fit_lazy
-from .postprocess import GateMap, Prediction
+from .postprocess import GateMap, Prediction, check_thresholds
 from .preprocess import check_spacing, check_tile, resolve_normalization
 from .tiling import round_up
 from .windows import AxisWindows, Part, axis_context, part, run_windows, windows_in
@@ -414,6 +414,7 @@ def iter_blockwise(
         image = image.array
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), not {overlap}.")
+    check_thresholds(thresholds)
     spacing = check_spacing(spacing, name)
     tile = check_tile(tile, spec.spatial_dims)
     if out is not None:
