@@ -8,18 +8,20 @@ The network is traced (spatial sizes symbolic) and converted. That takes seconds
 seconds for a 3D network, so the converted model (OpenVINO IR) is stored in the user's cache
 folder under a key made of the weights' sha256, the spec and the OpenVINO and PyTorch versions.
 Entries are written atomically and checked against the sha256 of their files before use: a
-corrupt, stale or foreign entry is rebuilt, never trusted. The folder is kept under a size
-limit (``$NAPARI_ATTUNET_CACHE_MB``, 2048 by default) by removing the least recently used
-entries. Compiling the IR for the CPU, with the precision hint, takes a fraction of a second and
-is done once per model and settings in a process. A network that cannot be converted or
-compiled raises :class:`NotConvertible` with the reason, at once on every later call in the
-process.
+corrupt, stale or foreign entry, or one whose manifest does not list the hash of each file, is
+rebuilt, never trusted. An entry is read only from the regular files of fixed names in its own
+folder, each read once and the model built from the bytes checked: no path comes from the
+manifest, no link is followed, and a FIFO or device is refused without blocking. The folder
+is kept under a size limit (``$NAPARI_ATTUNET_CACHE_MB``, 2048 by default; a value that is no
+size is an error naming the setting) by removing the least recently used entries. Compiling
+the IR for the CPU, with the precision hint, takes a fraction of a second and is done once per
+model and settings in a process. A network that cannot be converted or compiled raises
+:class:`NotConvertible` with the reason, at once on every later call in the process.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import math
 import os
@@ -176,12 +178,7 @@ def _trusted(manifest: object, fields: dict, files: dict[str, bytes]) -> bool:
     sums = manifest.get("sha256")
     if not isinstance(sums, dict) or set(sums) != set(_FILES):
         return False
-    return all(
-        isinstance(sums[name], str)
-        and len(sums[name]) == 64
-        and hmac.compare_digest(hashlib.sha256(files[name]).hexdigest(), sums[name].lower())
-        for name in _FILES
-    )
+    return all(hashlib.sha256(files[name]).hexdigest() == sums[name] for name in _FILES)
 
 
 def _load_entry(folder: Path, fields: dict, outputs: int):
