@@ -1,6 +1,7 @@
-"""Dask schedulers by address: ``local:N`` (a LocalCluster of N worker processes on this machine)
-or ``tcp://host:8786`` (a running scheduler: ``dask scheduler`` + ``dask worker``, or
-dask-jobqueue's SLURMCluster/PBSCluster, see the README).
+"""Dask schedulers by address: ``local:N`` (a LocalCluster of N worker processes on this machine,
+N at most its cores) or ``tcp://host:8786`` / ``host:8786`` (a running scheduler: ``dask
+scheduler`` + ``dask worker``, or dask-jobqueue's SLURMCluster/PBSCluster, see the README). Only
+the word ``local`` means this machine: ``localhost:8786`` is a scheduler's address.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def _local_workers(text: str) -> int:
         workers = 0
     if not 1 <= workers <= limit:
         raise InputError(
-            f"--scheduler {text!r}: give local:N with N from 1 to {limit} worker processes "
-            f"(this machine has {limit} core{'s' if limit > 1 else ''})."
+            f"--scheduler {text!r}: give local:N with N from 1 to {limit} worker processes, "
+            "at most one per CPU core this process may use."
         )
     return workers
 
