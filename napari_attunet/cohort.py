@@ -80,6 +80,11 @@ def scan_task(scan: str, name: str, options: dict) -> tuple[int, str, str]:
     return code, err.getvalue(), out.getvalue()
 
 
+def _done(outdir: Path, scan: str, name: str, spec, args) -> bool:
+    """A scan is done when its files all exist and its rows are in the table."""
+    return _files_there(outdir, name, spec, args) and str(Path(scan).absolute()) in tabled(outdir)
+
+
 def _files_there(outdir: Path, name: str, spec, args) -> bool:
     from .cli import _output_names
 
@@ -146,22 +151,22 @@ def _predict_cohort(args) -> int:
     bar = tqdm(total=len(scans), initial=len(scans) - len(pending), unit="scan", disable=args.quiet)
     if len(scans) > len(pending) and not args.quiet:
         tqdm.write(f"{len(scans) - len(pending)} scan(s) already done in {outdir}: skipped")
+    _quiet_dask()
     client = connect(args.scheduler) if pending else None
-    finished = 0
     try:
         futures = {client.submit(scan_task, scan, name, options, pure=False): scan for scan, name in pending}
         for future in as_completed(list(futures)) if futures else ():
             try:
                 code, err, out = future.result()
             except Exception as exc:  # noqa: BLE001 - a worker lost: one line, the rest go on
-                if _scheduler_gone(client):
-                    raise _Gone(finished, len(futures) - finished) from None
+                if _scheduler_gone(client, exc):
+                    done = sum(_done(outdir, scan, name, spec, args) for scan, name in pending)
+                    raise _Gone(done, len(pending) - done) from None
                 code, err, out = (
                     1,
                     f"napari-attunet predict: {futures[future]}: failed ({type(exc).__name__}: {exc}).",
                     "",
                 )
-            finished += 1
             for line in err.splitlines():
                 tqdm.write(line, file=sys.stderr)
             if not args.quiet:
@@ -181,9 +186,22 @@ def _predict_cohort(args) -> int:
         bar.close()
         if client is not None:
             with contextlib.suppress(Exception):  # a scheduler that went away has nothing to close
-                close(client)
+                if client.status == "running":
+                    close(client)
+                else:
+                    client.close(timeout=2)
         outputs.sweep_stale(outdir)  # what a killed worker left
     return 1 if failures else 0
+
+
+def _quiet_dask() -> None:
+    """Dask's own logging off: a lost scheduler or worker is said in one line by this run
+    (distributed would print tracebacks while it tries to reconnect)."""
+    import logging
+
+    names = ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 class _Gone(Exception):
@@ -192,9 +210,11 @@ class _Gone(Exception):
         self.done, self.left = done, left
 
 
-def _scheduler_gone(client) -> bool:
-    """Whether the client lost its scheduler (its futures are then cancelled)."""
-    return client.status not in ("running", "connecting", "newly-created")
+def _scheduler_gone(client, exc: BaseException) -> bool:
+    """Whether the client lost its scheduler: it cancels every future then (this run cancels
+    none itself)."""
+    lost = isinstance(exc, OSError) or "Cancelled" in type(exc).__name__  # CommClosedError is an OSError
+    return lost or client.status not in ("running", "newly-created")
 
 
 def _predict_stores(args) -> int:
