@@ -174,6 +174,14 @@ def _predict_cohort(args) -> int:
                     tqdm.write(line)
             failures += code != 0
             bar.update(1)
+    except KeyboardInterrupt:
+        done = sum(_done(outdir, scan, name, spec, args) for scan, name in pending)
+        tqdm.write(
+            f"napari-attunet predict: interrupted; {done} scan(s) of this run finished and are kept "
+            f"in {outdir}, the others were not written; run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return 130
     except _Gone as gone:
         tqdm.write(
             f"napari-attunet predict: the Dask scheduler at {args.scheduler} went away; {gone.done} "

@@ -144,8 +144,9 @@ def sweep_stale(folder: str | os.PathLike) -> list[Path]:
         return removed
     for path in entries:
         prefix = STAGING_PREFIX if path.name.startswith(STAGING_PREFIX) else None
-        if prefix is None and path.name.startswith(".") and ".partial-" in path.name:
-            prefix = path.name[: path.name.index(".partial-") + len(".partial-")]
+        for tag in (".partial-", ".old-"):  # a store being filled; one renamed aside to be replaced
+            if prefix is None and path.name.startswith(".") and tag in path.name:
+                prefix = path.name[: path.name.index(tag) + len(tag)]
         if prefix is not None and _owner_gone(path.name, prefix):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

@@ -229,7 +229,8 @@ def _partial(folder: pathlib.Path) -> list[pathlib.Path]:
     return [p for p in folder.iterdir() if ".partial-" in p.name]
 
 
-def test_ctrl_c_while_a_store_is_written(ckpt, tmp_path):
+@pytest.mark.parametrize("scheduler", [[], ["--scheduler", "local:2"]], ids=["threads", "cluster"])
+def test_ctrl_c_while_a_store_is_written(ckpt, tmp_path, scheduler):
     """SIGINT to the command as soon as the hidden store appears: rc 130, one line saying nothing
     was written, no traceback, nothing left."""
     scan = _scan(tmp_path / "scan.nii.gz", 5, shape=(32, 64, 64))
@@ -238,7 +239,7 @@ def test_ctrl_c_while_a_store_is_written(ckpt, tmp_path):
     (out / "mine.txt").write_text("the user's file")
     proc = subprocess.Popen(
         [sys.executable, "-m", "napari_attunet.cli", "predict", str(scan), "-c", str(ckpt)]
-        + ["-o", str(out / "r.zarr"), "-q", "--runtime", "torch"],
+        + ["-o", str(out / "r.zarr"), "-q", "--runtime", "torch", *scheduler],
         env=ENV,
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,

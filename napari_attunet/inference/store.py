@@ -456,7 +456,7 @@ class ZarrSink:
     def _move_in(self) -> None:
         """Rename the whole store to ``path``; with ``overwrite``, what was there is renamed
         aside first and removed only once the new store is in place."""
-        from ..outputs import OutputExists
+        from ..outputs import OutputExists, owned_prefix
 
         if not os.path.lexists(self.path):
             os.rename(self.tmp, self.path)
@@ -464,7 +464,8 @@ class ZarrSink:
         if not self.overwrite:
             raise OutputExists(f"{self.path} appeared while predicting; the result is left at {self.tmp}.")
         old = os.path.join(
-            os.path.dirname(self.path), f".{os.path.basename(self.path)}.old-{uuid.uuid4().hex[:8]}"
+            os.path.dirname(self.path),
+            owned_prefix(f".{os.path.basename(self.path)}.old-") + uuid.uuid4().hex[:8],
         )
         os.rename(self.path, old)
         try:
