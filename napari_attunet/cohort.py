@@ -136,6 +136,7 @@ def _predict_cohort(args) -> int:
     scans = [os.path.abspath(s) for s in args.scans]
     names = outputs.unique_names(args.scans, io._stem)
     pending = []
+    failures = 0
     for scan, name in zip(scans, names, strict=True):
         if args.overwrite or not all((outdir / f).exists() for f in _output_names(name, spec, args)):
             pending.append((scan, name))
@@ -143,11 +144,15 @@ def _predict_cohort(args) -> int:
             try:
                 _add_rows(outdir, scan, name, spec, args)
             except (ValueError, OSError) as exc:
-                print(f"napari-attunet predict: {_sentence(exc)}", file=sys.stderr)
-                pending.append((scan, name))
+                failures += 1
+                print(
+                    f"napari-attunet predict: {scan}: its files are in {outdir} but its rows are not "
+                    f"in volumes.csv, and they could not be counted ({_sentence(exc)}); pass "
+                    "--overwrite to predict it again.",
+                    file=sys.stderr,
+                )
     options = {k: v for k, v in vars(args).items() if k not in ("func", "model", "names")}
     options["output"] = str(outdir.resolve())
-    failures = 0
     bar = tqdm(total=len(scans), initial=len(scans) - len(pending), unit="scan", disable=args.quiet)
     if len(scans) > len(pending) and not args.quiet:
         tqdm.write(f"{len(scans) - len(pending)} scan(s) already done in {outdir}: skipped")
