@@ -9,20 +9,22 @@ with one in-memory run, with no seams."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import math
-import queue
 import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
-from .lazy import LazySource, as_dask, as_seen, fit_lazy
+from .lazy import LazySource, as_dask, as_seen, fit_lazy, open_level, store_name
 from .postprocess import GateMap, Prediction, check_thresholds
 from .preprocess import check_spacing, check_tile, resolve_normalization
 from .tiling import round_up
@@ -398,8 +400,10 @@ def iter_blockwise(
     thresholds=None,
     region=None,
     runtime: str = "auto",
+    overwrite: bool = False,
 ) -> Generator[Any, None, Prediction]:
-    """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction."""
+    """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction.
+    ``overwrite``: replace a store at ``out``, once the new one is whole."""
     from .engine import Progress
     from .orientation import network_layout
 
@@ -412,6 +416,7 @@ def iter_blockwise(
         file_orientation = file_orientation or image.source.get("orientation")
         origin = tuple(image.origin)
         image = image.array
+    image, spacing, channel_axis = open_level(image, spacing, channel_axis, name)
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), not {overlap}.")
     check_thresholds(thresholds)
@@ -420,7 +425,7 @@ def iter_blockwise(
     if out is not None:
         from .store import check_free
 
-        check_free(out)
+        check_free(out, overwrite)
     source = LazySource(image, spec, channel_axis, name)
     spatial = source.spatial
     if affine is not None and np.shape(affine) != (len(spatial) + 1,) * 2:
@@ -441,6 +446,8 @@ def iter_blockwise(
         layout=layout_arg,
         attention=attention,
     )
+    if out is None and region is None:
+        _check_result_memory(work, spec, tta, store_name(source.image, name))
     options = dict(
         spacing=spacing,
         normalization=normalization,  # fitted by the engine when a block is the whole volume
@@ -511,6 +518,7 @@ def iter_blockwise(
                 cancel,
                 workers,
                 started,
+                overwrite,
             )
         )
     finally:
@@ -536,37 +544,45 @@ def _run(
     cancel,
     workers,
     started,
+    overwrite=False,
 ) -> Generator[Any, None, Prediction]:
     from .engine import Progress
 
     spec = model.spec
     overlap = options["overlap"]
+    sink: Any
     if out is not None:
         from .store import ZarrSink
 
-        sink = ZarrSink.create(out, spec, work, spacing, origin, tta, thresholds, name, options["affine"])
+        sink = ZarrSink.create(
+            out, spec, work, spacing, origin, tta, thresholds, name, options["affine"], overwrite
+        )
     else:
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
     results: list[BlockResult] = []
+    finished: Any = iter(())
     try:
+        stop = _stop_event(client)
         job = Job(
             ModelRef(model),
             intensity,
             options,
             source.channel_axis,
             sink if sink.on_worker else None,
-            cancel if client is None else None,
+            Stop(cancel if client is None else None, stop),
             tuple(work.spatial),
         )
         total = len(work.blocks)
-        if client is None and total == 1:  # nothing to schedule
+        if client is None and total == 1 and out is None:  # nothing to schedule, nothing to remove
             finished = _direct(source, work.blocks[0], job)
+        elif client is None:  # a store is written from threads: Ctrl-C reaches this one at once
+            calls = [functools.partial(_read_and_run, source, b, job) for b in work.blocks]
+            finished = _threads(calls, workers or 1, stop)
         else:
-            job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
-            data = None if client is None else as_dask(source.image)
-            tasks = [_task(data, source, b, job_arg) for b in work.blocks]
-            finished = _execute(tasks, client, workers, cancel)
+            job_arg = client.scatter(job, broadcast=True, hash=False)
+            data = as_dask(source.image, name)
+            finished = _execute([_task(data, source, b, job_arg) for b in work.blocks], client, cancel, stop)
         yield Progress(
             "predicting", 0, total, f"{total} blocks of {work.block} voxels (tiles of {work.tile})"
         )
@@ -578,12 +594,18 @@ def _run(
             results.append(result)
             yield Progress("predicting", done, total)
     except Cancelled:
+        finished.close()  # no block runs any more: nothing writes into the store removed here
         if out is not None:
             sink.discard()
         raise Cancelled(f"prediction on {name} was cancelled; no result was kept.") from None
-    except BaseException:
+    except BaseException as exc:
+        finished.close()
         if out is not None:
+            from .store import _write_error, is_write_error
+
             sink.discard()
+            if isinstance(exc, OSError) and is_write_error(exc, sink):
+                raise _write_error(Path(sink.path), exc) from None
         raise
     first = results[0] if results else BlockResult(())
     runs, once = window_count(work)
@@ -601,6 +623,22 @@ def _run(
         quantized, disagreement, gate_data = sink.quantized, sink.disagreement, sink.gates
     gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates, strict=True)]
     return _prediction(spec, work, spacing, overlap, started, first, quantized, disagreement, gates, notes)
+
+
+def _check_result_memory(work: Plan, spec, tta: bool, name: str) -> None:
+    """Before anything is read: a result held in memory (probabilities, labels, gate maps) that
+    would not fit is refused, with the store that would hold it instead."""
+    from ..limits import refuse_over
+
+    voxels = math.prod(work.spatial)
+    needed = voxels * (spec.out_channels + 1 + int(tta))
+    needed += sum(4 * g.heads * math.prod(g.cells) for g in work.gates)
+    refuse_over(
+        needed,
+        f"{name}: the result of {'x'.join(map(str, work.spatial))} voxels held in memory",
+        "pass out='result.zarr' (or -o result.zarr) to write it block by block to an OME-Zarr store.",
+        InputError,
+    )
 
 
 def _prediction(
@@ -668,22 +706,57 @@ def _client(scheduler):
     return connect(scheduler), True
 
 
-def _execute(tasks, client, workers, cancel):
-    """Yield each task's result as it finishes."""
-    if client is not None:
-        from distributed import as_completed
+class Stop:
+    """What a block checks between batches: the user's cancel, or this run's own stop (set when
+    the run ends early: an error, an interrupt, a cancel seen by the caller). Picklable when its
+    parts are (on a cluster: a ``distributed.Event``)."""
 
-        futures = client.compute(tasks)
-        try:
-            for future in as_completed(futures):
-                if cancel is not None and _is_set(cancel):
-                    raise Cancelled("cancelled")
+    def __init__(self, cancel, own):
+        self.cancel, self.own = cancel, own
+
+    def is_set(self) -> bool:
+        return bool(self.own.is_set()) or _is_set(self.cancel)
+
+
+def _stop_event(client):
+    """This run's stop: a threading.Event, or on a cluster an Event its workers can see."""
+    if client is None:
+        return threading.Event()
+    import uuid
+
+    from distributed import Event
+
+    return Event(f"attunet-stop-{uuid.uuid4().hex}", client=client)
+
+
+STOP_WAIT = 120.0  # seconds a cluster's running blocks get to see the stop and end
+
+
+def _execute(tasks, client, cancel, stop):
+    """Yield each task's result as it finishes on the cluster. Leaving early sets ``stop`` and
+    waits until no block runs any more (they end at their next batch): none may write into a
+    store that is being removed."""
+    from distributed import as_completed, wait
+
+    futures = client.compute(tasks)
+    try:
+        done = as_completed(futures)
+        while not done.is_empty():
+            if _is_set(cancel):
+                raise Cancelled("cancelled")
+            if not done.has_ready():
+                time.sleep(0.05)
+                continue
+            for future in done.next_batch(block=False):
                 yield future.result()
                 future.release()
-        finally:
+    finally:
+        with contextlib.suppress(Exception):  # a scheduler that is gone has nothing to stop
+            if any(f.status == "pending" for f in futures):
+                stop.set()
+                wait(futures, timeout=STOP_WAIT)
+        with contextlib.suppress(Exception):
             client.cancel(futures)
-        return
-    yield from _threads(tasks, workers or 1, cancel)
 
 
 def _is_set(cancel) -> bool:
@@ -692,37 +765,22 @@ def _is_set(cancel) -> bool:
     return _cancelled(cancel)
 
 
-def _threads(tasks, workers: int, cancel):
-    """Dask's threaded scheduler in a background thread, results reported as tasks end."""
-    import dask
-    from dask.callbacks import Callback
+def _threads(calls, workers: int, stop: threading.Event):
+    """Each block on a pool of ``workers`` threads, results yielded as blocks end. Leaving early
+    (an error, Ctrl-C, a cancel, the consumer closing this) sets ``stop``: blocks not started
+    never start, running ones end at their next batch, and this returns once none runs."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-    done: queue.Queue = queue.Queue()
-    keys = {t.key for t in tasks}
-
-    class Report(Callback):
-        def _posttask(self, key, result, dsk, state, worker_id):
-            if key in keys:
-                done.put(("result", result))
-
-    def work():
-        try:
-            with Report():
-                dask.compute(*tasks, scheduler="threads", num_workers=workers)
-            done.put(("end", None))
-        except BaseException as exc:  # handed to the consumer
-            done.put(("error", exc))
-
-    thread = threading.Thread(target=work, name="attunet-blocks", daemon=True)
-    thread.start()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attunet-blocks")
+    pending: set = set()
     try:
-        while True:
-            kind, value = done.get()
-            if kind == "result":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
+        pending = {pool.submit(call) for call in calls}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
     finally:
-        thread.join()
+        stop.set()
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)

@@ -16,16 +16,17 @@ in: an interrupted or cancelled run leaves nothing at ``out``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
 from .postprocess import PROBABILITY_LEVELS, threshold_labels, uncertainty_map
 
 NGFF_VERSION = "0.4"
@@ -166,10 +167,39 @@ def chunks_owned(plan, grid, chunks: Sequence[int]) -> bool:
     return True
 
 
-def check_free(out) -> None:
-    """Refuse an output store that exists, before any work is done."""
-    if Path(out).exists():
-        raise InputError(f"{out} already exists; remove it or choose another output.")
+def check_free(out, overwrite: bool = False) -> None:
+    """Refuse an output store before any work is done: a name that is taken (unless
+    ``overwrite``), a parent that is a file, a folder that cannot be written."""
+    from ..outputs import OutputError, OutputExists, _reason
+
+    path = Path(out).expanduser()
+    parent = next((p for p in path.parents if os.path.lexists(p)), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(
+            f"cannot write {path}: {parent} is a file, not a folder; choose an output store in a folder."
+        )
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExists(
+            f"{out} already exists; remove it, choose another output, or pass overwrite=True "
+            "(--overwrite) to replace it once the new result is complete."
+        )
+    if parent is None:
+        return
+    try:  # the nearest folder that exists must take a new folder (parents are made later)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.probe-", dir=parent))
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path} ({_reason(exc, parent)} in {parent}); choose a folder you can "
+            "write to. Nothing was written."
+        ) from None
+
+
+def _gone(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def world_metadata(affine, spacing, origin, spatial, out) -> tuple[dict, tuple[str, ...]]:
@@ -221,17 +251,50 @@ class ZarrSink:
         # per gate: whether each of its chunks lies in one block (a worker may write it); the
         # others are written by the caller, one block after another
         self.owned = list(owned) or [True] * len(grids)
+        self.overwrite = False  # replace what is at ``path`` once the store is whole
 
     @classmethod
-    def create(cls, out, spec, plan, spacing, origin, tta: bool, thresholds, name: str, affine=None):
-        """``affine``: the scan's index -> world matrix (``geometry``); NGFF 0.4 has none, so a
-        rotation it holds is kept in the "attunet" metadata, which this plugin's reader applies."""
+    def create(
+        cls,
+        out,
+        spec,
+        plan,
+        spacing,
+        origin,
+        tta: bool,
+        thresholds,
+        name: str,
+        affine=None,
+        overwrite: bool = False,
+    ) -> ZarrSink:
+        """An empty store at a hidden name next to ``out`` (whole, or nothing: a full disk or an
+        interrupt removes it). ``affine``: the scan's index -> world matrix (``geometry``); NGFF
+        0.4 has none, so a rotation it holds is kept in the "attunet" metadata, which this
+        plugin's reader applies."""
+        from ..outputs import held_interrupts, owned_prefix
+
+        path = Path(out).expanduser()
+        check_free(path, overwrite)
+        tmp = path.with_name(owned_prefix(f".{path.name}.partial-") + uuid.uuid4().hex[:8])
+        try:  # an interrupt held back while zarr writes is raised at the end of ``with``
+            with held_interrupts():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sink = cls._layout(path, tmp, spec, plan, spacing, origin, tta, thresholds, name, affine)
+        except BaseException as exc:
+            _forget(str(tmp))
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise _write_error(path, exc) from None
+            raise
+        sink.overwrite = overwrite
+        return sink
+
+    @classmethod
+    def _layout(
+        cls, path: Path, tmp: Path, spec, plan, spacing, origin, tta: bool, thresholds, name: str, affine
+    ):
         import zarr
 
-        path = Path(out)
-        check_free(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
         spatial, block = plan.spatial, plan.block
         ndim = len(spatial)
         unit = "millimeter" if spacing is not None else None
@@ -239,7 +302,7 @@ class ZarrSink:
         if origin is None and affine is not None:
             origin = np.asarray(affine, dtype=float)[:ndim, ndim]
         origin = tuple(float(o) for o in origin)[-ndim:] if origin is not None else (0.0,) * ndim
-        world = world_metadata(affine, spacing, origin, spatial, out)
+        world = world_metadata(affine, spacing, origin, spatial, path)
         levels = pyramid_levels(spatial, block)
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         channels = spec.out_channels
@@ -417,19 +480,46 @@ class ZarrSink:
     def finish(self, results) -> None:
         import zarr
 
+        from ..outputs import held_interrupts
+
         counts = np.zeros(1, np.int64)
         for r in results:
             if r.counts is not None:
                 size = max(counts.size, r.counts.size)
                 counts = np.pad(counts, (0, size - counts.size)) + np.pad(r.counts, (0, size - r.counts.size))
-        root = zarr.open_group(self.tmp, mode="r+", zarr_format=2)
-        meta: dict = dict(root.attrs["attunet"])  # type: ignore[arg-type]
-        meta["label_voxels"] = [int(c) for c in counts]
-        root.attrs["attunet"] = meta
-        _forget(self.tmp)
-        if os.path.exists(self.path):
-            raise InputError(f"{self.path} appeared while predicting; the result is left at {self.tmp}.")
-        os.replace(self.tmp, self.path)
+        with held_interrupts():  # the store is whole, then in place, or not there at all
+            try:
+                root = zarr.open_group(self.tmp, mode="r+", zarr_format=2)
+                meta: dict = dict(root.attrs["attunet"])  # type: ignore[arg-type]
+                meta["label_voxels"] = [int(c) for c in counts]
+                root.attrs["attunet"] = meta
+                _forget(self.tmp)
+                self._move_in()
+            except OSError as exc:
+                self.discard()
+                raise _write_error(Path(self.path), exc) from None
+
+    def _move_in(self) -> None:
+        """Rename the whole store to ``path``; with ``overwrite``, what was there is renamed
+        aside first and removed only once the new store is in place."""
+        from ..outputs import OutputExists, owned_prefix
+
+        if not os.path.lexists(self.path):
+            os.rename(self.tmp, self.path)
+            return
+        if not self.overwrite:
+            raise OutputExists(f"{self.path} appeared while predicting; the result is left at {self.tmp}.")
+        old = os.path.join(
+            os.path.dirname(self.path),
+            owned_prefix(f".{os.path.basename(self.path)}.old-") + uuid.uuid4().hex[:8],
+        )
+        os.rename(self.path, old)
+        try:
+            os.rename(self.tmp, self.path)
+        except OSError:
+            os.rename(old, self.path)
+            raise
+        _gone(old)
 
     def discard(self) -> None:
         _forget(self.tmp)
@@ -448,6 +538,27 @@ class ZarrSink:
 
     def gate_arrays(self) -> list:
         return [self._open(f"gates/gate{k}/0") for k in range(1, len(self.grids) + 1)]
+
+
+def _write_error(path: Path, exc: OSError):
+    """One sentence for a store that could not be written (its partial copy is gone)."""
+    from ..outputs import OutputError, _reason
+
+    return OutputError(
+        f"{path} could not be written ({_reason(exc, path.parent)}); nothing was written and "
+        "any store already there is unchanged."
+    )
+
+
+def is_write_error(exc: BaseException, sink: ZarrSink) -> bool:
+    """Whether an error of a run came from writing its store (not from reading the input)."""
+    import errno
+
+    if not isinstance(exc, OSError):
+        return False
+    disk = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+    name = str(getattr(exc, "filename", "") or "")
+    return exc.errno in disk or (bool(name) and name.startswith(sink.tmp))
 
 
 def _forget(tmp: str) -> None:
