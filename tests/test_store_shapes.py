@@ -237,3 +237,17 @@ def test_whole_axis_chunks_are_the_fewest_equal_ones():
         c = store.whole_axis_chunk(n)
         assert c <= 128 and math.ceil(n / c) == math.ceil(n / 128)
     assert all(store.split_chunk(p) is None for p in (131, 197, 233))
+
+
+def test_automatic_blocks_of_a_2d_stack_hold_16_slices(monkeypatch):
+    """A 2D network over a stack whose planes fill the budget: the plane is cut so that a block
+    still holds 16 slices (whole chunks of at least 16), within the budget."""
+    model = make_model(monai_spec(2, features=(4, 8, 16)), seed=1)
+    monkeypatch.setattr(blockwise, "BLOCK_BUDGET", 16 * 40 * 40)
+    shape = (53, 97, 131)
+    work = plan(shape, model, tile=16, store=True)
+    assert work.block[0] == 16 and len(work.blocks) > 4
+    for block in work.blocks:
+        assert math.prod(o.stop - o.start for o in block.outer) <= blockwise.BLOCK_BUDGET
+    chunks = store.level_chunks(shape, work.block)
+    assert chunks[0] == 16 and all(16 <= c <= 128 for c in chunks)

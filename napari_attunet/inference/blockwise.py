@@ -110,10 +110,12 @@ def _block_sizes(spatial, axes: list[AxisWindows], block, store: bool = False) -
         return tuple(spatial)
     plane = [a for a, ax in enumerate(axes) if ax.tile]
     options = [_axis_options(spatial[a], axes[a], grains[a]) for a in plane]
+    # a block holds at least a grain of slices (whole store chunks of at least 16)
+    depth = math.prod(min(n, g) for n, g, ax in zip(spatial, grains, axes, strict=True) if not ax.tile)
     best: tuple | None = None
     for combo in itertools.product(*options):
         windows = math.prod(w for _, w, _ in combo)
-        context = math.prod(c for _, _, c in combo)
+        context = math.prod(c for _, _, c in combo) * depth
         if context > BLOCK_BUDGET and best is not None and best[2] <= BLOCK_BUDGET:
             continue
         blocks = math.prod(-(-spatial[a] // b) for a, (b, _, _) in zip(plane, combo, strict=True))
@@ -131,11 +133,11 @@ def _block_sizes(spatial, axes: list[AxisWindows], block, store: bool = False) -
     sizes = list(spatial)
     for a, (b, _, _) in zip(plane, best[1], strict=True):
         sizes[a] = b
-    per_slice = max(1, best[2])
+    per_slice = max(1, best[2] // depth)
     for a, ax in enumerate(axes):
         if not ax.tile:  # slices: as many as fit, whole store chunks (a multiple of the grain)
-            count = max(1, min(spatial[a], BLOCK_BUDGET // per_slice))
-            sizes[a] = count // grains[a] * grains[a] if grains[a] <= count < spatial[a] else count
+            count = min(spatial[a], max(grains[a], BLOCK_BUDGET // per_slice))
+            sizes[a] = count if count >= spatial[a] else count // grains[a] * grains[a]
     return tuple(sizes)
 
 
