@@ -5,7 +5,11 @@ Each block is a Dask task that reads its region plus every window of the whole r
 it (see ``windows``: with resampling, on the whole run's resampled grid), runs the in-memory
 engine on that crop with the intensity statistics of the whole volume, and keeps its region.
 The crop's windows are the whole run's windows and the gate grids line up: the blocks agree
-with one in-memory run, with no seams."""
+with one in-memory run, with no seams.
+
+Blocks are whole chunks of the OME-Zarr store: along an axis they cut, their length is a
+multiple of a grain that is a multiple of a store chunk in [16, 128] and, where possible, of the
+window step and the stride (``store.block_grain``; the store module's docstring has the layout)."""
 
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from ..models import AttentionUNetBase
 from .lazy import LazySource, as_dask, as_seen, fit_lazy, open_level, store_name
 from .postprocess import GateMap, Prediction, check_thresholds
 from .preprocess import check_spacing, check_tile, resolve_normalization
+from .store import block_grain, split_chunk
 from .tiling import round_up
 from .windows import AxisWindows, Part, axis_context, part, run_windows, windows_in
 
@@ -66,12 +71,15 @@ def plan(
     spacing=None,
     layout=None,
     attention: bool = True,
+    store: bool = False,
 ) -> Plan:
-    """Cut ``spatial`` into blocks, each with the context its windows need."""
+    """Cut ``spatial`` into blocks, each with the context its windows need. Blocks are whole
+    chunks of an OME-Zarr store (``store.py``'s docstring); ``store``: a ``block`` given by hand
+    is rounded up to whole chunks too (in memory it is taken as given, rounded to the unit)."""
     spec = model.spec
     run = run_windows(spatial, spec, tile=tile, overlap=overlap, spacing=spacing, layout=layout)
     spatial = run.spatial
-    sizes = _block_sizes(spatial, list(run.axes), block)
+    sizes = _block_sizes(spatial, list(run.axes), block, store)
     ranges = [range(0, n, b) for n, b in zip(spatial, sizes, strict=True)]
     blocks = [
         part(run, tuple(slice(s, min(s + b, n)) for s, b, n in zip(origin, sizes, spatial, strict=True)))
@@ -82,24 +90,34 @@ def plan(
     return Plan(spatial, run.tile, sizes, blocks, gates, run.stack, list(run.axes), run.perm)
 
 
-def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
+def _block_sizes(spatial, axes: list[AxisWindows], block, store: bool = False) -> tuple[int, ...]:
     """Block sizes per axis. On plane axes a multiple of the window step and stride, chosen so
     that the blocks together run the fewest windows (each block also runs the windows of its
     halo) while the largest block's context stays within ``BLOCK_BUDGET``; the whole volume when
-    it fits. Slice axes (a 2D network on a stack) fill up what is left of the budget."""
+    it fits. Slice axes (a 2D network on a stack) fill up what is left of the budget. Every
+    size is a multiple of its axis' grain (``store.block_grain``): blocks are whole store chunks."""
     units = [math.lcm(ax.step, ax.stride) if ax.tile else 1 for ax in axes]
+    grains = [block_grain(ax.step, ax.stride) if ax.tile else block_grain(1, 1) for ax in axes]
     if block is not None:
         block = (block,) * len(spatial) if isinstance(block, int) else tuple(block)
         block = block[-len(spatial) :]
-        return tuple(round_up(max(int(b), u), u) for b, u in zip(block, units, strict=True))
+        sizes = [round_up(max(int(b), u), u) for b, u in zip(block, units, strict=True)]
+        if store:  # whole chunks of at least 16: a length without a divisor in range is rounded up
+            sizes = [
+                b if b >= n or split_chunk(b) is not None else round_up(b, g)
+                for b, n, g in zip(sizes, spatial, grains, strict=True)
+            ]
+        return tuple(sizes)
     if int(np.prod(spatial)) <= BLOCK_BUDGET:
         return tuple(spatial)
     plane = [a for a, ax in enumerate(axes) if ax.tile]
-    options = [_axis_options(spatial[a], axes[a], units[a]) for a in plane]
+    options = [_axis_options(spatial[a], axes[a], grains[a]) for a in plane]
+    # a block holds at least a grain of slices (whole store chunks of at least 16)
+    depth = math.prod(min(n, g) for n, g, ax in zip(spatial, grains, axes, strict=True) if not ax.tile)
     best: tuple | None = None
     for combo in itertools.product(*options):
         windows = math.prod(w for _, w, _ in combo)
-        context = math.prod(c for _, _, c in combo)
+        context = math.prod(c for _, _, c in combo) * depth
         if context > BLOCK_BUDGET and best is not None and best[2] <= BLOCK_BUDGET:
             continue
         blocks = math.prod(-(-spatial[a] // b) for a, (b, _, _) in zip(plane, combo, strict=True))
@@ -117,17 +135,18 @@ def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
     sizes = list(spatial)
     for a, (b, _, _) in zip(plane, best[1], strict=True):
         sizes[a] = b
-    per_slice = max(1, best[2])
+    per_slice = max(1, best[2] // depth)
     for a, ax in enumerate(axes):
-        if not ax.tile:  # slices: as many as fit, a multiple of 16 from 16 on (whole store chunks)
-            count = max(1, min(spatial[a], BLOCK_BUDGET // per_slice))
-            sizes[a] = count // 16 * 16 if 16 <= count < spatial[a] else count
+        if not ax.tile:  # slices: as many as fit, whole store chunks (a multiple of the grain)
+            count = min(spatial[a], max(grains[a], BLOCK_BUDGET // per_slice))
+            sizes[a] = count if count >= spatial[a] else count // grains[a] * grains[a]
     return tuple(sizes)
 
 
 def _axis_options(n: int, ax: AxisWindows, unit: int) -> list[tuple[int, int, int]]:
     """(block size, windows its blocks run along the axis, largest context along the axis) for
-    each block size worth trying on one plane axis (multiples of ``unit`` up to the axis)."""
+    each block size worth trying on one plane axis (multiples of ``unit``, the axis' grain, up
+    to the axis)."""
     assert ax.tile is not None
     best: dict[int, tuple[int, int, int]] = {}
     for b in range(unit, round_up(n, unit) + 1, unit):
@@ -445,6 +464,7 @@ def iter_blockwise(
         spacing=spacing,
         layout=layout_arg,
         attention=attention,
+        store=out is not None,
     )
     if out is None and region is None:
         _check_result_memory(work, spec, tta, store_name(source.image, name))
