@@ -203,7 +203,10 @@ class OrthoViews:
         try:
             for model in self.all_models:
                 if len(model.dims.point) == len(point) and tuple(model.dims.point) != point:
-                    model.dims.point = point
+                    # napari slices on the point event and again on the current_step event
+                    # that comes with it; once is enough (the slider still follows)
+                    with model.dims.events.current_step.blocker(model._update_layers):
+                        model.dims.point = point
         finally:
             self._block = False
         self._draw_crosshairs()
