@@ -355,8 +355,11 @@ def test_click_at_a_marker_lands_on_it_in_all_three(make_napari_viewer, qtbot, s
 
 def test_every_layer_in_every_view(make_napari_viewer, qtbot, sided_scan):
     viewer = make_napari_viewer(show=True)
+    views = orthoviews.show(viewer)  # on before any scan is open
+    assert views is not None
     (scan,) = viewer.open(str(sided_scan), plugin="napari-attunet")
-    views = orthoviews.show(viewer)
+    for plane, model in zip(("axial", "coronal", "sagittal"), views.all_models, strict=True):
+        assert tuple(model.dims.order) == orthoviews.PLANES[plane]
     labels = viewer.add_labels(np.zeros(scan.data.shape, np.uint8), name="labels", **_geometry(scan))
     gate = viewer.add_image(
         np.random.default_rng(0).random((5, 8, 10)), name="gate", scale=(4, 4, 4), units=scan.units

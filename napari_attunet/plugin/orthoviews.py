@@ -138,35 +138,47 @@ class OrthoViews:
         for plane, model in self.models.items():
             install(model)
             model.dims.ndisplay = 2
-            model.dims.order = plane_order(plane, model.dims.ndim)
+            if model.dims.ndim >= 3:
+                model.dims.order = plane_order(plane, model.dims.ndim)
             camera_of(model).events.orientation.connect(lambda e=None: self._draw_crosshairs())
-        self._connect(viewer.layers.events.inserted, self._on_inserted)
-        self._connect(viewer.layers.events.removed, self._on_removed)
-        self._connect(viewer.layers.events.moved, self._on_moved)
-        self._connect(viewer.dims.events.ndisplay, self._draw_crosshairs)
-        self._connect(viewer.dims.events.order, self._draw_crosshairs)
-        for model in self.all_models:
-            self._connect(model.dims.events.point, self._on_point)
+        self._hook_main_viewer()
         with warnings.catch_warnings():  # napari has no public handle on its main canvas
             warnings.simplefilter("ignore", FutureWarning)
             main_canvas = viewer.window._qt_viewer.canvas
         self.crosshairs = {"axial": Crosshair(main_canvas)} | {
             plane: Crosshair(qt.canvas) for plane, qt in self.qt_viewers.items()
         }
-        self.dock = viewer.window.add_dock_widget(
+        self.dock = self._dock_below_canvas()
+        self.show_axial()
+        self.set_point(self._centre())
+        self.reset_views()
+
+    def _hook_main_viewer(self) -> None:
+        layers = self.viewer.layers.events
+        self._connect(layers.inserted, self._on_inserted)
+        self._connect(layers.removed, self._on_removed)
+        self._connect(layers.moved, self._on_moved)
+        self._connect(self.viewer.dims.events.ndisplay, self._draw_crosshairs)
+        self._connect(self.viewer.dims.events.order, self._draw_crosshairs)
+        for model in self.all_models:
+            self._connect(model.dims.events.point, self._on_point)
+
+    def _dock_below_canvas(self):
+        """Dock the two canvases under the main canvas only: the side docks (the layer list,
+        this plugin's widget, whose height would leave a bottom dock a strip) keep the window's
+        full height; the corners are given back on close."""
+        from qtpy.QtCore import Qt
+
+        dock = self.viewer.window.add_dock_widget(
             self.widget, name=DOCK_NAME, area="bottom", add_vertical_stretch=False
         )
-        # Below the main canvas only: the side docks (layer list, this plugin's widget, whose
-        # height would leave the bottom dock a strip) keep the window's full height.
-        window = self.dock.window()
+        window = dock.window()
         corners = (Qt.Corner.BottomLeftCorner, Qt.Corner.BottomRightCorner)
         self._corners = {corner: window.corner(corner) for corner in corners}
         window.setCorner(corners[0], Qt.DockWidgetArea.LeftDockWidgetArea)
         window.setCorner(corners[1], Qt.DockWidgetArea.RightDockWidgetArea)
-        window.resizeDocks([self.dock], [int(window.height() * DOCK_SHARE)], Qt.Orientation.Vertical)
-        self.show_axial()
-        self.set_point(self._centre())
-        self.reset_views()
+        window.resizeDocks([dock], [int(window.height() * DOCK_SHARE)], Qt.Orientation.Vertical)
+        return dock
 
     # ---- models ------------------------------------------------------------------------------
     @property
