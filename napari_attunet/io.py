@@ -20,6 +20,10 @@ from .errors import InputError
 CANONICAL = "LPS"
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+SUPPORTED_FORMATS = (
+    "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or DICOM "
+    "(a .dcm file or a folder of a series)"
+)
 
 
 @dataclass
@@ -216,6 +220,8 @@ def read(path: str | os.PathLike) -> Volume:
     except InputError:
         raise
     except RuntimeError as exc:
+        if "Unable to determine ImageIO reader" in str(exc):
+            raise InputError(f"{path} is not in a supported format; open {SUPPORTED_FORMATS}.") from None
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         reason = next(
             (line.split("ERROR:")[-1] for line in lines if "ERROR" in line), lines[-1] if lines else ""

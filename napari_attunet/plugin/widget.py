@@ -27,6 +27,7 @@ from magicgui.widgets import (
 from .jobs import JobControls, Jobs
 from .layers import SourceGeometry
 from .notify import notify
+from .orthoviews import ViewControls
 from .recent import recent_checkpoints, remember_checkpoint
 from .results import VOLUME_COLUMNS, ResultLayers, RunState, ViewSettings
 from .run_inputs import (
@@ -101,6 +102,7 @@ class AttUNetWidget(Container):
         self.uncertainty_level = FloatSlider(
             name="uncertainty_level", label="uncertain over", min=0.0, max=1.0, step=0.01, value=0.5
         )
+        self.view_controls = ViewControls(self.viewer, lambda: self.image.value)
         self.tta = CheckBox(name="tta", text="test-time flips (slower)", value=False)
         self.tile = SpinBox(name="tile", label="tile (0 = auto)", min=0, max=1024, step=16, value=0)
         self.overlap = FloatSpinBox(name="overlap", label="overlap", min=0.0, max=0.9, step=0.05, value=0.5)
@@ -128,6 +130,7 @@ class AttUNetWidget(Container):
                 self.show_attention,
                 self.show_uncertainty,
                 self.uncertainty_level,
+                self.view_controls,
                 self.tta,
                 self.tile,
                 self.overlap,
@@ -161,8 +164,10 @@ class AttUNetWidget(Container):
             event.connect(self.image.reset_choices)
             event.connect(self.channels.reset_choices)
         self.image.changed.connect(self._show_store_target)
+        self.image.changed.connect(self.view_controls.show_window_of)
         self.image.reset_choices()
         self._show_store_target()
+        self.view_controls.show_window_of(self.image.value)
 
     def _show_store_target(self, value=None) -> None:
         """For a dask/zarr layer, where Run will write its result store (shown before the run)."""
