@@ -23,8 +23,10 @@ import numpy as np
 from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
 from .lazy import LazySource, as_dask, as_seen, fit_lazy
+from .options import RunOptions
 from .postprocess import GateMap, Prediction
-from .preprocess import check_spacing, check_tile, resolve_normalization
+from .preprocess import resolve_normalization
+from .progress import cancelled
 from .tiling import round_up
 from .windows import AxisWindows, Part, axis_context, part, run_windows, windows_in
 
@@ -307,8 +309,7 @@ class Job:
 
     model: ModelRef
     intensity: list | None  # None: the block is the whole volume and fits its own
-    options: dict
-    channel_axis: int | None
+    options: RunOptions  # what each block runs with (no store, scheduler or region of its own)
     sink: Any
     cancel: Any = None
     shape: tuple[int, ...] = ()  # the whole volume's spatial shape
@@ -316,21 +317,20 @@ class Job:
 
 def run_block(crop: np.ndarray, block: Part, job: Job) -> BlockResult:
     """Predict one block (its context read into ``crop``) and hand its interior to the sink."""
-    from .engine import predict
-    from .progress import cancelled as _cancelled
+    from .local import drive, iter_local
 
-    if _cancelled(job.cancel):
+    if cancelled(job.cancel):
         raise Cancelled("cancelled")
     # The crop runs whole (its windows are the whole run's) and its interior is kept.
-    pred = predict(
+    steps = iter_local(
         np.asarray(crop),
         job.model.get(),
-        channel_axis=job.channel_axis,
-        intensity=job.intensity,
+        job.options,
         cancel=job.cancel,
+        intensity=job.intensity,
         grid=block.grid,
-        **job.options,
     )
+    pred = drive(steps)
     quantized = np.ascontiguousarray(pred.quantized[(slice(None),) + tuple(block.inner)])
     disagreement = None
     if pred.disagreement is not None:
@@ -371,93 +371,54 @@ def _crop_gate(gate: GateMap, block: Part, shape) -> GateMap:
 
 
 def iter_blockwise(
-    image,
-    model: AttentionUNetBase,
-    *,
-    spacing=None,
-    channel_axis=None,
-    normalization=None,
-    tile=None,
-    overlap: float = 0.5,
-    device: str = "auto",
-    precision: str = "auto",
-    tta: bool = False,
-    cancel=None,
-    batch_size=None,
-    attention: bool = True,
-    name: str = "the image",
-    fold_batchnorm: bool = True,
-    channels_last: bool = True,
-    affine=None,
-    file_orientation=None,
-    orientation=None,
-    out=None,
-    scheduler=None,
-    block=None,
-    workers: int | None = None,
-    thresholds=None,
-    region=None,
-    runtime: str = "auto",
+    image, model: AttentionUNetBase, options: RunOptions, *, cancel=None
 ) -> Generator[Any, None, Prediction]:
     """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction."""
-    from .engine import Progress
     from .orientation import network_layout
+    from .progress import Progress
 
     started = time.perf_counter()
     spec = model.spec
-    origin = None
-    if hasattr(image, "array") and hasattr(image, "affine"):  # an io.Volume
-        spacing = image.spacing if spacing is None else spacing
-        affine = image.affine if affine is None else affine
-        file_orientation = file_orientation or image.source.get("orientation")
-        origin = tuple(image.origin)
-        image = image.array
-    if not 0.0 <= overlap < 1.0:
-        raise InputError(f"overlap must be in [0, 1), not {overlap}.")
-    spacing = check_spacing(spacing, name)
-    tile = check_tile(tile, spec.spatial_dims)
+    image, options, origin = options.with_volume(image)
+    options = options.checked(spec)
+    spacing, name, out, overlap = options.spacing, options.name, options.out, options.overlap
     if out is not None:
         from .store import check_free
 
         check_free(out)
-    source = LazySource(image, spec, channel_axis, name)
+    source = LazySource(image, spec, options.channel_axis, name)
     spatial = source.spatial
+    affine = options.affine
     if affine is not None and np.shape(affine) != (len(spatial) + 1,) * 2:
         raise InputError(
             f"{name}: affine must be {len(spatial) + 1}x{len(spatial) + 1} for an "
             f"image with {len(spatial)} spatial axes, not {np.shape(affine)}."
         )
-    layout = network_layout(spec, len(spatial), affine, file_orientation, orientation)
-    norm = resolve_normalization(normalization, spec)
+    layout = network_layout(spec, len(spatial), affine, options.file_orientation, options.orientation)
+    norm = resolve_normalization(options.normalization, spec)
     layout_arg = None if layout.identity else layout
     work = plan(
         spatial,
         model,
-        tile=tile,
-        block=block,
+        tile=options.tile,
+        block=options.block,
         overlap=overlap,
         spacing=spacing,
         layout=layout_arg,
-        attention=attention,
+        attention=options.attention,
     )
-    options = dict(
-        spacing=spacing,
-        normalization=normalization,  # fitted by the engine when a block is the whole volume
+    # what each block runs with: the run's choices on the plan's tiles, nothing of the whole run
+    block_options = options.replace(
         tile=work.tile,
-        overlap=overlap,
-        device=device,
-        precision=precision,
-        tta=tta,
-        batch_size=batch_size,
-        attention=attention,
-        name=name,
-        fold_batchnorm=fold_batchnorm,
-        channels_last=channels_last,
-        affine=affine,
-        file_orientation=file_orientation,
-        orientation=orientation,
-        runtime=runtime,
+        channel_axis=source.channel_axis,
+        out=None,
+        scheduler=None,
+        block=None,
+        workers=None,
+        region=None,
     )
+
+    region = options.region
     if region is not None:  # one block: the region and its context, read alone
         if out is not None:
             raise InputError("a region is predicted in memory; leave out= unset for it.")
@@ -468,7 +429,7 @@ def iter_blockwise(
         yield Progress(
             "predicting", 0, 1, f"the region and its context, {tuple(o.stop - o.start for o in crop.outer)}"
         )
-        job = Job(ModelRef(model), intensity, options, source.channel_axis, None, cancel, tuple(spatial))
+        job = Job(ModelRef(model), intensity, block_options, None, cancel, tuple(spatial))
         result = run_block(source.read(crop.outer), crop, job)
         yield Progress("predicting", 1, 1)
         assert result.quantized is not None
@@ -485,7 +446,7 @@ def iter_blockwise(
             result.gates,
             [note],
         )
-    client, owned = _client(scheduler)
+    client, owned = _client(options.scheduler)
     try:
         # One block on this machine's threads is the whole volume, read once: the engine takes
         # its statistics from it as an in-memory run does. Otherwise a pass over the chunks first.
@@ -495,21 +456,7 @@ def iter_blockwise(
             intensity = fit_lazy(as_seen(source, work.axes, work.perm), norm)
         return (
             yield from _run(
-                source,
-                model,
-                work,
-                options,
-                intensity,
-                client,
-                out,
-                spacing,
-                origin,
-                tta,
-                thresholds,
-                name,
-                cancel,
-                workers,
-                started,
+                source, model, work, options, block_options, intensity, client, origin, cancel, started
             )
         )
     finally:
@@ -523,27 +470,28 @@ def _run(
     source,
     model,
     work,
-    options,
+    options: RunOptions,
+    block_options: RunOptions,
     intensity,
     client,
-    out,
-    spacing,
     origin,
-    tta,
-    thresholds,
-    name,
     cancel,
-    workers,
     started,
 ) -> Generator[Any, None, Prediction]:
-    from .engine import Progress
+    from .progress import Progress
 
+    out, spacing, name, tta, overlap = (
+        options.out,
+        options.spacing,
+        options.name,
+        options.tta,
+        options.overlap,
+    )
     spec = model.spec
-    overlap = options["overlap"]
     if out is not None:
         from .store import ZarrSink
 
-        sink = ZarrSink.create(out, spec, work, spacing, origin, tta, thresholds, name)
+        sink = ZarrSink.create(out, spec, work, spacing, origin, tta, options.thresholds, name)
     else:
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
@@ -552,8 +500,7 @@ def _run(
         job = Job(
             ModelRef(model),
             intensity,
-            options,
-            source.channel_axis,
+            block_options,
             sink if sink.on_worker else None,
             cancel if client is None else None,
             tuple(work.spatial),
@@ -565,7 +512,7 @@ def _run(
             job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
             data = None if client is None else as_dask(source.image)
             tasks = [_task(data, source, b, job_arg) for b in work.blocks]
-            finished = _execute(tasks, client, workers, cancel)
+            finished = _execute(tasks, client, options.workers, cancel)
         yield Progress(
             "predicting", 0, total, f"{total} blocks of {work.block} voxels (tiles of {work.tile})"
         )
@@ -675,7 +622,7 @@ def _execute(tasks, client, workers, cancel):
         futures = client.compute(tasks)
         try:
             for future in as_completed(futures):
-                if cancel is not None and _is_set(cancel):
+                if cancelled(cancel):
                     raise Cancelled("cancelled")
                 yield future.result()
                 future.release()
@@ -683,12 +630,6 @@ def _execute(tasks, client, workers, cancel):
             client.cancel(futures)
         return
     yield from _threads(tasks, workers or 1, cancel)
-
-
-def _is_set(cancel) -> bool:
-    from .progress import cancelled as _cancelled
-
-    return _cancelled(cancel)
 
 
 def _threads(tasks, workers: int, cancel):
