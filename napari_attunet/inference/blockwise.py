@@ -491,7 +491,7 @@ def _run(
     if out is not None:
         from .store import ZarrSink
 
-        sink = ZarrSink.create(out, spec, work, spacing, origin, tta, options.thresholds, name)
+        sink = ZarrSink.create(out, spec, work, spacing, origin, tta, options.thresholds, name, options.affine)
     else:
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
@@ -542,7 +542,7 @@ def _run(
         sink.finish(results)
         quantized, disagreement = sink.probabilities(), sink.disagreement_array()
         gate_data = sink.gate_arrays()
-        notes.append(f"written to {sink.path}")
+        notes += [f"written to {sink.path}", *sink.notes]
     else:
         quantized, disagreement, gate_data = sink.quantized, sink.disagreement, sink.gates
     gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates, strict=True)]

@@ -172,10 +172,36 @@ def check_free(out) -> None:
         raise InputError(f"{out} already exists; remove it or choose another output.")
 
 
+def world_metadata(affine, spacing, origin, spatial, out) -> tuple[dict, tuple[str, ...]]:
+    """The "attunet" metadata placing the store in world (``affine``: level-0 index -> world mm,
+    LPS, napari axis order), and a note when NGFF's own scale and translation place it elsewhere
+    (a rotated scan: NGFF 0.4 has no affine)."""
+    if affine is None:
+        return {}, ()
+    world = np.asarray(affine, dtype=float)
+    n = world.shape[0] - 1
+    ngff = np.eye(n + 1)
+    ngff[:n, :n] = np.diag(spacing)
+    ngff[:n, n] = origin
+    corners = np.array([[*c, 1.0] for c in np.ndindex(*(2,) * n)]) * [*(np.subtract(spatial, 1)), 1.0]
+    off = float(np.linalg.norm((corners @ (world - ngff).T)[:, :n], axis=1).max())
+    meta = {
+        "affine": world.tolist(),
+        "affine_frame": "level-0 array index to world mm (LPS, array axis order)",
+    }
+    if off <= 1e-6:
+        return meta, ()
+    return meta, (
+        f"{out} keeps the scan's rotation only in its 'attunet' metadata (NGFF 0.4 has no affine): "
+        f"viewers other than napari-attunet show it unrotated, up to {off:.1f} mm from the scan",
+    )
+
+
 class ZarrSink:
     """Writes blocks into the store; picklable (paths only), so Dask workers write directly."""
 
     on_worker = True
+    notes: tuple[str, ...] = ()  # for the run's Prediction.notes
 
     def __init__(
         self,
@@ -197,7 +223,9 @@ class ZarrSink:
         self.owned = list(owned) or [True] * len(grids)
 
     @classmethod
-    def create(cls, out, spec, plan, spacing, origin, tta: bool, thresholds, name: str):
+    def create(cls, out, spec, plan, spacing, origin, tta: bool, thresholds, name: str, affine=None):
+        """``affine``: the scan's index -> world matrix (``geometry``); NGFF 0.4 has none, so a
+        rotation it holds is kept in the "attunet" metadata, which this plugin's reader applies."""
         import zarr
 
         path = Path(out)
@@ -208,7 +236,10 @@ class ZarrSink:
         ndim = len(spatial)
         unit = "millimeter" if spacing is not None else None
         spacing = tuple(float(s) for s in spacing)[-ndim:] if spacing is not None else (1.0,) * ndim
+        if origin is None and affine is not None:
+            origin = np.asarray(affine, dtype=float)[:ndim, ndim]
         origin = tuple(float(o) for o in origin)[-ndim:] if origin is not None else (0.0,) * ndim
+        world = world_metadata(affine, spacing, origin, spatial, out)
         levels = pyramid_levels(spatial, block)
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         channels = spec.out_channels
@@ -254,6 +285,7 @@ class ZarrSink:
                     "source": name,
                     "tile": list(plan.tile),
                     "block": list(block),
+                    **world[0],
                 },
             }
         )
@@ -309,9 +341,11 @@ class ZarrSink:
                     "attunet": {"stride": list(g.stride), "offset": list(g.offset)},
                 }
             )
-        return cls(
+        sink = cls(
             str(path), str(tmp), spec.output, thresholds, channels, list(plan.gates), tta, levels, owned
         )
+        sink.notes = world[1]
+        return sink
 
     # -- on the workers --
     def _array(self, key: str):
