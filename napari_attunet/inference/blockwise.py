@@ -491,7 +491,9 @@ def _run(
     if out is not None:
         from .store import ZarrSink
 
-        sink = ZarrSink.create(out, spec, work, spacing, origin, tta, options.thresholds, name, options.affine)
+        sink = ZarrSink.create(
+            out, spec, work, spacing, origin, tta, options.thresholds, name, options.affine
+        )
     else:
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
