@@ -27,21 +27,11 @@ from .options import RunOptions
 from .postprocess import GateMap, Prediction
 from .preprocess import resolve_normalization
 from .progress import cancelled
+from .sinks import BlockResult, GateGrid, MemorySink
 from .tiling import round_up
 from .windows import AxisWindows, Part, axis_context, part, run_windows, windows_in
 
 BLOCK_BUDGET = 36 * 1024**2  # context voxels of one block: ~60 B each at its peak, ~2.6 GB in all
-
-
-@dataclass(frozen=True)
-class GateGrid:
-    """Where one gate's whole-volume grid lies, in scan voxels."""
-
-    heads: int
-    stride: tuple[float, ...]
-    offset: tuple[float, ...]
-    cells: tuple[int, ...]
-    name: str
 
 
 @dataclass
@@ -182,18 +172,6 @@ def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[Gate
     return grids
 
 
-def gate_window(grid: GateGrid, region: Sequence[slice], local: GateMap):
-    """(slices into the whole gate grid, slices into ``local``) for one block's gate map."""
-    dst, src = [], []
-    for a, (sl, s, o, n) in enumerate(zip(region, grid.stride, grid.offset, grid.cells, strict=True)):
-        first = int(round((sl.start + local.offset[a] - o) / s))
-        count = local.data.shape[1 + a]
-        lo, hi = max(0, first), min(n, first + count)
-        dst.append(slice(lo, max(lo, hi)))
-        src.append(slice(lo - first, lo - first + max(0, hi - lo)))
-    return (slice(None),) + tuple(dst), (slice(None),) + tuple(src)
-
-
 # ---- the model on workers ----------------------------------------------------------------------
 
 _MODELS: dict[str, AttentionUNetBase] = {}
@@ -258,46 +236,6 @@ def load_payload(payload: bytes) -> AttentionUNetBase:
     model = build(spec)
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-# ---- sinks: where block results go -------------------------------------------------------------
-
-
-@dataclass
-class BlockResult:
-    """What one block produced (None fields once a sink on the worker has written them)."""
-
-    region: tuple[slice, ...]
-    quantized: np.ndarray | None = None
-    disagreement: np.ndarray | None = None
-    gates: list[GateMap] = field(default_factory=list)
-    counts: np.ndarray | None = None  # voxels per label value (written stores)
-    device: str = "cpu"
-    precision: str = "fp32"
-    runtime: str = "torch"
-
-
-class MemorySink:
-    """Whole-volume uint8 probabilities and float32 gate maps in memory."""
-
-    on_worker = True  # threads share the buffers; a remote worker returns its arrays instead
-
-    def __init__(self, channels: int, spatial, gates: list[GateGrid], tta: bool):
-        self.quantized = np.zeros((channels,) + tuple(spatial), np.uint8)
-        self.disagreement = np.zeros(tuple(spatial), np.uint8) if tta else None
-        self.gates = [np.zeros((g.heads,) + g.cells, np.float32) for g in gates]
-        self.grids = gates
-
-    def write(self, result: BlockResult) -> BlockResult:
-        region = result.region
-        assert result.quantized is not None  # a block that ran, not one written elsewhere
-        self.quantized[(slice(None),) + region] = result.quantized
-        if self.disagreement is not None and result.disagreement is not None:
-            self.disagreement[region] = np.asarray(result.disagreement)
-        for buf, grid, gate in zip(self.gates, self.grids, result.gates, strict=True):
-            dst, src = gate_window(grid, region, gate)
-            buf[dst] = gate.data[src]
-        return BlockResult(region, device=result.device, precision=result.precision, runtime=result.runtime)
 
 
 # ---- one block ---------------------------------------------------------------------------------

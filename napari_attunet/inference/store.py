@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from .postprocess import PROBABILITY_LEVELS, threshold_labels, uncertainty_map
+from .sinks import BlockResult, gate_window
 
 NGFF_VERSION = "0.4"
 LABEL_NAME = "attunet"
@@ -358,8 +359,6 @@ class ZarrSink:
         return handle
 
     def write(self, result):
-        from .blockwise import BlockResult, gate_window
-
         region = result.region
         q = result.quantized
         labels = threshold_labels(q, self.output, self.thresholds)
@@ -391,8 +390,6 @@ class ZarrSink:
         """On the caller: the gate maps whose chunks this block shares with a neighbour. Two
         workers writing parts of one chunk at once would each rewrite the whole chunk, and one
         part would be lost."""
-        from .blockwise import gate_window
-
         for k, (grid, gate) in enumerate(zip(self.grids, result.gates, strict=True), start=1):
             if gate is not None:
                 dst, src = gate_window(grid, result.region, gate)
