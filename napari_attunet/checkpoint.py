@@ -466,6 +466,7 @@ def save_model(
     normalization: dict | str | None = None,
     spacing: tuple[float, ...] | None = None,
     provenance: dict | None = None,
+    class_codes: dict | None = None,
     **spec_changes: Any,
 ) -> Path:
     """Write a native ``.safetensors`` checkpoint: the weights plus spec and metadata as JSON.
@@ -497,6 +498,9 @@ def save_model(
         "spec": spec.to_dict(),
         "provenance": {**history, **(provenance or {})},
     }
+    codes = class_codes or dict(getattr(model, "metadata", {}) or {}).get("class_codes")
+    if codes:  # per class, DICOM SEG category and type codes (see dicom_seg)
+        metadata["class_codes"] = codes
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

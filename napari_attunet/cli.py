@@ -119,6 +119,11 @@ def _convert(args: argparse.Namespace) -> int:
     if args.orientation:
         overrides["orientation"] = args.orientation
     model = load_model(args.checkpoint, family=args.family, overrides=overrides or None)
+    codes = None
+    if args.class_codes:
+        from .dicom_seg import parse_class_codes
+
+        codes = parse_class_codes(args.class_codes, args.class_names or model.spec.class_labels)
     out = save_model(
         model,
         args.out,
@@ -130,6 +135,7 @@ def _convert(args: argparse.Namespace) -> int:
             "source_sha256": sha256(model.source),
             "source_family": model.spec.family,
         },
+        class_codes=codes,
     )
     print(f"wrote {out}: {load_model(out).spec.summary()}")
     return 0
@@ -184,18 +190,58 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
 
 def _output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
     """The files ``predict`` writes for one scan, known before it runs."""
-    suffix = args.format
-    names = [f"{name}_labels{suffix}"]
-    if args.attention:
-        for k, gate in enumerate(spec.gates, start=1):
-            for h in range(gate.heads):
-                names.append(f"{name}_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "") + suffix)
-    if args.uncertainty:
-        names.append(f"{name}_uncertainty{suffix}")
-    if args.probabilities:
-        for cname in spec.class_labels:
-            names.append(f"{name}_prob_{_safe(cname)}{suffix}")
+    images, seg = _formats(args)
+    names = [f"{name}_seg.dcm"] if seg else []
+    for suffix in images or [args.format]:
+        if suffix in images:
+            names.append(f"{name}_labels{suffix}")
+        if args.attention:
+            for k, gate in enumerate(spec.gates, start=1):
+                for h in range(gate.heads):
+                    names.append(f"{name}_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "") + suffix)
+        if args.uncertainty:
+            names.append(f"{name}_uncertainty{suffix}")
+        if args.probabilities:
+            for cname in spec.class_labels:
+                names.append(f"{name}_prob_{_safe(cname)}{suffix}")
     return names
+
+
+def _formats(args: argparse.Namespace) -> tuple[list[str], bool]:
+    """The image formats asked for (labels in each; with dicom-seg alone, the other outputs
+    asked for go to ``args.format``, .nii.gz by default), and whether a DICOM SEG is."""
+    formats = getattr(args, "formats", None) or [args.format]
+    return [f for f in dict.fromkeys(formats) if f != "dicom-seg"], "dicom-seg" in formats
+
+
+class _FormatAction(argparse.Action):
+    """``--format`` may be repeated: ``formats`` lists every one, ``format`` keeps the last
+    image format (what the store and cohort code reads)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.formats = [*(getattr(namespace, "formats", None) or []), values]
+        if values != "dicom-seg":
+            namespace.format = values
+
+
+def _check_formats(args: argparse.Namespace) -> None:
+    from .errors import InputError
+
+    images, seg = _formats(args)
+    store = "zarr" in images or str(args.output).rstrip("/").endswith(".zarr")
+    if store and (seg or len(images) > 1):
+        raise InputError(
+            "--format zarr (or an -o ending in .zarr) writes one store per scan and cannot be combined "
+            "with other formats; run predict once per format."
+        )
+    if getattr(args, "seg_type", "binary") != "binary" and not seg:
+        raise InputError(
+            f"--seg-type {args.seg_type} applies to --format dicom-seg; add it, or leave it out."
+        )
+    if seg:
+        from .dicom_seg import require_highdicom
+
+        require_highdicom("--format dicom-seg")
 
 
 def _safe(text: str) -> str:
@@ -217,6 +263,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference import iter_predict
     from .inference.postprocess import gate_on_image_grid
 
+    _check_formats(args)
     if (
         getattr(args, "scheduler", None)
         or args.format == "zarr"
@@ -233,9 +280,15 @@ def _predict(args: argparse.Namespace) -> int:
         thresholds = thresholds[0]
     outdir = outputs.check_folder(args.output, "-o/--output")
     names = getattr(args, "names", None) or outputs.unique_names(args.scans, io._stem)
+    images, seg = _formats(args)
+    if seg:
+        from .dicom_seg import Algorithm, check_scan, write_run
+
+        algorithm = Algorithm.of_checkpoint(args.checkpoint)
     failures = 0
     for scan, name in zip(args.scans, names, strict=True):
         try:
+            source = check_scan(scan) if seg else None  # before the run: it needs DICOM with UIDs
             planned = _output_names(name, spec, args)
             if not args.overwrite:
                 for planned_name in planned:
@@ -247,25 +300,33 @@ def _predict(args: argparse.Namespace) -> int:
             for note in volume.notes:  # after the run: a scan that fails gets one line only
                 print(note, file=sys.stderr)
             labels = pred.labels(thresholds, min_size=args.min_size, fill_holes=args.fill_holes)
-            suffix = args.format
+            seg_notes: list[str] = []
             with outputs.staged(outdir, args.overwrite) as stage:
-                io.write_staged(stage, f"{name}_labels{suffix}", labels, volume)
-                if args.attention:
-                    for k, gate in enumerate(pred.gates, start=1):
-                        for h in range(gate.heads):
-                            tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
-                            io.write_staged(
-                                stage,
-                                f"{name}{tag}{suffix}",
-                                gate_on_image_grid(gate, labels.shape, h),
-                                volume,
-                            )
-                if args.uncertainty:
-                    io.write_staged(stage, f"{name}_uncertainty{suffix}", pred.uncertainty, volume)
-                if args.probabilities:
-                    probs = pred.probabilities
-                    for c, cname in enumerate(pred.class_names):
-                        io.write_staged(stage, f"{name}_prob_{_safe(cname)}{suffix}", probs[c], volume)
+                if seg:
+                    seg_notes = write_run(
+                        stage, f"{name}_seg.dcm", labels, volume, pred, args.seg_type, algorithm, source
+                    )
+                for suffix in images or [args.format]:
+                    if suffix in images:
+                        io.write_staged(stage, f"{name}_labels{suffix}", labels, volume)
+                    if args.attention:
+                        for k, gate in enumerate(pred.gates, start=1):
+                            for h in range(gate.heads):
+                                tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
+                                io.write_staged(
+                                    stage,
+                                    f"{name}{tag}{suffix}",
+                                    gate_on_image_grid(gate, labels.shape, h),
+                                    volume,
+                                )
+                    if args.uncertainty:
+                        io.write_staged(stage, f"{name}_uncertainty{suffix}", pred.uncertainty, volume)
+                    if args.probabilities:
+                        probs = pred.probabilities
+                        for c, cname in enumerate(pred.class_names):
+                            io.write_staged(stage, f"{name}_prob_{_safe(cname)}{suffix}", probs[c], volume)
+            for note in seg_notes:
+                print(f"{name}: {note}", file=sys.stderr)
             full_path = str(Path(scan).expanduser().absolute())
             rows = [
                 (name, cname, f"{ml:.3f}", full_path)
@@ -436,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--family", choices=FAMILIES)
     conv.add_argument("--class-names", nargs="+", metavar="NAME")
     conv.add_argument(
+        "--class-codes",
+        metavar="JSON",
+        help='DICOM SEG codes per class, a JSON file or text: {"NAME": {"category": '
+        '"SCT:91723000:Anatomical Structure", "type": "SCT:...:..."}} (default: Tissue)',
+    )
+    conv.add_argument(
         "--normalization",
         metavar="MODE",
         help="none | zscore (NormalizeIntensityd) | zscore_nonzero (nonzero=True) | "
@@ -531,8 +598,17 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--format",
         default=".nii.gz",
-        choices=(".nii.gz", ".nii", ".nrrd", ".mha", "zarr"),
-        help="zarr: one OME-Zarr store per scan, written block by block (also when -o ends in .zarr)",
+        action=_FormatAction,
+        choices=(".nii.gz", ".nii", ".nrrd", ".mha", "zarr", "dicom-seg"),
+        help="zarr: one OME-Zarr store per scan, written block by block (also when -o ends in .zarr); "
+        "dicom-seg: a DICOM SEG of a DICOM series, <name>_seg.dcm (alone, other outputs asked for "
+        "go to .nii.gz); may be given more than once",
+    )
+    pred.add_argument(
+        "--seg-type",
+        default="binary",
+        choices=("binary", "labelmap", "fractional"),
+        help="with --format dicom-seg: BINARY segments (default), one LABELMAP, or FRACTIONAL probabilities",
     )
     pred.add_argument(
         "--scheduler",

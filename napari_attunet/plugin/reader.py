@@ -28,6 +28,11 @@ def get_reader(path):
         return read_store if is_result_store(path) else None
     if name.endswith(CHECKPOINT_SUFFIXES):
         return read_checkpoint
+    if name.endswith(".dcm"):
+        from .seg_reader import is_seg, read_seg
+
+        if is_seg(path):
+            return read_seg
     if name.endswith(SCAN_SUFFIXES) or (os.path.isdir(path) and _has_dicom(Path(path))):
         return read_scan
     return None

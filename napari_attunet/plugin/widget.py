@@ -338,9 +338,15 @@ class AttUNetWidget(Container):
             self.model,
             data,
             options=options,
-            on_result=lambda pred: self.results.show(pred, source, offset, preview),
+            on_result=lambda pred, model=self.model: self._show(pred, source, offset, preview, model),
             **launch,
         )
+
+    def _show(self, pred, source, offset, preview: bool, model) -> None:
+        from .writer import tag_run
+
+        self.results.show(pred, source, offset, preview)
+        tag_run(self.results.labels_layer(), model)  # a DICOM SEG of it names the checkpoint
 
     def _launch_store(self, layer, first, data, source, options: dict, launch: dict):
         """Run into a new OME-Zarr store whose layers fill in as blocks finish."""
