@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .checkpoint import load_model, save_model
     from .inference import GateMap, Prediction, Progress, iter_predict, predict
     from .models import GateGeometry, ModelSpec
+    from .review import evaluate
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ _LAZY = {
     "predict": ".inference",
     "GateGeometry": ".models",
     "ModelSpec": ".models",
+    "evaluate": ".review",
 }
 
 
@@ -55,6 +57,7 @@ __all__ = [
     "ModelSpec",
     "Prediction",
     "Progress",
+    "evaluate",
     "iter_predict",
     "load_model",
     "predict",

@@ -1,4 +1,4 @@
-"""The command line: ``napari-attunet predict | info | convert | train | demo``.
+"""The command line: ``napari-attunet predict | evaluate | info | convert | train | demo``.
 
 Every failure is one line on stderr and a non-zero exit code.
 """
@@ -167,6 +167,11 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
         resolve_precision(args.precision, device)
     except InputError as exc:
         raise InputError(f"--precision {args.precision}: {exc}") from None
+    if args.orientation not in (None, "display") and spec.spatial_dims == 2:
+        raise InputError(
+            f"--orientation {args.orientation}: a 2D model sees each plane as napari displays it "
+            f"(axes {spec.axes or 'yx'!r}), so no orientation applies; leave --orientation out."
+        )
     if args.thresholds is not None and len(args.thresholds) not in (1, spec.out_channels):
         raise InputError(
             f"--thresholds: {len(args.thresholds)} values given, but the model has "
@@ -182,10 +187,31 @@ def _predict_options(args: argparse.Namespace, spec) -> dict:
         raise InputError(f"--overlap {args.overlap:g}: give a fraction in [0, 1).")
     if args.min_size < 0:
         raise InputError(f"--min-size {args.min_size}: give a number of voxels, 0 or more.")
+    if getattr(args, "reference", None):
+        from .review.references import check_folder
+
+        check_folder(args.reference)
+    if getattr(args, "structures", False) and not (
+        0.0 <= args.uncertain_over <= 1.0 and args.structure_min_ml >= 0
+    ):
+        raise InputError(
+            "--uncertain-over takes a level in [0, 1] and --structure-min-ml a volume of 0 mL or more."
+        )
     return {
         "normalization": normalization,
         "tile": None if args.tile is None else (args.tile[0] if len(args.tile) == 1 else tuple(args.tile)),
     }
+
+
+def _check_run_arguments(args: argparse.Namespace) -> None:
+    """The options checked before a model is loaded or a scheduler started."""
+    from .inference.postprocess import check_thresholds
+
+    check_thresholds(args.thresholds, "--thresholds")
+    if getattr(args, "scheduler", None):
+        from .inference.cluster import parse
+
+        parse(args.scheduler)
 
 
 def _output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
@@ -204,6 +230,8 @@ def _output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
         if args.probabilities:
             for cname in spec.class_labels:
                 names.append(f"{name}_prob_{_safe(cname)}{suffix}")
+    if getattr(args, "structures", False):
+        names.append(f"{name}_structures.csv")
     return names
 
 
@@ -264,6 +292,7 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference.postprocess import gate_on_image_grid
 
     _check_formats(args)
+    _check_run_arguments(args)
     if (
         getattr(args, "scheduler", None)
         or args.format == "zarr"
@@ -271,6 +300,14 @@ def _predict(args: argparse.Namespace) -> int:
     ):
         from .cohort import run
 
+        zarr = args.format == "zarr" or str(args.output).rstrip("/").endswith(".zarr")
+        given = [o for o in ("structures", "reference") if getattr(args, o, None)]
+        if zarr and given:
+            from .errors import InputError
+
+            raise InputError(
+                f"--{given[0]} needs file outputs (--format .nii.gz and a folder as -o), not zarr."
+            )
         return run(args)
     model = getattr(args, "model", None) or load_model(args.checkpoint)
     spec = model.spec
@@ -300,6 +337,7 @@ def _predict(args: argparse.Namespace) -> int:
             for note in volume.notes:  # after the run: a scan that fails gets one line only
                 print(note, file=sys.stderr)
             labels = pred.labels(thresholds, min_size=args.min_size, fill_holes=args.fill_holes)
+            scores = _scores(args, scan, name, labels, volume, pred)
             seg_notes: list[str] = []
             with outputs.staged(outdir, args.overwrite) as stage:
                 if seg:
@@ -325,11 +363,13 @@ def _predict(args: argparse.Namespace) -> int:
                         probs = pred.probabilities
                         for c, cname in enumerate(pred.class_names):
                             io.write_staged(stage, f"{name}_prob_{_safe(cname)}{suffix}", probs[c], volume)
+                if getattr(args, "structures", False):
+                    _write_structures(stage, name, labels, pred, volume, args)
             for note in seg_notes:
                 print(f"{name}: {note}", file=sys.stderr)
             full_path = str(Path(scan).expanduser().absolute())
             rows = [
-                (name, cname, f"{ml:.3f}", full_path)
+                (name, cname, f"{ml:.3f}", full_path, *scores.get(cname, ()))
                 for cname, ml in pred.volumes_ml(labels, volume.spacing).items()
             ]
             outputs.merge_volumes(outdir / "volumes.csv", rows)  # per scan: an interrupt keeps it
@@ -344,7 +384,47 @@ def _predict(args: argparse.Namespace) -> int:
                 f"napari-attunet predict: {scan}: failed ({_sentence(exc)}); nothing was written for it.",
                 file=sys.stderr,
             )
+    if getattr(args, "reference", None) and not args.quiet:
+        print_reference_summary(outdir / "volumes.csv", args.scans)
     return 1 if failures else 0
+
+
+def _scores(args: argparse.Namespace, scan, name: str, labels, volume, pred) -> dict[str, list[str]]:
+    """With --reference: the metric cells per class against the scan's reference, or {}."""
+    if not getattr(args, "reference", None):
+        return {}
+    from .review import references
+
+    found = references.find(args.reference, scan, name)
+    if found is None:
+        print(f"{name}: no reference in {args.reference}; its rows have no metrics.", file=sys.stderr)
+        return {}
+    cells, notes = references.scores(found, labels, volume, pred.label_names)
+    for note in notes:
+        print(f"{name}: {note}", file=sys.stderr)
+    return cells
+
+
+def print_reference_summary(table, scans) -> None:
+    """The mean and median per class of this run's scans, from volumes.csv."""
+    from pathlib import Path
+
+    from .review.references import summary
+
+    text = summary(table, [str(Path(s).expanduser().absolute()) for s in scans])
+    if text:
+        print(text)
+
+
+def _write_structures(stage, name: str, labels, pred, volume, args: argparse.Namespace) -> None:
+    """``<name>_structures.csv``: each class and its components with their mean uncertainty."""
+    from .review.structures import structures, write_csv
+
+    rows = structures(
+        labels, pred.uncertainty, volume.spacing, pred.label_names, volume.affine, args.uncertain_over,
+        args.structure_min_ml,
+    )  # fmt: skip
+    stage.write(f"{name}_structures.csv", lambda target: write_csv(target, rows))
 
 
 def _follow(steps, bar, name: str, quiet: bool):
@@ -473,6 +553,28 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """A prediction against a reference: a table per foreground class, and the CSV."""
+    from .review import evaluate
+    from .review.table import check_csv, text, write_csv
+
+    if args.csv:
+        check_csv(args.csv, args.overwrite)
+    names = None
+    if args.checkpoint:
+        from .checkpoint import load_model
+
+        spec = load_model(args.checkpoint).spec
+        names = (("background",) if spec.output == "sigmoid" else ()) + spec.class_labels
+    rows = evaluate(args.prediction, args.reference, class_names=names)
+    for note in rows.notes + [r.note for r in rows if r.note]:
+        print(note, file=sys.stderr)
+    print(text(rows))
+    if args.csv:
+        print(f"-> {write_csv(args.csv, rows, args.overwrite)}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .plugin.demo import run_demo
 
@@ -596,6 +698,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--fill-holes", action="store_true")
     pred.add_argument(
+        "--reference",
+        metavar="REF_DIR",
+        help="score each scan against its reference label map in this folder (same stem, or "
+        "stem_seg, stem_labels, stem_gt...): Dice, HD95, ASSD columns in volumes.csv",
+    )
+    pred.add_argument(
+        "--structures",
+        action="store_true",
+        help="also write <scan>_structures.csv: each class and connected component with its volume, "
+        "mean uncertainty, uncertain mL and centroid",
+    )
+    pred.add_argument("--uncertain-over", type=float, default=0.5, metavar="LEVEL", help="for --structures")
+    pred.add_argument("--structure-min-ml", type=float, default=0.1, metavar="ML", help="for --structures")
+    pred.add_argument(
         "--format",
         default=".nii.gz",
         action=_FormatAction,
@@ -654,6 +770,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT's .state.pt")
     tr.add_argument("-q", "--quiet", action="store_true")
     tr.set_defaults(func=_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="Dice, HD95, ASSD and volumes of a prediction against a reference, per class"
+    )
+    ev.add_argument("prediction", help="labels: a scan file (NIfTI, NRRD, MHA...) or a result store (.zarr)")
+    ev.add_argument("reference", help="the ground truth, in any of those formats, on any grid")
+    ev.add_argument(
+        "--csv", metavar="PATH", help="also write class,dice,hd95_mm,assd_mm,volume_pred_ml,volume_ref_ml"
+    )
+    ev.add_argument("--checkpoint", help="name the classes as this checkpoint does")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
+    ev.set_defaults(func=_evaluate)
 
     demo = sub.add_parser("demo", help="napari with the MNI152 sample and the demo checkpoint")
     demo.add_argument("--screenshot", metavar="PNG", help="save the window after the run, and exit")

@@ -109,6 +109,10 @@ def _predict_cohort(args) -> int:
         bar.close()
         if client is not None:
             close(client)
+    if getattr(args, "reference", None) and not args.quiet:
+        from .cli import print_reference_summary
+
+        print_reference_summary(outdir / "volumes.csv", args.scans)
     return 1 if failures else 0
 
 

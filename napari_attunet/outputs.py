@@ -23,6 +23,7 @@ from .errors import InputError
 
 STAGING_PREFIX = ".attunet-"
 VOLUME_COLUMNS = ("scan", "class", "volume_ml", "path")
+METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "volume_ref_ml")  # with predict --reference
 
 
 class OutputError(InputError):
@@ -293,9 +294,10 @@ def _locked(folder: Path, name: str):
 
 
 def merge_volumes(path: str | os.PathLike, rows: Iterable[Sequence[str]]) -> Path:
-    """Add this run's rows (scan, class, volume_ml, path) to ``path`` without losing any other
-    run's: under a lock, the file is read, rows of the same input path are replaced, and the
-    whole table is written atomically."""
+    """Add this run's rows (scan, class, volume_ml, path[, METRIC_COLUMNS]) to ``path`` without
+    losing any other run's: under a lock, the file is read, rows of the same input path are
+    replaced, and the whole table is written atomically (with the metric columns when any row
+    has them)."""
     path = Path(path)
     rows = [tuple(str(v) for v in r) for r in rows]
     with _locked(path.parent, path.name):
@@ -308,15 +310,18 @@ def merge_volumes(path: str | os.PathLike, rows: Iterable[Sequence[str]]) -> Pat
             for row in table[1:]:
                 # a row of another tool or version may be shorter or longer than the header
                 record = dict(zip(header, row, strict=False))
-                old = tuple(record.get(c, "") for c in VOLUME_COLUMNS)
+                old = tuple(record.get(c, "") for c in VOLUME_COLUMNS + METRIC_COLUMNS)
                 if old[3] not in ours or not old[3]:
                     kept.append(old)
+        scored = any(any(r[len(VOLUME_COLUMNS) :]) for r in kept + rows)
+        columns = VOLUME_COLUMNS + METRIC_COLUMNS if scored else VOLUME_COLUMNS
+        every = [(r + ("",) * len(columns))[: len(columns)] for r in kept + rows]
 
         def write(target: Path) -> None:
             with open(target, "w", newline="") as fh:
                 writer = csv.writer(fh)
-                writer.writerow(VOLUME_COLUMNS)
-                writer.writerows(kept + rows)
+                writer.writerow(columns)
+                writer.writerows(every)
                 fh.flush()
                 os.fsync(fh.fileno())
 

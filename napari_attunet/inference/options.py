@@ -11,12 +11,11 @@ functions that need them, never options.
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
+from .postprocess import check_thresholds
 from .preprocess import check_spacing, check_tile
 
 
@@ -47,7 +46,7 @@ class RunOptions:
     tta: bool = False
     attention: bool = True
     region: tuple[slice, ...] | None = None  # only this part (Preview), as the whole run sees it
-    thresholds: tuple[float, ...] | None = None  # labels written into a store
+    thresholds: Any = None  # labels written into a store (one per class, or one for all)
     # block by block on Dask, into memory or an OME-Zarr store
     out: Any = None
     scheduler: Any = None
@@ -87,24 +86,10 @@ class RunOptions:
     def checked(self, spec) -> RunOptions:
         """These options checked against the model, each value in its canonical form; raises
         InputError with one sentence naming the option."""
+        check_thresholds(self.thresholds)
         if not 0.0 <= self.overlap < 1.0:
             raise InputError(f"overlap must be in [0, 1), not {self.overlap}.")
         return self.replace(
             spacing=check_spacing(self.spacing, self.name),
             tile=check_tile(self.tile, spec.spatial_dims),
-            thresholds=check_thresholds(self.thresholds),
         )
-
-
-def check_thresholds(thresholds: Sequence[float] | None) -> tuple[float, ...] | None:
-    """Class thresholds, each a probability in [0, 1]."""
-    if thresholds is None:
-        return None
-    try:
-        values = tuple(float(t) for t in thresholds)
-    except (TypeError, ValueError):
-        raise InputError(f"thresholds {thresholds!r}: give one number in [0, 1] per class.") from None
-    bad = [t for t in values if not (math.isfinite(t) and 0.0 <= t <= 1.0)]
-    if bad:
-        raise InputError(f"thresholds: {bad[0]} is not a probability; give each class a threshold in [0, 1].")
-    return values

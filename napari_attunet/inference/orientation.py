@@ -58,6 +58,11 @@ def network_layout(
     of the file as stored (for "native" checkpoints); ``override`` replaces the checkpoint's
     orientation for this run.
     """
+    if override and override != "display" and spec.spatial_dims == 2:
+        raise InputError(
+            f"orientation {override!r} cannot apply to this 2D network: it sees each plane as "
+            f"napari displays it (axes {spec.axes or 'yx'!r}); leave the orientation out, or give 'display'."
+        )
     mode = override or spec.network_orientation
     if mode not in ("native", "display") and not geo.is_valid_code(mode, 3):
         raise InputError(

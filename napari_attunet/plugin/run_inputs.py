@@ -43,8 +43,11 @@ def run_options(
 def threshold_values(output: str, argmax: bool, sliders: list[float]) -> list[float] | None:
     """The thresholds labels follow; None is the default rule (Prediction.labels): argmax
     for softmax models, 0.5 per channel for sigmoid ones (where the sliders start)."""
+    from ..inference.postprocess import check_thresholds
+
     if output == "softmax" and argmax:
         return None
+    check_thresholds(sliders, "the threshold sliders")
     return ([0.0] + list(sliders)) if output == "softmax" else list(sliders)
 
 
