@@ -345,17 +345,7 @@ def iter_blockwise(
         layout=layout_arg,
         attention=options.attention,
     )
-    # what each block runs with: the run's choices on the plan's tiles, nothing of the whole run
-    block_options = options.replace(
-        tile=work.tile,
-        channel_axis=source.channel_axis,
-        out=None,
-        scheduler=None,
-        block=None,
-        workers=None,
-        region=None,
-    )
-
+    block_options = options.for_blocks(work.tile, source.channel_axis)
     region = options.region
     if region is not None:  # one block: the region and its context, read alone
         if out is not None:

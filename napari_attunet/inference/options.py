@@ -18,6 +18,8 @@ from ..errors import InputError
 from .postprocess import check_thresholds
 from .preprocess import check_spacing, check_tile
 
+_WHOLE_RUN = ("out", "scheduler", "block", "workers", "region")  # region last: it runs in memory
+
 
 @dataclass(frozen=True, eq=False)
 class RunOptions:
@@ -69,7 +71,12 @@ class RunOptions:
     @property
     def blockwise(self) -> bool:
         """Whether the run goes block by block (a store, a scheduler or blocks asked for)."""
-        return any(v is not None for v in (self.out, self.scheduler, self.block, self.workers))
+        return any(getattr(self, k) is not None for k in _WHOLE_RUN[:-1])
+
+    def for_blocks(self, tile: tuple[int, ...], channel_axis: int | None) -> RunOptions:
+        """What each block of a run is run with: these choices on the run's tiles, with
+        nothing that belongs to the whole run (its store, scheduler, blocks, region)."""
+        return dataclasses.replace(self, tile=tile, channel_axis=channel_axis, **dict.fromkeys(_WHOLE_RUN))
 
     def with_volume(self, image) -> tuple[Any, RunOptions, tuple[float, ...] | None]:
         """(the array, these options with a scan's geometry filled in, the scan's origin) for a
