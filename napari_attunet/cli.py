@@ -384,6 +384,12 @@ def _predict(args: argparse.Namespace) -> int:
                 f"napari-attunet predict: {scan}: failed ({_sentence(exc)}); nothing was written for it.",
                 file=sys.stderr,
             )
+        except KeyboardInterrupt:  # the staging folder is gone; finished scans are kept
+            done = " (the scans finished before it are kept)" if scan != args.scans[0] else ""
+            print(
+                f"napari-attunet predict: interrupted; nothing was written for {scan}{done}.", file=sys.stderr
+            )
+            return 130
     if getattr(args, "reference", None) and not args.quiet:
         print_reference_summary(outdir / "volumes.csv", args.scans)
     return 1 if failures else 0

@@ -5,29 +5,36 @@ Each block is a Dask task that reads its region plus every window of the whole r
 it (see ``windows``: with resampling, on the whole run's resampled grid), runs the in-memory
 engine on that crop with the intensity statistics of the whole volume, and keeps its region.
 The crop's windows are the whole run's windows and the gate grids line up: the blocks agree
-with one in-memory run, with no seams."""
+with one in-memory run, with no seams.
+
+Blocks are whole chunks of the OME-Zarr store: along an axis they cut, their length is a
+multiple of a grain that is a multiple of a store chunk in [16, 128] and, where possible, of the
+window step and the stride (``store.block_grain``; the store module's docstring has the layout)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import math
-import queue
 import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
-from .lazy import LazySource, as_dask, as_seen, fit_lazy
+from .lazy import LazySource, as_dask, as_seen, fit_lazy, open_level, store_name
 from .options import RunOptions
 from .postprocess import GateMap, Prediction
 from .preprocess import resolve_normalization
-from .progress import cancelled
+from .progress import Progress, cancelled
 from .sinks import BlockResult, GateGrid, MemorySink
+from .store import block_grain, split_chunk
 from .tiling import round_up
 from .windows import AxisWindows, Part, axis_context, part, run_windows, windows_in
 
@@ -56,12 +63,15 @@ def plan(
     spacing=None,
     layout=None,
     attention: bool = True,
+    store: bool = False,
 ) -> Plan:
-    """Cut ``spatial`` into blocks, each with the context its windows need."""
+    """Cut ``spatial`` into blocks, each with the context its windows need. Blocks are whole
+    chunks of an OME-Zarr store (``store.py``'s docstring); ``store``: a ``block`` given by hand
+    is rounded up to whole chunks too (in memory it is taken as given, rounded to the unit)."""
     spec = model.spec
     run = run_windows(spatial, spec, tile=tile, overlap=overlap, spacing=spacing, layout=layout)
     spatial = run.spatial
-    sizes = _block_sizes(spatial, list(run.axes), block)
+    sizes = _block_sizes(spatial, list(run.axes), block, store)
     ranges = [range(0, n, b) for n, b in zip(spatial, sizes, strict=True)]
     blocks = [
         part(run, tuple(slice(s, min(s + b, n)) for s, b, n in zip(origin, sizes, spatial, strict=True)))
@@ -72,24 +82,34 @@ def plan(
     return Plan(spatial, run.tile, sizes, blocks, gates, run.stack, list(run.axes), run.perm)
 
 
-def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
+def _block_sizes(spatial, axes: list[AxisWindows], block, store: bool = False) -> tuple[int, ...]:
     """Block sizes per axis. On plane axes a multiple of the window step and stride, chosen so
     that the blocks together run the fewest windows (each block also runs the windows of its
     halo) while the largest block's context stays within ``BLOCK_BUDGET``; the whole volume when
-    it fits. Slice axes (a 2D network on a stack) fill up what is left of the budget."""
+    it fits. Slice axes (a 2D network on a stack) fill up what is left of the budget. Every
+    size is a multiple of its axis' grain (``store.block_grain``): blocks are whole store chunks."""
     units = [math.lcm(ax.step, ax.stride) if ax.tile else 1 for ax in axes]
+    grains = [block_grain(ax.step, ax.stride) if ax.tile else block_grain(1, 1) for ax in axes]
     if block is not None:
         block = (block,) * len(spatial) if isinstance(block, int) else tuple(block)
         block = block[-len(spatial) :]
-        return tuple(round_up(max(int(b), u), u) for b, u in zip(block, units, strict=True))
+        sizes = [round_up(max(int(b), u), u) for b, u in zip(block, units, strict=True)]
+        if store:  # whole chunks of at least 16: a length without a divisor in range is rounded up
+            sizes = [
+                b if b >= n or split_chunk(b) is not None else round_up(b, g)
+                for b, n, g in zip(sizes, spatial, grains, strict=True)
+            ]
+        return tuple(sizes)
     if int(np.prod(spatial)) <= BLOCK_BUDGET:
         return tuple(spatial)
     plane = [a for a, ax in enumerate(axes) if ax.tile]
-    options = [_axis_options(spatial[a], axes[a], units[a]) for a in plane]
+    options = [_axis_options(spatial[a], axes[a], grains[a]) for a in plane]
+    # a block holds at least a grain of slices (whole store chunks of at least 16)
+    depth = math.prod(min(n, g) for n, g, ax in zip(spatial, grains, axes, strict=True) if not ax.tile)
     best: tuple | None = None
     for combo in itertools.product(*options):
         windows = math.prod(w for _, w, _ in combo)
-        context = math.prod(c for _, _, c in combo)
+        context = math.prod(c for _, _, c in combo) * depth
         if context > BLOCK_BUDGET and best is not None and best[2] <= BLOCK_BUDGET:
             continue
         blocks = math.prod(-(-spatial[a] // b) for a, (b, _, _) in zip(plane, combo, strict=True))
@@ -107,17 +127,18 @@ def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
     sizes = list(spatial)
     for a, (b, _, _) in zip(plane, best[1], strict=True):
         sizes[a] = b
-    per_slice = max(1, best[2])
+    per_slice = max(1, best[2] // depth)
     for a, ax in enumerate(axes):
-        if not ax.tile:  # slices: as many as fit, a multiple of 16 from 16 on (whole store chunks)
-            count = max(1, min(spatial[a], BLOCK_BUDGET // per_slice))
-            sizes[a] = count // 16 * 16 if 16 <= count < spatial[a] else count
+        if not ax.tile:  # slices: as many as fit, whole store chunks (a multiple of the grain)
+            count = min(spatial[a], max(grains[a], BLOCK_BUDGET // per_slice))
+            sizes[a] = count if count >= spatial[a] else count // grains[a] * grains[a]
     return tuple(sizes)
 
 
 def _axis_options(n: int, ax: AxisWindows, unit: int) -> list[tuple[int, int, int]]:
     """(block size, windows its blocks run along the axis, largest context along the axis) for
-    each block size worth trying on one plane axis (multiples of ``unit`` up to the axis)."""
+    each block size worth trying on one plane axis (multiples of ``unit``, the axis' grain, up
+    to the axis)."""
     assert ax.tile is not None
     best: dict[int, tuple[int, int, int]] = {}
     for b in range(unit, round_up(n, unit) + 1, unit):
@@ -247,7 +268,7 @@ class Job:
 
     model: ModelRef
     intensity: list | None  # None: the block is the whole volume and fits its own
-    options: RunOptions  # what each block runs with (no store, scheduler or region of its own)
+    options: RunOptions  # what each block runs with (``RunOptions.for_blocks``)
     sink: Any
     cancel: Any = None
     shape: tuple[int, ...] = ()  # the whole volume's spatial shape
@@ -313,17 +334,18 @@ def iter_blockwise(
 ) -> Generator[Any, None, Prediction]:
     """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction."""
     from .orientation import network_layout
-    from .progress import Progress
 
     started = time.perf_counter()
     spec = model.spec
     image, options, origin = options.with_volume(image)
-    options = options.checked(spec)
-    spacing, name, out, overlap = options.spacing, options.name, options.out, options.overlap
+    name = options.name
+    image, spacing, channel_axis = open_level(image, options.spacing, options.channel_axis, name)
+    options = options.replace(spacing=spacing, channel_axis=channel_axis).checked(spec)
+    spacing, out, overlap, region = options.spacing, options.out, options.overlap, options.region
     if out is not None:
         from .store import check_free
 
-        check_free(out)
+        check_free(out, options.overwrite)
     source = LazySource(image, spec, options.channel_axis, name)
     spatial = source.spatial
     affine = options.affine
@@ -344,9 +366,11 @@ def iter_blockwise(
         spacing=spacing,
         layout=layout_arg,
         attention=options.attention,
+        store=out is not None,
     )
+    if out is None and region is None:
+        _check_result_memory(work, spec, options.tta, store_name(source.image, name))
     block_options = options.for_blocks(work.tile, source.channel_axis)
-    region = options.region
     if region is not None:  # one block: the region and its context, read alone
         if out is not None:
             raise InputError("a region is predicted in memory; leave out= unset for it.")
@@ -406,8 +430,6 @@ def _run(
     cancel,
     started,
 ) -> Generator[Any, None, Prediction]:
-    from .progress import Progress
-
     out, spacing, name, tta, overlap = (
         options.out,
         options.spacing,
@@ -416,33 +438,38 @@ def _run(
         options.overlap,
     )
     spec = model.spec
+    sink: Any
     if out is not None:
         from .store import ZarrSink
 
         sink = ZarrSink.create(
-            out, spec, work, spacing, origin, tta, options.thresholds, name, options.affine
+            out, spec, work, spacing, origin, tta, options.thresholds, name, options.affine, options.overwrite
         )
     else:
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
     results: list[BlockResult] = []
+    finished: Any = iter(())
     try:
+        stop = _stop_event(client)
         job = Job(
             ModelRef(model),
             intensity,
             block_options,
             sink if sink.on_worker else None,
-            cancel if client is None else None,
+            Stop(cancel if client is None else None, stop),
             tuple(work.spatial),
         )
         total = len(work.blocks)
-        if client is None and total == 1:  # nothing to schedule
+        if client is None and total == 1 and out is None:  # nothing to schedule, nothing to remove
             finished = _direct(source, work.blocks[0], job)
+        elif client is None:  # a store is written from threads: Ctrl-C reaches this one at once
+            calls = [functools.partial(_read_and_run, source, b, job) for b in work.blocks]
+            finished = _threads(calls, options.workers or 1, stop)
         else:
-            job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
-            data = None if client is None else as_dask(source.image)
-            tasks = [_task(data, source, b, job_arg) for b in work.blocks]
-            finished = _execute(tasks, client, options.workers, cancel)
+            job_arg = client.scatter(job, broadcast=True, hash=False)
+            data = as_dask(source.image, name)
+            finished = _execute([_task(data, source, b, job_arg) for b in work.blocks], client, cancel, stop)
         yield Progress(
             "predicting", 0, total, f"{total} blocks of {work.block} voxels (tiles of {work.tile})"
         )
@@ -454,12 +481,18 @@ def _run(
             results.append(result)
             yield Progress("predicting", done, total)
     except Cancelled:
+        finished.close()  # no block runs any more: nothing writes into the store removed here
         if out is not None:
             sink.discard()
         raise Cancelled(f"prediction on {name} was cancelled; no result was kept.") from None
-    except BaseException:
+    except BaseException as exc:
+        finished.close()
         if out is not None:
+            from .store import _write_error, is_write_error
+
             sink.discard()
+            if isinstance(exc, OSError) and is_write_error(exc, sink):
+                raise _write_error(Path(sink.path), exc) from None
         raise
     first = results[0] if results else BlockResult(())
     runs, once = window_count(work)
@@ -477,6 +510,22 @@ def _run(
         quantized, disagreement, gate_data = sink.quantized, sink.disagreement, sink.gates
     gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates, strict=True)]
     return _prediction(spec, work, spacing, overlap, started, first, quantized, disagreement, gates, notes)
+
+
+def _check_result_memory(work: Plan, spec, tta: bool, name: str) -> None:
+    """Before anything is read: a result held in memory (probabilities, labels, gate maps) that
+    would not fit is refused, with the store that would hold it instead."""
+    from ..limits import refuse_over
+
+    voxels = math.prod(work.spatial)
+    needed = voxels * (spec.out_channels + 1 + int(tta))
+    needed += sum(4 * g.heads * math.prod(g.cells) for g in work.gates)
+    refuse_over(
+        needed,
+        f"{name}: the result of {'x'.join(map(str, work.spatial))} voxels held in memory",
+        "pass out='result.zarr' (or -o result.zarr) to write it block by block to an OME-Zarr store.",
+        InputError,
+    )
 
 
 def _prediction(
@@ -544,55 +593,75 @@ def _client(scheduler):
     return connect(scheduler), True
 
 
-def _execute(tasks, client, workers, cancel):
-    """Yield each task's result as it finishes."""
-    if client is not None:
-        from distributed import as_completed
+class Stop:
+    """What a block checks between batches: the user's cancel, or this run's own stop (set when
+    the run ends early: an error, an interrupt, a cancel seen by the caller). Picklable when its
+    parts are (on a cluster: a ``distributed.Event``)."""
 
-        futures = client.compute(tasks)
-        try:
-            for future in as_completed(futures):
-                if cancelled(cancel):
-                    raise Cancelled("cancelled")
+    def __init__(self, cancel, own):
+        self.cancel, self.own = cancel, own
+
+    def is_set(self) -> bool:
+        return bool(self.own.is_set()) or cancelled(self.cancel)
+
+
+def _stop_event(client):
+    """This run's stop: a threading.Event, or on a cluster an Event its workers can see."""
+    if client is None:
+        return threading.Event()
+    import uuid
+
+    from distributed import Event
+
+    return Event(f"attunet-stop-{uuid.uuid4().hex}", client=client)
+
+
+STOP_WAIT = 120.0  # seconds a cluster's running blocks get to see the stop and end
+
+
+def _execute(tasks, client, cancel, stop):
+    """Yield each task's result as it finishes on the cluster. Leaving early sets ``stop`` and
+    waits until no block runs any more (they end at their next batch): none may write into a
+    store that is being removed."""
+    from distributed import as_completed, wait
+
+    futures = client.compute(tasks)
+    try:
+        done = as_completed(futures)
+        while not done.is_empty():
+            if cancelled(cancel):
+                raise Cancelled("cancelled")
+            if not done.has_ready():
+                time.sleep(0.05)
+                continue
+            for future in done.next_batch(block=False):
                 yield future.result()
                 future.release()
-        finally:
-            client.cancel(futures)
-        return
-    yield from _threads(tasks, workers or 1, cancel)
-
-
-def _threads(tasks, workers: int, cancel):
-    """Dask's threaded scheduler in a background thread, results reported as tasks end."""
-    import dask
-    from dask.callbacks import Callback
-
-    done: queue.Queue = queue.Queue()
-    keys = {t.key for t in tasks}
-
-    class Report(Callback):
-        def _posttask(self, key, result, dsk, state, worker_id):
-            if key in keys:
-                done.put(("result", result))
-
-    def work():
-        try:
-            with Report():
-                dask.compute(*tasks, scheduler="threads", num_workers=workers)
-            done.put(("end", None))
-        except BaseException as exc:  # handed to the consumer
-            done.put(("error", exc))
-
-    thread = threading.Thread(target=work, name="attunet-blocks", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = done.get()
-            if kind == "result":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
     finally:
-        thread.join()
+        with contextlib.suppress(Exception):  # a scheduler that is gone has nothing to stop
+            if any(f.status == "pending" for f in futures):
+                stop.set()
+                wait(futures, timeout=STOP_WAIT)
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
+
+
+def _threads(calls, workers: int, stop: threading.Event):
+    """Each block on a pool of ``workers`` threads, results yielded as blocks end. Leaving early
+    (an error, Ctrl-C, a cancel, the consumer closing this) sets ``stop``: blocks not started
+    never start, running ones end at their next batch, and this returns once none runs."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attunet-blocks")
+    pending: set = set()
+    try:
+        pending = {pool.submit(call) for call in calls}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        stop.set()
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)

@@ -68,7 +68,7 @@ def connect(scheduler: str):
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=40,
+                silence_logs=50,  # a block stopped by a cancel is no error to log
             )
         except (RuntimeError, OSError) as exc:
             raise InputError(

@@ -51,6 +51,7 @@ class RunOptions:
     thresholds: Any = None  # labels written into a store (one per class, or one for all)
     # block by block on Dask, into memory or an OME-Zarr store
     out: Any = None
+    overwrite: bool = False  # replace a store at ``out``, once the new one is whole
     scheduler: Any = None
     block: Any = None
     workers: int | None = None
