@@ -77,7 +77,8 @@ class RunOptions:
     def for_blocks(self, tile: tuple[int, ...], channel_axis: int | None) -> RunOptions:
         """What each block of a run is run with: these choices on the run's tiles, with
         nothing that belongs to the whole run (its store, scheduler, blocks, region)."""
-        return dataclasses.replace(self, tile=tile, channel_axis=channel_axis, **dict.fromkeys(_WHOLE_RUN))
+        cleared: dict[str, Any] = dict.fromkeys(_WHOLE_RUN)
+        return dataclasses.replace(self, tile=tile, channel_axis=channel_axis, **cleared)
 
     def with_volume(self, image) -> tuple[Any, RunOptions, tuple[float, ...] | None]:
         """(the array, these options with a scan's geometry filled in, the scan's origin) for a
