@@ -442,9 +442,7 @@ def _run(
     if out is not None:
         from .store import ZarrSink
 
-        sink = ZarrSink.create(
-            out, spec, work, spacing, origin, tta, options.thresholds, name, options.affine, options.overwrite
-        )
+        sink = ZarrSink.create(options, spec, work, origin)
     else:
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None

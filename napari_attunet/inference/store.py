@@ -340,32 +340,20 @@ class ZarrSink:
         self.overwrite = False  # replace what is at ``path`` once the store is whole
 
     @classmethod
-    def create(
-        cls,
-        out,
-        spec,
-        plan,
-        spacing,
-        origin,
-        tta: bool,
-        thresholds,
-        name: str,
-        affine=None,
-        overwrite: bool = False,
-    ) -> ZarrSink:
-        """An empty store at a hidden name next to ``out`` (whole, or nothing: a full disk or an
-        interrupt removes it). ``affine``: the scan's index -> world matrix (``geometry``); NGFF
-        0.4 has none, so a rotation it holds is kept in the "attunet" metadata, which this
-        plugin's reader applies."""
+    def create(cls, options, spec, plan, origin) -> ZarrSink:
+        """An empty store at a hidden name next to ``options.out`` (whole, or nothing: a full
+        disk or an interrupt removes it). ``options.affine``: the scan's index -> world matrix
+        (``geometry``); NGFF 0.4 has none, so a rotation it holds is kept in the "attunet"
+        metadata, which this plugin's reader applies."""
         from ..outputs import held_interrupts, owned_prefix
 
-        path = Path(out).expanduser()
+        path, overwrite = Path(options.out).expanduser(), options.overwrite
         check_free(path, overwrite)
         tmp = path.with_name(owned_prefix(f".{path.name}.partial-") + uuid.uuid4().hex[:8])
         try:  # an interrupt held back while zarr writes is raised at the end of ``with``
             with held_interrupts():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                sink = cls._layout(path, tmp, spec, plan, spacing, origin, tta, thresholds, name, affine)
+                sink = cls._layout(path, tmp, spec, plan, origin, options)
         except BaseException as exc:
             _forget(str(tmp))
             shutil.rmtree(tmp, ignore_errors=True)
@@ -376,9 +364,14 @@ class ZarrSink:
         return sink
 
     @classmethod
-    def _layout(
-        cls, path: Path, tmp: Path, spec, plan, spacing, origin, tta: bool, thresholds, name: str, affine
-    ):
+    def _layout(cls, path: Path, tmp: Path, spec, plan, origin, options):
+        spacing, tta, thresholds, name, affine = (
+            options.spacing,
+            options.tta,
+            options.thresholds,
+            options.name,
+            options.affine,
+        )
         import zarr
 
         spatial, block = plan.spatial, plan.block
