@@ -106,7 +106,7 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: int) -> list[fl
     return out
 
 
-# cases are normalized (channels first) by the sampler; labels only, in fp32, as trained
+# a Case is already normalized, channels first; labels only, in fp32
 VALIDATION = RunOptions(channel_axis=0, normalization="none", precision="fp32", attention=False)
 
 
