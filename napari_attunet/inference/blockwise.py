@@ -29,24 +29,16 @@ import numpy as np
 from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
 from .lazy import LazySource, as_dask, as_seen, fit_lazy, open_level, store_name
-from .postprocess import GateMap, Prediction, check_thresholds
-from .preprocess import check_spacing, check_tile, resolve_normalization
+from .options import RunOptions
+from .postprocess import GateMap, Prediction
+from .preprocess import resolve_normalization
+from .progress import Progress, cancelled
+from .sinks import BlockResult, GateGrid, MemorySink
 from .store import block_grain, split_chunk
 from .tiling import round_up
 from .windows import AxisWindows, Part, axis_context, part, run_windows, windows_in
 
 BLOCK_BUDGET = 36 * 1024**2  # context voxels of one block: ~60 B each at its peak, ~2.6 GB in all
-
-
-@dataclass(frozen=True)
-class GateGrid:
-    """Where one gate's whole-volume grid lies, in scan voxels."""
-
-    heads: int
-    stride: tuple[float, ...]
-    offset: tuple[float, ...]
-    cells: tuple[int, ...]
-    name: str
 
 
 @dataclass
@@ -201,18 +193,6 @@ def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[Gate
     return grids
 
 
-def gate_window(grid: GateGrid, region: Sequence[slice], local: GateMap):
-    """(slices into the whole gate grid, slices into ``local``) for one block's gate map."""
-    dst, src = [], []
-    for a, (sl, s, o, n) in enumerate(zip(region, grid.stride, grid.offset, grid.cells, strict=True)):
-        first = int(round((sl.start + local.offset[a] - o) / s))
-        count = local.data.shape[1 + a]
-        lo, hi = max(0, first), min(n, first + count)
-        dst.append(slice(lo, max(lo, hi)))
-        src.append(slice(lo - first, lo - first + max(0, hi - lo)))
-    return (slice(None),) + tuple(dst), (slice(None),) + tuple(src)
-
-
 # ---- the model on workers ----------------------------------------------------------------------
 
 _MODELS: dict[str, AttentionUNetBase] = {}
@@ -279,46 +259,6 @@ def load_payload(payload: bytes) -> AttentionUNetBase:
     return model.eval()
 
 
-# ---- sinks: where block results go -------------------------------------------------------------
-
-
-@dataclass
-class BlockResult:
-    """What one block produced (None fields once a sink on the worker has written them)."""
-
-    region: tuple[slice, ...]
-    quantized: np.ndarray | None = None
-    disagreement: np.ndarray | None = None
-    gates: list[GateMap] = field(default_factory=list)
-    counts: np.ndarray | None = None  # voxels per label value (written stores)
-    device: str = "cpu"
-    precision: str = "fp32"
-    runtime: str = "torch"
-
-
-class MemorySink:
-    """Whole-volume uint8 probabilities and float32 gate maps in memory."""
-
-    on_worker = True  # threads share the buffers; a remote worker returns its arrays instead
-
-    def __init__(self, channels: int, spatial, gates: list[GateGrid], tta: bool):
-        self.quantized = np.zeros((channels,) + tuple(spatial), np.uint8)
-        self.disagreement = np.zeros(tuple(spatial), np.uint8) if tta else None
-        self.gates = [np.zeros((g.heads,) + g.cells, np.float32) for g in gates]
-        self.grids = gates
-
-    def write(self, result: BlockResult) -> BlockResult:
-        region = result.region
-        assert result.quantized is not None  # a block that ran, not one written elsewhere
-        self.quantized[(slice(None),) + region] = result.quantized
-        if self.disagreement is not None and result.disagreement is not None:
-            self.disagreement[region] = np.asarray(result.disagreement)
-        for buf, grid, gate in zip(self.gates, self.grids, result.gates, strict=True):
-            dst, src = gate_window(grid, region, gate)
-            buf[dst] = gate.data[src]
-        return BlockResult(region, device=result.device, precision=result.precision, runtime=result.runtime)
-
-
 # ---- one block ---------------------------------------------------------------------------------
 
 
@@ -328,8 +268,7 @@ class Job:
 
     model: ModelRef
     intensity: list | None  # None: the block is the whole volume and fits its own
-    options: dict
-    channel_axis: int | None
+    options: RunOptions  # what each block runs with (``RunOptions.for_blocks``)
     sink: Any
     cancel: Any = None
     shape: tuple[int, ...] = ()  # the whole volume's spatial shape
@@ -337,21 +276,20 @@ class Job:
 
 def run_block(crop: np.ndarray, block: Part, job: Job) -> BlockResult:
     """Predict one block (its context read into ``crop``) and hand its interior to the sink."""
-    from .engine import predict
-    from .progress import cancelled as _cancelled
+    from .local import drive, iter_local
 
-    if _cancelled(job.cancel):
+    if cancelled(job.cancel):
         raise Cancelled("cancelled")
     # The crop runs whole (its windows are the whole run's) and its interior is kept.
-    pred = predict(
+    steps = iter_local(
         np.asarray(crop),
         job.model.get(),
-        channel_axis=job.channel_axis,
-        intensity=job.intensity,
+        job.options,
         cancel=job.cancel,
+        intensity=job.intensity,
         grid=block.grid,
-        **job.options,
     )
+    pred = drive(steps)
     quantized = np.ascontiguousarray(pred.quantized[(slice(None),) + tuple(block.inner)])
     disagreement = None
     if pred.disagreement is not None:
@@ -392,100 +330,47 @@ def _crop_gate(gate: GateMap, block: Part, shape) -> GateMap:
 
 
 def iter_blockwise(
-    image,
-    model: AttentionUNetBase,
-    *,
-    spacing=None,
-    channel_axis=None,
-    normalization=None,
-    tile=None,
-    overlap: float = 0.5,
-    device: str = "auto",
-    precision: str = "auto",
-    tta: bool = False,
-    cancel=None,
-    batch_size=None,
-    attention: bool = True,
-    name: str = "the image",
-    fold_batchnorm: bool = True,
-    channels_last: bool = True,
-    affine=None,
-    file_orientation=None,
-    orientation=None,
-    out=None,
-    scheduler=None,
-    block=None,
-    workers: int | None = None,
-    thresholds=None,
-    region=None,
-    runtime: str = "auto",
-    overwrite: bool = False,
+    image, model: AttentionUNetBase, options: RunOptions, *, cancel=None
 ) -> Generator[Any, None, Prediction]:
-    """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction.
-    ``overwrite``: replace a store at ``out``, once the new one is whole."""
-    from .engine import Progress
+    """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction."""
     from .orientation import network_layout
 
     started = time.perf_counter()
     spec = model.spec
-    origin = None
-    if hasattr(image, "array") and hasattr(image, "affine"):  # an io.Volume
-        spacing = image.spacing if spacing is None else spacing
-        affine = image.affine if affine is None else affine
-        file_orientation = file_orientation or image.source.get("orientation")
-        origin = tuple(image.origin)
-        image = image.array
-    image, spacing, channel_axis = open_level(image, spacing, channel_axis, name)
-    if not 0.0 <= overlap < 1.0:
-        raise InputError(f"overlap must be in [0, 1), not {overlap}.")
-    check_thresholds(thresholds)
-    spacing = check_spacing(spacing, name)
-    tile = check_tile(tile, spec.spatial_dims)
+    image, options, origin = options.with_volume(image)
+    name = options.name
+    image, spacing, channel_axis = open_level(image, options.spacing, options.channel_axis, name)
+    options = options.replace(spacing=spacing, channel_axis=channel_axis).checked(spec)
+    spacing, out, overlap, region = options.spacing, options.out, options.overlap, options.region
     if out is not None:
         from .store import check_free
 
-        check_free(out, overwrite)
-    source = LazySource(image, spec, channel_axis, name)
+        check_free(out, options.overwrite)
+    source = LazySource(image, spec, options.channel_axis, name)
     spatial = source.spatial
+    affine = options.affine
     if affine is not None and np.shape(affine) != (len(spatial) + 1,) * 2:
         raise InputError(
             f"{name}: affine must be {len(spatial) + 1}x{len(spatial) + 1} for an "
             f"image with {len(spatial)} spatial axes, not {np.shape(affine)}."
         )
-    layout = network_layout(spec, len(spatial), affine, file_orientation, orientation)
-    norm = resolve_normalization(normalization, spec)
+    layout = network_layout(spec, len(spatial), affine, options.file_orientation, options.orientation)
+    norm = resolve_normalization(options.normalization, spec)
     layout_arg = None if layout.identity else layout
     work = plan(
         spatial,
         model,
-        tile=tile,
-        block=block,
+        tile=options.tile,
+        block=options.block,
         overlap=overlap,
         spacing=spacing,
         layout=layout_arg,
-        attention=attention,
+        attention=options.attention,
         store=out is not None,
     )
     if out is None and region is None:
-        _check_result_memory(work, spec, tta, store_name(source.image, name))
-    options = dict(
-        spacing=spacing,
-        normalization=normalization,  # fitted by the engine when a block is the whole volume
-        tile=work.tile,
-        overlap=overlap,
-        device=device,
-        precision=precision,
-        tta=tta,
-        batch_size=batch_size,
-        attention=attention,
-        name=name,
-        fold_batchnorm=fold_batchnorm,
-        channels_last=channels_last,
-        affine=affine,
-        file_orientation=file_orientation,
-        orientation=orientation,
-        runtime=runtime,
-    )
+        _check_result_memory(work, spec, options.tta, store_name(source.image, name))
+    block_options = options.for_blocks(work.tile, source.channel_axis)
     if region is not None:  # one block: the region and its context, read alone
         if out is not None:
             raise InputError("a region is predicted in memory; leave out= unset for it.")
@@ -496,7 +381,7 @@ def iter_blockwise(
         yield Progress(
             "predicting", 0, 1, f"the region and its context, {tuple(o.stop - o.start for o in crop.outer)}"
         )
-        job = Job(ModelRef(model), intensity, options, source.channel_axis, None, cancel, tuple(spatial))
+        job = Job(ModelRef(model), intensity, block_options, None, cancel, tuple(spatial))
         result = run_block(source.read(crop.outer), crop, job)
         yield Progress("predicting", 1, 1)
         assert result.quantized is not None
@@ -513,7 +398,7 @@ def iter_blockwise(
             result.gates,
             [note],
         )
-    client, owned = _client(scheduler)
+    client, owned = _client(options.scheduler)
     try:
         # One block on this machine's threads is the whole volume, read once: the engine takes
         # its statistics from it as an in-memory run does. Otherwise a pass over the chunks first.
@@ -523,22 +408,7 @@ def iter_blockwise(
             intensity = fit_lazy(as_seen(source, work.axes, work.perm), norm)
         return (
             yield from _run(
-                source,
-                model,
-                work,
-                options,
-                intensity,
-                client,
-                out,
-                spacing,
-                origin,
-                tta,
-                thresholds,
-                name,
-                cancel,
-                workers,
-                started,
-                overwrite,
+                source, model, work, options, block_options, intensity, client, origin, cancel, started
             )
         )
     finally:
@@ -552,31 +422,27 @@ def _run(
     source,
     model,
     work,
-    options,
+    options: RunOptions,
+    block_options: RunOptions,
     intensity,
     client,
-    out,
-    spacing,
     origin,
-    tta,
-    thresholds,
-    name,
     cancel,
-    workers,
     started,
-    overwrite=False,
 ) -> Generator[Any, None, Prediction]:
-    from .engine import Progress
-
+    out, spacing, name, tta, overlap = (
+        options.out,
+        options.spacing,
+        options.name,
+        options.tta,
+        options.overlap,
+    )
     spec = model.spec
-    overlap = options["overlap"]
     sink: Any
     if out is not None:
         from .store import ZarrSink
 
-        sink = ZarrSink.create(
-            out, spec, work, spacing, origin, tta, thresholds, name, options["affine"], overwrite
-        )
+        sink = ZarrSink.create(options, spec, work, origin)
     else:
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
@@ -587,8 +453,7 @@ def _run(
         job = Job(
             ModelRef(model),
             intensity,
-            options,
-            source.channel_axis,
+            block_options,
             sink if sink.on_worker else None,
             Stop(cancel if client is None else None, stop),
             tuple(work.spatial),
@@ -598,7 +463,7 @@ def _run(
             finished = _direct(source, work.blocks[0], job)
         elif client is None:  # a store is written from threads: Ctrl-C reaches this one at once
             calls = [functools.partial(_read_and_run, source, b, job) for b in work.blocks]
-            finished = _threads(calls, workers or 1, stop)
+            finished = _threads(calls, options.workers or 1, stop)
         else:
             job_arg = client.scatter(job, broadcast=True, hash=False)
             data = as_dask(source.image, name)
@@ -735,7 +600,7 @@ class Stop:
         self.cancel, self.own = cancel, own
 
     def is_set(self) -> bool:
-        return bool(self.own.is_set()) or _is_set(self.cancel)
+        return bool(self.own.is_set()) or cancelled(self.cancel)
 
 
 def _stop_event(client):
@@ -762,7 +627,7 @@ def _execute(tasks, client, cancel, stop):
     try:
         done = as_completed(futures)
         while not done.is_empty():
-            if _is_set(cancel):
+            if cancelled(cancel):
                 raise Cancelled("cancelled")
             if not done.has_ready():
                 time.sleep(0.05)
@@ -777,12 +642,6 @@ def _execute(tasks, client, cancel, stop):
                 wait(futures, timeout=STOP_WAIT)
         with contextlib.suppress(Exception):
             client.cancel(futures)
-
-
-def _is_set(cancel) -> bool:
-    from .progress import cancelled as _cancelled
-
-    return _cancelled(cancel)
 
 
 def _threads(calls, workers: int, stop: threading.Event):

@@ -14,6 +14,7 @@ from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
 from .devices import autocast
 from .optimize import prepared
+from .options import RunOptions
 from .plan import Plan, Target
 from .progress import Progress, cancelled
 from .tiling import Stitcher
@@ -45,22 +46,19 @@ def run_tiles(
     plan: Plan,
     model: AttentionUNetBase,
     target: Target,
+    options: RunOptions,
     *,
-    tta: bool,
-    attention: bool,
-    cancel,
-    fold_batchnorm: bool,
-    name: str,
+    cancel=None,
 ) -> Generator[Progress, None, tuple[torch.Tensor, list[torch.Tensor]]]:
     """Every batch of tiles through the network (with TTA flips), blended by a Stitcher; on a
     GPU out of memory, halve the batch, then stitch on the CPU, then give up. Returns the
     blended values and gate maps on the padded plane."""
-    spec, dev, jobs = model.spec, target.dev, plan.jobs
-    net, batch_size = yield from _network(model, plan, target, fold_batchnorm)
+    spec, dev, jobs, name = model.spec, target.dev, plan.jobs, options.name
+    net, batch_size = yield from _network(model, plan, target, options.fold_batchnorm)
     # OpenVINO has its own precision hint
     autocast_precision = "fp32" if target.engine == "openvino" else target.precision
-    gates = spec.gates if attention else ()
-    flips = tta_flips(spec.spatial_dims, tta)
+    gates = spec.gates if options.attention else ()
+    flips = tta_flips(spec.spatial_dims, options.tta)
     spread = len(flips) > 1  # one more channel: the flips' disagreement (Prediction.uncertainty)
     stitcher = Stitcher(
         spec.out_channels + spread,

@@ -57,6 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from .postprocess import PROBABILITY_LEVELS, threshold_labels, uncertainty_map
+from .sinks import BlockResult, gate_window
 
 NGFF_VERSION = "0.4"
 LABEL_NAME = "attunet"
@@ -339,32 +340,20 @@ class ZarrSink:
         self.overwrite = False  # replace what is at ``path`` once the store is whole
 
     @classmethod
-    def create(
-        cls,
-        out,
-        spec,
-        plan,
-        spacing,
-        origin,
-        tta: bool,
-        thresholds,
-        name: str,
-        affine=None,
-        overwrite: bool = False,
-    ) -> ZarrSink:
-        """An empty store at a hidden name next to ``out`` (whole, or nothing: a full disk or an
-        interrupt removes it). ``affine``: the scan's index -> world matrix (``geometry``); NGFF
-        0.4 has none, so a rotation it holds is kept in the "attunet" metadata, which this
-        plugin's reader applies."""
+    def create(cls, options, spec, plan, origin) -> ZarrSink:
+        """An empty store at a hidden name next to ``options.out`` (whole, or nothing: a full
+        disk or an interrupt removes it). ``options.affine``: the scan's index -> world matrix
+        (``geometry``); NGFF 0.4 has none, so a rotation it holds is kept in the "attunet"
+        metadata, which this plugin's reader applies."""
         from ..outputs import held_interrupts, owned_prefix
 
-        path = Path(out).expanduser()
+        path, overwrite = Path(options.out).expanduser(), options.overwrite
         check_free(path, overwrite)
         tmp = path.with_name(owned_prefix(f".{path.name}.partial-") + uuid.uuid4().hex[:8])
         try:  # an interrupt held back while zarr writes is raised at the end of ``with``
             with held_interrupts():
                 path.parent.mkdir(parents=True, exist_ok=True)
-                sink = cls._layout(path, tmp, spec, plan, spacing, origin, tta, thresholds, name, affine)
+                sink = cls._layout(path, tmp, spec, plan, origin, options)
         except BaseException as exc:
             _forget(str(tmp))
             shutil.rmtree(tmp, ignore_errors=True)
@@ -375,9 +364,14 @@ class ZarrSink:
         return sink
 
     @classmethod
-    def _layout(
-        cls, path: Path, tmp: Path, spec, plan, spacing, origin, tta: bool, thresholds, name: str, affine
-    ):
+    def _layout(cls, path: Path, tmp: Path, spec, plan, origin, options):
+        spacing, tta, thresholds, name, affine = (
+            options.spacing,
+            options.tta,
+            options.thresholds,
+            options.name,
+            options.affine,
+        )
         import zarr
 
         spatial, block = plan.spatial, plan.block
@@ -501,8 +495,6 @@ class ZarrSink:
         return handle
 
     def write(self, result):
-        from .blockwise import BlockResult, gate_window
-
         region = result.region
         q = result.quantized
         labels = threshold_labels(q, self.output, self.thresholds)
@@ -534,8 +526,6 @@ class ZarrSink:
         """On the caller: the gate maps whose chunks this block shares with a neighbour. Two
         workers writing parts of one chunk at once would each rewrite the whole chunk, and one
         part would be lost."""
-        from .blockwise import gate_window
-
         for k, (grid, gate) in enumerate(zip(self.grids, result.gates, strict=True), start=1):
             if gate is not None:
                 dst, src = gate_window(grid, result.region, gate)
