@@ -14,7 +14,7 @@ from .models.registry import FAMILIES, REGISTRY
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model, parameter_count, sha256
+    from .models.checkpoint import load_model, parameter_count, sha256
 
     model = load_model(args.checkpoint, family=args.family)
     spec = model.spec
@@ -103,7 +103,7 @@ def _parse_normalization(text: str | None) -> dict | None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model, save_model, sha256
+    from .models.checkpoint import load_model, save_model, sha256
 
     overrides = {}
     if args.gate_mode:
@@ -121,7 +121,7 @@ def _convert(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, family=args.family, overrides=overrides or None)
     codes = None
     if args.class_codes:
-        from .dicom_seg import parse_class_codes
+        from .scans.dicom_seg import parse_class_codes
 
         codes = parse_class_codes(args.class_codes, args.class_names or model.spec.class_labels)
     out = save_model(
@@ -267,7 +267,7 @@ def _check_formats(args: argparse.Namespace) -> None:
             f"--seg-type {args.seg_type} applies to --format dicom-seg; add it, or leave it out."
         )
     if seg:
-        from .dicom_seg import require_highdicom
+        from .scans.dicom_seg import require_highdicom
 
         require_highdicom("--format dicom-seg")
 
@@ -286,10 +286,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from . import io, outputs
-    from .checkpoint import load_model
     from .inference import iter_predict
     from .inference.postprocess import gate_on_image_grid
+    from .models.checkpoint import load_model
+    from .scans import io, outputs
 
     _check_formats(args)
     _check_run_arguments(args)
@@ -298,7 +298,7 @@ def _predict(args: argparse.Namespace) -> int:
         or args.format == "zarr"
         or str(args.output).rstrip("/").endswith(".zarr")
     ):
-        from .cohort import run
+        from .commands.cohort import run
 
         zarr = args.format == "zarr" or str(args.output).rstrip("/").endswith(".zarr")
         given = [o for o in ("structures", "reference") if getattr(args, o, None)]
@@ -319,7 +319,7 @@ def _predict(args: argparse.Namespace) -> int:
     names = getattr(args, "names", None) or outputs.unique_names(args.scans, io._stem)
     images, seg = _formats(args)
     if seg:
-        from .dicom_seg import Algorithm, check_scan, write_run
+        from .scans.dicom_seg import Algorithm, check_scan, write_run
 
         algorithm = Algorithm.of_checkpoint(args.checkpoint)
     failures = 0
@@ -568,7 +568,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         check_csv(args.csv, args.overwrite)
     names = None
     if args.checkpoint:
-        from .checkpoint import load_model
+        from .models.checkpoint import load_model
 
         spec = load_model(args.checkpoint).spec
         names = (("background",) if spec.output == "sigmoid" else ()) + spec.class_labels

@@ -457,7 +457,7 @@ def test_checkpoint_record_smaller_than_its_tensor(short_records, key):
 
 
 def test_checkpoint_records_checked_without_refusing_a_sound_file(short_records):
-    from napari_attunet.checkpoint import read_checkpoint
+    from napari_attunet.models.checkpoint import read_checkpoint
 
     raw = read_checkpoint(short_records["base"])
     assert raw.state_dict["pad"].shape == (70000,)

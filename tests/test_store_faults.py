@@ -25,7 +25,7 @@ from helpers import _check_message, _fill, _tmpfs, make_model, official_spec, sn
 import napari_attunet as na
 from napari_attunet.cli import main
 from napari_attunet.errors import Cancelled, InputError
-from napari_attunet.outputs import OutputError
+from napari_attunet.scans.outputs import OutputError
 
 zarr = pytest.importorskip("zarr")
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import geometry as geo
 from ..errors import InputError
 from ..models import ModelSpec
+from ..scans import geometry as geo
 
 # The layout of arrays from this tool's reader: (z, y, x) toward Superior, Posterior, Left.
 CANONICAL = {3: "SPL", 2: "PL"}

@@ -256,7 +256,7 @@ def chunks_owned(plan, grid, chunks: Sequence[int]) -> bool:
 def check_free(out, overwrite: bool = False) -> None:
     """Refuse an output store before any work is done: a name that is taken (unless
     ``overwrite``), a parent that is a file, a folder that cannot be written."""
-    from ..outputs import OutputError, OutputExists, _reason
+    from ..scans.outputs import OutputError, OutputExists, _reason
 
     path = Path(out).expanduser()
     parent = next((p for p in path.parents if os.path.lexists(p)), None)
@@ -345,7 +345,7 @@ class ZarrSink:
         disk or an interrupt removes it). ``options.affine``: the scan's index -> world matrix
         (``geometry``); NGFF 0.4 has none, so a rotation it holds is kept in the "attunet"
         metadata, which this plugin's reader applies."""
-        from ..outputs import held_interrupts, owned_prefix
+        from ..scans.outputs import held_interrupts, owned_prefix
 
         path, overwrite = Path(options.out).expanduser(), options.overwrite
         check_free(path, overwrite)
@@ -550,7 +550,7 @@ class ZarrSink:
     def finish(self, results) -> None:
         import zarr
 
-        from ..outputs import held_interrupts
+        from ..scans.outputs import held_interrupts
 
         counts = np.zeros(1, np.int64)
         for r in results:
@@ -572,7 +572,7 @@ class ZarrSink:
     def _move_in(self) -> None:
         """Rename the whole store to ``path``; with ``overwrite``, what was there is renamed
         aside first and removed only once the new store is in place."""
-        from ..outputs import OutputExists, owned_prefix
+        from ..scans.outputs import OutputExists, owned_prefix
 
         if not os.path.lexists(self.path):
             os.rename(self.tmp, self.path)
@@ -612,7 +612,7 @@ class ZarrSink:
 
 def _write_error(path: Path, exc: OSError):
     """One sentence for a store that could not be written (its partial copy is gone)."""
-    from ..outputs import OutputError, _reason
+    from ..scans.outputs import OutputError, _reason
 
     return OutputError(
         f"{path} could not be written ({_reason(exc, path.parent)}); nothing was written and "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..io import SCAN_SUFFIXES
-from ..suffixes import CHECKPOINT_SUFFIXES
+from ..models.suffixes import CHECKPOINT_SUFFIXES
+from ..scans.io import SCAN_SUFFIXES
 from .orientation import AXIS_LABELS
 from .transforms import GEOMETRY_KEY, data_to_world, display_kwargs, layer_state, same_grid
 from .windows import WINDOW_KEY, initial_window, widen_slider
@@ -46,7 +46,7 @@ def read_scan(path):
     import napari
     from napari.utils.notifications import show_error, show_info
 
-    from .. import io
+    from ..scans import io
     from .orientation import install
 
     install(napari.current_viewer())

@@ -220,7 +220,7 @@ class AttUNetWidget(Container):
 
     def load_checkpoint(self, path: str | Path) -> bool:
         """Load and describe a checkpoint; a bad file is a notification, never an exception."""
-        from ..checkpoint import load_model, parameter_count
+        from ..models.checkpoint import load_model, parameter_count
 
         try:
             model = load_model(path)

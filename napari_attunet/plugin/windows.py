@@ -70,7 +70,7 @@ def percentile_window(array: np.ndarray) -> tuple[float, float]:
 
 def dicom_modality(path: str | Path) -> str | None:
     """The Modality (0008,0060) of a DICOM file, or of the first DICOM file of a folder."""
-    from .. import dicom, dicom_tags
+    from ..scans import dicom, dicom_tags
 
     path = Path(path)
     if path.is_dir():

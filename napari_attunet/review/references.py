@@ -30,7 +30,7 @@ def check_folder(folder: str | os.PathLike) -> Path:
 def find(folder: str | os.PathLike, scan: str | os.PathLike, name: str) -> Path | None:
     """The reference of ``scan`` in ``folder``: a file (or DICOM folder) whose stem is the scan's
     stem or its output name, possibly followed by one of ``SUFFIXES``."""
-    from .. import io
+    from ..scans import io
 
     stems = {io._stem(Path(scan).expanduser()), name}
     wanted = {s + suffix: k for k, suffix in enumerate(SUFFIXES) for s in stems}

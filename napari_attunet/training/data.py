@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..inference.preprocess import Normalization, normalize
-from ..io import SCAN_SUFFIXES, Volume, _stem, read
+from ..scans.io import SCAN_SUFFIXES, Volume, _stem, read
 
 
 @dataclass

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import save_model
 from ..inference import iter_predict
 from ..inference.devices import cpu_has_fast_bf16, resolve_device
 from ..inference.local import drive
 from ..inference.options import RunOptions
 from ..models import ModelSpec, build
 from ..models import family as model_family
+from ..models.checkpoint import save_model
 from .data import Case, PatchSampler
 
 

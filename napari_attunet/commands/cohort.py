@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 _MODELS: dict = {}
 
@@ -42,7 +42,7 @@ def _to_store(args) -> bool:
 
 def _cached_model(checkpoint: str):
     """One model per worker process (and per checkpoint file version)."""
-    from .checkpoint import load_model
+    from ..models.checkpoint import load_model
 
     stat = os.stat(checkpoint)
     key = (os.path.abspath(checkpoint), stat.st_mtime_ns, stat.st_size)
@@ -56,8 +56,8 @@ def scan_task(scan: str, name: str, options: dict) -> tuple[int, str, str]:
     """Run the sequential command on one scan: (exit code, stderr, stdout). Files already all
     there (an earlier try of this task, killed after it wrote them; or another cohort) are
     finished by adding their rows, not predicted again."""
-    from . import outputs
-    from .cli import _predict
+    from ..cli import _predict
+    from ..scans import outputs
 
     args = argparse.Namespace(**options)
     args.scans, args.names, args.quiet, args.scheduler = [scan], [name], True, None
@@ -86,7 +86,7 @@ def _done(outdir: Path, scan: str, name: str, spec, args) -> bool:
 
 
 def _files_there(outdir: Path, name: str, spec, args) -> bool:
-    from .cli import _output_names
+    from ..cli import _output_names
 
     return all((outdir / f).exists() for f in _output_names(name, spec, args))
 
@@ -94,8 +94,8 @@ def _files_there(outdir: Path, name: str, spec, args) -> bool:
 def _add_rows(outdir: Path, scan: str, name: str, spec, args) -> None:
     """Merge a scan's rows into volumes.csv, counted from its labels file (as ``_predict``
     counts them from the labels it wrote)."""
-    from . import io, outputs
-    from .inference.postprocess import class_volumes
+    from ..inference.postprocess import class_volumes
+    from ..scans import io, outputs
 
     labels = io.read(outdir / f"{name}_labels{args.format}")
     names = (("background",) if spec.output == "sigmoid" else ()) + tuple(spec.class_labels)
@@ -125,10 +125,10 @@ def _predict_cohort(args) -> int:
     from distributed import as_completed
     from tqdm import tqdm
 
-    from . import io, outputs
-    from .checkpoint import load_model
-    from .cli import _output_names, _sentence
-    from .inference.cluster import close, connect
+    from ..cli import _output_names, _sentence
+    from ..inference.cluster import close, connect
+    from ..models.checkpoint import load_model
+    from ..scans import io, outputs
 
     spec = load_model(args.checkpoint).spec
     outdir = outputs.check_folder(args.output, "-o/--output")
@@ -205,7 +205,7 @@ def _predict_cohort(args) -> int:
                     client.close(timeout=2)
         outputs.sweep_stale(outdir)  # what a killed worker left
     if getattr(args, "reference", None) and not args.quiet:
-        from .cli import print_reference_summary
+        from ..cli import print_reference_summary
 
         print_reference_summary(outdir / "volumes.csv", args.scans)
     return 1 if failures else 0
@@ -239,10 +239,10 @@ def _predict_stores(args) -> int:
 
     from tqdm import tqdm
 
-    from . import io, outputs
-    from .checkpoint import load_model
-    from .cli import _predict_options, _sentence, done_line, run_options
-    from .inference import predict
+    from ..cli import _predict_options, _sentence, done_line, run_options
+    from ..inference import predict
+    from ..models.checkpoint import load_model
+    from ..scans import io, outputs
 
     given = [o for o, v in (("--min-size", args.min_size), ("--fill-holes", args.fill_holes)) if v]
     if given:
@@ -263,7 +263,7 @@ def _predict_stores(args) -> int:
     failures = 0
     client, owned = None, False
     if getattr(args, "scheduler", None):
-        from .inference.cluster import connect
+        from ..inference.cluster import connect
 
         client, owned = connect(args.scheduler), True
     try:
@@ -317,7 +317,7 @@ def _predict_stores(args) -> int:
                 return 130
     finally:
         if owned:
-            from .inference.cluster import close
+            from ..inference.cluster import close
 
             close(client)
     return 1 if failures else 0
@@ -334,7 +334,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def _check_ours(target: Path) -> None:
     """A finished result store of this tool at ``target``, or an OutputError naming what is in
     the way (it is left as it is)."""
-    from .outputs import OutputError
+    from ..scans.outputs import OutputError
 
     what = None
     if not target.is_dir():
@@ -362,7 +362,7 @@ def _merge_rows(outdir: Path, scan: str, name: str, target: Path) -> None:
     import numpy as np
     import zarr
 
-    from . import outputs
+    from ..scans import outputs
 
     root = zarr.open_group(str(target), mode="r")
     meta = root.attrs["attunet"]

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 STAGING_PREFIX = ".attunet-"
 # a staging folder's name says which process made it: "<prefix><pid>-<host>-<random>", so that

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .limits import fits, free_text, gib
-from .models import REGISTRY, AttentionUNetBase, ModelSpec, build
+from ..errors import CheckpointError
+from ..limits import fits, free_text, gib
+from . import REGISTRY, AttentionUNetBase, ModelSpec, build
 from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES
 from .suffixes import TORCH_SUFFIXES
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from . import dicom, nifti, scanheader
 from . import geometry as geo
-from .errors import InputError
 
 CANONICAL = "LPS"
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
