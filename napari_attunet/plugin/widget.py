@@ -28,7 +28,7 @@ from .jobs import JobControls, Jobs
 from .layers import SourceGeometry
 from .notify import notify
 from .recent import recent_checkpoints, remember_checkpoint
-from .results import VOLUME_COLUMNS, ResultLayers, RunState, ViewSettings
+from .results import LABEL_STYLES, VOLUME_COLUMNS, ResultLayers, RunState, ViewSettings
 from .run_inputs import (
     channel_data,
     full_resolution,
@@ -53,6 +53,8 @@ NORMALIZATIONS = (
     "percentile",
 )
 ORIENTATIONS = ("checkpoint default", "RAS", "LPS", "LAS", "native", "display")
+FAMILY_AUTO = "auto (from the weights)"
+DOCK_WIDTH = 400  # px: at 1600 px the canvas keeps over half the window beside napari's docks
 
 
 class AttUNetWidget(Container):
@@ -71,6 +73,13 @@ class AttUNetWidget(Container):
         )
         self.checkpoint = FileEdit(name="checkpoint", label="checkpoint", mode="r", filter=CHECKPOINT_FILTER)
         self.recent = ComboBox(name="recent", label="checkpoints", choices=self._recent_choices())
+        self.family = ComboBox(
+            name="family",
+            label="family",
+            choices=self._families(),
+            tooltip="Which network the weights are for: found from their names, or chosen "
+            "here when they were renamed.",
+        )
         self.model_info = Label(name="model_info", value="no checkpoint loaded")
         self.device = ComboBox(name="device", label="device", choices=self._devices())
         self.precision = ComboBox(
@@ -97,6 +106,18 @@ class AttUNetWidget(Container):
         )
         self.thresholds = Container(name="thresholds", label="thresholds", labels=True)
         self.show_attention = CheckBox(name="show_attention", text="show attention", value=True)
+        self.gate = ComboBox(
+            name="gate",
+            label="gate shown",
+            choices=self._gate_choices,
+            tooltip="One attention gate at a time, as green iso-lines (gate 1 is the finest).",
+        )
+        self.label_style = ComboBox(
+            name="label_style",
+            label="labels drawn as",
+            choices=list(LABEL_STYLES),
+            tooltip="Outlines leave the anatomy under the labels visible.",
+        )
         self.show_uncertainty = CheckBox(name="show_uncertainty", text="show uncertainty", value=False)
         self.uncertainty_level = FloatSlider(
             name="uncertainty_level", label="uncertain over", min=0.0, max=1.0, step=0.01, value=0.5
@@ -110,6 +131,7 @@ class AttUNetWidget(Container):
         self.progress = ProgressBar(name="progress", label="progress", min=0, max=1, value=0)
         self.status = Label(name="status", value="")
         self.store_info = Label(name="store_info", label="result store", value="", visible=False)
+        self.region_info = Label(name="region_info", label="", value="", visible=False)
         self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
         self.extend(
             [
@@ -117,6 +139,7 @@ class AttUNetWidget(Container):
                 self.channels,
                 self.checkpoint,
                 self.recent,
+                self.family,
                 self.model_info,
                 self.device,
                 self.precision,
@@ -126,7 +149,9 @@ class AttUNetWidget(Container):
                 self.argmax,
                 self.thresholds,
                 self.show_attention,
+                self.gate,
                 self.show_uncertainty,
+                self.label_style,
                 self.uncertainty_level,
                 self.tta,
                 self.tile,
@@ -137,18 +162,29 @@ class AttUNetWidget(Container):
                 self.progress,
                 self.status,
                 self.store_info,
+                self.region_info,
                 self.volumes,
             ]
         )
-        self.results = ResultLayers(self.viewer, self.volumes, self._view_settings)
-        self.jobs = Jobs(JobControls(self.run, self.preview, self.cancel, self.progress, self.status))
+        self._bound_width()
+        self.results = ResultLayers(
+            self.viewer, self.volumes, self._view_settings, self.region_info, self._on_gates
+        )
+        self.jobs = Jobs(
+            JobControls(self.run, self.preview, self.cancel, self.progress, self.status),
+            on_failure=lambda exc: self.results.clear_volumes(),
+        )
 
         self.checkpoint.changed.connect(self._on_checkpoint)
+        self.checkpoint.line_edit.native.editingFinished.connect(self._on_checkpoint_typed)
         self.recent.changed.connect(self._on_recent)
+        self.family.changed.connect(self._on_family)
         self.run.changed.connect(lambda: self.start(preview=False))
         self.preview.changed.connect(lambda: self.start(preview=True))
         self.cancel.changed.connect(self.jobs.request_cancel)
         self.show_attention.changed.connect(self.results.toggle_gates)
+        self.gate.changed.connect(self.results.toggle_gates)
+        self.label_style.changed.connect(self.results.apply_label_style)
         self.show_uncertainty.changed.connect(self.results.toggle_uncertainty)
         self.uncertainty_level.changed.connect(self.results.on_uncertainty_level)
         self.argmax.changed.connect(self._on_threshold)
@@ -163,6 +199,20 @@ class AttUNetWidget(Container):
         self.image.changed.connect(self._show_store_target)
         self.image.reset_choices()
         self._show_store_target()
+
+    def _bound_width(self) -> None:
+        """Long texts wrap and long choices elide inside a dock of bounded width: a status
+        line or a checkpoint's path never widens the dock over the canvas."""
+        from qtpy.QtWidgets import QComboBox, QSizePolicy
+
+        for label in (self.model_info, self.status, self.store_info, self.region_info):
+            label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            label.native.setMinimumWidth(0)
+        for combo in self.native.findChildren(QComboBox):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
+        self.native.setMaximumWidth(DOCK_WIDTH)
 
     def _show_store_target(self, value=None) -> None:
         """For a dask/zarr layer, where Run will write its result store (shown before the run)."""
@@ -208,20 +258,41 @@ class AttUNetWidget(Container):
         if value:
             self.checkpoint.value = value
 
+    @staticmethod
+    def _families() -> list[str]:
+        from ..models.registry import FAMILIES
+
+        return [FAMILY_AUTO, *FAMILIES]
+
     def _on_checkpoint(self, value) -> None:
         path = str(value)
+        if path and Path(path).is_file():
+            self.load_checkpoint(path)
+
+    def _on_checkpoint_typed(self) -> None:
+        """Return pressed (or focus left) in the checkpoint field: a path that names no file
+        gets a notification (while typing, each keystroke names none yet)."""
+        path = str(self.checkpoint.line_edit.value).strip()
+        if path and path != "." and not Path(path).is_file():
+            notify("warning", checkpoint_typo(path))
+            self.model_info.value = "checkpoint not loaded (see the message)"
+
+    def _on_family(self, value=None) -> None:
+        path = str(self.checkpoint.value)
         if path and Path(path).is_file():
             self.load_checkpoint(path)
 
     def load_checkpoint(self, path: str | Path) -> bool:
         """Load and describe a checkpoint; a bad file is a notification, never an exception."""
         from ..checkpoint import load_model, parameter_count
+        from ..hints import for_interface
 
+        family = None if self.family.value == FAMILY_AUTO else self.family.value
         try:
-            model = load_model(path)
+            model = load_model(path, family=family)
         except Exception as exc:  # noqa: BLE001 - CheckpointError, or anything torch raised
             message = (
-                str(exc)
+                for_interface(str(exc), "widget")
                 if isinstance(exc, ValueError)
                 else (f"{path}: could not be loaded ({type(exc).__name__}: {exc}).")
             )
@@ -322,12 +393,14 @@ class AttUNetWidget(Container):
             refuse_too_large(data, channel_axis, spec, layer.name)
         source = SourceGeometry.from_layer(layer, layer.ndim)
         offset = None
+        scan_shape: tuple = ()
         options = self._options()
         if channel_axis is None:
             options.update(scan_geometry(layer))
         if preview:
             shape = (data[0] if isinstance(data, list) else full_resolution(data)).shape
             region = preview_region(self.viewer, layer, shape)
+            scan_shape = tuple(shape)
             if region is not None:
                 options["region"] = region
                 offset = tuple(r.start for r in region)
@@ -338,7 +411,7 @@ class AttUNetWidget(Container):
             self.model,
             data,
             options=options,
-            on_result=lambda pred: self.results.show(pred, source, offset, preview),
+            on_result=lambda pred: self.results.show(pred, source, offset, preview, scan_shape),
             **launch,
         )
 
@@ -400,7 +473,22 @@ class AttUNetWidget(Container):
             bool(self.show_attention.value),
             bool(self.show_uncertainty.value),
             float(self.uncertainty_level.value),
+            self.gate.value,
+            self.label_style.value,
         )
+
+    def _on_gates(self, names: list[str]) -> None:
+        """A run's gates: the selector offers them, keeping the choice when it still exists."""
+        if not names:
+            return
+        chosen = self.gate.value
+        self._gates = list(names)
+        with self.gate.changed.blocked():
+            self.gate.reset_choices()
+            self.gate.value = chosen if chosen in names else names[0]
+
+    def _gate_choices(self, widget=None) -> list[str]:
+        return list(getattr(self, "_gates", None) or ["gate 1"])
 
     # ---- thresholds ------------------------------------------------------------------------
     def _on_threshold(self, value=None) -> None:
@@ -408,3 +496,13 @@ class AttUNetWidget(Container):
             with self.argmax.changed.blocked():  # a slider moved: thresholds take over
                 self.argmax.value = False
         self.results.apply_thresholds()
+
+
+def checkpoint_typo(path: str) -> str:
+    """The sentence for a checkpoint field naming no file (a typo, or a file moved away)."""
+    folder = Path(path).expanduser().parent
+    where = "" if folder.is_dir() else f" (nor is there a folder {folder})"
+    return (
+        f"{path}: no such checkpoint file{where}. Check the name, or pick the file with "
+        "the 'Select file' button or from the 'checkpoints' list."
+    )
