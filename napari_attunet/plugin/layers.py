@@ -85,7 +85,7 @@ OUTLINE = 1  # napari's contour thickness: labels drawn as outlines
 GATE_RGB = (0.15, 1.0, 0.15)  # pure green: the palette's green is bluish (0.0, 0.62, 0.45)
 UNCERTAINTY_RGB = (1.0, 0.0, 1.0)  # magenta: the palette's purple is pale (0.80, 0.47, 0.65)
 GATE_LINES = (0.15, 0.5, 0.85)  # of a gate's contrast range: where its hot spots begin, and within
-LINE_WIDTH = 0.02  # of the contrast range, either side of a line
+LINE_WIDTH = 0.015  # of the contrast range, either side of a line
 UNSURE_ALPHA = 0.1  # the tint inside the uncertainty's line: which side is unsure
 
 

@@ -376,11 +376,20 @@ class AttUNetWidget(Container):
         try:
             return self._launch(layer, preview)
         except ValueError as exc:
-            notify("warning", str(exc))
+            self._refused("warning", str(exc))
         except Exception as exc:  # noqa: BLE001 - the Run button must stay usable
-            notify("error", f"layer {layer.name!r}: the run could not start ({type(exc).__name__}: {exc}).")
+            self._refused(
+                "error", f"layer {layer.name!r}: the run could not start ({type(exc).__name__}: {exc})."
+            )
         self.jobs.abandon()
         return None
+
+    def _refused(self, kind: str, message: str) -> None:
+        """A run that could not start: the sentence in a notification and, whole, in the
+        status; the table describes no result."""
+        notify(kind, message)
+        self.status.value = f"Failed: {message}"
+        self.results.clear_volumes()
 
     def _launch(self, layer, preview: bool):
         spec = self.model.spec
