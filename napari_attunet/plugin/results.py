@@ -29,8 +29,8 @@ from .notify import notify
 from .readout import has_readout, readout, with_readout
 from .store_views import ThresholdView, volumes_from_counts
 
-VOLUME_COLUMNS = ("colour", "class", "mL", "uncertain mL")
-LABEL_STYLES = ("auto: outlines while a map is shown", "outlines", "filled")
+VOLUME_COLUMNS = ("", "class", "mL", "uncertain mL")  # the first: each class's colour
+LABEL_STYLES = ("auto", "outlines", "filled")  # auto: outlines while a gate or the uncertainty is shown
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,7 @@ class ResultLayers:
         self.relabel_timer.setSingleShot(True)
         self.relabel_timer.setInterval(150)
         self.relabel_timer.timeout.connect(self.relabel_all)
+        _show_one_decimal(volumes.native)
         warm_imports()
         viewer.dims.events.ndisplay.connect(self.on_ndisplay)
 
@@ -595,12 +596,23 @@ class ResultLayers:
             uncertain = [mls.get(name, 0.0) for name in features["class"][1:]]
         self.volumes.value = volume_rows(features, uncertain)
         self._paint_swatches(features)
+        self._fit_columns()
 
     def clear_volumes(self) -> None:
         """No rows: after a failed run the table describes nothing on screen."""
         self.volumes.value = {"data": [], "index": [], "columns": list(VOLUME_COLUMNS)}
         if self.note is not None:
             self.note.visible = False
+
+    def _fit_columns(self) -> None:
+        """Columns as wide as their contents: the table fits the dock's width without
+        scrolling sideways."""
+        from qtpy.QtWidgets import QHeaderView
+
+        header = self.volumes.native.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
+        header.resizeSection(0, 20)  # a swatch
 
     def _paint_swatches(self, features: dict) -> None:
         """Each row's swatch in its label value's colour (the layer's colormap)."""
@@ -616,6 +628,20 @@ class ResultLayers:
             rgba = colours.get(int(value))
             if item is not None and rgba is not None:
                 item.setBackground(QColor.fromRgbF(*[float(c) for c in rgba[:3]], 1.0))
+
+
+def _show_one_decimal(table) -> None:
+    """Numbers in ``table`` (a QTableWidget) shown with one decimal, as the values hold
+    (magicgui's tables show four)."""
+    from qtpy.QtWidgets import QStyledItemDelegate
+
+    class OneDecimal(QStyledItemDelegate):
+        def displayText(self, value, locale) -> str:  # noqa: N802 - Qt's name
+            if isinstance(value, float):
+                return f"{value:.1f}"
+            return super().displayText(value, locale)
+
+    table.setItemDelegate(OneDecimal(table))
 
 
 def gate_label(layer_name: str, source_name: str) -> str:

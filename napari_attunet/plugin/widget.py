@@ -54,7 +54,7 @@ NORMALIZATIONS = (
 )
 ORIENTATIONS = ("checkpoint default", "RAS", "LPS", "LAS", "native", "display")
 FAMILY_AUTO = "auto (from the weights)"
-DOCK_WIDTH = 400  # px: at 1600 px the canvas keeps over half the window beside napari's docks
+DOCK_WIDTH = 420  # px: at 1600 px the canvas keeps over half the window beside napari's docks
 
 
 class AttUNetWidget(Container):
@@ -116,7 +116,8 @@ class AttUNetWidget(Container):
             name="label_style",
             label="labels drawn as",
             choices=list(LABEL_STYLES),
-            tooltip="Outlines leave the anatomy under the labels visible.",
+            tooltip="auto: outlines while a gate or the uncertainty is shown, filled otherwise. "
+            "Outlines leave the anatomy under the labels visible.",
         )
         self.show_uncertainty = CheckBox(name="show_uncertainty", text="show uncertainty", value=False)
         self.uncertainty_level = FloatSlider(
