@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .hints import FAMILY, OVERRIDES_OR_FAMILY
+from .hints import FAMILY, NO_FAMILY, OVERRIDES_OR_FAMILY
 from .limits import fits, gib
 from .models import REGISTRY, AttentionUNetBase, ModelSpec, build
 from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES
@@ -404,7 +404,7 @@ def load_model(
             ) from exc
         sd = raw.state_dict
         if family and family != spec.family:
-            raise CheckpointError(f"{source} records family {spec.family!r}, not {family!r}.")
+            raise CheckpointError(f"{source} records family {spec.family!r}, not {family!r}: {NO_FAMILY}.")
     else:
         spec, sd = detect(raw.state_dict, family, source)
     if overrides:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 FAMILY = "pass family=..."
 OVERRIDES_OR_FAMILY = "pass overrides=... or family=..."
+NO_FAMILY = "leave family=... out"
 
 _CONVERT = "napari-attunet convert CHECKPOINT OUT.safetensors"
 _SAID = {
@@ -15,11 +16,13 @@ _SAID = {
         FAMILY: f"name the family when converting it: {_CONVERT} --family NAME",
         OVERRIDES_OR_FAMILY: f"describe it when converting it: {_CONVERT} --family NAME "
         "(and --strides, --gate-mode, ... as it needs)",
+        NO_FAMILY: "leave --family out",
     },
     "widget": {
         FAMILY: "choose its family in the widget's 'family' list",
         OVERRIDES_OR_FAMILY: "choose its family in the widget's 'family' list, or describe it "
         f"with {_CONVERT} --family NAME --strides ...",
+        NO_FAMILY: "choose 'auto' in the widget's 'family' list",
     },
 }
 

@@ -219,7 +219,7 @@ def _nan_layer(viewer, name: str):
 
 
 def test_failed_run_says_why_in_the_status_and_empties_the_table(
-    make_napari_viewer, qtbot, checkpoint, notes
+    make_napari_viewer, qtbot, checkpoint, notes, tmp_path
 ):
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
@@ -231,7 +231,7 @@ def test_failed_run_says_why_in_the_status_and_empties_the_table(
     _wait(qtbot, widget, LONG)
     assert len(widget.volumes.value["data"]) == 2
 
-    long_name = "scan of a patient " + "with a very long description " * 6
+    long_name = "scan of a patient " + "with a long description " * 3
     widget.image.value = _nan_layer(viewer, long_name)
     widget.run.clicked.emit()
     _wait(qtbot, widget, LONG)
@@ -241,14 +241,18 @@ def test_failed_run_says_why_in_the_status_and_empties_the_table(
     assert status == f"Failed: {message}" and "NaN" in status and status.endswith(".")
     assert widget.volumes.value["data"] == []
     assert widget.status.native.wordWrap()
+    _settle(qtbot, 300)
+    label = widget.status.native  # the whole sentence shows: the label is as tall as its text
+    assert label.height() >= label.heightForWidth(label.width()) > 3 * label.fontMetrics().height()
 
     # The long status wraps in the dock: the canvas keeps at least half the window.
     _settle(qtbot, 300)
     window = viewer.window._qt_window.width()
     canvas = viewer.window._qt_viewer.canvas.native.width()
     print(f"\ncanvas {canvas} px of a {window} px window after a failed run")
-    assert window <= 1600 and canvas >= 0.5 * window
+    assert window <= 1600 and canvas >= 0.5 * window and viewer.window._qt_window.height() <= 1000
     assert widget.native.width() <= 0.3 * window
+    _save(viewer.screenshot(canvas_only=False, flash=False)[..., :3], tmp_path / "failed.png")
 
 
 def test_canvas_keeps_half_the_window_after_a_run(make_napari_viewer, qtbot, tmp_path, checkpoint):
@@ -349,6 +353,6 @@ def test_widget_messages_name_the_widgets_controls(make_napari_viewer, renamed, 
     widget.family.value = "monai"
     assert not widget.load_checkpoint(checkpoint)
     (message,) = _errors(notes)
-    assert "'official', not 'monai'" in message
+    assert "'official', not 'monai': choose 'auto' in the widget's 'family' list." in message
     widget.family.value = widget.family.choices[0]
     assert widget.load_checkpoint(checkpoint) and widget.model.spec.family == "official"

@@ -54,14 +54,35 @@ NORMALIZATIONS = (
 )
 ORIENTATIONS = ("checkpoint default", "RAS", "LPS", "LAS", "native", "display")
 FAMILY_AUTO = "auto (from the weights)"
+VOLUMES_HEIGHT = 130  # px: a few rows; the dock's other rows keep their heights at 1000 px
+LABEL_LINES = 9  # a status of up to this many lines shows whole (the window never grows for it)
 DOCK_WIDTH = 420  # px: at 1600 px the canvas keeps over half the window beside napari's docks
+
+
+class WrappedLabel(Label):
+    """A label whose text wraps and which is as tall as its text at its width (the widget's
+    nested layouts never ask a label for its height at a width): a whole sentence shows."""
+
+    def set_value(self, value) -> None:
+        super().set_value(value)
+        from qtpy.QtCore import QTimer
+
+        self._fit()
+        QTimer.singleShot(0, self._fit)  # again once the layout has settled its width
+
+    def _fit(self) -> None:
+        native = self.native
+        width = native.width() if native.width() > 50 else 250
+        lines = native.fontMetrics().height() * LABEL_LINES
+        native.setMinimumHeight(min(native.heightForWidth(width), lines) if self.value else 0)
+        native.setToolTip(str(self.value))  # the whole text, were it ever over LABEL_LINES
 
 
 class AttUNetWidget(Container):
     """Attention U-Net: segmentation and attention-gate overlays for the chosen image."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
         self.viewer = napari_viewer
         self.model = None
 
@@ -80,7 +101,7 @@ class AttUNetWidget(Container):
             tooltip="Which network the weights are for: found from their names, or chosen "
             "here when they were renamed.",
         )
-        self.model_info = Label(name="model_info", value="no checkpoint loaded")
+        self.model_info = WrappedLabel(name="model_info", value="no checkpoint loaded")
         self.device = ComboBox(name="device", label="device", choices=self._devices())
         self.precision = ComboBox(
             name="precision", label="precision", choices=["auto", "fp32", "bf16", "fp16"]
@@ -130,9 +151,9 @@ class AttUNetWidget(Container):
         self.run = PushButton(name="run", text="Run")
         self.cancel = PushButton(name="cancel", text="Cancel", enabled=False)
         self.progress = ProgressBar(name="progress", label="progress", min=0, max=1, value=0)
-        self.status = Label(name="status", value="")
-        self.store_info = Label(name="store_info", label="result store", value="", visible=False)
-        self.region_info = Label(name="region_info", label="", value="", visible=False)
+        self.status = WrappedLabel(name="status", value="")
+        self.store_info = WrappedLabel(name="store_info", label="result store", value="", visible=False)
+        self.region_info = WrappedLabel(name="region_info", label="", value="", visible=False)
         self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
         self.extend(
             [
@@ -201,6 +222,18 @@ class AttUNetWidget(Container):
         self.image.reset_choices()
         self._show_store_target()
 
+    @property
+    def native(self):
+        """The scroll area around the form (napari docks ``native``; magicgui's is the form
+        inside it): a dock taller than the window scrolls instead of growing the window."""
+        return self.root_native_widget
+
+    def insert(self, key: int, widget) -> None:
+        """A control added later (after ``__init__``) keeps the dock's bounded width."""
+        super().insert(key, widget)
+        if hasattr(self, "results"):
+            self._bound_width()
+
     def _bound_width(self) -> None:
         """Long texts wrap and long choices elide inside a dock of bounded width: a status
         line or a checkpoint's path never widens the dock over the canvas."""
@@ -213,7 +246,11 @@ class AttUNetWidget(Container):
         for combo in self.native.findChildren(QComboBox):
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(12)
+        # magicgui sized the scroll area to the form's widest row (a long layer name) as it was
+        # filled, before the choices above could elide
+        self.native.setMinimumWidth(0)
         self.native.setMaximumWidth(DOCK_WIDTH)
+        self.volumes.native.setMaximumHeight(VOLUMES_HEIGHT)
 
     def _show_store_target(self, value=None) -> None:
         """For a dask/zarr layer, where Run will write its result store (shown before the run)."""
