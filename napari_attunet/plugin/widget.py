@@ -54,7 +54,7 @@ NORMALIZATIONS = (
 )
 ORIENTATIONS = ("checkpoint default", "RAS", "LPS", "LAS", "native", "display")
 FAMILY_AUTO = "auto (from the weights)"
-VOLUMES_HEIGHT = 130  # px: a few rows; the dock's other rows keep their heights at 1000 px
+VOLUMES_HEIGHT = 100  # px: a few rows; the dock's other rows keep their heights at 1000 px
 LABEL_LINES = 9  # a status of up to this many lines shows whole (the window never grows for it)
 DOCK_WIDTH = 420  # px: at 1600 px the canvas keeps over half the window beside napari's docks
 
@@ -72,7 +72,10 @@ class WrappedLabel(Label):
 
     def _fit(self) -> None:
         native = self.native
-        width = native.width() if native.width() > 50 else 250
+        try:
+            width = native.width() if native.width() > 50 else 250
+        except RuntimeError:  # the dock was closed before the deferred call
+            return
         lines = native.fontMetrics().height() * LABEL_LINES
         native.setMinimumHeight(min(native.heightForWidth(width), lines) if self.value else 0)
         native.setToolTip(str(self.value))  # the whole text, were it ever over LABEL_LINES
