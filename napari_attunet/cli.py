@@ -47,7 +47,7 @@ def _info(args: argparse.Namespace) -> int:
         rows.append(("training spacing", " x ".join(f"{s:g}" for s in spec.spacing) + " mm"))
     provenance = (model.metadata or {}).get("provenance")
     if provenance:
-        rows.append(("provenance", json.dumps(provenance, sort_keys=True)))
+        rows.extend(_provenance_rows(provenance))
     if args.json:
         print(
             json.dumps(
@@ -66,6 +66,27 @@ def _info(args: argparse.Namespace) -> int:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     return 0
+
+
+def _provenance_rows(provenance, prefix: str = "provenance") -> list[tuple[str, str]]:
+    """Provenance as readable rows: one per field, nested fields as "provenance / key"."""
+    if not isinstance(provenance, dict):
+        return [(prefix, _plain(provenance))]
+    rows: list[tuple[str, str]] = []
+    for key in sorted(provenance):
+        value = provenance[key]
+        name = f"{prefix} / {str(key).replace('_', ' ')}"
+        rows.extend(_provenance_rows(value, name) if isinstance(value, dict) else [(name, _plain(value))])
+    return rows
+
+
+def _plain(value) -> str:
+    """A provenance value as text: lists joined with commas, no quotes or brackets."""
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _orientation_arg(text: str) -> str:
@@ -477,12 +498,15 @@ def done_line(name: str, shape, pred, target) -> str:
 
 
 def _sentence(exc: BaseException) -> str:
-    """An exception as one line, without ``[Errno N]`` prefixes."""
+    """An exception as one line, whole (its remedy is at its end), without ``[Errno N]``
+    prefixes, naming the command line's options where the core names the API's."""
+    from .hints import for_interface
+
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror.lower()}."
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return " ".join(lines)[:400] if lines else type(exc).__name__
+    return for_interface(" ".join(lines), "cli") if lines else type(exc).__name__
 
 
 def _train(args: argparse.Namespace) -> int:

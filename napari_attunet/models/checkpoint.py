@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from ..hints import FAMILY, NO_FAMILY, OVERRIDES_OR_FAMILY
 from ..limits import fits, free_text, gib
 from . import REGISTRY, AttentionUNetBase, ModelSpec, build
 from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES
@@ -47,9 +48,7 @@ class RawCheckpoint:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise CheckpointError(
-            f"{path}: no such file. Check the path, or pick the checkpoint with the file dialog."
-        )
+        raise CheckpointError(f"{path}: no such file. Check the path and the file name.")
     if path.is_dir():
         raise CheckpointError(
             f"{path} is a folder, not a checkpoint file. Pick the .safetensors, "
@@ -437,7 +436,7 @@ def detect(
         f"({score:.0%} of its key names), missing {', '.join(missing[:5])}; the file has "
         f"{len(candidate)} tensors such as {sample}.{hint} Supported: "
         f"{', '.join(row.title for row in REGISTRY.values())}, and native "
-        ".safetensors; pass family=... if the names were changed."
+        f".safetensors; {FAMILY} if the names were changed."
     )
 
 
@@ -462,7 +461,7 @@ def _check_shapes(model: AttentionUNetBase, sd: dict, source: str) -> None:
     raise CheckpointError(
         f"{source}: looks like a {model.spec.family} {model.spec.variant} "
         f"checkpoint, but {', '.join(parts)}. It may come from a modified "
-        "network; pass overrides=... or family=... to describe it."
+        f"network; {OVERRIDES_OR_FAMILY} to describe it."
     )
 
 
@@ -490,7 +489,7 @@ def load_model(
             ) from exc
         sd = raw.state_dict
         if family and family != spec.family:
-            raise CheckpointError(f"{source} records family {spec.family!r}, not {family!r}.")
+            raise CheckpointError(f"{source} records family {spec.family!r}, not {family!r}: {NO_FAMILY}.")
     else:
         spec, sd = detect(raw.state_dict, family, source)
     if overrides:

@@ -45,8 +45,10 @@ def failure(exc: BaseException) -> tuple[str, str, str]:
     if isinstance(exc, Cancelled):
         return "info", str(exc), "cancelled"
     if isinstance(exc, ValueError):  # InputError and the like: the message is for the user
-        return "error", str(exc), "failed"
-    return "error", f"The run failed: {type(exc).__name__}: {exc}", "failed"
+        message = str(exc)
+    else:
+        message = f"The run failed: {type(exc).__name__}: {exc}"
+    return "error", message, f"Failed: {message}"
 
 
 @dataclass(frozen=True)
@@ -172,8 +174,9 @@ def reap(engine: list, idle_s: float = 0.5, limit_s: float = 600.0) -> None:
 class Jobs:
     """Starts, follows and cancels the widget's runs, one at a time."""
 
-    def __init__(self, controls: JobControls):
+    def __init__(self, controls: JobControls, on_failure: Callable[[BaseException], None] | None = None):
         self.controls = controls
+        self.on_failure = on_failure  # told of every run that raised (not of a cancel)
         self.worker = None
         self.cancel_event = threading.Event()
         self.closed = False
@@ -279,9 +282,14 @@ class Jobs:
 
         if self.closed:
             return
+        from ..errors import Cancelled
+
         kind, message, status = failure(exc)
         if self._on_failed is not None:
             message = self._on_failed(exc) or message
+            status = status if isinstance(exc, Cancelled) else f"Failed: {message}"
+        if self.on_failure is not None and not isinstance(exc, Cancelled):
+            self.on_failure(exc)
         notify(kind, message)
         self.controls.status.value = status
 
