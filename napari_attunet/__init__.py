@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": ".checkpoint",
-    "save_model": ".checkpoint",
+    "load_model": ".models.checkpoint",
+    "save_model": ".models.checkpoint",
     "GateMap": ".inference",
     "Prediction": ".inference",
     "Progress": ".inference",
