@@ -1,6 +1,6 @@
 """``napari-attunet predict`` on Dask: many scans spread over workers, and OME-Zarr outputs.
 
-Each scan is one Dask task that runs the sequential command (``cli._predict``) on that scan
+Each scan is one Dask task that runs the sequential command (``predict.run``) on that scan
 alone, with the output name the whole command would give it: its files appear together
 (``outputs.staged``) and its rows are merged into ``volumes.csv`` under a lock, as in the
 sequential command. Each worker process loads the checkpoint once. The error lines and the
@@ -27,6 +27,18 @@ import numpy as np
 from ..errors import InputError
 
 _MODELS: dict = {}
+
+
+def wanted(args: argparse.Namespace) -> bool:
+    """Whether ``predict`` runs as a cohort: on a Dask scheduler, or into OME-Zarr stores (which
+    take neither --structures nor --reference: those need file outputs)."""
+    zarr = args.format == "zarr" or str(args.output).rstrip("/").endswith(".zarr")
+    if not (getattr(args, "scheduler", None) or zarr):
+        return False
+    given = [o for o in ("structures", "reference") if getattr(args, o, None)]
+    if zarr and given:
+        raise InputError(f"--{given[0]} needs file outputs (--format .nii.gz and a folder as -o), not zarr.")
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,8 +68,8 @@ def scan_task(scan: str, name: str, options: dict) -> tuple[int, str, str]:
     """Run the sequential command on one scan: (exit code, stderr, stdout). Files already all
     there (an earlier try of this task, killed after it wrote them; or another cohort) are
     finished by adding their rows, not predicted again."""
-    from ..cli import _predict
     from ..scans import outputs
+    from .predict import run as predict_scans
 
     args = argparse.Namespace(**options)
     args.scans, args.names, args.quiet, args.scheduler = [scan], [name], True, None
@@ -70,7 +82,7 @@ def scan_task(scan: str, name: str, options: dict) -> tuple[int, str, str]:
             if not args.overwrite and _files_there(outdir, name, args.model.spec, args):
                 _add_rows(outdir, scan, name, args.model.spec, args)
                 return 0, "", f"{name}: its files were written by an earlier try; rows added\n"
-            code = _predict(args)
+            code = predict_scans(args)
             if code and not args.overwrite and _files_there(outdir, name, args.model.spec, args):
                 _add_rows(outdir, scan, name, args.model.spec, args)  # another run wrote them meanwhile
                 return 0, "", f"{name}: written by another run meanwhile; rows checked\n"
@@ -86,13 +98,13 @@ def _done(outdir: Path, scan: str, name: str, spec, args) -> bool:
 
 
 def _files_there(outdir: Path, name: str, spec, args) -> bool:
-    from ..cli import _output_names
+    from .predict import output_names
 
-    return all((outdir / f).exists() for f in _output_names(name, spec, args))
+    return all((outdir / f).exists() for f in output_names(name, spec, args))
 
 
 def _add_rows(outdir: Path, scan: str, name: str, spec, args) -> None:
-    """Merge a scan's rows into volumes.csv, counted from its labels file (as ``_predict``
+    """Merge a scan's rows into volumes.csv, counted from its labels file (as ``predict.run``
     counts them from the labels it wrote)."""
     from ..inference.postprocess import class_volumes
     from ..scans import io, outputs
@@ -125,10 +137,11 @@ def _predict_cohort(args) -> int:
     from distributed import as_completed
     from tqdm import tqdm
 
-    from ..cli import _output_names, _sentence
     from ..inference.cluster import close, connect
     from ..models.checkpoint import load_model
     from ..scans import io, outputs
+    from .common import sentence
+    from .predict import output_names
 
     spec = load_model(args.checkpoint).spec
     outdir = outputs.check_folder(args.output, "-o/--output")
@@ -138,7 +151,7 @@ def _predict_cohort(args) -> int:
     pending = []
     failures = 0
     for scan, name in zip(scans, names, strict=True):
-        if args.overwrite or not all((outdir / f).exists() for f in _output_names(name, spec, args)):
+        if args.overwrite or not all((outdir / f).exists() for f in output_names(name, spec, args)):
             pending.append((scan, name))
         elif str(Path(scan).absolute()) not in tabled(outdir):  # files without rows: add them
             try:
@@ -147,7 +160,7 @@ def _predict_cohort(args) -> int:
                 failures += 1
                 print(
                     f"napari-attunet predict: {scan}: its files are in {outdir} but its rows are not "
-                    f"in volumes.csv, and they could not be counted ({_sentence(exc)}); pass "
+                    f"in volumes.csv, and they could not be counted ({sentence(exc)}); pass "
                     "--overwrite to predict it again.",
                     file=sys.stderr,
                 )
@@ -205,7 +218,7 @@ def _predict_cohort(args) -> int:
                     client.close(timeout=2)
         outputs.sweep_stale(outdir)  # what a killed worker left
     if getattr(args, "reference", None) and not args.quiet:
-        from ..cli import print_reference_summary
+        from .predict import print_reference_summary
 
         print_reference_summary(outdir / "volumes.csv", args.scans)
     return 1 if failures else 0
@@ -239,10 +252,12 @@ def _predict_stores(args) -> int:
 
     from tqdm import tqdm
 
-    from ..cli import _predict_options, _sentence, done_line, run_options
-    from ..inference import predict
+    from ..inference import iter_predict
+    from ..inference.local import drive
     from ..models.checkpoint import load_model
     from ..scans import io, outputs
+    from .common import sentence
+    from .predict import done_line, predict_options, run_options
 
     given = [o for o, v in (("--min-size", args.min_size), ("--fill-holes", args.fill_holes)) if v]
     if given:
@@ -258,7 +273,7 @@ def _predict_stores(args) -> int:
     outdir = outputs.check_folder(Path(args.output).parent if single else args.output, "-o/--output")
     outputs.sweep_stale(outdir)
     model = load_model(args.checkpoint)
-    options = _predict_options(args, model.spec)
+    options = predict_options(args, model.spec)
     names = outputs.unique_names(args.scans, io._stem)
     failures = 0
     client, owned = None, False
@@ -284,16 +299,10 @@ def _predict_stores(args) -> int:
                         bar.total, bar.n = total, done
                         bar.refresh()
 
-                    pred = predict(
-                        volume,
-                        model,
-                        progress=progress,
-                        out=target,
-                        overwrite=args.overwrite,
-                        scheduler=client,
-                        thresholds=args.thresholds,
-                        **run_options(args, options, scan),
+                    run = run_options(args, options, scan).replace(
+                        out=target, overwrite=args.overwrite, scheduler=client, thresholds=args.thresholds
                     )
+                    pred = drive(iter_predict(volume, model, run), progress)
                 for note in volume.notes:
                     print(note, file=sys.stderr)
                 if not single:  # -o result.zarr names a store, not a folder to add a table to
@@ -302,7 +311,7 @@ def _predict_stores(args) -> int:
                     print(done_line(name, pred.shape, pred, target))
             except (ValueError, OSError) as exc:
                 failures += 1
-                print(f"napari-attunet predict: {_sentence(exc)}", file=sys.stderr)
+                print(f"napari-attunet predict: {sentence(exc)}", file=sys.stderr)
             except KeyboardInterrupt:
                 written = _identity(target) not in (None, before)
                 what = (
