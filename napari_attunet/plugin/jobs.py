@@ -11,7 +11,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..inference.options import RunOptions
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def _finish_store(pred, path: Path, cancel: threading.Event) -> StoreResult:
 
 
 def predict_worker(
-    model, data, cancel: threading.Event, *, spacing, channel_axis, options: dict, name: str, engine=None
+    model, data, cancel: threading.Event, *, spacing, channel_axis, options, name: str, engine=None
 ):
     """An unstarted napari thread worker running ``iter_predict`` on ``data``; with an ``out``
     store it also yields ``StoreOpened`` and returns a ``StoreResult``. The engine's generator
@@ -123,20 +126,13 @@ def predict_worker(
 
     @thread_worker(ignore_errors=True)  # errors are shown by Jobs._on_error
     def work():
-        steps = iter_predict(
-            data,
-            model,
-            spacing=spacing,
-            channel_axis=channel_axis,
-            cancel=cancel,
-            name=f"layer {name!r}",
-            **options,
-        )
+        run = options.replace(spacing=spacing, channel_axis=channel_axis, name=f"layer {name!r}")
+        steps = iter_predict(data, model, run, cancel=cancel)
         if engine is not None:
             engine.append(steps)
-        pred = yield from _store_steps(steps, options.get("out"), cancel)
-        if options.get("out") is not None:
-            return _finish_store(pred, Path(options["out"]), cancel)
+        pred = yield from _store_steps(steps, run.out, cancel)
+        if run.out is not None:
+            return _finish_store(pred, Path(run.out), cancel)
         pred.uncertainty  # noqa: B018 computed here, off the event loop (cached on the prediction)
         return pred
 
@@ -196,7 +192,7 @@ class Jobs:
         *,
         spacing,
         channel_axis,
-        options: dict,
+        options: RunOptions,
         name: str,
         on_result: Callable[[Any], None],
         on_step: Callable[[Any], None] | None = None,

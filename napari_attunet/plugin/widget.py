@@ -396,18 +396,6 @@ class AttUNetWidget(Container):
         )
 
     # ---- running ---------------------------------------------------------------------------
-    def _options(self) -> dict:
-        return run_options(
-            device=self.device.value,
-            precision=self.precision.value,
-            runtime=self.runtime.value,
-            normalization=self.normalization.value,
-            tile=self.tile.value,
-            overlap=self.overlap.value,
-            tta=self.tta.value,
-            scan_layout=self.scan_layout.value,
-        )
-
     def start(self, preview: bool = False):
         """Start a run on the chosen image layer; returns the worker (or None on bad input)."""
         layer = self.image.value
@@ -449,15 +437,15 @@ class AttUNetWidget(Container):
         source = SourceGeometry.from_layer(layer, layer.ndim)
         offset = None
         scan_shape: tuple = ()
-        options = self._options()
+        options = run_options(self)
         if channel_axis is None:
-            options.update(scan_geometry(layer))
+            options = options.replace(**scan_geometry(layer))
         if preview:
             shape = (data[0] if isinstance(data, list) else full_resolution(data)).shape
             region = preview_region(self.viewer, layer, shape)
             scan_shape = tuple(shape)
             if region is not None:
-                options["region"] = region
+                options = options.replace(region=region)
                 offset = tuple(r.start for r in region)
         launch = dict(spacing=source.scale, channel_axis=channel_axis, name=layer.name)
         if to_store:
@@ -478,14 +466,14 @@ class AttUNetWidget(Container):
         self.results.show(pred, source, offset, preview, scan_shape)
         tag_run(self.results.labels_layer(), model)  # a DICOM SEG of it names the checkpoint
 
-    def _launch_store(self, layer, first, data, source, options: dict, launch: dict):
+    def _launch_store(self, layer, first, data, source, options, launch: dict):
         """Run into a new OME-Zarr store whose layers fill in as blocks finish."""
         folder = default_folder(layer, first)
         refuse_store_too_large(
-            first, launch["channel_axis"], self.model.spec, layer.name, folder, options["tta"]
+            first, launch["channel_axis"], self.model.spec, layer.name, folder, options.tta
         )
         out = unique_store(folder, layer.name)
-        options.update(out=str(out), thresholds=self.threshold_values())
+        options = options.replace(out=str(out), thresholds=self.threshold_values())
         run = self.results.begin_store(source, out)
         self.store_info.visible = True
         self.store_info.value = f"writing {out}; labels are editable once it is done"
