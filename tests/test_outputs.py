@@ -119,7 +119,7 @@ def test_unique_names():
             "/z/scan.nrrd",
             "/w/dicom",
         ],
-        io._stem,
+        io.stem,
     )
     assert names == ["x_a_ct", "b_ct", "y_a_ct", "mr", "mr_2", "scan_nii_gz", "scan_nrrd", "dicom"]
 

@@ -147,7 +147,7 @@ def _predict_cohort(args) -> int:
     outdir = outputs.check_folder(args.output, "-o/--output")
     outputs.sweep_stale(outdir)
     scans = [os.path.abspath(s) for s in args.scans]
-    names = outputs.unique_names(args.scans, io._stem)
+    names = outputs.unique_names(args.scans, io.stem)
     pending = []
     failures = 0
     for scan, name in zip(scans, names, strict=True):
@@ -274,7 +274,7 @@ def _predict_stores(args) -> int:
     outputs.sweep_stale(outdir)
     model = load_model(args.checkpoint)
     options = predict_options(args, model.spec)
-    names = outputs.unique_names(args.scans, io._stem)
+    names = outputs.unique_names(args.scans, io.stem)
     failures = 0
     client, owned = None, False
     if getattr(args, "scheduler", None):

@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     if thresholds is not None and len(thresholds) == 1:
         thresholds = thresholds[0]
     outdir = outputs.check_folder(args.output, "-o/--output")
-    names = getattr(args, "names", None) or outputs.unique_names(args.scans, io._stem)
+    names = getattr(args, "names", None) or outputs.unique_names(args.scans, io.stem)
     images, seg = formats(args)
     if seg:
         from ..scans.dicom_seg import Algorithm, check_scan, write_run

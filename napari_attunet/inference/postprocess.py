@@ -110,6 +110,11 @@ class Prediction:
             self._uncertainty = uncertainty_map(self.quantized, self.output, self.disagreement)
         return self._uncertainty
 
+    def use_stored_uncertainty(self, values) -> None:
+        """Read the uncertainty from ``values`` (e.g. a result store's array, read as it is
+        indexed) instead of computing it from the probabilities."""
+        self._uncertainty = values
+
     def uncertain_volumes_ml(
         self, labels: np.ndarray, level: float, spacing: Sequence[float] | None = None
     ) -> dict[str, float]:

@@ -104,7 +104,7 @@ def _finish_store(pred, path: Path, cancel: threading.Event) -> StoreResult:
     from .store_views import StoreView, uncertainty_counts
 
     labels, unc = open_store_array(path, LABELS_KEY), open_store_array(path, "uncertainty/0")
-    pred._uncertainty = StoreView(unc, factor=1.0 / 255)  # the readout reads it voxel by voxel
+    pred.use_stored_uncertainty(StoreView(unc, factor=1.0 / 255))  # the readout reads it voxel by voxel
     counts = uncertainty_counts(labels, unc, len(pred.label_names), labels.chunks, cancel.is_set)
     limits = {}
     for _, key, _ in gate_groups(path):

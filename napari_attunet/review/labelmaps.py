@@ -151,7 +151,7 @@ def _names_from_table(path: Path) -> tuple[str, ...] | None:
     ``volumes.csv`` beside it, in label order."""
     from ..scans import io
 
-    stem = io._stem(path)
+    stem = io.stem(path)
     table = path.parent / "volumes.csv"
     if not stem.endswith("_labels") or not table.is_file():
         return None

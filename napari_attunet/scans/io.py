@@ -50,7 +50,7 @@ class Volume:
     @property
     def name(self) -> str:
         path = self.source.get("path", "")
-        return _stem(Path(path)) if path else "scan"
+        return stem(Path(path)) if path else "scan"
 
     def geometry(self) -> dict:
         """Plain-data geometry to keep in a napari layer's metadata."""
@@ -63,7 +63,8 @@ class Volume:
         }
 
 
-def _stem(path: Path) -> str:
+def stem(path: Path) -> str:
+    """A scan file's name without its suffix (``ct.nii.gz`` -> ``ct``): what outputs are named by."""
     name = path.name
     for suffix in (".nii.gz",) + SCAN_SUFFIXES:
         if name.lower().endswith(suffix):
