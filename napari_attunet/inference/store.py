@@ -399,24 +399,7 @@ class ZarrSink:
                 "multiscales": multiscales(
                     f"{name} probabilities", ndim, True, spacing, origin, unit, levels
                 ),
-                "omero": {
-                    "name": f"{name} probabilities",
-                    "version": NGFF_VERSION,
-                    "channels": [
-                        {
-                            "label": n,
-                            "color": "".join(f"{v:02X}" for v in COLOURS[k % len(COLOURS)]),
-                            "active": True,
-                            "window": {
-                                "start": 0,
-                                "end": PROBABILITY_LEVELS,
-                                "min": 0,
-                                "max": PROBABILITY_LEVELS,
-                            },
-                        }
-                        for k, n in enumerate(names)
-                    ],
-                },
+                "omero": _omero(f"{name} probabilities", names),
                 "attunet": {
                     "output": spec.output,
                     "class_names": names,
@@ -439,15 +422,7 @@ class ZarrSink:
                 "multiscales": multiscales(
                     f"{name} {LABEL_NAME}", ndim, False, spacing, origin, unit, levels, "nearest"
                 ),
-                "image-label": {
-                    "version": NGFF_VERSION,
-                    "source": {"image": "../../"},
-                    "colors": [
-                        {"label-value": k, "rgba": list(COLOURS[(k - 1) % len(COLOURS)]) + [255]}
-                        for k in range(1, len(label_names))
-                    ],
-                    "properties": [{"label-value": k, "class": n} for k, n in enumerate(label_names)],
-                },
+                "image-label": _image_label(label_names),
             }
         )
         extra = ["uncertainty"] + (["disagreement"] if tta else [])
@@ -457,27 +432,9 @@ class ZarrSink:
             group.attrs.update(
                 {"multiscales": multiscales(f"{name} {key}", ndim, False, spacing, origin, unit, levels)}
             )
-        owned = []
-        for k, g in enumerate(plan.gates, start=1):
-            group = root.require_group("gates").require_group(f"gate{k}")
-            gchunks = gate_chunks(plan, g)
-            owned.append(chunks_owned(plan, g, gchunks))
-            group.create_array(
-                "0", shape=(g.heads,) + g.cells, chunks=(g.heads,) + gchunks, dtype="float32", fill_value=0.0
-            )
-            group.attrs.update(
-                {
-                    "multiscales": multiscales(
-                        f"{name} gate {k}",
-                        ndim,
-                        True,
-                        [s * st for s, st in zip(spacing, g.stride, strict=True)],
-                        [o + s * off for o, s, off in zip(origin, spacing, g.offset, strict=True)],
-                        unit,
-                    ),
-                    "attunet": {"stride": list(g.stride), "offset": list(g.offset)},
-                }
-            )
+        owned = [
+            _gate_array(root, k, g, plan, name, spacing, origin, unit) for k, g in enumerate(plan.gates, 1)
+        ]
         sink = cls(
             str(path), str(tmp), spec.output, thresholds, channels, list(plan.gates), tta, levels, owned
         )
@@ -629,6 +586,58 @@ def is_write_error(exc: BaseException, sink: ZarrSink) -> bool:
     disk = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
     name = str(getattr(exc, "filename", "") or "")
     return exc.errno in disk or (bool(name) and name.startswith(sink.tmp))
+
+
+def _omero(name: str, names: list[str]) -> dict:
+    """The OMERO rendering metadata of the probabilities: one coloured channel per class."""
+    window = {"start": 0, "end": PROBABILITY_LEVELS, "min": 0, "max": PROBABILITY_LEVELS}
+    channels = [
+        {
+            "label": n,
+            "color": "".join(f"{v:02X}" for v in COLOURS[k % len(COLOURS)]),
+            "active": True,
+            "window": window,
+        }
+        for k, n in enumerate(names)
+    ]
+    return {"name": name, "version": NGFF_VERSION, "channels": channels}
+
+
+def _image_label(label_names: list[str]) -> dict:
+    """NGFF image-label metadata: each label value's colour and class name."""
+    return {
+        "version": NGFF_VERSION,
+        "source": {"image": "../../"},
+        "colors": [
+            {"label-value": k, "rgba": list(COLOURS[(k - 1) % len(COLOURS)]) + [255]}
+            for k in range(1, len(label_names))
+        ],
+        "properties": [{"label-value": k, "class": n} for k, n in enumerate(label_names)],
+    }
+
+
+def _gate_array(root, k: int, grid, plan, name: str, spacing, origin, unit) -> bool:
+    """Gate ``k``'s array on its own grid, placed by its stride and offset; returns whether each
+    of its chunks lies in one block (a worker may write it)."""
+    group = root.require_group("gates").require_group(f"gate{k}")
+    chunks = gate_chunks(plan, grid)
+    group.create_array(
+        "0", shape=(grid.heads,) + grid.cells, chunks=(grid.heads,) + chunks, dtype="float32", fill_value=0.0
+    )
+    group.attrs.update(
+        {
+            "multiscales": multiscales(
+                f"{name} gate {k}",
+                len(spacing),
+                True,
+                [s * st for s, st in zip(spacing, grid.stride, strict=True)],
+                [o + s * off for o, s, off in zip(origin, spacing, grid.offset, strict=True)],
+                unit,
+            ),
+            "attunet": {"stride": list(grid.stride), "offset": list(grid.offset)},
+        }
+    )
+    return chunks_owned(plan, grid, chunks)
 
 
 def _forget(tmp: str) -> None:
