@@ -90,6 +90,54 @@ class AttUNetWidget(Container):
         self.viewer = napari_viewer
         self.model = None
 
+        self._make_fields()
+        self.extend(
+            [
+                self.image,
+                self.channels,
+                self.checkpoint,
+                self.recent,
+                self.family,
+                self.model_info,
+                self.device,
+                self.precision,
+                self.runtime,
+                self.normalization,
+                self.scan_layout,
+                self.argmax,
+                self.thresholds,
+                self.show_attention,
+                self.gate,
+                self.show_uncertainty,
+                self.label_style,
+                self.uncertainty_level,
+                self.view_controls,
+                self.tta,
+                self.tile,
+                self.overlap,
+                self.preview,
+                self.run,
+                self.cancel,
+                self.progress,
+                self.status,
+                self.store_info,
+                self.region_info,
+                self.volumes,
+            ]
+        )
+        self._bound_width()
+        self.results = ResultLayers(
+            self.viewer, self.volumes, self._view_settings, self.region_info, self._on_gates
+        )
+        self.jobs = Jobs(
+            JobControls(self.run, self.preview, self.cancel, self.progress, self.status),
+            on_failure=lambda exc: self.results.clear_volumes(),
+        )
+
+        self._connect()
+
+    def _make_fields(self) -> None:
+        """Every control of the form, by the name its tests and users know it by."""
         import napari
 
         self.image = create_widget(annotation=napari.layers.Image, name="image", label="image")
@@ -160,49 +208,9 @@ class AttUNetWidget(Container):
         self.store_info = WrappedLabel(name="store_info", label="result store", value="", visible=False)
         self.region_info = WrappedLabel(name="region_info", label="", value="", visible=False)
         self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
-        self.extend(
-            [
-                self.image,
-                self.channels,
-                self.checkpoint,
-                self.recent,
-                self.family,
-                self.model_info,
-                self.device,
-                self.precision,
-                self.runtime,
-                self.normalization,
-                self.scan_layout,
-                self.argmax,
-                self.thresholds,
-                self.show_attention,
-                self.gate,
-                self.show_uncertainty,
-                self.label_style,
-                self.uncertainty_level,
-                self.view_controls,
-                self.tta,
-                self.tile,
-                self.overlap,
-                self.preview,
-                self.run,
-                self.cancel,
-                self.progress,
-                self.status,
-                self.store_info,
-                self.region_info,
-                self.volumes,
-            ]
-        )
-        self._bound_width()
-        self.results = ResultLayers(
-            self.viewer, self.volumes, self._view_settings, self.region_info, self._on_gates
-        )
-        self.jobs = Jobs(
-            JobControls(self.run, self.preview, self.cancel, self.progress, self.status),
-            on_failure=lambda exc: self.results.clear_volumes(),
-        )
 
+    def _connect(self) -> None:
+        """What each control does, and the viewer events the form follows."""
         self.checkpoint.changed.connect(self._on_checkpoint)
         self.checkpoint.line_edit.native.editingFinished.connect(self._on_checkpoint_typed)
         self.recent.changed.connect(self._on_recent)
