@@ -158,7 +158,6 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..inference import iter_predict
-    from ..inference.postprocess import gate_on_image_grid
     from ..models.checkpoint import load_model
     from ..scans import io, outputs
 
@@ -200,24 +199,7 @@ def run(args: argparse.Namespace) -> int:
                         stage, f"{name}_seg.dcm", labels, volume, pred, args.seg_type, algorithm, source
                     )
                 for suffix in images or [args.format]:
-                    if suffix in images:
-                        io.write_staged(stage, f"{name}_labels{suffix}", labels, volume)
-                    if args.attention:
-                        for k, gate in enumerate(pred.gates, start=1):
-                            for h in range(gate.heads):
-                                tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
-                                io.write_staged(
-                                    stage,
-                                    f"{name}{tag}{suffix}",
-                                    gate_on_image_grid(gate, labels.shape, h),
-                                    volume,
-                                )
-                    if args.uncertainty:
-                        io.write_staged(stage, f"{name}_uncertainty{suffix}", pred.uncertainty, volume)
-                    if args.probabilities:
-                        probs = pred.probabilities
-                        for c, cname in enumerate(pred.class_names):
-                            io.write_staged(stage, f"{name}_prob_{safe(cname)}{suffix}", probs[c], volume)
+                    _write_images(stage, name, suffix, suffix in images, labels, pred, volume, args)
                 if getattr(args, "structures", False):
                     _write_structures(stage, name, labels, pred, volume, args)
             for note in seg_notes:
@@ -248,6 +230,28 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "reference", None) and not args.quiet:
         print_reference_summary(outdir / "volumes.csv", args.scans)
     return 1 if failures else 0
+
+
+def _write_images(stage, name: str, suffix: str, labels_too: bool, labels, pred, volume, args) -> None:
+    """One format's images of a scan into the staging folder: the labels (unless a SEG is the
+    only output), each gate head on the scan grid, the uncertainty, each class's probability."""
+    from ..inference.postprocess import gate_on_image_grid
+    from ..scans import io
+
+    if labels_too:
+        io.write_staged(stage, f"{name}_labels{suffix}", labels, volume)
+    if args.attention:
+        for k, gate in enumerate(pred.gates, start=1):
+            for h in range(gate.heads):
+                tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
+                image = gate_on_image_grid(gate, labels.shape, h)
+                io.write_staged(stage, f"{name}{tag}{suffix}", image, volume)
+    if args.uncertainty:
+        io.write_staged(stage, f"{name}_uncertainty{suffix}", pred.uncertainty, volume)
+    if args.probabilities:
+        probs = pred.probabilities
+        for c, cname in enumerate(pred.class_names):
+            io.write_staged(stage, f"{name}_prob_{safe(cname)}{suffix}", probs[c], volume)
 
 
 def _scores(args: argparse.Namespace, scan, name: str, labels, volume, pred) -> dict[str, list[str]]:
