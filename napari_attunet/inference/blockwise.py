@@ -446,7 +446,7 @@ def _run(
     else:
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
-    results: list[BlockResult] = []
+    first: BlockResult | None = None
     finished: Any = iter(())
     try:
         stop = _stop_event(client)
@@ -472,11 +472,8 @@ def _run(
             "predicting", 0, total, f"{total} blocks of {work.block} voxels (tiles of {work.tile})"
         )
         for done, result in enumerate(finished, start=1):
-            if not sink.on_worker:
-                result = sink.write(result)
-            elif result.gates and out is not None:
-                sink.write_shared(result)
-            results.append(result)
+            sink.aggregate(result, result.region)
+            first = first or result  # device, precision and runtime as the first block reports them
             yield Progress("predicting", done, total)
     except Cancelled:
         finished.close()  # no block runs any more: nothing writes into the store removed here
@@ -492,7 +489,6 @@ def _run(
             if isinstance(exc, OSError) and is_write_error(exc, sink):
                 raise _write_error(Path(sink.path), exc) from None
         raise
-    first = results[0] if results else BlockResult(())
     runs, once = window_count(work)
     where = "on Dask" if client is not None or total > 1 else "in this process"
     notes = [
@@ -500,14 +496,13 @@ def _run(
     ]
     if out is not None:
         yield Progress("stitching", total, total, "finishing the store")
-        sink.finish(results)
-        quantized, disagreement = sink.probabilities(), sink.disagreement_array()
-        gate_data = sink.gate_arrays()
+    quantized, disagreement, gate_data = sink.finalize()
+    if out is not None:
         notes += [f"written to {sink.path}", *sink.notes]
-    else:
-        quantized, disagreement, gate_data = sink.quantized, sink.disagreement, sink.gates
     gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates, strict=True)]
-    return _prediction(spec, work, spacing, overlap, started, first, quantized, disagreement, gates, notes)
+    return _prediction(
+        spec, work, spacing, overlap, started, first or BlockResult(()), quantized, disagreement, gates, notes
+    )
 
 
 def _check_result_memory(work: Plan, spec, tta: bool, name: str) -> None:

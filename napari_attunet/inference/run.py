@@ -121,14 +121,14 @@ def run_tiles(
             yield Progress("predicting", done_batches, total, message)
             continue
         for i, (z, start) in enumerate(chunk):
-            stitcher.add(z, start, values[i], [m[i] for m in maps])
+            stitcher.aggregate((values[i], [m[i] for m in maps]), (z, start))
         position += len(chunk)
         done_batches += 1
         yield Progress("predicting", done_batches, total)
     if cancelled(cancel):
         raise Cancelled(f"prediction on {name} was cancelled; no result was kept.")
     yield Progress("stitching", total, total, "blending tiles")
-    return stitcher.result()
+    return stitcher.finalize()
 
 
 def _run_batch(net, x, chunk, tile, dev, prec, flips, output, gate_geometry, memory_format):

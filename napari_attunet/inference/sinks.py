@@ -1,17 +1,31 @@
-"""Where the results of a run's blocks go: each gate's grid over the whole volume, one block's
-result, and the in-memory sink (``store.ZarrSink`` is the one that writes an OME-Zarr store).
+"""Where a run's pieces are merged: the ``Merger`` interface, each gate's grid over the whole
+volume, one block's result, and the in-memory block sink.
 
-A sink takes each block's result (``write``, on the worker that ran it when ``on_worker``) and
-hands the merged arrays back when every block is in."""
+Every merger has MONAI's Merger interface: ``aggregate(values, location)`` takes one piece where
+it lies, ``finalize()`` returns the whole. Tiles merge in ``tiling.Stitcher`` (weighted sums on
+the device); blocks in ``MemorySink`` (arrays in memory) or ``store.ZarrSink`` (an OME-Zarr
+store). A block sink may also ``write`` a block on the worker that ran it (``on_worker``); the
+caller then aggregates what the worker handed back."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
 from .postprocess import GateMap
+
+
+class Merger(Protocol):
+    """Pieces of a run in, the whole out (as MONAI's ``Merger``)."""
+
+    def aggregate(self, values: Any, location: Any) -> Any:
+        """Take one piece (a tile's values, a block's result) at ``location``."""
+
+    def finalize(self) -> Any:
+        """The merged whole, once every piece is in."""
 
 
 @dataclass(frozen=True)
@@ -72,3 +86,12 @@ class MemorySink:
             dst, src = gate_window(grid, region, gate)
             buf[dst] = gate.data[src]
         return BlockResult(region, device=result.device, precision=result.precision, runtime=result.runtime)
+
+    def aggregate(self, values: BlockResult, location: tuple[slice, ...]) -> None:
+        """On the caller: a block's result, unless its worker wrote it already."""
+        if values.quantized is not None:
+            self.write(values)
+
+    def finalize(self) -> tuple[np.ndarray, np.ndarray | None, list[np.ndarray]]:
+        """(uint8 probabilities, the flips' disagreement or None, each gate map)."""
+        return self.quantized, self.disagreement, self.gates

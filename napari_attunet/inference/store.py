@@ -337,6 +337,7 @@ class ZarrSink:
         # per gate: whether each of its chunks lies in one block (a worker may write it); the
         # others are written by the caller, one block after another
         self.owned = list(owned) or [True] * len(grids)
+        self.counts = np.zeros(1, np.int64)  # voxels per label value, from the blocks so far
         self.overwrite = False  # replace what is at ``path`` once the store is whole
 
     @classmethod
@@ -504,16 +505,31 @@ class ZarrSink:
             self._array(f"{prefix}{k}")[lead + level_region(region, k)] = values
 
     # -- on the caller --
-    def finish(self, results) -> None:
+    def aggregate(self, values, location) -> None:
+        """On the caller: a block's label counts, and the gate maps it shares with a neighbour
+        (a worker wrote the rest); a block that ran on the caller is written first."""
+        if values.quantized is not None:
+            values = self.write(values)
+        if values.gates:
+            self.write_shared(values)
+        if values.counts is not None:
+            size = max(self.counts.size, values.counts.size)
+            self.counts = np.pad(self.counts, (0, size - self.counts.size)) + np.pad(
+                values.counts, (0, size - values.counts.size)
+            )
+
+    def finalize(self):
+        """The store made whole and moved into place; (its probabilities, disagreement and gate
+        maps, read from it)."""
+        self._finish()
+        return self.probabilities(), self.disagreement_array(), self.gate_arrays()
+
+    def _finish(self) -> None:
         import zarr
 
         from ..scans.outputs import held_interrupts
 
-        counts = np.zeros(1, np.int64)
-        for r in results:
-            if r.counts is not None:
-                size = max(counts.size, r.counts.size)
-                counts = np.pad(counts, (0, size - counts.size)) + np.pad(r.counts, (0, size - r.counts.size))
+        counts = self.counts
         with held_interrupts():  # the store is whole, then in place, or not there at all
             try:
                 root = zarr.open_group(self.tmp, mode="r+", zarr_format=2)
