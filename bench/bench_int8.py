@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from napari_attunet import io
+    from napari_attunet.scans import io
 
     volume = io.read(SCAN)
     with open("/proc/loadavg") as fh:

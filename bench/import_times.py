@@ -15,7 +15,7 @@ import sys
 
 MODULES = (
     "napari_attunet",
-    "napari_attunet.io",
+    "napari_attunet.scans.io",
     "napari_attunet.plugin.reader",
     "napari_attunet.plugin.writer",
     "napari_attunet.plugin.samples",

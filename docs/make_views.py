@@ -1,5 +1,5 @@
 """Regenerate docs/views/*.png: the MNI152 demo after a run, in every plane and in 3D, with and
-without the uncertainty layer, under Xvfb.
+without the uncertainty layer, and the linked orthogonal views (orthogonal.png), under Xvfb.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_views.py [OUT_DIR]
 """
@@ -23,6 +23,7 @@ def _settle(seconds: float = 0.5) -> None:
 
 def main(out: str = str(Path(__file__).with_name("views"))) -> None:
     from napari_attunet.demo_data import DEMO_CHECKPOINT
+    from napari_attunet.plugin import orthoviews
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,20 @@ def main(out: str = str(Path(__file__).with_name("views"))) -> None:
         shot(f"3d{suffix}", ((-0.3, 0.6, -0.75), (1, 0, 0)))
         for layer in viewer.layers:
             layer.experimental_clipping_planes = []
+
+    # Axial, coronal and sagittal at once, the crosshair through the same point off the midline.
+    widget.show_uncertainty.value = False
+    viewer.dims.ndisplay = 2
+    widget.view_controls.three_planes.value = True
+    _settle()
+    views = orthoviews.show(viewer)
+    views.set_point(scan.data_to_world(centre))
+    views.reset_views()
+    _settle()
+    path = out_dir / "orthogonal.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    print(path)
+    widget.view_controls.three_planes.value = False
     viewer.close()
 
 

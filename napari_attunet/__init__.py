@@ -10,20 +10,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import io
 from .errors import Cancelled, CheckpointError, InputError
+from .scans import io
 
 if TYPE_CHECKING:
-    from .checkpoint import load_model, save_model
     from .inference import GateMap, Prediction, Progress, iter_predict, predict
     from .models import GateGeometry, ModelSpec
+    from .models.checkpoint import load_model, save_model
     from .review import evaluate
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": ".checkpoint",
-    "save_model": ".checkpoint",
+    "load_model": ".models.checkpoint",
+    "save_model": ".models.checkpoint",
     "GateMap": ".inference",
     "Prediction": ".inference",
     "Progress": ".inference",

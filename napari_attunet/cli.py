@@ -1,578 +1,30 @@
 """The command line: ``napari-attunet predict | evaluate | info | convert | train | demo``.
 
+This module only parses the arguments and dispatches: each command lives in ``commands/``.
 Every failure is one line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
+from . import commands
+from .commands.common import orientation_arg, sentence
+from .commands.predict import FormatAction
 from .models.registry import FAMILIES, REGISTRY
 
 
-def _info(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model, parameter_count, sha256
-
-    model = load_model(args.checkpoint, family=args.family)
-    spec = model.spec
-    rows = [
-        ("file", str(model.source)),
-        ("sha256", sha256(model.source)),
-        ("family", spec.family),
-        ("variant", spec.variant),
-        ("dimensions", f"{spec.spatial_dims}D"),
-        ("input channels", spec.in_channels),
-        ("classes", f"{spec.out_channels} ({spec.output}): {', '.join(spec.class_labels)}"),
-        ("features", ", ".join(map(str, spec.features))),
-        ("parameters", f"{parameter_count(model):,}"),
-        ("total stride", " x ".join(map(str, spec.total_stride))),
-        ("orientation", f"{spec.network_orientation}: the network sees scans {spec.orientation_label}"),
-    ]
-    for name in REGISTRY[spec.family].info_fields:
-        rows.append((name.replace("_", " "), getattr(spec, name)))
-    for k, g in enumerate(spec.gates, start=1):
-        rows.append(
-            (
-                f"gate {k}",
-                f"stride {'x'.join(map(str, g.stride))}, offset "
-                f"{'/'.join(f'{o:g}' for o in g.offset)} voxels, {g.heads} map(s)",
-            )
-        )
-    if spec.normalization:
-        rows.append(("normalization", json.dumps(spec.normalization)))
-    if spec.spacing:
-        rows.append(("training spacing", " x ".join(f"{s:g}" for s in spec.spacing) + " mm"))
-    provenance = (model.metadata or {}).get("provenance")
-    if provenance:
-        rows.append(("provenance", json.dumps(provenance, sort_keys=True)))
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "spec": spec.to_dict(),
-                    "sha256": rows[1][1],
-                    "parameters": parameter_count(model),
-                    "gates": [g.__dict__ for g in spec.gates],
-                },
-                indent=2,
-                default=list,
-            )
-        )
-        return 0
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    return 0
-
-
-def _orientation_arg(text: str) -> str:
-    from .models.spec import valid_orientation
-
-    value = text if text in ("native", "display") else text.upper()
-    if not valid_orientation(value):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an axis code such as RAS or LPS, nor 'native' or 'display'"
-        )
-    return value
-
-
-def _parse_normalization(text: str | None) -> dict | None:
-    """'zscore', 'none', 'percentile:0.5,99.5' or 'ct:-160,240' (a window in HU)."""
-    if text is None:
-        return None
-    mode, _, values = text.partition(":")
-    out: dict = {"mode": mode}
-    if mode == "range":
-        # range:a_min,a_max[,b_min,b_max[,noclip]], as MONAI's ScaleIntensityRanged
-        parts = values.split(",")
-        clip = parts[-1].strip().lower() != "noclip"
-        numbers = [float(v) for v in (parts if clip else parts[:-1])]
-        if len(numbers) not in (2, 4):
-            raise ValueError(f"--normalization {text!r}: give a_min,a_max[,b_min,b_max[,noclip]]")
-        out.update(window=numbers[:2], target=numbers[2:] or [0.0, 1.0], clip=clip)
-        return out
-    if values:
-        numbers = [float(v) for v in values.split(",")]
-        if len(numbers) != 2:
-            raise ValueError(f"--normalization {text!r}: give two numbers after the colon")
-        out["window" if mode == "ct" else "percentiles"] = numbers
-    return out
-
-
-def _convert(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model, save_model, sha256
-
-    overrides = {}
-    if args.gate_mode:
-        overrides["gate_mode"] = args.gate_mode
-    if args.align_corners:
-        overrides["align_corners"] = True
-    if args.strides:
-        overrides["strides"] = [int(s) for s in args.strides.split(",")]
-    if args.output:
-        overrides["output"] = args.output
-    if args.axes:
-        overrides["axes"] = args.axes
-    if args.orientation:
-        overrides["orientation"] = args.orientation
-    model = load_model(args.checkpoint, family=args.family, overrides=overrides or None)
-    codes = None
-    if args.class_codes:
-        from .dicom_seg import parse_class_codes
-
-        codes = parse_class_codes(args.class_codes, args.class_names or model.spec.class_labels)
-    out = save_model(
-        model,
-        args.out,
-        class_names=args.class_names,
-        normalization=_parse_normalization(args.normalization),
-        spacing=args.spacing,
-        provenance={
-            "converted_from": str(model.source),
-            "source_sha256": sha256(model.source),
-            "source_family": model.spec.family,
-        },
-        class_codes=codes,
-    )
-    print(f"wrote {out}: {load_model(out).spec.summary()}")
-    return 0
-
-
-def _predict_options(args: argparse.Namespace, spec) -> dict:
-    """Every option checked before any scan is read: an error names the option."""
-    from .errors import InputError
-    from .inference.devices import resolve_device, resolve_precision
-    from .inference.preprocess import Normalization
-    from .inference.runtime import runtime_device
-
-    try:
-        normalization = _parse_normalization(args.normalization)
-        if normalization is not None:
-            Normalization.parse(normalization)
-    except InputError as exc:
-        raise InputError(f"--normalization {args.normalization!r}: {exc}") from None
-    except ValueError as exc:
-        raise InputError(
-            f"--normalization {args.normalization!r} is not understood "
-            f"({str(exc).rstrip('.')}); give numbers after the colon, as in "
-            "ct:-160,240 or percentile:0.5,99.5."
-        ) from None
-    try:
-        device = resolve_device(runtime_device("auto", args.device, args.precision))  # int8: the CPU
-    except InputError as exc:
-        raise InputError(f"--device {args.device}: {exc}") from None
-    try:
-        resolve_precision(args.precision, device)
-    except InputError as exc:
-        raise InputError(f"--precision {args.precision}: {exc}") from None
-    if getattr(args, "calibrate", None) is not None:
-        if args.precision != "int8":
-            raise InputError("--calibrate is for --precision int8; add it, or leave --calibrate out.")
-        from .inference.quantize import scan_files
-
-        scan_files(args.calibrate)  # a folder with scans, before any is run
-    if args.thresholds is not None and len(args.thresholds) not in (1, spec.out_channels):
-        raise InputError(
-            f"--thresholds: {len(args.thresholds)} values given, but the model has "
-            f"{spec.out_channels} classes ({', '.join(spec.class_labels)}); give one "
-            "per class."
-        )
-    if args.tile is not None and (len(args.tile) not in (1, spec.spatial_dims) or min(args.tile) <= 0):
-        raise InputError(
-            f"--tile {' '.join(map(str, args.tile))}: give one positive size or "
-            f"{spec.spatial_dims} (one per axis of this {spec.spatial_dims}D model)."
-        )
-    if not 0.0 <= args.overlap < 1.0:
-        raise InputError(f"--overlap {args.overlap:g}: give a fraction in [0, 1).")
-    if args.min_size < 0:
-        raise InputError(f"--min-size {args.min_size}: give a number of voxels, 0 or more.")
-    if getattr(args, "reference", None):
-        from .review.references import check_folder
-
-        check_folder(args.reference)
-    if getattr(args, "structures", False) and not (
-        0.0 <= args.uncertain_over <= 1.0 and args.structure_min_ml >= 0
-    ):
-        raise InputError(
-            "--uncertain-over takes a level in [0, 1] and --structure-min-ml a volume of 0 mL or more."
-        )
-    return {
-        "normalization": normalization,
-        "tile": None if args.tile is None else (args.tile[0] if len(args.tile) == 1 else tuple(args.tile)),
-    }
-
-
-def _output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
-    """The files ``predict`` writes for one scan, known before it runs."""
-    images, seg = _formats(args)
-    names = [f"{name}_seg.dcm"] if seg else []
-    for suffix in images or [args.format]:
-        if suffix in images:
-            names.append(f"{name}_labels{suffix}")
-        if args.attention:
-            for k, gate in enumerate(spec.gates, start=1):
-                for h in range(gate.heads):
-                    names.append(f"{name}_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "") + suffix)
-        if args.uncertainty:
-            names.append(f"{name}_uncertainty{suffix}")
-        if args.probabilities:
-            for cname in spec.class_labels:
-                names.append(f"{name}_prob_{_safe(cname)}{suffix}")
-    if getattr(args, "structures", False):
-        names.append(f"{name}_structures.csv")
-    return names
-
-
-def _formats(args: argparse.Namespace) -> tuple[list[str], bool]:
-    """The image formats asked for (labels in each; with dicom-seg alone, the other outputs
-    asked for go to ``args.format``, .nii.gz by default), and whether a DICOM SEG is."""
-    formats = getattr(args, "formats", None) or [args.format]
-    return [f for f in dict.fromkeys(formats) if f != "dicom-seg"], "dicom-seg" in formats
-
-
-class _FormatAction(argparse.Action):
-    """``--format`` may be repeated: ``formats`` lists every one, ``format`` keeps the last
-    image format (what the store and cohort code reads)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        namespace.formats = [*(getattr(namespace, "formats", None) or []), values]
-        if values != "dicom-seg":
-            namespace.format = values
-
-
-def _check_formats(args: argparse.Namespace) -> None:
-    from .errors import InputError
-
-    images, seg = _formats(args)
-    store = "zarr" in images or str(args.output).rstrip("/").endswith(".zarr")
-    if store and (seg or len(images) > 1):
-        raise InputError(
-            "--format zarr (or an -o ending in .zarr) writes one store per scan and cannot be combined "
-            "with other formats; run predict once per format."
-        )
-    if getattr(args, "seg_type", "binary") != "binary" and not seg:
-        raise InputError(
-            f"--seg-type {args.seg_type} applies to --format dicom-seg; add it, or leave it out."
-        )
-    if seg:
-        from .dicom_seg import require_highdicom
-
-        require_highdicom("--format dicom-seg")
-
-
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in text)
-
-
 def _predict(args: argparse.Namespace) -> int:
-    """Each scan in turn; a bad one gets one line on stderr and the next one runs.
+    """``predict``: on this machine scan by scan, or a cohort (a scheduler, or zarr stores)."""
+    from .commands import cohort, predict
 
-    Outputs never replace existing files without --overwrite, two inputs never share output
-    names, and a scan's files appear together or not at all (see ``outputs``).
-    """
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from . import io, outputs
-    from .checkpoint import load_model
-    from .inference import iter_predict
-    from .inference.postprocess import gate_on_image_grid
-
-    _check_formats(args)
-    if (
-        getattr(args, "scheduler", None)
-        or args.format == "zarr"
-        or str(args.output).rstrip("/").endswith(".zarr")
-    ):
-        from .cohort import run
-
-        zarr = args.format == "zarr" or str(args.output).rstrip("/").endswith(".zarr")
-        given = [o for o in ("structures", "reference") if getattr(args, o, None)]
-        if zarr and given:
-            from .errors import InputError
-
-            raise InputError(
-                f"--{given[0]} needs file outputs (--format .nii.gz and a folder as -o), not zarr."
-            )
-        return run(args)
-    model = getattr(args, "model", None) or load_model(args.checkpoint)
-    spec = model.spec
-    options = _predict_options(args, spec)
-    thresholds = args.thresholds
-    if thresholds is not None and len(thresholds) == 1:
-        thresholds = thresholds[0]
-    outdir = outputs.check_folder(args.output, "-o/--output")
-    names = getattr(args, "names", None) or outputs.unique_names(args.scans, io._stem)
-    images, seg = _formats(args)
-    if seg:
-        from .dicom_seg import Algorithm, check_scan, write_run
-
-        algorithm = Algorithm.of_checkpoint(args.checkpoint)
-    failures = 0
-    for scan, name in zip(args.scans, names, strict=True):
-        try:
-            source = check_scan(scan) if seg else None  # before the run: it needs DICOM with UIDs
-            planned = _output_names(name, spec, args)
-            if not args.overwrite:
-                for planned_name in planned:
-                    outputs.check_target(outdir / planned_name, False)
-            volume = io.read(scan)
-            with tqdm(total=1, desc=name, unit="batch", leave=False, disable=args.quiet) as bar:
-                steps = iter_predict(volume, model, **run_options(args, options, scan))
-                pred = _follow(steps, bar, name, args.quiet)
-            for note in volume.notes:  # after the run: a scan that fails gets one line only
-                print(note, file=sys.stderr)
-            for note in [n for n in pred.notes if "int8" in n and not args.quiet]:  # the guard's figures
-                print(f"{name}: {note}", file=sys.stderr)
-            labels = pred.labels(thresholds, min_size=args.min_size, fill_holes=args.fill_holes)
-            scores = _scores(args, scan, name, labels, volume, pred)
-            seg_notes: list[str] = []
-            with outputs.staged(outdir, args.overwrite) as stage:
-                if seg:
-                    seg_notes = write_run(
-                        stage, f"{name}_seg.dcm", labels, volume, pred, args.seg_type, algorithm, source
-                    )
-                for suffix in images or [args.format]:
-                    if suffix in images:
-                        io.write_staged(stage, f"{name}_labels{suffix}", labels, volume)
-                    if args.attention:
-                        for k, gate in enumerate(pred.gates, start=1):
-                            for h in range(gate.heads):
-                                tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
-                                io.write_staged(
-                                    stage,
-                                    f"{name}{tag}{suffix}",
-                                    gate_on_image_grid(gate, labels.shape, h),
-                                    volume,
-                                )
-                    if args.uncertainty:
-                        io.write_staged(stage, f"{name}_uncertainty{suffix}", pred.uncertainty, volume)
-                    if args.probabilities:
-                        probs = pred.probabilities
-                        for c, cname in enumerate(pred.class_names):
-                            io.write_staged(stage, f"{name}_prob_{_safe(cname)}{suffix}", probs[c], volume)
-                if getattr(args, "structures", False):
-                    _write_structures(stage, name, labels, pred, volume, args)
-            for note in seg_notes:
-                print(f"{name}: {note}", file=sys.stderr)
-            full_path = str(Path(scan).expanduser().absolute())
-            rows = [
-                (name, cname, f"{ml:.3f}", full_path, *scores.get(cname, ()))
-                for cname, ml in pred.volumes_ml(labels, volume.spacing).items()
-            ]
-            outputs.merge_volumes(outdir / "volumes.csv", rows)  # per scan: an interrupt keeps it
-            if not args.quiet:
-                print(done_line(name, labels.shape, pred, outdir))
-        except (ValueError, OSError) as exc:
-            failures += 1
-            print(f"napari-attunet predict: {_sentence(exc)}", file=sys.stderr)
-        except Exception as exc:  # noqa: BLE001 - one line per scan, the next one runs
-            failures += 1
-            print(
-                f"napari-attunet predict: {scan}: failed ({_sentence(exc)}); nothing was written for it.",
-                file=sys.stderr,
-            )
-    if getattr(args, "reference", None) and not args.quiet:
-        print_reference_summary(outdir / "volumes.csv", args.scans)
-    return 1 if failures else 0
-
-
-def _scores(args: argparse.Namespace, scan, name: str, labels, volume, pred) -> dict[str, list[str]]:
-    """With --reference: the metric cells per class against the scan's reference, or {}."""
-    if not getattr(args, "reference", None):
-        return {}
-    from .review import references
-
-    found = references.find(args.reference, scan, name)
-    if found is None:
-        print(f"{name}: no reference in {args.reference}; its rows have no metrics.", file=sys.stderr)
-        return {}
-    cells, notes = references.scores(found, labels, volume, pred.label_names)
-    for note in notes:
-        print(f"{name}: {note}", file=sys.stderr)
-    return cells
-
-
-def print_reference_summary(table, scans) -> None:
-    """The mean and median per class of this run's scans, from volumes.csv."""
-    from pathlib import Path
-
-    from .review.references import summary
-
-    text = summary(table, [str(Path(s).expanduser().absolute()) for s in scans])
-    if text:
-        print(text)
-
-
-def _write_structures(stage, name: str, labels, pred, volume, args: argparse.Namespace) -> None:
-    """``<name>_structures.csv``: each class and its components with their mean uncertainty."""
-    from .review.structures import structures, write_csv
-
-    rows = structures(
-        labels, pred.uncertainty, volume.spacing, pred.label_names, volume.affine, args.uncertain_over,
-        args.structure_min_ml,
-    )  # fmt: skip
-    stage.write(f"{name}_structures.csv", lambda target: write_csv(target, rows))
-
-
-def _follow(steps, bar, name: str, quiet: bool):
-    """Run ``iter_predict``'s steps: the bar follows the batches, and a conversion for this
-    CPU (tens of seconds, once per checkpoint) is said on stderr so a pause is not a hang."""
-    from .inference.quantize import CALIBRATING
-    from .inference.runtime_openvino import COMPILING
-
-    while True:
-        try:
-            step = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if step.stage == "predicting":
-            bar.total = step.total
-            bar.n = step.done
-            bar.refresh()
-        elif step.message in (COMPILING, CALIBRATING) and not quiet:
-            bar.write(f"{name}: {step.message}", file=sys.stderr)
-
-
-def run_options(args: argparse.Namespace, options: dict, scan) -> dict:
-    """The engine's options for one scan, from the command line (one place for `predict` and
-    the cohort's stores)."""
-    return dict(
-        orientation=args.orientation,
-        normalization=options["normalization"],
-        tile=options["tile"],
-        overlap=args.overlap,
-        device=args.device,
-        precision=args.precision,
-        tta=args.tta,
-        name=str(scan),
-        attention=args.attention,
-        runtime=args.runtime,
-        calibration=getattr(args, "calibrate", None),
-    )
-
-
-def done_line(name: str, shape, pred, target) -> str:
-    """The line printed when one scan is done."""
-    return (
-        f"{name}: {tuple(shape)} in {pred.seconds:.1f} s on {pred.device} "
-        f"({pred.precision}, {pred.runtime}) -> {target}"
-    )
-
-
-def _sentence(exc: BaseException) -> str:
-    """An exception as one line, without ``[Errno N]`` prefixes."""
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror.lower()}."
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return " ".join(lines)[:400] if lines else type(exc).__name__
-
-
-def _train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from .inference.preprocess import Normalization
-    from .training import TrainConfig, default_spec, train
-    from .training.data import find_pairs, load_case
-
-    if args.recipe == "mni152":
-        from .training.recipes import MNI_CLASSES, MNI_NORMALIZATION, mni152_cases
-
-        cases, summary = mni152_cases(Path(args.export) if args.export else None)
-        val, names, norm = cases, MNI_CLASSES, MNI_NORMALIZATION
-    else:
-        if not (args.images and args.labels):
-            raise ValueError("give --images and --labels folders, or --recipe mni152.")
-        norm = _parse_normalization(args.normalization) or {"mode": "zscore"}
-        cases = [
-            load_case(i, lab, Normalization.parse(norm)) for i, lab in find_pairs(args.images, args.labels)
-        ]
-        n_val = max(1, len(cases) // 5) if len(cases) > 1 else 0
-        val = cases[-n_val:] if n_val else cases
-        cases = cases[:-n_val] if n_val else cases
-        classes = int(max(c.labels.max() for c in cases + val)) + 1
-        names = args.class_names or ["background"] + [f"class {k}" for k in range(1, classes)]
-        summary = {
-            "images": str(args.images),
-            "labels": str(args.labels),
-            "train": [c.name for c in cases],
-            "validation": [c.name for c in val],
-        }
-    dims = cases[0].labels.ndim
-    spec = default_spec(dims, cases[0].image.shape[0], len(names), args.features, args.family, args.variant)
-    patch = tuple(args.patch or ((64,) * 3 if dims == 3 else (256,) * 2))
-    config = TrainConfig(
-        out=Path(args.output),
-        spec=spec,
-        patch=patch,
-        normalization=norm,
-        batch=args.batch,
-        epochs=args.epochs,
-        steps=args.steps,
-        lr=args.lr,
-        device=args.device,
-        precision=args.precision,
-        seed=args.seed,
-        resume=args.resume,
-    )
-    rank = int(__import__("os").environ.get("RANK", "0"))
-    bar = tqdm(total=args.epochs * args.steps, disable=args.quiet or rank != 0, unit="step")
-    steps = train(config, cases, val, names, summary)
-    while True:
-        try:
-            record = next(steps)
-        except StopIteration as stop:
-            result = stop.value
-            break
-        if record["kind"] == "step":
-            bar.n = record["epoch"] * args.steps + record["step"] + 1
-            bar.set_postfix(epoch=record["epoch"], loss=f"{record['loss']:.3f}", refresh=False)
-            bar.refresh()
-        elif rank == 0 and not args.quiet:
-            dice = ", ".join(f"{k} {v:.3f}" for k, v in record.get("dice", {}).items())
-            tqdm.write(
-                f"epoch {record['epoch']}: loss {record['loss']:.3f}; validation Dice "
-                f"{dice}{' (best, saved)' if record.get('best') else ''}"
-            )
-    bar.close()
-    if rank == 0 and not args.quiet:
-        print(f"best mean Dice {result['best_mean_dice']:.3f} -> {args.output}")
-    return 0
-
-
-def _evaluate(args: argparse.Namespace) -> int:
-    """A prediction against a reference: a table per foreground class, and the CSV."""
-    from .review import evaluate
-    from .review.table import check_csv, text, write_csv
-
-    if args.csv:
-        check_csv(args.csv, args.overwrite)
-    names = None
-    if args.checkpoint:
-        from .checkpoint import load_model
-
-        spec = load_model(args.checkpoint).spec
-        names = (("background",) if spec.output == "sigmoid" else ()) + spec.class_labels
-    rows = evaluate(args.prediction, args.reference, class_names=names)
-    for note in rows.notes + [r.note for r in rows if r.note]:
-        print(note, file=sys.stderr)
-    print(text(rows))
-    if args.csv:
-        print(f"-> {write_csv(args.csv, rows, args.overwrite)}")
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from .plugin.demo import run_demo
-
-    return run_demo(args.screenshot, args.checkpoint)
+    predict.check_formats(args)
+    predict.check_run_arguments(args)
+    if cohort.wanted(args):
+        return cohort.run(args)
+    return predict.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -585,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint")
     info.add_argument("--family", choices=FAMILIES)
     info.add_argument("--json", action="store_true", help="machine-readable output")
-    info.set_defaults(func=_info)
+    info.set_defaults(func=commands.info.info)
 
     conv = sub.add_parser("convert", help="turn any checkpoint into a native .safetensors")
     conv.add_argument("checkpoint")
@@ -622,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--output", choices=("softmax", "sigmoid"))
     conv.add_argument(
         "--orientation",
-        type=_orientation_arg,
+        type=orientation_arg,
         metavar="CODE",
         help="how the training pipeline laid scans out: an axis code such as RAS "
         "(MONAI's Orientationd) or LPS, 'native' (as each file stores it) or "
@@ -634,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="for orientation 'display' (and 2D networks): the order in which the "
         "network saw the displayed axes",
     )
-    conv.set_defaults(func=_convert)
+    conv.set_defaults(func=commands.info.convert)
 
     pred = sub.add_parser("predict", help="segment scans, writing labels, gates and volumes")
     pred.add_argument("scans", nargs="+", help="NIfTI, NRRD, MHA/MHD files or DICOM folders")
@@ -678,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument(
         "--orientation",
-        type=_orientation_arg,
+        type=orientation_arg,
         metavar="CODE",
         help="override the checkpoint's orientation for this run (see convert)",
     )
@@ -718,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--format",
         default=".nii.gz",
-        action=_FormatAction,
+        action=FormatAction,
         choices=(".nii.gz", ".nii", ".nrrd", ".mha", "zarr", "dicom-seg"),
         help="zarr: one OME-Zarr store per scan, written block by block (also when -o ends in .zarr); "
         "dicom-seg: a DICOM SEG of a DICOM series, <name>_seg.dcm (alone, other outputs asked for "
@@ -773,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT's .state.pt")
     tr.add_argument("-q", "--quiet", action="store_true")
-    tr.set_defaults(func=_train)
+    tr.set_defaults(func=commands.train.train)
 
     ev = sub.add_parser(
         "evaluate", help="Dice, HD95, ASSD and volumes of a prediction against a reference, per class"
@@ -785,12 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--checkpoint", help="name the classes as this checkpoint does")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --csv file")
-    ev.set_defaults(func=_evaluate)
+    ev.set_defaults(func=commands.evaluate.evaluate)
 
     demo = sub.add_parser("demo", help="napari with the MNI152 sample and the demo checkpoint")
     demo.add_argument("--screenshot", metavar="PNG", help="save the window after the run, and exit")
     demo.add_argument("--checkpoint", help="another checkpoint instead of the bundled demo")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=commands.demo.demo)
     return parser
 
 
@@ -800,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, OSError) as exc:  # our errors are ValueErrors; each is one sentence
-        print(f"napari-attunet {args.command}: {_sentence(exc)}", file=sys.stderr)
+        print(f"napari-attunet {args.command}: {sentence(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"napari-attunet {args.command}: interrupted", file=sys.stderr)

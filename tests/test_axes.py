@@ -67,7 +67,7 @@ def test_axes_round_trip_through_native_checkpoints(tmp_path):
 @pytest.mark.parametrize("stride, offset", [(2, 0.0), (4, 0.0), (2, 0.5), (4, 1.5)])
 def test_tta_gates_come_back_on_the_unflipped_grid(stride, offset):
     """A map sampled on a flipped tile, put back: each cell holds the value at its own centre."""
-    from napari_attunet.inference.engine import unflip_gate
+    from napari_attunet.inference.tta import unflip_gate
     from napari_attunet.models import GateGeometry
 
     tile, cells = 32, 32 // stride

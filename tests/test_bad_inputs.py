@@ -22,7 +22,7 @@ import pytest
 from helpers import CKPT_KEYS, SCAN_KEYS, X, _check_message, _with, snapshot
 
 import napari_attunet as na
-from napari_attunet.outputs import OutputError
+from napari_attunet.scans.outputs import OutputError
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -17,7 +17,8 @@ import pytest
 import SimpleITK as sitk
 from helpers import one_sentence, write_dicom_series
 
-from napari_attunet import InputError, dicom_tags, io
+from napari_attunet import InputError
+from napari_attunet.scans import dicom_tags, io
 
 DATA = oracle.DATA
 EXACT_MM = 0.01

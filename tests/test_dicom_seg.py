@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from helpers import BAD_TEXT, one_sentence, snapshot
 
-import napari_attunet.dicom_seg as dseg
+import napari_attunet.scans.dicom_seg as dseg
 from napari_attunet import io
 from napari_attunet.cli import main
 from napari_attunet.demo_data import DEMO_CHECKPOINT, DEMO_LABELS, DEMO_SCAN
 from napari_attunet.errors import InputError
-from napari_attunet.outputs import OutputExists
+from napari_attunet.scans.outputs import OutputExists
 
 pytest.importorskip("highdicom")
 pydicom = pytest.importorskip("pydicom")
@@ -622,7 +622,7 @@ def test_napari_prediction_saves_as_automatic_seg_naming_the_checkpoint(
 ):
     from helpers import _run_on_scan
 
-    from napari_attunet.checkpoint import sha256
+    from napari_attunet.models.checkpoint import sha256
 
     viewer, widget = _run_on_scan(make_napari_viewer, qtbot, DICOM / "axial", checkpoint)
     result = viewer.layers["axial attunet"]

@@ -367,8 +367,8 @@ def _check_structures_csv(path: pathlib.Path, demo) -> None:
 
 
 def test_structures_per_class_and_component():
-    from napari_attunet.geometry import compose
     from napari_attunet.review.structures import structures
+    from napari_attunet.scans.geometry import compose
 
     labels = np.zeros((10, 20, 20), np.uint8)
     labels[1:5, 2:10, 2:10] = 1  # 256 voxels

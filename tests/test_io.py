@@ -1,4 +1,4 @@
-"""Scans in and out: ``napari_attunet.io.read`` and ``io.write`` on real files written by
+"""Scans in and out: ``napari_attunet.scans.io.read`` and ``io.write`` on real files written by
 SimpleITK (NIfTI, NRRD, MHA/MHD), with non-trivial geometry, and bad files. DICOM series are
 in test_dicom.py.
 """

@@ -22,8 +22,8 @@ import SimpleITK as sitk
 from helpers import _fill, _no_staging, _tmpfs, make_model, official_spec, snapshot
 
 import napari_attunet as na
-from napari_attunet import io, outputs
 from napari_attunet.cli import main
+from napari_attunet.scans import io, outputs
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 CLASSES = ["background", "organ"]
@@ -119,7 +119,7 @@ def test_unique_names():
             "/z/scan.nrrd",
             "/w/dicom",
         ],
-        io._stem,
+        io.stem,
     )
     assert names == ["x_a_ct", "b_ct", "y_a_ct", "mr", "mr_2", "scan_nii_gz", "scan_nrrd", "dicom"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_attunet.checkpoint import detect
 from napari_attunet.inference.preprocess import resolve_normalization
 from napari_attunet.models import FAMILIES, REGISTRY, build, family
+from napari_attunet.models.checkpoint import detect
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

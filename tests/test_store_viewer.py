@@ -212,7 +212,7 @@ def test_store_backed_layers_fill_in_as_blocks_finish(
     unc = np.asarray(viewer.layers["lazy uncertainty"].data)
     assert np.abs(unc - expected.uncertainty).max() <= 0.5 / 255 + 1e-6
     expected_ml = expected.volumes_ml(expected.labels(), (2.0, 1.0, 1.0))
-    assert np.allclose(widget.volumes.value["data"][0][2], round(expected_ml["organ"], 3), atol=1e-3)
+    assert np.allclose(widget.volumes.value["data"][0][2], round(expected_ml["organ"], 1), atol=0.051)
     end = tmp_path / "store_run_end.png"  # looked at by hand
     viewer.screenshot(str(end), canvas_only=False)
 

@@ -33,7 +33,7 @@ import napari_attunet as na
 from napari_attunet.demo_data import DEMO_CHECKPOINT, DEMO_SCAN
 from napari_attunet.models import build
 from napari_attunet.phantom import make_phantom
-from napari_attunet.plugin.layers import LABEL_COLOURS
+from napari_attunet.plugin.layers import GATE_LINES, LABEL_COLOURS
 
 # Each test here runs with its own settings folder (never the user's recent checkpoints).
 pytestmark = pytest.mark.usefixtures("_isolated_config")
@@ -94,10 +94,11 @@ def test_widget_run_layers_alignment_thresholds(make_napari_viewer, qtbot, scan,
     model = na.load_model(checkpoint)
     for k, geometry in enumerate(model.spec.gates, start=1):
         gate = viewer.layers[f"patient gate {k}"]
-        # Translucent, transparent at the low end of its contrast range, opaque at the top.
+        # Iso-lines: opaque on its lines, transparent off them and at both ends of its range.
         lo, hi = gate.contrast_limits
         assert gate.blending == "translucent_no_depth" and 0.0 <= lo < hi <= 1.0
-        assert gate.colormap.map([0.0])[0, 3] == 0 and gate.colormap.map([1.0])[0, 3] == 1
+        alpha = gate.colormap.map([0.0, 1.0, *GATE_LINES, 0.3])[:, 3]
+        assert list(alpha[:2]) == [0, 0] and all(alpha[2:-1] > 0.9) and alpha[-1] == 0
         cell = np.array([1, 2, 3])
         voxel = np.asarray(geometry.offset) + np.asarray(geometry.stride) * cell
         np.testing.assert_allclose(gate.data_to_world(cell), image.data_to_world(voxel), atol=1e-6)
@@ -381,7 +382,7 @@ def test_demo_overlays_uncertainty_and_readout(make_napari_viewer, qtbot):
         expected = pred.uncertain_volumes_ml(labels.data, level, scan.scale)
         voxel = float(np.prod(scan.scale)) / 1000
         for row, cname in zip(data["data"], ("grey matter", "white matter"), strict=True):
-            assert row[column] == pytest.approx(expected[cname], abs=1e-3)
+            assert row[column] == pytest.approx(expected[cname], abs=0.05)  # one decimal
             assert expected[cname] == pytest.approx(
                 ((labels.data == pred.label_names.index(cname)) & (u > level)).sum() * voxel
             )

@@ -5,41 +5,40 @@ Each block is a Dask task that reads its region plus every window of the whole r
 it (see ``windows``: with resampling, on the whole run's resampled grid), runs the in-memory
 engine on that crop with the intensity statistics of the whole volume, and keeps its region.
 The crop's windows are the whole run's windows and the gate grids line up: the blocks agree
-with one in-memory run, with no seams."""
+with one in-memory run, with no seams.
+
+Blocks are whole chunks of the OME-Zarr store: along an axis they cut, their length is a
+multiple of a grain that is a multiple of a store chunk in [16, 128] and, where possible, of the
+window step and the stride (``store.block_grain``; the store module's docstring has the layout)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import math
-import queue
 import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
-from .lazy import LazySource, as_dask, as_seen, fit_lazy
+from .lazy import LazySource, as_dask, as_seen, fit_lazy, open_level, store_name
+from .options import RunOptions
 from .postprocess import GateMap, Prediction
-from .preprocess import check_spacing, check_tile, resolve_normalization
+from .preprocess import resolve_normalization
+from .progress import Progress, cancelled
+from .sinks import BlockResult, GateGrid, MemorySink
+from .store import block_grain, split_chunk
 from .tiling import round_up
 from .windows import AxisWindows, Part, axis_context, part, run_windows, windows_in
 
 BLOCK_BUDGET = 36 * 1024**2  # context voxels of one block: ~60 B each at its peak, ~2.6 GB in all
-
-
-@dataclass(frozen=True)
-class GateGrid:
-    """Where one gate's whole-volume grid lies, in scan voxels."""
-
-    heads: int
-    stride: tuple[float, ...]
-    offset: tuple[float, ...]
-    cells: tuple[int, ...]
-    name: str
 
 
 @dataclass
@@ -64,12 +63,15 @@ def plan(
     spacing=None,
     layout=None,
     attention: bool = True,
+    store: bool = False,
 ) -> Plan:
-    """Cut ``spatial`` into blocks, each with the context its windows need."""
+    """Cut ``spatial`` into blocks, each with the context its windows need. Blocks are whole
+    chunks of an OME-Zarr store (``store.py``'s docstring); ``store``: a ``block`` given by hand
+    is rounded up to whole chunks too (in memory it is taken as given, rounded to the unit)."""
     spec = model.spec
     run = run_windows(spatial, spec, tile=tile, overlap=overlap, spacing=spacing, layout=layout)
     spatial = run.spatial
-    sizes = _block_sizes(spatial, list(run.axes), block)
+    sizes = _block_sizes(spatial, list(run.axes), block, store)
     ranges = [range(0, n, b) for n, b in zip(spatial, sizes, strict=True)]
     blocks = [
         part(run, tuple(slice(s, min(s + b, n)) for s, b, n in zip(origin, sizes, spatial, strict=True)))
@@ -80,24 +82,34 @@ def plan(
     return Plan(spatial, run.tile, sizes, blocks, gates, run.stack, list(run.axes), run.perm)
 
 
-def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
+def _block_sizes(spatial, axes: list[AxisWindows], block, store: bool = False) -> tuple[int, ...]:
     """Block sizes per axis. On plane axes a multiple of the window step and stride, chosen so
     that the blocks together run the fewest windows (each block also runs the windows of its
     halo) while the largest block's context stays within ``BLOCK_BUDGET``; the whole volume when
-    it fits. Slice axes (a 2D network on a stack) fill up what is left of the budget."""
+    it fits. Slice axes (a 2D network on a stack) fill up what is left of the budget. Every
+    size is a multiple of its axis' grain (``store.block_grain``): blocks are whole store chunks."""
     units = [math.lcm(ax.step, ax.stride) if ax.tile else 1 for ax in axes]
+    grains = [block_grain(ax.step, ax.stride) if ax.tile else block_grain(1, 1) for ax in axes]
     if block is not None:
         block = (block,) * len(spatial) if isinstance(block, int) else tuple(block)
         block = block[-len(spatial) :]
-        return tuple(round_up(max(int(b), u), u) for b, u in zip(block, units, strict=True))
+        sizes = [round_up(max(int(b), u), u) for b, u in zip(block, units, strict=True)]
+        if store:  # whole chunks of at least 16: a length without a divisor in range is rounded up
+            sizes = [
+                b if b >= n or split_chunk(b) is not None else round_up(b, g)
+                for b, n, g in zip(sizes, spatial, grains, strict=True)
+            ]
+        return tuple(sizes)
     if int(np.prod(spatial)) <= BLOCK_BUDGET:
         return tuple(spatial)
     plane = [a for a, ax in enumerate(axes) if ax.tile]
-    options = [_axis_options(spatial[a], axes[a], units[a]) for a in plane]
+    options = [_axis_options(spatial[a], axes[a], grains[a]) for a in plane]
+    # a block holds at least a grain of slices (whole store chunks of at least 16)
+    depth = math.prod(min(n, g) for n, g, ax in zip(spatial, grains, axes, strict=True) if not ax.tile)
     best: tuple | None = None
     for combo in itertools.product(*options):
         windows = math.prod(w for _, w, _ in combo)
-        context = math.prod(c for _, _, c in combo)
+        context = math.prod(c for _, _, c in combo) * depth
         if context > BLOCK_BUDGET and best is not None and best[2] <= BLOCK_BUDGET:
             continue
         blocks = math.prod(-(-spatial[a] // b) for a, (b, _, _) in zip(plane, combo, strict=True))
@@ -115,17 +127,18 @@ def _block_sizes(spatial, axes: list[AxisWindows], block) -> tuple[int, ...]:
     sizes = list(spatial)
     for a, (b, _, _) in zip(plane, best[1], strict=True):
         sizes[a] = b
-    per_slice = max(1, best[2])
+    per_slice = max(1, best[2] // depth)
     for a, ax in enumerate(axes):
-        if not ax.tile:  # slices: as many as fit, a multiple of 16 from 16 on (whole store chunks)
-            count = max(1, min(spatial[a], BLOCK_BUDGET // per_slice))
-            sizes[a] = count // 16 * 16 if 16 <= count < spatial[a] else count
+        if not ax.tile:  # slices: as many as fit, whole store chunks (a multiple of the grain)
+            count = min(spatial[a], max(grains[a], BLOCK_BUDGET // per_slice))
+            sizes[a] = count if count >= spatial[a] else count // grains[a] * grains[a]
     return tuple(sizes)
 
 
 def _axis_options(n: int, ax: AxisWindows, unit: int) -> list[tuple[int, int, int]]:
     """(block size, windows its blocks run along the axis, largest context along the axis) for
-    each block size worth trying on one plane axis (multiples of ``unit`` up to the axis)."""
+    each block size worth trying on one plane axis (multiples of ``unit``, the axis' grain, up
+    to the axis)."""
     assert ax.tile is not None
     best: dict[int, tuple[int, int, int]] = {}
     for b in range(unit, round_up(n, unit) + 1, unit):
@@ -178,18 +191,6 @@ def _gate_grids(spec, spatial, plane, perm, layout, factors, stack) -> list[Gate
             cells = tuple(cells[p] for p in inv)
         grids.append(GateGrid(g.heads, tuple(stride), tuple(offset), tuple(cells), f"gate {k}"))
     return grids
-
-
-def gate_window(grid: GateGrid, region: Sequence[slice], local: GateMap):
-    """(slices into the whole gate grid, slices into ``local``) for one block's gate map."""
-    dst, src = [], []
-    for a, (sl, s, o, n) in enumerate(zip(region, grid.stride, grid.offset, grid.cells, strict=True)):
-        first = int(round((sl.start + local.offset[a] - o) / s))
-        count = local.data.shape[1 + a]
-        lo, hi = max(0, first), min(n, first + count)
-        dst.append(slice(lo, max(lo, hi)))
-        src.append(slice(lo - first, lo - first + max(0, hi - lo)))
-    return (slice(None),) + tuple(dst), (slice(None),) + tuple(src)
 
 
 # ---- the model on workers ----------------------------------------------------------------------
@@ -258,46 +259,6 @@ def load_payload(payload: bytes) -> AttentionUNetBase:
     return model.eval()
 
 
-# ---- sinks: where block results go -------------------------------------------------------------
-
-
-@dataclass
-class BlockResult:
-    """What one block produced (None fields once a sink on the worker has written them)."""
-
-    region: tuple[slice, ...]
-    quantized: np.ndarray | None = None
-    disagreement: np.ndarray | None = None
-    gates: list[GateMap] = field(default_factory=list)
-    counts: np.ndarray | None = None  # voxels per label value (written stores)
-    device: str = "cpu"
-    precision: str = "fp32"
-    runtime: str = "torch"
-
-
-class MemorySink:
-    """Whole-volume uint8 probabilities and float32 gate maps in memory."""
-
-    on_worker = True  # threads share the buffers; a remote worker returns its arrays instead
-
-    def __init__(self, channels: int, spatial, gates: list[GateGrid], tta: bool):
-        self.quantized = np.zeros((channels,) + tuple(spatial), np.uint8)
-        self.disagreement = np.zeros(tuple(spatial), np.uint8) if tta else None
-        self.gates = [np.zeros((g.heads,) + g.cells, np.float32) for g in gates]
-        self.grids = gates
-
-    def write(self, result: BlockResult) -> BlockResult:
-        region = result.region
-        assert result.quantized is not None  # a block that ran, not one written elsewhere
-        self.quantized[(slice(None),) + region] = result.quantized
-        if self.disagreement is not None and result.disagreement is not None:
-            self.disagreement[region] = np.asarray(result.disagreement)
-        for buf, grid, gate in zip(self.gates, self.grids, result.gates, strict=True):
-            dst, src = gate_window(grid, region, gate)
-            buf[dst] = gate.data[src]
-        return BlockResult(region, device=result.device, precision=result.precision, runtime=result.runtime)
-
-
 # ---- one block ---------------------------------------------------------------------------------
 
 
@@ -307,8 +268,7 @@ class Job:
 
     model: ModelRef
     intensity: list | None  # None: the block is the whole volume and fits its own
-    options: dict
-    channel_axis: int | None
+    options: RunOptions  # what each block runs with (``RunOptions.for_blocks``)
     sink: Any
     cancel: Any = None
     shape: tuple[int, ...] = ()  # the whole volume's spatial shape
@@ -316,21 +276,20 @@ class Job:
 
 def run_block(crop: np.ndarray, block: Part, job: Job) -> BlockResult:
     """Predict one block (its context read into ``crop``) and hand its interior to the sink."""
-    from .engine import predict
-    from .progress import cancelled as _cancelled
+    from .local import drive, iter_local
 
-    if _cancelled(job.cancel):
+    if cancelled(job.cancel):
         raise Cancelled("cancelled")
     # The crop runs whole (its windows are the whole run's) and its interior is kept.
-    pred = predict(
+    steps = iter_local(
         np.asarray(crop),
         job.model.get(),
-        channel_axis=job.channel_axis,
-        intensity=job.intensity,
+        job.options,
         cancel=job.cancel,
+        intensity=job.intensity,
         grid=block.grid,
-        **job.options,
     )
+    pred = drive(steps)
     quantized = np.ascontiguousarray(pred.quantized[(slice(None),) + tuple(block.inner)])
     disagreement = None
     if pred.disagreement is not None:
@@ -371,93 +330,47 @@ def _crop_gate(gate: GateMap, block: Part, shape) -> GateMap:
 
 
 def iter_blockwise(
-    image,
-    model: AttentionUNetBase,
-    *,
-    spacing=None,
-    channel_axis=None,
-    normalization=None,
-    tile=None,
-    overlap: float = 0.5,
-    device: str = "auto",
-    precision: str = "auto",
-    tta: bool = False,
-    cancel=None,
-    batch_size=None,
-    attention: bool = True,
-    name: str = "the image",
-    fold_batchnorm: bool = True,
-    channels_last: bool = True,
-    affine=None,
-    file_orientation=None,
-    orientation=None,
-    out=None,
-    scheduler=None,
-    block=None,
-    workers: int | None = None,
-    thresholds=None,
-    region=None,
-    runtime: str = "auto",
+    image, model: AttentionUNetBase, options: RunOptions, *, cancel=None
 ) -> Generator[Any, None, Prediction]:
     """``iter_predict`` for lazy images and stores: yields Progress, returns a Prediction."""
-    from .engine import Progress
     from .orientation import network_layout
 
     started = time.perf_counter()
     spec = model.spec
-    origin = None
-    if hasattr(image, "array") and hasattr(image, "affine"):  # an io.Volume
-        spacing = image.spacing if spacing is None else spacing
-        affine = image.affine if affine is None else affine
-        file_orientation = file_orientation or image.source.get("orientation")
-        origin = tuple(image.origin)
-        image = image.array
-    if not 0.0 <= overlap < 1.0:
-        raise InputError(f"overlap must be in [0, 1), not {overlap}.")
-    spacing = check_spacing(spacing, name)
-    tile = check_tile(tile, spec.spatial_dims)
+    image, options, origin = options.with_volume(image)
+    name = options.name
+    image, spacing, channel_axis = open_level(image, options.spacing, options.channel_axis, name)
+    options = options.replace(spacing=spacing, channel_axis=channel_axis).checked(spec)
+    spacing, out, overlap, region = options.spacing, options.out, options.overlap, options.region
     if out is not None:
         from .store import check_free
 
-        check_free(out)
-    source = LazySource(image, spec, channel_axis, name)
+        check_free(out, options.overwrite)
+    source = LazySource(image, spec, options.channel_axis, name)
     spatial = source.spatial
+    affine = options.affine
     if affine is not None and np.shape(affine) != (len(spatial) + 1,) * 2:
         raise InputError(
             f"{name}: affine must be {len(spatial) + 1}x{len(spatial) + 1} for an "
             f"image with {len(spatial)} spatial axes, not {np.shape(affine)}."
         )
-    layout = network_layout(spec, len(spatial), affine, file_orientation, orientation)
-    norm = resolve_normalization(normalization, spec)
+    layout = network_layout(spec, len(spatial), affine, options.file_orientation, options.orientation)
+    norm = resolve_normalization(options.normalization, spec)
     layout_arg = None if layout.identity else layout
     work = plan(
         spatial,
         model,
-        tile=tile,
-        block=block,
+        tile=options.tile,
+        block=options.block,
         overlap=overlap,
         spacing=spacing,
         layout=layout_arg,
-        attention=attention,
+        attention=options.attention,
+        store=out is not None,
     )
-    options = dict(
-        spacing=spacing,
-        normalization=normalization,  # fitted by the engine when a block is the whole volume
-        tile=work.tile,
-        overlap=overlap,
-        device=device,
-        precision=precision,
-        tta=tta,
-        batch_size=batch_size,
-        attention=attention,
-        name=name,
-        fold_batchnorm=fold_batchnorm,
-        channels_last=channels_last,
-        affine=affine,
-        file_orientation=file_orientation,
-        orientation=orientation,
-        runtime=runtime,
-    )
+    if out is None and region is None:
+        _check_result_memory(work, spec, options.tta, store_name(source.image, name))
+    block_options = options.for_blocks(work.tile, source.channel_axis)
     if region is not None:  # one block: the region and its context, read alone
         if out is not None:
             raise InputError("a region is predicted in memory; leave out= unset for it.")
@@ -468,7 +381,7 @@ def iter_blockwise(
         yield Progress(
             "predicting", 0, 1, f"the region and its context, {tuple(o.stop - o.start for o in crop.outer)}"
         )
-        job = Job(ModelRef(model), intensity, options, source.channel_axis, None, cancel, tuple(spatial))
+        job = Job(ModelRef(model), intensity, block_options, None, cancel, tuple(spatial))
         result = run_block(source.read(crop.outer), crop, job)
         yield Progress("predicting", 1, 1)
         assert result.quantized is not None
@@ -485,7 +398,7 @@ def iter_blockwise(
             result.gates,
             [note],
         )
-    client, owned = _client(scheduler)
+    client, owned = _client(options.scheduler)
     try:
         # One block on this machine's threads is the whole volume, read once: the engine takes
         # its statistics from it as an in-memory run does. Otherwise a pass over the chunks first.
@@ -495,21 +408,7 @@ def iter_blockwise(
             intensity = fit_lazy(as_seen(source, work.axes, work.perm), norm)
         return (
             yield from _run(
-                source,
-                model,
-                work,
-                options,
-                intensity,
-                client,
-                out,
-                spacing,
-                origin,
-                tta,
-                thresholds,
-                name,
-                cancel,
-                workers,
-                started,
+                source, model, work, options, block_options, intensity, client, origin, cancel, started
             )
         )
     finally:
@@ -523,68 +422,73 @@ def _run(
     source,
     model,
     work,
-    options,
+    options: RunOptions,
+    block_options: RunOptions,
     intensity,
     client,
-    out,
-    spacing,
     origin,
-    tta,
-    thresholds,
-    name,
     cancel,
-    workers,
     started,
 ) -> Generator[Any, None, Prediction]:
-    from .engine import Progress
-
+    out, spacing, name, tta, overlap = (
+        options.out,
+        options.spacing,
+        options.name,
+        options.tta,
+        options.overlap,
+    )
     spec = model.spec
-    overlap = options["overlap"]
+    sink: Any
     if out is not None:
         from .store import ZarrSink
 
-        sink = ZarrSink.create(out, spec, work, spacing, origin, tta, thresholds, name, options["affine"])
+        sink = ZarrSink.create(options, spec, work, origin)
     else:
         sink = MemorySink(spec.out_channels, work.spatial, work.gates, tta)
         sink.on_worker = client is None
-    results: list[BlockResult] = []
+    first: BlockResult | None = None
+    finished: Any = iter(())
     try:
+        stop = _stop_event(client)
         job = Job(
             ModelRef(model),
             intensity,
-            options,
-            source.channel_axis,
+            block_options,
             sink if sink.on_worker else None,
-            cancel if client is None else None,
+            Stop(cancel if client is None else None, stop),
             tuple(work.spatial),
         )
         total = len(work.blocks)
-        if client is None and total == 1:  # nothing to schedule
+        if client is None and total == 1 and out is None:  # nothing to schedule, nothing to remove
             finished = _direct(source, work.blocks[0], job)
+        elif client is None:  # a store is written from threads: Ctrl-C reaches this one at once
+            calls = [functools.partial(_read_and_run, source, b, job) for b in work.blocks]
+            finished = _threads(calls, options.workers or 1, stop)
         else:
-            job_arg = job if client is None else client.scatter(job, broadcast=True, hash=False)
-            data = None if client is None else as_dask(source.image)
-            tasks = [_task(data, source, b, job_arg) for b in work.blocks]
-            finished = _execute(tasks, client, workers, cancel)
+            job_arg = client.scatter(job, broadcast=True, hash=False)
+            data = as_dask(source.image, name)
+            finished = _execute([_task(data, source, b, job_arg) for b in work.blocks], client, cancel, stop)
         yield Progress(
             "predicting", 0, total, f"{total} blocks of {work.block} voxels (tiles of {work.tile})"
         )
         for done, result in enumerate(finished, start=1):
-            if not sink.on_worker:
-                result = sink.write(result)
-            elif result.gates and out is not None:
-                sink.write_shared(result)
-            results.append(result)
+            sink.aggregate(result, result.region)
+            first = first or result  # device, precision and runtime as the first block reports them
             yield Progress("predicting", done, total)
     except Cancelled:
+        finished.close()  # no block runs any more: nothing writes into the store removed here
         if out is not None:
             sink.discard()
         raise Cancelled(f"prediction on {name} was cancelled; no result was kept.") from None
-    except BaseException:
+    except BaseException as exc:
+        finished.close()
         if out is not None:
+            from .store import _write_error, is_write_error
+
             sink.discard()
+            if isinstance(exc, OSError) and is_write_error(exc, sink):
+                raise _write_error(Path(sink.path), exc) from None
         raise
-    first = results[0] if results else BlockResult(())
     runs, once = window_count(work)
     where = "on Dask" if client is not None or total > 1 else "in this process"
     notes = [
@@ -592,14 +496,29 @@ def _run(
     ]
     if out is not None:
         yield Progress("stitching", total, total, "finishing the store")
-        sink.finish(results)
-        quantized, disagreement = sink.probabilities(), sink.disagreement_array()
-        gate_data = sink.gate_arrays()
+    quantized, disagreement, gate_data = sink.finalize()
+    if out is not None:
         notes += [f"written to {sink.path}", *sink.notes]
-    else:
-        quantized, disagreement, gate_data = sink.quantized, sink.disagreement, sink.gates
     gates = [GateMap(d, g.stride, g.offset, g.name) for d, g in zip(gate_data, work.gates, strict=True)]
-    return _prediction(spec, work, spacing, overlap, started, first, quantized, disagreement, gates, notes)
+    return _prediction(
+        spec, work, spacing, overlap, started, first or BlockResult(()), quantized, disagreement, gates, notes
+    )
+
+
+def _check_result_memory(work: Plan, spec, tta: bool, name: str) -> None:
+    """Before anything is read: a result held in memory (probabilities, labels, gate maps) that
+    would not fit is refused, with the store that would hold it instead."""
+    from ..limits import refuse_over
+
+    voxels = math.prod(work.spatial)
+    needed = voxels * (spec.out_channels + 1 + int(tta))
+    needed += sum(4 * g.heads * math.prod(g.cells) for g in work.gates)
+    refuse_over(
+        needed,
+        f"{name}: the result of {'x'.join(map(str, work.spatial))} voxels held in memory",
+        "pass out='result.zarr' (or -o result.zarr) to write it block by block to an OME-Zarr store.",
+        InputError,
+    )
 
 
 def _prediction(
@@ -667,61 +586,75 @@ def _client(scheduler):
     return connect(scheduler), True
 
 
-def _execute(tasks, client, workers, cancel):
-    """Yield each task's result as it finishes."""
-    if client is not None:
-        from distributed import as_completed
+class Stop:
+    """What a block checks between batches: the user's cancel, or this run's own stop (set when
+    the run ends early: an error, an interrupt, a cancel seen by the caller). Picklable when its
+    parts are (on a cluster: a ``distributed.Event``)."""
 
-        futures = client.compute(tasks)
-        try:
-            for future in as_completed(futures):
-                if cancel is not None and _is_set(cancel):
-                    raise Cancelled("cancelled")
+    def __init__(self, cancel, own):
+        self.cancel, self.own = cancel, own
+
+    def is_set(self) -> bool:
+        return bool(self.own.is_set()) or cancelled(self.cancel)
+
+
+def _stop_event(client):
+    """This run's stop: a threading.Event, or on a cluster an Event its workers can see."""
+    if client is None:
+        return threading.Event()
+    import uuid
+
+    from distributed import Event
+
+    return Event(f"attunet-stop-{uuid.uuid4().hex}", client=client)
+
+
+STOP_WAIT = 120.0  # seconds a cluster's running blocks get to see the stop and end
+
+
+def _execute(tasks, client, cancel, stop):
+    """Yield each task's result as it finishes on the cluster. Leaving early sets ``stop`` and
+    waits until no block runs any more (they end at their next batch): none may write into a
+    store that is being removed."""
+    from distributed import as_completed, wait
+
+    futures = client.compute(tasks)
+    try:
+        done = as_completed(futures)
+        while not done.is_empty():
+            if cancelled(cancel):
+                raise Cancelled("cancelled")
+            if not done.has_ready():
+                time.sleep(0.05)
+                continue
+            for future in done.next_batch(block=False):
                 yield future.result()
                 future.release()
-        finally:
-            client.cancel(futures)
-        return
-    yield from _threads(tasks, workers or 1, cancel)
-
-
-def _is_set(cancel) -> bool:
-    from .progress import cancelled as _cancelled
-
-    return _cancelled(cancel)
-
-
-def _threads(tasks, workers: int, cancel):
-    """Dask's threaded scheduler in a background thread, results reported as tasks end."""
-    import dask
-    from dask.callbacks import Callback
-
-    done: queue.Queue = queue.Queue()
-    keys = {t.key for t in tasks}
-
-    class Report(Callback):
-        def _posttask(self, key, result, dsk, state, worker_id):
-            if key in keys:
-                done.put(("result", result))
-
-    def work():
-        try:
-            with Report():
-                dask.compute(*tasks, scheduler="threads", num_workers=workers)
-            done.put(("end", None))
-        except BaseException as exc:  # handed to the consumer
-            done.put(("error", exc))
-
-    thread = threading.Thread(target=work, name="attunet-blocks", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = done.get()
-            if kind == "result":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
     finally:
-        thread.join()
+        with contextlib.suppress(Exception):  # a scheduler that is gone has nothing to stop
+            if any(f.status == "pending" for f in futures):
+                stop.set()
+                wait(futures, timeout=STOP_WAIT)
+        with contextlib.suppress(Exception):
+            client.cancel(futures)
+
+
+def _threads(calls, workers: int, stop: threading.Event):
+    """Each block on a pool of ``workers`` threads, results yielded as blocks end. Leaving early
+    (an error, Ctrl-C, a cancel, the consumer closing this) sets ``stop``: blocks not started
+    never start, running ones end at their next batch, and this returns once none runs."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attunet-blocks")
+    pending: set = set()
+    try:
+        pending = {pool.submit(call) for call in calls}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+    finally:
+        stop.set()
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import InputError
 from ..models import GateGeometry
+from .options import RunOptions
 from .orientation import Layout
 from .plan import Plan
 from .postprocess import GateMap, keep_argmax, quantize
@@ -23,21 +24,18 @@ def finish(
     blended: torch.Tensor,
     gate_sums: list[torch.Tensor],
     spec,
-    *,
-    tta: bool,
-    attention: bool,
-    name: str,
+    options: RunOptions,
 ) -> tuple[np.ndarray, list[GateMap]]:
     """Crop the padding, resample and lay out back on the input's grid, quantize."""
     if len(plan.scan_shape) == spec.spatial_dims:  # the leading axis was the Stitcher's alone
         blended, gate_sums = blended[:, 0], [g[:, 0] for g in gate_sums]
     blended = blended[(Ellipsis,) + tuple(slice(0, n) for n in plan.plane)]
-    probs = blended if tta else activation(blended, spec.output, 0)
+    probs = blended if options.tta else activation(blended, spec.output, 0)
     if plan.factors is not None:
         probs = resample_back(probs, plan.factors, plan.image_shape, plan.window)
     gate_maps = _gate_maps(
         gate_sums,
-        spec.gates if attention else (),
+        spec.gates if options.attention else (),
         plan.plane,
         plan.factors,
         plan.window,
@@ -47,7 +45,7 @@ def finish(
         gate_maps = [_gate_from_network(g, plan.layout, plan.image_shape) for g in gate_maps]
     if plan.context is not None:
         probs, gate_maps = _crop_context(probs, gate_maps, plan.context)
-    _check_finite_output(probs, plan.x, name)
+    _check_finite_output(probs, plan.x, options.name)
     quantized = quantize(probs)
     if spec.output == "softmax":  # labels from the stored levels are the float argmax
         keep_argmax(quantized[: spec.out_channels], probs[: spec.out_channels])

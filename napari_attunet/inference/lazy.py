@@ -37,8 +37,9 @@ def is_lazy(image) -> bool:
     )
 
 
-def as_dask(image):
-    """A dask array over ``image`` (zarr, dask or numpy), reading nothing yet."""
+def as_dask(image, name: str = "the image"):
+    """A dask array over ``image`` (zarr, dask or numpy), reading nothing yet; a chunk that
+    cannot be read is named (on whichever worker reads it)."""
     import dask.array as da
 
     if isinstance(image, da.Array):
@@ -46,7 +47,136 @@ def as_dask(image):
     chunks = getattr(image, "chunks", None)
     if not (isinstance(chunks, tuple) and all(isinstance(c, int) for c in chunks)):
         chunks = "auto"
+    if not isinstance(image, np.ndarray):
+        image = Checked(image, name)
     return da.from_array(image, chunks=chunks, asarray=False, lock=False)
+
+
+class Checked:
+    """An array-like whose reads name the store and the chunk that cannot be read."""
+
+    def __init__(self, image, name: str):
+        self.image, self.name = image, name
+        self.shape, self.dtype, self.ndim = image.shape, image.dtype, len(image.shape)
+        self.chunks = getattr(image, "chunks", None)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return checked_read(self.image, index, self.name)
+
+
+def checked_read(image, index: tuple, name: str) -> np.ndarray:
+    """``image[index]`` as numpy; a damaged chunk (bad compression, a truncated file) is one
+    InputError naming the store and the chunk."""
+    try:
+        return np.asarray(image[index])
+    except (InputError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - codecs raise anything: RuntimeError, ValueError...
+        raise InputError(_unreadable(image, index, name, exc)) from None
+
+
+def store_name(image, name: str) -> str:
+    """The path of the store an array lives in, or ``name``."""
+    root = getattr(getattr(image, "store", None), "root", None)
+    path = getattr(image, "path", "") or ""
+    return f"{root}/{path}".rstrip("/") if root is not None else name
+
+
+def _unreadable(image, index: tuple, name: str, exc: Exception) -> str:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    reason = reason.split("] ", 1)[-1][:200]  # no "[Errno N]"
+    where = store_name(image, name)
+    chunk = _bad_chunk(image, index)
+    part = f"its chunk {chunk}" if chunk else "a chunk of it"
+    return (
+        f"{where}: {part} cannot be read ({reason}); the store is damaged: copy or write it "
+        "again from its source."
+    )
+
+
+def _bad_chunk(image, index: tuple) -> str | None:
+    """The key of the first chunk under ``index`` that fails to read (a zarr array), or None."""
+    chunks = getattr(image, "chunks", None)
+    shape = getattr(image, "shape", None)
+    if not (isinstance(chunks, tuple) and shape is not None and hasattr(image, "get_block_selection")):
+        return None
+    ranges = []
+    for a, (n, c) in enumerate(zip(shape, chunks, strict=True)):
+        sel = index[a] if a < len(index) else slice(None)
+        if isinstance(sel, (int, np.integer)):
+            lo = hi = int(sel) % n
+        else:
+            lo, hi, _ = sel.indices(n)
+            hi = max(lo, hi - 1)
+        ranges.append(range(lo // c, hi // c + 1))
+    import itertools
+
+    for coords in itertools.product(*ranges):
+        try:
+            image.get_block_selection(coords)
+        except Exception:  # noqa: BLE001 - the one that fails is the one to name
+            try:
+                return str(image.metadata.encode_chunk_key(coords))
+            except AttributeError:
+                return ".".join(map(str, coords))
+    return None
+
+
+UNITS_MM = {"millimeter": 1.0, "micrometer": 1e-3, "nanometer": 1e-6, "centimeter": 10.0, "meter": 1e3}
+
+
+def open_level(image, spacing, channel_axis: int | None, name: str):
+    """An OME-Zarr group given as the image: (its first multiscale level, the full resolution;
+    the level's spacing in mm when none is given; its channel axis when none is given). Any
+    other image is returned as it is."""
+    import sys
+
+    zarr = sys.modules.get("zarr")
+    if zarr is None or not isinstance(image, zarr.Group):
+        return image, spacing, channel_axis
+    where = store_name(image, name)
+    attrs = dict(image.attrs)
+    multiscales = attrs.get("multiscales") or dict(attrs.get("ome") or {}).get("multiscales")
+    if not multiscales:
+        arrays = sorted(k for k, _ in image.arrays())
+        hint = f" (such as {where}/{arrays[0]})" if arrays else ""
+        raise InputError(
+            f"{where} is a zarr group without OME-Zarr multiscales metadata; pass one of its "
+            f"arrays{hint} instead."
+        )
+    meta = multiscales[0]
+    try:
+        dataset = meta["datasets"][0]
+        level = image[dataset["path"]]
+    except (KeyError, IndexError, TypeError):
+        raise InputError(
+            f"{where}: its multiscales metadata names no level that is in the store; pass the "
+            "array of its full-resolution level instead."
+        ) from None
+    if not hasattr(level, "shape"):
+        raise InputError(
+            f"{where}/{dataset['path']} is a group, not an array; pass the level's array instead."
+        )
+    axes = [a if isinstance(a, dict) else {"name": a} for a in meta.get("axes") or []]
+    if len(axes) != len(level.shape):
+        return level, spacing, channel_axis
+    kinds = [a.get("type") for a in axes]
+    if channel_axis is None and "channel" in kinds:
+        channel_axis = kinds.index("channel")
+    if spacing is None:
+        scale = next(
+            (
+                t.get("scale")
+                for t in dataset.get("coordinateTransformations", [])
+                if t.get("type") == "scale"
+            ),
+            None,
+        )
+        space = [a for a, k in enumerate(kinds) if k == "space"]
+        if scale is not None and len(scale) == len(axes) and space:
+            factors = [UNITS_MM.get(str(axes[a].get("unit", "millimeter")), 1.0) for a in space]
+            spacing = tuple(float(scale[a]) * f for a, f in zip(space, factors, strict=True))
+    return level, spacing, channel_axis
 
 
 class LazySource:
@@ -98,7 +228,7 @@ class LazySource:
         return tuple(index)
 
     def read(self, spatial: Sequence[slice], channel: int | None = None) -> np.ndarray:
-        return np.asarray(self.image[self.index(spatial, channel)])
+        return checked_read(self.image, self.index(spatial, channel), self.name)
 
     def pieces(self, channel: int | None) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
         """One channel as float32 pieces of about ``SLAB_VOXELS`` (whole chunks along the first

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..limits import binding_limit
 from ..models import AttentionUNetBase
 from .devices import free_memory, system_memory
 
@@ -43,7 +44,7 @@ def _refuse(needed: int, available: int | None, name: str) -> None:
     if available is not None and needed > 0.9 * available:
         raise InputError(
             f"{name} needs about {needed / GiB:.1f} GiB of memory to predict, but only "
-            f"{available / GiB:.1f} GiB is free; crop the scan, close other programs, or "
+            f"{available / GiB:.1f} GiB is {binding_limit()}; crop the scan, close other programs, or "
             "predict a region (Preview)."
         )
 

@@ -6,6 +6,7 @@ never modified: the rewritten copy is cached on it.
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -70,14 +71,38 @@ def channels_last(model: nn.Module, spatial_dims: int) -> nn.Module:
     return model.to(memory_format=fmt)  # type: ignore[call-overload]  # torch's stubs lack it
 
 
+class StateStamp:
+    """Which tensors a network's state was made of, and their in-place versions: a weight or a
+    buffer (BatchNorm's running statistics) changed in place, or replaced by another tensor,
+    no longer matches. Weak references, so that a replaced tensor is not kept alive (and its
+    id cannot be taken by a new one unnoticed)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        tensors = _state_tensors(model)
+        self.refs = [weakref.ref(t) for t in tensors]
+        self.versions = [t._version for t in tensors]
+
+    def matches(self, model: nn.Module) -> bool:
+        tensors = _state_tensors(model)
+        return len(tensors) == len(self.refs) and all(
+            ref() is t and t._version == v
+            for ref, t, v in zip(self.refs, tensors, self.versions, strict=True)
+        )
+
+
+def _state_tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
 def prepared(
     model: AttentionUNetBase, device: torch.device, fold: bool = True, layout: bool = True
 ) -> nn.Module:
-    """An eval-mode copy for inference on ``device``, cached on ``model``."""
-    versions = tuple(p._version for p in model.parameters())  # changes when weights do
-    key = (str(device), fold, layout, versions)
+    """An eval-mode copy for inference on ``device``, cached on ``model`` until a weight or a
+    buffer of ``model`` changes."""
+    key = (str(device), fold, layout)
     cache = model.__dict__.setdefault("_attunet_prepared", {})
-    if key not in cache:
+    entry = cache.get(key)
+    if entry is None or not entry[0].matches(model):
         cache.clear()  # one prepared copy at a time: they can be large on a GPU
         copy_: nn.Module = copy.deepcopy(model).eval()
         copy_.__dict__.pop("_attunet_prepared", None)
@@ -88,5 +113,5 @@ def prepared(
             copy_ = channels_last(copy_, model.spec.spatial_dims)
         for p in copy_.parameters():
             p.requires_grad_(False)
-        cache[key] = copy_
-    return cache[key]
+        cache[key] = (StateStamp(model), copy_)
+    return cache[key][1]

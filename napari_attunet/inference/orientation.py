@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import geometry as geo
 from ..errors import InputError
 from ..models import ModelSpec
+from ..scans import geometry as geo
 
 # The layout of arrays from this tool's reader: (z, y, x) toward Superior, Posterior, Left.
 CANONICAL = {3: "SPL", 2: "PL"}
@@ -58,6 +58,11 @@ def network_layout(
     of the file as stored (for "native" checkpoints); ``override`` replaces the checkpoint's
     orientation for this run.
     """
+    if override and override != "display" and spec.spatial_dims == 2:
+        raise InputError(
+            f"orientation {override!r} cannot apply to this 2D network: it sees each plane as "
+            f"napari displays it (axes {spec.axes or 'yx'!r}); leave the orientation out, or give 'display'."
+        )
     mode = override or spec.network_orientation
     if mode not in ("native", "display") and not geo.is_valid_code(mode, 3):
         raise InputError(

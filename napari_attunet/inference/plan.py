@@ -14,6 +14,7 @@ from ..errors import InputError
 from ..models import AttentionUNetBase, ModelSpec
 from .lazy import fit_as_seen
 from .memory import check_memory, check_shape_memory, estimate_memory
+from .options import RunOptions
 from .orientation import Layout, network_layout
 from .preprocess import (
     GridWindow,
@@ -76,82 +77,55 @@ def make_plan(
     image,
     model: AttentionUNetBase,
     target: Target,
+    options: RunOptions,
     *,
-    spacing,
-    channel_axis,
-    normalization,
-    tile,
-    overlap: float,
-    batch_size: int | None,
-    attention: bool,
-    name: str,
-    affine,
-    file_orientation,
-    orientation,
-    region,
-    intensity,
+    intensity=None,
     grid=None,
 ) -> Generator[Progress, None, Plan]:
     """Checks, channels, layout, resampling and normalization; then tiles, batches, memory."""
-    network_input = yield from prepare_input(
-        image,
-        model.spec,
-        spacing=spacing,
-        channel_axis=channel_axis,
-        normalization=normalization,
-        tile=tile,
-        name=name,
-        affine=affine,
-        file_orientation=file_orientation,
-        orientation=orientation,
-        region=region,
-        intensity=intensity,
-        grid=grid,
-        overlap=overlap,
-    )
-    return _plan_tiles(network_input, model, target, tile, overlap, batch_size, attention, name)
+    network_input = yield from prepare_input(image, model.spec, options, intensity=intensity, grid=grid)
+    return _plan_tiles(network_input, model, target, options)
 
 
 def prepare_input(
     image,
     spec: ModelSpec,
+    options: RunOptions,
     *,
-    spacing,
-    channel_axis,
-    normalization,
-    tile,
-    name: str,
-    affine,
-    file_orientation,
-    orientation,
-    region,
-    intensity,
+    intensity=None,
     grid=None,
-    overlap: float = 0.5,
 ) -> Generator[Progress, None, NetworkInput]:
     """The input checked, its channels taken, laid out for the network, resampled to the
     training spacing and normalized. ``grid`` (a GridWindow per network axis) says where the
-    image lies on a larger run's grids, for a block of that run."""
+    image lies on a larger run's grids, for a block of that run; ``intensity`` (an
+    IntensityMap per channel) replaces the fit, for a part of a larger image."""
+    spacing, name, region = options.spacing, options.name, options.region
     notes: list[str] = []
     check_shape_memory(image, spec, name)
-    check_resampled_size(spatial_shape(image, channel_axis), spacing, spec, name)
+    check_resampled_size(spatial_shape(image, options.channel_axis), spacing, spec, name)
     yield Progress("preparing", 0, 1, "normalizing")
 
-    channels = prepare_channels(image, spec, channel_axis, name)
-    norm = resolve_normalization(normalization, spec)
+    channels = prepare_channels(image, spec, options.channel_axis, name)
+    norm = resolve_normalization(options.normalization, spec)
     ndim = np.ndim(channels[0])
+    affine = options.affine
     if affine is not None and np.shape(affine) != (ndim + 1, ndim + 1):
         raise InputError(
             f"{name}: affine must be {ndim + 1}x{ndim + 1} for an image with "
             f"{ndim} spatial axes, not {np.shape(affine)}."
         )
-    layout = network_layout(spec, ndim, affine, file_orientation, orientation)
+    layout = network_layout(spec, ndim, affine, options.file_orientation, options.orientation)
     context = None
     if region is not None:
         # The whole run's windows that reach into the region, on its grids, and the whole
         # image's statistics: inside the region, the whole run's result.
         run = run_windows(
-            np.shape(channels[0]), spec, tile=tile, overlap=overlap, spacing=spacing, layout=layout
+            np.shape(channels[0]),
+            spec,
+            tile=options.tile,
+            overlap=options.overlap,
+            spacing=spacing,
+            layout=layout,
         )
         crop = part(run, region)
         if intensity is None:
@@ -194,23 +168,16 @@ def prepare_input(
     )
 
 
-def _plan_tiles(
-    p: NetworkInput,
-    model: AttentionUNetBase,
-    target: Target,
-    tile,
-    overlap: float,
-    batch_size: int | None,
-    attention: bool,
-    name: str,
-) -> Plan:
+def _plan_tiles(p: NetworkInput, model: AttentionUNetBase, target: Target, options: RunOptions) -> Plan:
     """Tiles, batches and memory from the input's shape; ``x`` padded to the total stride."""
-    spec = model.spec
+    spec, name = model.spec, options.name
     dims = spec.spatial_dims
     plane = p.work_shape[-dims:]
     padded = tuple(round_up(n, s) for n, s in zip(plane, spec.total_stride, strict=True))
-    tile_, jobs, batch, auto_batch = _tiles(padded, spec, target.dev, tile, overlap, p.stack, batch_size)
-    host, device_bytes = estimate_memory(model, padded, tile_, batch, p.stack, attention)
+    tile_, jobs, batch, auto_batch = _tiles(
+        padded, spec, target.dev, options.tile, options.overlap, p.stack, options.batch_size
+    )
+    host, device_bytes = estimate_memory(model, padded, tile_, batch, p.stack, options.attention)
     stitch_on_device = check_memory(host, device_bytes, target.dev, name)
     if target.dev.type != "cpu" and not stitch_on_device:
         p.notes.append("stitching on the CPU: the GPU cannot hold the whole-image buffers")

@@ -110,6 +110,11 @@ class Prediction:
             self._uncertainty = uncertainty_map(self.quantized, self.output, self.disagreement)
         return self._uncertainty
 
+    def use_stored_uncertainty(self, values) -> None:
+        """Read the uncertainty from ``values`` (e.g. a result store's array, read as it is
+        indexed) instead of computing it from the probabilities."""
+        self._uncertainty = values
+
     def uncertain_volumes_ml(
         self, labels: np.ndarray, level: float, spacing: Sequence[float] | None = None
     ) -> dict[str, float]:
@@ -155,12 +160,32 @@ class Prediction:
         return tuple(self.class_names)
 
 
+def check_thresholds(thresholds: Sequence[float] | float | None, option: str = "thresholds") -> None:
+    """Refuse thresholds that are no probability (outside [0, 1], or NaN), naming ``option``:
+    stored as uint8 levels, 1.5 would wrap around and NaN cannot be stored at all."""
+    if thresholds is None:
+        return
+    values = [thresholds] if isinstance(thresholds, (int, float)) else list(thresholds)
+    try:
+        bad = [v for v in values if not 0.0 <= float(v) <= 1.0]  # NaN compares False
+    except (TypeError, ValueError):
+        bad = values
+    if bad:
+        given = " ".join(f"{v:g}" if isinstance(v, (int, float)) else repr(v) for v in values)
+        raise InputError(
+            f"{option} {given}: a threshold is a probability; give values from 0 to 1 "
+            f"({', '.join(f'{v:g}' if isinstance(v, (int, float)) else repr(v) for v in bad)} "
+            f"{'is' if len(bad) == 1 else 'are'} not)."
+        )
+
+
 def threshold_labels(
     quantized: np.ndarray, output: str, thresholds: Sequence[float] | float | None
 ) -> np.ndarray:
     """Labels from uint8 probabilities, one class at a time with in-place uint8 tensor ops
     (torch uses every core; a (C, ...) argmax is many times slower). Any leading axes of
     ``quantized`` after the class axis are kept, so one slice can be labelled on its own."""
+    check_thresholds(thresholds)
     channels = quantized.shape[0]
     if thresholds is None and output == "sigmoid":
         thresholds = [0.5] * channels

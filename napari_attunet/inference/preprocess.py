@@ -195,6 +195,11 @@ def prepare_channels(
     """
     if isinstance(image, (list, tuple)):
         arrays = [np.asarray(a) for a in image]
+        if not arrays:
+            raise InputError(
+                f"{name}: the list of channel images is empty; pass the image, or one array per "
+                f"channel ({spec.in_channels} for this model)."
+            )
         for a in arrays:
             _check_dtype(a, name)
         if len({a.shape for a in arrays}) != 1:

@@ -114,7 +114,7 @@ def windows_digest(windows: Sequence[np.ndarray]) -> str:
 
 def scan_files(folder: str | os.PathLike) -> list[Path]:
     """The scans in a calibration folder (an InputError when there are none)."""
-    from ..io import SCAN_SUFFIXES
+    from ..scans.io import SCAN_SUFFIXES
 
     root = Path(folder)
     if not root.is_dir():
@@ -134,7 +134,7 @@ def folder_windows(
 ) -> Generator[Progress, None, list[np.ndarray]]:
     """Calibration windows from a folder of scans, each planned as the run plans its own
     (``plan_for(volume)`` yields from ``make_plan``)."""
-    from ..io import read
+    from ..scans.io import read
 
     files = scan_files(folder)
     per_scan = max(1, -(-count // len(files)))

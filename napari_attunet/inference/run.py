@@ -14,6 +14,7 @@ from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
 from .devices import autocast
 from .optimize import prepared
+from .options import RunOptions
 from .plan import Plan, Target
 from .progress import Progress, cancelled
 from .tiling import Stitcher
@@ -48,23 +49,20 @@ def run_tiles(
     plan: Plan,
     model: AttentionUNetBase,
     target: Target,
+    options: RunOptions,
     *,
-    tta: bool,
-    attention: bool,
-    cancel,
-    fold_batchnorm: bool,
-    name: str,
+    cancel=None,
     net: Any = None,
 ) -> Generator[Progress, None, tuple[torch.Tensor, list[torch.Tensor]]]:
     """Every batch of tiles through the network (with TTA flips), blended by a Stitcher; on a
     GPU out of memory, halve the batch, then stitch on the CPU, then give up. Returns the
     blended values and gate maps on the padded plane."""
-    spec, dev, jobs = model.spec, target.dev, plan.jobs
-    net, batch_size = yield from _network(model, plan, target, fold_batchnorm, net)
+    spec, dev, jobs, name = model.spec, target.dev, plan.jobs, options.name
+    net, batch_size = yield from _network(model, plan, target, options.fold_batchnorm, net)
     # OpenVINO has its own precision hint
     autocast_precision = "fp32" if target.engine == "openvino" else target.precision
-    gates = spec.gates if attention else ()
-    flips = tta_flips(spec.spatial_dims, tta)
+    gates = spec.gates if options.attention else ()
+    flips = tta_flips(spec.spatial_dims, options.tta)
     spread = len(flips) > 1  # one more channel: the flips' disagreement (Prediction.uncertainty)
     stitcher = Stitcher(
         spec.out_channels + spread,
@@ -127,14 +125,14 @@ def run_tiles(
             yield Progress("predicting", done_batches, total, message)
             continue
         for i, (z, start) in enumerate(chunk):
-            stitcher.add(z, start, values[i], [m[i] for m in maps])
+            stitcher.aggregate((values[i], [m[i] for m in maps]), (z, start))
         position += len(chunk)
         done_batches += 1
         yield Progress("predicting", done_batches, total)
     if cancelled(cancel):
         raise Cancelled(f"prediction on {name} was cancelled; no result was kept.")
     yield Progress("stitching", total, total, "blending tiles")
-    return stitcher.result()
+    return stitcher.finalize()
 
 
 def _run_batch(net, x, chunk, tile, dev, prec, flips, output, gate_geometry, memory_format):

@@ -67,6 +67,7 @@ def prepare_openvino(
     'openvino' that cannot is a CheckpointError."""
     from . import runtime_openvino
 
+    runtime_openvino.cache_limit()  # a bad $NAPARI_ATTUNET_CACHE_MB names the setting
     if runtime_openvino.known_failure(model, precision) is None and not runtime_openvino.is_ready(model):
         yield Progress("preparing", 0, 1, runtime_openvino.COMPILING)
     try:

@@ -8,20 +8,25 @@ The network is traced (spatial sizes symbolic) and converted. That takes seconds
 seconds for a 3D network, so the converted model (OpenVINO IR) is stored in the user's cache
 folder under a key made of the weights' sha256, the spec and the OpenVINO and PyTorch versions.
 Entries are written atomically and checked against the sha256 of their files before use: a
-corrupt, stale or foreign entry is rebuilt, never trusted. The folder is kept under a size
-limit (``$NAPARI_ATTUNET_CACHE_MB``, 2048 by default) by removing the least recently used
-entries. Compiling the IR for the CPU, with the precision hint, takes a fraction of a second and
-is done once per model and settings in a process. A network that cannot be converted or
-compiled raises :class:`NotConvertible` with the reason, at once on every later call in the
-process.
+corrupt, stale or foreign entry, or one whose manifest does not list the hash of each file, is
+rebuilt, never trusted. An entry is read only from the regular files of fixed names in its own
+folder, each read once and the model built from the bytes checked: no path comes from the
+manifest, no link is followed, and a FIFO or device is refused without blocking. The folder
+is kept under a size limit (``$NAPARI_ATTUNET_CACHE_MB``, 2048 by default; a value that is no
+size is an error naming the setting) by removing the least recently used entries. Compiling
+the IR for the CPU, with the precision hint, takes a fraction of a second and is done once per
+model and settings in a process. A network that cannot be converted or compiled raises
+:class:`NotConvertible` with the reason, at once on every later call in the process.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -34,14 +39,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..models import AttentionUNetBase
-from .optimize import prepared
+from .optimize import StateStamp, prepared
 
 CACHE_ENV = "NAPARI_ATTUNET_CACHE"
 LIMIT_ENV = "NAPARI_ATTUNET_CACHE_MB"
 DEFAULT_LIMIT_MB = 2048
 COMPILING = "compiling for this CPU (once)"
 FORMAT = 1  # bump when what an entry holds changes
+MANIFEST = "manifest.json"
+_FILES = ("model.xml", "model.bin")  # an entry's files, by these names only
 _PARTIAL_AGE_S = 24 * 3600  # a staging folder this old was left by a process that died
 _PRECISION = {"fp32": "f32", "bf16": "bf16"}
 # Per model, outside its __dict__ so that copy.deepcopy (optimize.prepared) never meets them.
@@ -67,13 +75,21 @@ def cache_root() -> Path:
 
 
 def cache_limit() -> int:
-    """The most bytes the converted models may take: ``$NAPARI_ATTUNET_CACHE_MB`` or 2 GiB."""
-    text = os.environ.get(LIMIT_ENV, "")
+    """The most bytes the converted models may take: ``$NAPARI_ATTUNET_CACHE_MB`` or 2 GiB.
+    A value that is no size (inf, nan, negative, text) is an InputError naming the setting."""
+    text = os.environ.get(LIMIT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LIMIT_MB * 2**20
     try:
-        mb = float(text) if text.strip() else DEFAULT_LIMIT_MB
+        mb = float(text)
     except ValueError:
-        mb = DEFAULT_LIMIT_MB
-    return max(0, int(mb * 2**20))
+        mb = math.nan
+    if not math.isfinite(mb) or mb < 0:
+        raise InputError(
+            f"the setting {LIMIT_ENV}={text!r} is not a size in MB; set it to a number of MB, "
+            f"0 or more (such as {DEFAULT_LIMIT_MB}, the default), or unset it."
+        )
+    return int(mb * 2**20)
 
 
 class _AllOutputs(nn.Module):
@@ -112,10 +128,11 @@ def entry_key(model: AttentionUNetBase) -> tuple[str, dict]:
 
 
 def _weights_digest(model: AttentionUNetBase) -> str:
-    versions = tuple(p._version for p in model.parameters())
+    """The weights' sha256, computed again only when a weight or a buffer (BatchNorm's
+    running statistics) changed since."""
     memo = _DIGESTS.get(model)
-    if memo is None or memo[0] != versions:
-        memo = (versions, weights_sha256(model))
+    if memo is None or not memo[0].matches(model):
+        memo = (StateStamp(model), weights_sha256(model))
         _DIGESTS[model] = memo
     return memo[1]
 
@@ -128,18 +145,53 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _read_regular(folder_fd: int, name: str) -> bytes:
+    """The bytes of the regular file ``name`` directly in the open folder: a link is not
+    followed, and a FIFO, device or folder is refused without blocking (OSError)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(name, flags, dir_fd=folder_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{name} is not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def _entry_files(folder: Path) -> dict[str, bytes]:
+    """manifest.json, model.xml and model.bin of an entry, read once each: only from a real
+    folder directly under the cache's own (no link in or out), only regular files."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    folder_fd = os.open(folder, flags)
+    try:
+        return {name: _read_regular(folder_fd, name) for name in (MANIFEST, *_FILES)}
+    finally:
+        os.close(folder_fd)
+
+
+def _trusted(manifest: object, fields: dict, files: dict[str, bytes]) -> bool:
+    """Whether the manifest is this model's and names the sha256 of each file, and the files
+    have them. A manifest without every hash is not trusted."""
+    if not isinstance(manifest, dict) or manifest.get("fields") != fields:
+        return False
+    sums = manifest.get("sha256")
+    if not isinstance(sums, dict) or set(sums) != set(_FILES):
+        return False
+    return all(hashlib.sha256(files[name]).hexdigest() == sums[name] for name in _FILES)
+
+
 def _load_entry(folder: Path, fields: dict, outputs: int):
-    """The stored ov.Model, or None when the entry is missing, corrupt or not this model's."""
+    """The stored ov.Model, or None when the entry is missing, corrupt, not this model's or
+    not wholly inside the cache. The model is made from the bytes that were checked."""
     import openvino
 
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        if manifest.get("fields") != fields:
+        files = _entry_files(folder)
+        if not _trusted(json.loads(files[MANIFEST]), fields, files):
             return None
-        for name, expected in manifest["sha256"].items():
-            if _file_sha256(folder / name) != expected:
-                return None
-        ov_model = openvino.Core().read_model(folder / "model.xml", folder / "model.bin")
+        weights = openvino.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8))
+        ov_model = openvino.Core().read_model(files["model.xml"], weights)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError):
         return None
     if len(ov_model.outputs) != outputs:
@@ -157,7 +209,7 @@ def _touch(folder: Path) -> None:
 
 
 def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return sum(p.lstat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def evict(root: Path, limit: int, keep: Path | None = None) -> list[Path]:
@@ -168,7 +220,7 @@ def evict(root: Path, limit: int, keep: Path | None = None) -> list[Path]:
     entries = []
     now = time.time()
     try:
-        folders = [p for p in root.iterdir() if p.is_dir()]
+        folders = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
     except OSError:
         return removed
     for folder in folders:
@@ -202,9 +254,11 @@ def _store_entry(ov_model, folder: Path, fields: dict) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
     try:
         openvino.save_model(ov_model, staging / "model.xml", compress_to_fp16=False)
-        sums = {name: _file_sha256(staging / name) for name in ("model.xml", "model.bin")}
-        (staging / "manifest.json").write_text(json.dumps({"fields": fields, "sha256": sums}))
-        if folder.exists():
+        sums = {name: _file_sha256(staging / name) for name in _FILES}
+        (staging / MANIFEST).write_text(json.dumps({"fields": fields, "sha256": sums}))
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            folder.unlink()  # no entry of ours: a link (never followed) or a stray file
+        elif folder.exists():
             shutil.rmtree(folder, ignore_errors=True)
         try:
             os.replace(staging, folder)
@@ -349,6 +403,7 @@ def network(model: AttentionUNetBase, precision: str = "fp32", hint: str = "LATE
     """The compiled network, kept for the next run with the same weights and settings (like
     ``optimize.prepared``). Raises NotConvertible when OpenVINO cannot convert or compile it,
     and then at once for the same weights and precision for the rest of the process."""
+    cache_limit()  # a bad setting is the user's to fix, not a network OpenVINO cannot run
     digest = _weights_digest(model)
     key = (digest, precision, hint)
     memo = _COMPILED.setdefault(model, {})

@@ -12,25 +12,57 @@ Layout of ``result.zarr``::
 
 The store is written under a temporary name next to ``out`` and renamed when every block is
 in: an interrupted or cancelled run leaves nothing at ``out``.
+
+Chunks (at any shape, prime axis lengths included). Every array's chunk is at least
+min(axis, ``CHUNK_LEAST``) and at most ``CHUNK`` voxels (or gate cells) along each spatial axis;
+channels and gate heads are whole in each chunk. No two Dask workers write one chunk: a block
+writes whole chunks of its own.
+
+- An axis the blocks do not cut (one block along it: every run of up to ``BLOCK_BUDGET`` voxels)
+  is cut into the fewest equal chunks of at most ``CHUNK``: 233 voxels are 2 chunks of 117,
+  97 voxels one chunk (``whole_axis_chunk``). A store of the MNI152 1 mm grid is 2 x 2 x 2 chunks
+  per image.
+- On an axis the blocks cut, the chunk is chosen first and the blocks are made whole multiples of
+  it, except the last, which ends with the volume. The blocks are also multiples of the window
+  step and the network stride (``unit``: fewest windows, gate cells that start on block edges), so
+  they are multiples of a *grain* (``block_grain``): the unit itself where it has a divisor in
+  [16, 128] (tile 128, overlap 0.5: 64; tile 32, overlap 0.25: 48), else the smallest multiple of a
+  unit below 16 that is at least 16, else (a unit above 128 with no divisor in range, e.g. 9 x 151
+  with resampling) the largest multiple of the stride up to 128, dropping the alignment with the
+  windows (correct, a few more windows). The chunk is then the largest divisor of the block
+  length in [16, 128] (``split_chunk``): the grain divides the block, so one exists. A block
+  given by hand (``block=``) is rounded up to the grain when it has no such divisor.
+- Pyramid level k halves the blocks too: a level is added only while every cut axis' block halves
+  exactly and its half still has a chunk in [16, 128] (``pyramid_levels``), so each block writes
+  whole chunks of every level.
+- Gate maps: on an uncut axis the fewest equal chunks of the gate's cells; on a cut axis, where
+  the blocks' first cells are evenly spaced, the largest divisor of that spacing in
+  [min(cells, 16), 128] (the block owns its chunks). Where no such divisor exists (small blocks,
+  fractional strides after resampling, flipped axes of odd length) the chunk is at least 16 cells
+  and spans several blocks: that gate is written by the caller, block after block
+  (``ZarrSink.write_shared``, ``chunks_owned``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
 from .postprocess import PROBABILITY_LEVELS, threshold_labels, uncertainty_map
+from .sinks import BlockResult, gate_window
 
 NGFF_VERSION = "0.4"
 LABEL_NAME = "attunet"
 CHUNK = 128  # the longest chunk axis of the store's arrays
+CHUNK_LEAST = 16  # the shortest (or the whole axis, where it is shorter)
 PYRAMID_SMALLEST = 256  # halved levels are added until the largest axis is at most this
 # label colours (RGBA) for values 1, 2, ...; 0 is transparent
 COLOURS = [
@@ -108,13 +140,14 @@ def multiscales(
 
 def pyramid_levels(spatial: Sequence[int], block: Sequence[int]) -> int:
     """How many halved levels to write below level 0: until the largest axis is at most
-    ``PYRAMID_SMALLEST``, and only as far as every block (but each axis' last) halves exactly,
-    so each block writes its own part of every level."""
+    ``PYRAMID_SMALLEST``, and only as far as every block (but each axis' last) halves exactly
+    into whole chunks of at least ``CHUNK_LEAST``, so each block writes its own chunks of every
+    level."""
     levels = 0
     shape = list(spatial)
     while max(shape) > PYRAMID_SMALLEST:
         f = 2 ** (levels + 1)
-        if any(b < n and b % f for b, n in zip(block, spatial, strict=True)):
+        if any(b < n and (b % f or split_chunk(b // f) is None) for b, n in zip(block, spatial, strict=True)):
             break
         levels += 1
         shape = [-(-n // 2) for n in shape]
@@ -144,11 +177,65 @@ def level_region(region: Sequence[slice], k: int) -> tuple[slice, ...]:
     return tuple(slice(r.start // f, -(-r.stop // f)) for r in region)
 
 
-def store_chunk(block: int, largest: int = CHUNK) -> int:
-    """The largest chunk length up to ``largest`` that divides a block length: blocks then write
-    whole chunks of their own (no two workers write one chunk), and small chunks compress in
-    parallel and open fast in a viewer."""
-    return next(d for d in range(min(block, largest), 0, -1) if block % d == 0)
+def whole_axis_chunk(n: int) -> int:
+    """The chunk of an axis no block boundary cuts: the fewest equal chunks of at most
+    ``CHUNK`` (97 -> 97, 233 -> 117, 512 -> 128)."""
+    return -(-n // -(-n // CHUNK))
+
+
+def split_chunk(length: int, least: int = CHUNK_LEAST) -> int | None:
+    """The largest divisor of a block length in [``least``, ``CHUNK``]: a block of that length
+    is whole chunks of its own. None where there is none (a prime, or a length below 16)."""
+    return next((d for d in range(min(length, CHUNK), least - 1, -1) if length % d == 0), None)
+
+
+def block_grain(step: int, stride: int) -> int:
+    """What blocks along a cut axis are multiples of: of a store chunk in [16, 128], and where
+    possible of the window step and the stride (see the module's docstring)."""
+    unit = math.lcm(step, stride)
+    if split_chunk(unit) is not None:
+        return unit
+    if unit < CHUNK_LEAST:
+        return -(-CHUNK_LEAST // unit) * unit
+    if stride <= CHUNK:  # a unit above 128 with no divisor in range: keep gate cells aligned
+        grain = CHUNK // stride * stride
+        return grain if grain >= CHUNK_LEAST else -(-CHUNK_LEAST // stride) * stride
+    return CHUNK
+
+
+def level_chunks(spatial: Sequence[int], block: Sequence[int], k: int = 0) -> tuple[int, ...]:
+    """The spatial chunk of pyramid level ``k`` of the images (probabilities, labels,
+    uncertainty, disagreement) for blocks of ``block`` voxels."""
+    chunks = []
+    for n, b, m in zip(spatial, block, level_shape(spatial, k), strict=True):
+        if b >= n:
+            chunks.append(whole_axis_chunk(m))
+            continue
+        c = split_chunk(b // 2**k)
+        if c is None or b % 2**k:
+            raise ValueError(f"blocks of {b} voxels are not whole chunks at level {k}")
+        chunks.append(c)
+    return tuple(chunks)
+
+
+def gate_chunks(plan, grid) -> tuple[int, ...]:
+    """The chunk of a gate map's cells: owned by one block where the blocks' first cells allow
+    it (see the module's docstring); ``chunks_owned`` says whether they are."""
+    chunks = []
+    for a, (n, b) in enumerate(zip(plan.spatial, plan.block, strict=True)):
+        cells = grid.cells[a]
+        least = min(cells, CHUNK_LEAST)
+        if b >= n:
+            chunks.append(whole_axis_chunk(cells))
+            continue
+        bounds = cell_bounds(n, range(0, n, b), grid.stride[a], grid.offset[a], cells)
+        spacing = math.gcd(*[c for c in bounds if 0 < c < cells])
+        if not spacing:  # every block but the first keeps no cell
+            chunks.append(whole_axis_chunk(cells))
+            continue
+        owned = split_chunk(spacing, least)
+        chunks.append(owned or min(cells, CHUNK, -(-least // spacing) * spacing))
+    return tuple(chunks)
 
 
 def cell_bounds(n: int, starts: Sequence[int], stride: float, offset: float, cells: int) -> list[int]:
@@ -166,10 +253,39 @@ def chunks_owned(plan, grid, chunks: Sequence[int]) -> bool:
     return True
 
 
-def check_free(out) -> None:
-    """Refuse an output store that exists, before any work is done."""
-    if Path(out).exists():
-        raise InputError(f"{out} already exists; remove it or choose another output.")
+def check_free(out, overwrite: bool = False) -> None:
+    """Refuse an output store before any work is done: a name that is taken (unless
+    ``overwrite``), a parent that is a file, a folder that cannot be written."""
+    from ..scans.outputs import OutputError, OutputExists, _reason
+
+    path = Path(out).expanduser()
+    parent = next((p for p in path.parents if os.path.lexists(p)), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(
+            f"cannot write {path}: {parent} is a file, not a folder; choose an output store in a folder."
+        )
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExists(
+            f"{out} already exists; remove it, choose another output, or pass overwrite=True "
+            "(--overwrite) to replace it once the new result is complete."
+        )
+    if parent is None:
+        return
+    try:  # the nearest folder that exists must take a new folder (parents are made later)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.probe-", dir=parent))
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path} ({_reason(exc, parent)} in {parent}); choose a folder you can "
+            "write to. Nothing was written."
+        ) from None
+
+
+def _gone(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def world_metadata(affine, spacing, origin, spatial, out) -> tuple[dict, tuple[str, ...]]:
@@ -221,17 +337,44 @@ class ZarrSink:
         # per gate: whether each of its chunks lies in one block (a worker may write it); the
         # others are written by the caller, one block after another
         self.owned = list(owned) or [True] * len(grids)
+        self.counts = np.zeros(1, np.int64)  # voxels per label value, from the blocks so far
+        self.overwrite = False  # replace what is at ``path`` once the store is whole
 
     @classmethod
-    def create(cls, out, spec, plan, spacing, origin, tta: bool, thresholds, name: str, affine=None):
-        """``affine``: the scan's index -> world matrix (``geometry``); NGFF 0.4 has none, so a
-        rotation it holds is kept in the "attunet" metadata, which this plugin's reader applies."""
+    def create(cls, options, spec, plan, origin) -> ZarrSink:
+        """An empty store at a hidden name next to ``options.out`` (whole, or nothing: a full
+        disk or an interrupt removes it). ``options.affine``: the scan's index -> world matrix
+        (``geometry``); NGFF 0.4 has none, so a rotation it holds is kept in the "attunet"
+        metadata, which this plugin's reader applies."""
+        from ..scans.outputs import held_interrupts, owned_prefix
+
+        path, overwrite = Path(options.out).expanduser(), options.overwrite
+        check_free(path, overwrite)
+        tmp = path.with_name(owned_prefix(f".{path.name}.partial-") + uuid.uuid4().hex[:8])
+        try:  # an interrupt held back while zarr writes is raised at the end of ``with``
+            with held_interrupts():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sink = cls._layout(path, tmp, spec, plan, origin, options)
+        except BaseException as exc:
+            _forget(str(tmp))
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise _write_error(path, exc) from None
+            raise
+        sink.overwrite = overwrite
+        return sink
+
+    @classmethod
+    def _layout(cls, path: Path, tmp: Path, spec, plan, origin, options):
+        spacing, tta, thresholds, name, affine = (
+            options.spacing,
+            options.tta,
+            options.thresholds,
+            options.name,
+            options.affine,
+        )
         import zarr
 
-        path = Path(out)
-        check_free(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
         spatial, block = plan.spatial, plan.block
         ndim = len(spatial)
         unit = "millimeter" if spacing is not None else None
@@ -239,17 +382,14 @@ class ZarrSink:
         if origin is None and affine is not None:
             origin = np.asarray(affine, dtype=float)[:ndim, ndim]
         origin = tuple(float(o) for o in origin)[-ndim:] if origin is not None else (0.0,) * ndim
-        world = world_metadata(affine, spacing, origin, spatial, out)
+        world = world_metadata(affine, spacing, origin, spatial, path)
         levels = pyramid_levels(spatial, block)
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
         channels = spec.out_channels
 
         def arrays(group, dtype, lead: tuple[int, ...] = ()) -> None:
             for k in range(levels + 1):  # each block's part of a level is whole chunks
-                chunks = tuple(
-                    store_chunk(min(-(-b // 2**k), m))
-                    for b, m in zip(block, level_shape(spatial, k), strict=True)
-                )
+                chunks = level_chunks(spatial, block, k)
                 shape = lead + level_shape(spatial, k)
                 group.create_array(str(k), shape=shape, chunks=lead + chunks, dtype=dtype, fill_value=0)
 
@@ -260,24 +400,7 @@ class ZarrSink:
                 "multiscales": multiscales(
                     f"{name} probabilities", ndim, True, spacing, origin, unit, levels
                 ),
-                "omero": {
-                    "name": f"{name} probabilities",
-                    "version": NGFF_VERSION,
-                    "channels": [
-                        {
-                            "label": n,
-                            "color": "".join(f"{v:02X}" for v in COLOURS[k % len(COLOURS)]),
-                            "active": True,
-                            "window": {
-                                "start": 0,
-                                "end": PROBABILITY_LEVELS,
-                                "min": 0,
-                                "max": PROBABILITY_LEVELS,
-                            },
-                        }
-                        for k, n in enumerate(names)
-                    ],
-                },
+                "omero": _omero(f"{name} probabilities", names),
                 "attunet": {
                     "output": spec.output,
                     "class_names": names,
@@ -300,15 +423,7 @@ class ZarrSink:
                 "multiscales": multiscales(
                     f"{name} {LABEL_NAME}", ndim, False, spacing, origin, unit, levels, "nearest"
                 ),
-                "image-label": {
-                    "version": NGFF_VERSION,
-                    "source": {"image": "../../"},
-                    "colors": [
-                        {"label-value": k, "rgba": list(COLOURS[(k - 1) % len(COLOURS)]) + [255]}
-                        for k in range(1, len(label_names))
-                    ],
-                    "properties": [{"label-value": k, "class": n} for k, n in enumerate(label_names)],
-                },
+                "image-label": _image_label(label_names),
             }
         )
         extra = ["uncertainty"] + (["disagreement"] if tta else [])
@@ -318,29 +433,9 @@ class ZarrSink:
             group.attrs.update(
                 {"multiscales": multiscales(f"{name} {key}", ndim, False, spacing, origin, unit, levels)}
             )
-        owned = []
-        for k, g in enumerate(plan.gates, start=1):
-            group = root.require_group("gates").require_group(f"gate{k}")
-            gchunks = tuple(
-                max(1, int(round(min(b, n) / s))) for b, n, s in zip(block, spatial, g.stride, strict=True)
-            )
-            owned.append(chunks_owned(plan, g, gchunks))
-            group.create_array(
-                "0", shape=(g.heads,) + g.cells, chunks=(g.heads,) + gchunks, dtype="float32", fill_value=0.0
-            )
-            group.attrs.update(
-                {
-                    "multiscales": multiscales(
-                        f"{name} gate {k}",
-                        ndim,
-                        True,
-                        [s * st for s, st in zip(spacing, g.stride, strict=True)],
-                        [o + s * off for o, s, off in zip(origin, spacing, g.offset, strict=True)],
-                        unit,
-                    ),
-                    "attunet": {"stride": list(g.stride), "offset": list(g.offset)},
-                }
-            )
+        owned = [
+            _gate_array(root, k, g, plan, name, spacing, origin, unit) for k, g in enumerate(plan.gates, 1)
+        ]
         sink = cls(
             str(path), str(tmp), spec.output, thresholds, channels, list(plan.gates), tta, levels, owned
         )
@@ -358,8 +453,6 @@ class ZarrSink:
         return handle
 
     def write(self, result):
-        from .blockwise import BlockResult, gate_window
-
         region = result.region
         q = result.quantized
         labels = threshold_labels(q, self.output, self.thresholds)
@@ -391,8 +484,6 @@ class ZarrSink:
         """On the caller: the gate maps whose chunks this block shares with a neighbour. Two
         workers writing parts of one chunk at once would each rewrite the whole chunk, and one
         part would be lost."""
-        from .blockwise import gate_window
-
         for k, (grid, gate) in enumerate(zip(self.grids, result.gates, strict=True), start=1):
             if gate is not None:
                 dst, src = gate_window(grid, result.region, gate)
@@ -414,22 +505,64 @@ class ZarrSink:
             self._array(f"{prefix}{k}")[lead + level_region(region, k)] = values
 
     # -- on the caller --
-    def finish(self, results) -> None:
+    def aggregate(self, values, location) -> None:
+        """On the caller: a block's label counts, and the gate maps it shares with a neighbour
+        (a worker wrote the rest); a block that ran on the caller is written first."""
+        if values.quantized is not None:
+            values = self.write(values)
+        if values.gates:
+            self.write_shared(values)
+        if values.counts is not None:
+            size = max(self.counts.size, values.counts.size)
+            self.counts = np.pad(self.counts, (0, size - self.counts.size)) + np.pad(
+                values.counts, (0, size - values.counts.size)
+            )
+
+    def finalize(self):
+        """The store made whole and moved into place; (its probabilities, disagreement and gate
+        maps, read from it)."""
+        self._finish()
+        return self.probabilities(), self.disagreement_array(), self.gate_arrays()
+
+    def _finish(self) -> None:
         import zarr
 
-        counts = np.zeros(1, np.int64)
-        for r in results:
-            if r.counts is not None:
-                size = max(counts.size, r.counts.size)
-                counts = np.pad(counts, (0, size - counts.size)) + np.pad(r.counts, (0, size - r.counts.size))
-        root = zarr.open_group(self.tmp, mode="r+", zarr_format=2)
-        meta: dict = dict(root.attrs["attunet"])  # type: ignore[arg-type]
-        meta["label_voxels"] = [int(c) for c in counts]
-        root.attrs["attunet"] = meta
-        _forget(self.tmp)
-        if os.path.exists(self.path):
-            raise InputError(f"{self.path} appeared while predicting; the result is left at {self.tmp}.")
-        os.replace(self.tmp, self.path)
+        from ..scans.outputs import held_interrupts
+
+        counts = self.counts
+        with held_interrupts():  # the store is whole, then in place, or not there at all
+            try:
+                root = zarr.open_group(self.tmp, mode="r+", zarr_format=2)
+                meta: dict = dict(root.attrs["attunet"])  # type: ignore[arg-type]
+                meta["label_voxels"] = [int(c) for c in counts]
+                root.attrs["attunet"] = meta
+                _forget(self.tmp)
+                self._move_in()
+            except OSError as exc:
+                self.discard()
+                raise _write_error(Path(self.path), exc) from None
+
+    def _move_in(self) -> None:
+        """Rename the whole store to ``path``; with ``overwrite``, what was there is renamed
+        aside first and removed only once the new store is in place."""
+        from ..scans.outputs import OutputExists, owned_prefix
+
+        if not os.path.lexists(self.path):
+            os.rename(self.tmp, self.path)
+            return
+        if not self.overwrite:
+            raise OutputExists(f"{self.path} appeared while predicting; the result is left at {self.tmp}.")
+        old = os.path.join(
+            os.path.dirname(self.path),
+            owned_prefix(f".{os.path.basename(self.path)}.old-") + uuid.uuid4().hex[:8],
+        )
+        os.rename(self.path, old)
+        try:
+            os.rename(self.tmp, self.path)
+        except OSError:
+            os.rename(old, self.path)
+            raise
+        _gone(old)
 
     def discard(self) -> None:
         _forget(self.tmp)
@@ -448,6 +581,79 @@ class ZarrSink:
 
     def gate_arrays(self) -> list:
         return [self._open(f"gates/gate{k}/0") for k in range(1, len(self.grids) + 1)]
+
+
+def _write_error(path: Path, exc: OSError):
+    """One sentence for a store that could not be written (its partial copy is gone)."""
+    from ..scans.outputs import OutputError, _reason
+
+    return OutputError(
+        f"{path} could not be written ({_reason(exc, path.parent)}); nothing was written and "
+        "any store already there is unchanged."
+    )
+
+
+def is_write_error(exc: BaseException, sink: ZarrSink) -> bool:
+    """Whether an error of a run came from writing its store (not from reading the input)."""
+    import errno
+
+    if not isinstance(exc, OSError):
+        return False
+    disk = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+    name = str(getattr(exc, "filename", "") or "")
+    return exc.errno in disk or (bool(name) and name.startswith(sink.tmp))
+
+
+def _omero(name: str, names: list[str]) -> dict:
+    """The OMERO rendering metadata of the probabilities: one coloured channel per class."""
+    window = {"start": 0, "end": PROBABILITY_LEVELS, "min": 0, "max": PROBABILITY_LEVELS}
+    channels = [
+        {
+            "label": n,
+            "color": "".join(f"{v:02X}" for v in COLOURS[k % len(COLOURS)]),
+            "active": True,
+            "window": window,
+        }
+        for k, n in enumerate(names)
+    ]
+    return {"name": name, "version": NGFF_VERSION, "channels": channels}
+
+
+def _image_label(label_names: list[str]) -> dict:
+    """NGFF image-label metadata: each label value's colour and class name."""
+    return {
+        "version": NGFF_VERSION,
+        "source": {"image": "../../"},
+        "colors": [
+            {"label-value": k, "rgba": list(COLOURS[(k - 1) % len(COLOURS)]) + [255]}
+            for k in range(1, len(label_names))
+        ],
+        "properties": [{"label-value": k, "class": n} for k, n in enumerate(label_names)],
+    }
+
+
+def _gate_array(root, k: int, grid, plan, name: str, spacing, origin, unit) -> bool:
+    """Gate ``k``'s array on its own grid, placed by its stride and offset; returns whether each
+    of its chunks lies in one block (a worker may write it)."""
+    group = root.require_group("gates").require_group(f"gate{k}")
+    chunks = gate_chunks(plan, grid)
+    group.create_array(
+        "0", shape=(grid.heads,) + grid.cells, chunks=(grid.heads,) + chunks, dtype="float32", fill_value=0.0
+    )
+    group.attrs.update(
+        {
+            "multiscales": multiscales(
+                f"{name} gate {k}",
+                len(spacing),
+                True,
+                [s * st for s, st in zip(spacing, grid.stride, strict=True)],
+                [o + s * off for o, s, off in zip(origin, spacing, grid.offset, strict=True)],
+                unit,
+            ),
+            "attunet": {"stride": list(grid.stride), "offset": list(grid.offset)},
+        }
+    )
+    return chunks_owned(plan, grid, chunks)
 
 
 def _forget(tmp: str) -> None:

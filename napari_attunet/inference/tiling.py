@@ -139,14 +139,15 @@ class Stitcher:
                 )
             )
 
-    def add(
-        self, index: int, start: Sequence[int], values: torch.Tensor, gate_maps: Sequence[torch.Tensor] = ()
-    ) -> None:
-        """Add one tile of image ``index``: ``values`` (C, *tile) and each gate map (heads, *cells)."""
+    def aggregate(self, values: tuple[torch.Tensor, Sequence[torch.Tensor]], location) -> None:
+        """Add one tile: ``values`` is (its values (C, *tile), each gate map (heads, *cells)),
+        ``location`` (image index, window start)."""
+        tile, gate_maps = values
+        index, start = location
         lead = (index,)
         region = lead + tuple(slice(s, s + t) for s, t in zip(start, self.tile, strict=True))
         w = self.tile_weight
-        self.sum[(slice(None),) + region].addcmul_(values.to(self.device, torch.float32), w)
+        self.sum[(slice(None),) + region].addcmul_(tile.to(self.device, torch.float32), w)
         self.weight[region] += w
         for buf, alpha in zip(self.gates, gate_maps, strict=True):
             cells = alpha.shape[1:]
@@ -169,7 +170,7 @@ class Stitcher:
                 buf.weight, buf.tile_weight = buf.weight.to(self.device), buf.tile_weight.to(self.device)
         return self
 
-    def result(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def finalize(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Blended values and gate maps; frees the accumulators as it goes."""
         values = self.sum.div_(self.weight)
         gates = [buf.sum.div_(buf.weight) for buf in self.gates]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,10 +74,14 @@ class AttentionUNetBase(nn.Module):
     """
 
     spec: ModelSpec
+    source: Any  # the checkpoint file it was loaded from (``checkpoint.load_model``), or None
+    metadata: dict  # that file's metadata
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
+        self.source = None
+        self.metadata = {}
         self._deep: list | None = None  # deep-supervision heads, collected only for training
 
     def _forward(self, x: torch.Tensor, gates: list | None) -> torch.Tensor:

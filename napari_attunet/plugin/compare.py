@@ -40,8 +40,8 @@ def disagreement(result: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 def layer_labels(layer, role: str):
     """A ``review`` LabelMap of a Labels layer: its data, world placement and class names."""
-    from ..geometry import compose, decompose
     from ..review.labelmaps import LabelMap
+    from ..scans.geometry import compose, decompose
 
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     array = np.array(data)  # a copy: painting may go on while the worker reads it

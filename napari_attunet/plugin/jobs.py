@@ -11,7 +11,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..inference.options import RunOptions
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,10 @@ def failure(exc: BaseException) -> tuple[str, str, str]:
     if isinstance(exc, Cancelled):
         return "info", str(exc), "cancelled"
     if isinstance(exc, ValueError):  # InputError and the like: the message is for the user
-        return "error", str(exc), "failed"
-    return "error", f"The run failed: {type(exc).__name__}: {exc}", "failed"
+        message = str(exc)
+    else:
+        message = f"The run failed: {type(exc).__name__}: {exc}"
+    return "error", message, f"Failed: {message}"
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ def _finish_store(pred, path: Path, cancel: threading.Event) -> StoreResult:
     from .store_views import StoreView, uncertainty_counts
 
     labels, unc = open_store_array(path, LABELS_KEY), open_store_array(path, "uncertainty/0")
-    pred._uncertainty = StoreView(unc, factor=1.0 / 255)  # the readout reads it voxel by voxel
+    pred.use_stored_uncertainty(StoreView(unc, factor=1.0 / 255))  # the readout reads it voxel by voxel
     counts = uncertainty_counts(labels, unc, len(pred.label_names), labels.chunks, cancel.is_set)
     limits = {}
     for _, key, _ in gate_groups(path):
@@ -110,7 +115,7 @@ def _finish_store(pred, path: Path, cancel: threading.Event) -> StoreResult:
 
 
 def predict_worker(
-    model, data, cancel: threading.Event, *, spacing, channel_axis, options: dict, name: str, engine=None
+    model, data, cancel: threading.Event, *, spacing, channel_axis, options, name: str, engine=None
 ):
     """An unstarted napari thread worker running ``iter_predict`` on ``data``; with an ``out``
     store it also yields ``StoreOpened`` and returns a ``StoreResult``. The engine's generator
@@ -121,20 +126,13 @@ def predict_worker(
 
     @thread_worker(ignore_errors=True)  # errors are shown by Jobs._on_error
     def work():
-        steps = iter_predict(
-            data,
-            model,
-            spacing=spacing,
-            channel_axis=channel_axis,
-            cancel=cancel,
-            name=f"layer {name!r}",
-            **options,
-        )
+        run = options.replace(spacing=spacing, channel_axis=channel_axis, name=f"layer {name!r}")
+        steps = iter_predict(data, model, run, cancel=cancel)
         if engine is not None:
             engine.append(steps)
-        pred = yield from _store_steps(steps, options.get("out"), cancel)
-        if options.get("out") is not None:
-            return _finish_store(pred, Path(options["out"]), cancel)
+        pred = yield from _store_steps(steps, run.out, cancel)
+        if run.out is not None:
+            return _finish_store(pred, Path(run.out), cancel)
         pred.uncertainty  # noqa: B018 computed here, off the event loop (cached on the prediction)
         return pred
 
@@ -172,8 +170,9 @@ def reap(engine: list, idle_s: float = 0.5, limit_s: float = 600.0) -> None:
 class Jobs:
     """Starts, follows and cancels the widget's runs, one at a time."""
 
-    def __init__(self, controls: JobControls):
+    def __init__(self, controls: JobControls, on_failure: Callable[[BaseException], None] | None = None):
         self.controls = controls
+        self.on_failure = on_failure  # told of every run that raised (not of a cancel)
         self.worker = None
         self.cancel_event = threading.Event()
         self.closed = False
@@ -193,7 +192,7 @@ class Jobs:
         *,
         spacing,
         channel_axis,
-        options: dict,
+        options: RunOptions,
         name: str,
         on_result: Callable[[Any], None],
         on_step: Callable[[Any], None] | None = None,
@@ -279,9 +278,14 @@ class Jobs:
 
         if self.closed:
             return
+        from ..errors import Cancelled
+
         kind, message, status = failure(exc)
         if self._on_failed is not None:
             message = self._on_failed(exc) or message
+            status = status if isinstance(exc, Cancelled) else f"Failed: {message}"
+        if self.on_failure is not None and not isinstance(exc, Cancelled):
+            self.on_failure(exc)
         notify(kind, message)
         self.controls.status.value = status
 

@@ -80,23 +80,60 @@ def _physical_affine(layer, n: int) -> np.ndarray:
 
 
 LABELS_OPACITY = 0.7
+OUTLINE = 1  # napari's contour thickness: labels drawn as outlines
+# Maps are drawn in hues outside LABEL_COLOURS, as lines, so that they never read as a class.
+GATE_RGB = (0.15, 1.0, 0.15)  # pure green: the palette's green is bluish (0.0, 0.62, 0.45)
+UNCERTAINTY_RGB = (1.0, 0.0, 1.0)  # magenta: the palette's purple is pale (0.80, 0.47, 0.65)
+GATE_LINES = (0.15, 0.5, 0.85)  # of a gate's contrast range: where its hot spots begin, and within
+LINE_WIDTH = 0.015  # of the contrast range, either side of a line
+UNSURE_ALPHA = 0.1  # the tint inside the uncertainty's line: which side is unsure
 
 
-def alpha_ramp(name: str, start: float = 0.0, power: float = 1.0):
-    """A napari colormap whose opacity rises from 0 (at ``start`` of the contrast range) to 1:
-    low values are transparent, so what lies under them stays readable."""
-    from napari.utils.colormaps import Colormap, ensure_colormap
+def iso_lines(rgb: tuple[float, float, float], levels: tuple[float, ...], label: str, inside: float = 0.0):
+    """A colormap opaque only near ``levels`` (fractions of the contrast range), tinted by
+    ``inside`` above the highest: drawn with linear interpolation, a map shows as thin
+    iso-lines at screen resolution, and the anatomy between them stays readable. The low end
+    of the range stays transparent (values clipped there would fill whole regions)."""
+    from napari.utils.colormaps import Colormap
 
-    base = ensure_colormap(name)
-    t = np.linspace(0.0, 1.0, 64)
-    colours = np.asarray(base.map(t), dtype=np.float32)
-    colours[:, 3] = np.clip((t - start) / (1.0 - start), 0.0, 1.0) ** power
-    return Colormap(colors=colours, controls=t, name=f"{name} (transparent low)")
+    t = np.linspace(0.0, 1.0, 1025)
+    alpha = np.where(t > max(levels), inside, 0.0)
+    for level in levels:
+        alpha = np.maximum(alpha, np.clip(1.0 - np.abs(t - level) / LINE_WIDTH, 0.0, 1.0))
+    colours = np.zeros((t.size, 4), np.float32)
+    colours[:, :3] = rgb
+    colours[:, 3] = alpha
+    return Colormap(colors=colours, controls=t, name=f"{label} (lines)")
+
+
+def surface_colormap(rgb: tuple[float, float, float], label: str):
+    """A map's 3D colormap: one hue, opaque, darker at low values (the iso-surface's shading)."""
+    from napari.utils.colormaps import Colormap
+
+    t = np.linspace(0.0, 1.0, 16)
+    colours = np.ones((t.size, 4), np.float32)
+    colours[:, :3] = np.outer(0.35 + 0.65 * t, rgb)
+    return Colormap(colors=colours, controls=t, name=f"{label} (surface)")
+
+
+def map_colormap(kind: str, ndisplay: int, level: float = 0.5):
+    """The colormap of a gate (``kind`` "gate") or the uncertainty: iso-lines in 2D (the
+    uncertainty's one line at ``level``, the widget's "uncertain over"), a surface in 3D."""
+    rgb = GATE_RGB if kind == "gate" else UNCERTAINTY_RGB
+    if ndisplay == 3:
+        return surface_colormap(rgb, kind)
+    if kind == "gate":
+        return iso_lines(rgb, GATE_LINES, kind)
+    return iso_lines(rgb, (level,), kind, UNSURE_ALPHA)
+
+
+MAP_OPACITY = {2: 1.0, 3: 0.4}  # 3D: translucent surfaces, the labels seen through them
 
 
 def gate_contrast(data: np.ndarray) -> tuple[float, float]:
-    """Contrast limits that leave all but a gate's top decile transparent and its top 0.5 %
-    opaque: gate maps rarely span [0, 1] (the finest is often >= 0.25 everywhere)."""
+    """Contrast limits from a gate's 90th percentile (its top decile, the hot spots, are
+    within the lines) to its 99.5th: gate maps rarely span [0, 1] (the finest is often
+    >= 0.25 everywhere)."""
     sample = np.asarray(data).reshape(-1)[:: max(1, data.size // 500_000)]
     lo, hi = (float(v) for v in np.percentile(sample, (90.0, 99.5)))
     if hi - lo < 0.05:
@@ -151,19 +188,36 @@ def labels_layer(
     return labels, kwargs, "labels"
 
 
-def gate_layers(pred: Prediction, source: SourceGeometry, colormap: str = "inferno") -> list[tuple]:
+def map_display(kind: str, ndisplay: int, level: float = 0.5) -> dict:
+    """The drawing keywords of a gate or uncertainty layer in 2D or 3D (``map_colormap``)."""
+    return {
+        "colormap": map_colormap(kind, ndisplay, level),
+        "opacity": MAP_OPACITY[3 if ndisplay == 3 else 2],
+        "blending": "translucent" if ndisplay == 3 else "translucent_no_depth",
+    }
+
+
+def gate_layers(pred: Prediction, source: SourceGeometry, ndisplay: int = 2) -> list[tuple]:
     """One Image layer per gate (and head), on the gate's own grid; only the finest visible.
 
-    Transparent where attention is low (under the map's 90th percentile) and opaque at its top
-    0.5 %, drawn translucently (not added), so the labels keep their colours outside the hot
-    spots; in 3D an iso-surface at the top of the range (the layer's iso threshold) shows them."""
+    In 2D, green iso-lines where its hot spots begin (its 90th percentile) and within them,
+    drawn at screen resolution over a barely tinted top; in 3D a translucent iso-surface near
+    the top of the range (the layer's iso threshold)."""
     out = []
     for k, gate in enumerate(pred.gates, start=1):
         if gate.data.size == 0:  # a region narrower than this gate's cells holds none of them
             continue
         for h in range(gate.heads):
             kwargs = gate_kwargs(
-                source, k, h, gate.heads, gate.stride, gate.offset, gate_contrast(gate.data[h]), colormap
+                source,
+                k,
+                h,
+                gate.heads,
+                gate.stride,
+                gate.offset,
+                gate_contrast(gate.data[h]),
+                ndisplay,
+                scan_shape=pred.shape,
             )
             out.append((gate.data[h], kwargs, "image"))
     return out
@@ -177,48 +231,100 @@ def gate_kwargs(
     stride,
     offset,
     limits: tuple[float, float],
-    colormap: str = "inferno",
+    ndisplay: int = 2,
+    scan_shape: tuple[int, ...] | None = None,
 ) -> dict:
-    """The Image layer keywords of gate ``k`` (from 1), head ``h`` (from 0), on its own grid."""
+    """The Image layer keywords of gate ``k`` (from 1), head ``h`` (from 0), on its own grid;
+    ``scan_shape``, the grid the gate was computed for, bounds its extent (``GateImage``)."""
     scale = np.asarray(source.scale)
     translate = np.asarray(source.translate)
+    meta = {
+        "index": k,
+        "head": h + 1,
+        "stride": list(stride),
+        "offset": list(offset),
+        "source": source.name,
+    }
+    if scan_shape is not None:
+        meta["scan_shape"] = [int(n) for n in scan_shape]
     return {
         **source.kwargs(),
         "name": f"{source.name} gate {k}" + (f" head {h + 1}" if heads > 1 else ""),
         "scale": tuple(scale * np.asarray(stride)),
         "translate": tuple(translate + scale * np.asarray(offset)),
-        "colormap": alpha_ramp(colormap, power=1.5),
-        "blending": "translucent_no_depth",
+        **map_display("gate", ndisplay),
         "contrast_limits": limits,
         "rendering": "iso",
-        "iso_threshold": limits[0] + 0.8 * (limits[1] - limits[0]),
-        "opacity": 0.8,
+        "iso_threshold": limits[0] + GATE_LINES[-1] * (limits[1] - limits[0]),
+        "interpolation2d": "linear",  # iso-lines at screen resolution, not cell by cell
         "visible": k == 1,
-        "metadata": {
-            "attunet_gate": {
-                "index": k,
-                "head": h + 1,
-                "stride": list(stride),
-                "offset": list(offset),
-                "source": source.name,
-            }
-        },
+        "metadata": {"attunet_gate": meta},
     }
 
 
-def uncertainty_layer(pred: Prediction, source: SourceGeometry, level: float = 0.5) -> tuple:
-    """``<image> uncertainty``: the prediction's per-voxel uncertainty on the scan grid, magenta
-    where the model is unsure, transparent where it is sure; in 3D the iso-surface at ``level``
-    (the widget's "uncertain over")."""
+def scan_extent_in_gate(meta: dict, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The extent (2, D) of a gate's data, in its cells, bounded by the centres of the scan's
+    first and last voxels: the gate's last cells may reach past the scan (its grid covers the
+    scan's shape rounded up to the stride), which would stretch napari's sliders."""
+    scan = meta.get("scan_shape")
+    if scan is None or len(scan) != len(shape):
+        return None
+    stride = np.asarray(meta["stride"], float)
+    offset = np.asarray(meta["offset"], float)
+    full = np.vstack([np.zeros(len(shape)), np.asarray(shape, float) - 1])
+    low = np.maximum(full[0], (0.0 - offset) / stride)
+    high = np.minimum(full[1], (np.asarray(scan, float) - 1 - offset) / stride)
+    return np.vstack([low, np.maximum(low, high)])
+
+
+def gate_image(data, kwargs: dict):
+    """A gate's napari layer (``GateImage``) from ``gate_kwargs``."""
+    return _gate_image_class()(data, **kwargs)
+
+
+_GATE_CLASS: list = []
+
+
+def _gate_image_class():
+    """``GateImage``, made on first use: napari is imported only when a layer is made."""
+    if _GATE_CLASS:
+        return _GATE_CLASS[0]
+    from napari.layers import Image
+
+    class GateImage(Image):
+        """An attention gate on its own grid whose extent (which sets the sliders' ranges) ends
+        at the scan's, though its last cells reach past it."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._clear_extent()  # napari measured it before the metadata was set
+            self.events.metadata.connect(lambda _: self._clear_extent())
+
+        @property
+        def _extent_data(self) -> np.ndarray:
+            extent = super()._extent_data
+            meta = (getattr(self, "metadata", None) or {}).get("attunet_gate") or {}
+            bounded = scan_extent_in_gate(meta, tuple(extent[1].astype(int) + 1))
+            return extent if bounded is None else bounded
+
+    _GATE_CLASS.append(GateImage)
+    return GateImage
+
+
+def uncertainty_layer(
+    pred: Prediction, source: SourceGeometry, level: float = 0.5, ndisplay: int = 2
+) -> tuple:
+    """``<image> uncertainty``: the prediction's per-voxel uncertainty on the scan grid: in 2D
+    a magenta iso-line at ``level`` (the widget's "uncertain over") around a barely tinted
+    inside, in 3D the translucent iso-surface at ``level``."""
     kwargs = {
         **source.kwargs(),
         "name": f"{source.name} uncertainty",
-        "colormap": alpha_ramp("magenta", power=0.7),
-        "blending": "translucent_no_depth",
-        "contrast_limits": (0.0, 0.5),
+        **map_display("uncertainty", ndisplay, level),
+        "contrast_limits": (0.0, 1.0),
         "rendering": "iso",
         "iso_threshold": level,
-        "opacity": 0.9,
+        "interpolation2d": "linear",
         "metadata": {"attunet_uncertainty": {"source": source.name}},
     }
     return pred.uncertainty, kwargs, "image"

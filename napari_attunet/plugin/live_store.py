@@ -23,6 +23,7 @@ from .layers import (
     LABELS_OPACITY,
     SourceGeometry,
     gate_contrast,
+    gate_image,
     gate_kwargs,
     label_colormap,
     uncertainty_layer,
@@ -164,10 +165,20 @@ class StoreRun:
             array = open_store_array(self.partial, key)
             heads = array.shape[0]
             for h in range(heads):
-                gk = gate_kwargs(self.source, k, h, heads, grid["stride"], grid["offset"], (0.5, 1.0))
+                gk = gate_kwargs(
+                    self.source,
+                    k,
+                    h,
+                    heads,
+                    grid["stride"],
+                    grid["offset"],
+                    (0.5, 1.0),
+                    self.viewer.dims.ndisplay,
+                    scan_shape=labels.shape,
+                )
                 gk["metadata"].update(self._meta("gate", key=key, head=h))
                 self._pending.append(
-                    lambda a=array, h=h, gk=gk: self.viewer.add_image(StoreView(a, (h,)), **gk)
+                    lambda a=array, h=h, gk=gk: self.viewer.add_layer(gate_image(StoreView(a, (h,)), gk))
                 )
         view = StoreView(open_store_array(self.partial, "uncertainty/0"), factor=1.0 / 255)
         _, uk, _ = uncertainty_layer(_Uncertain(view), self.source, self.level)

@@ -10,6 +10,10 @@ dims to a coronal or sagittal plane shows the head upside down. Whatever order t
 - sagittal (S, P): superior up, anterior on the left;
 - 3D: the LPS axes drawn with the handedness that shows the patient un-mirrored (at the start
   seen from the feet, like the axial plane).
+
+In 2D, letters at the canvas edges name the patient's side each edge faces (A/P, R/L, S/I),
+computed from the plane on screen and the camera's orientation, so they follow a roll, a
+transpose or a flip; napari's scale bar (in mm, the layers' unit) is on.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ import weakref
 
 # Increasing index along each scan axis points this way (LPS).
 AXIS_LABELS = ("superior", "posterior", "left")
+# (towards increasing index, towards decreasing index) of each scan axis.
+AXIS_LETTERS = (("S", "I"), ("P", "A"), ("L", "R"))
+EDGES = {"top": "top_center", "bottom": "bottom_center", "left": "middle_left", "right": "middle_right"}
+LETTER_KEY = "attunet_orientation_{}"
 _hooked: weakref.WeakSet = weakref.WeakSet()
 _busy: set[int] = set()
 
@@ -40,9 +48,16 @@ def install(viewer) -> None:
         if v is not None:
             apply(v)
 
+    def letters(event=None):
+        v = ref()
+        if v is not None:
+            show_letters(v)
+
     viewer.dims.events.order.connect(update)
     viewer.dims.events.ndisplay.connect(update)
     viewer.layers.events.inserted.connect(update)
+    viewer.layers.events.removed.connect(letters)
+    camera_of(viewer).events.orientation.connect(letters)
     apply(viewer)
 
 
@@ -95,3 +110,67 @@ def apply(viewer) -> None:
             dims.axis_labels = labels
     finally:
         _busy.discard(id(viewer))
+    show_letters(viewer)
+    _scale_bar_on(viewer)
+
+
+def edge_letters(
+    order: tuple[int, ...], orientation2d: tuple[str, str], first_scan_axis: int
+) -> dict[str, str]:
+    """The patient's side each canvas edge faces, for a 2D plane of a scan in LPS world axes:
+    {"top": "A", "bottom": "P", "left": "R", "right": "L"} for the radiological axial plane.
+
+    napari draws the plane's first displayed axis vertically (increasing downwards when the
+    camera's vertical orientation is "down") and its second horizontally (increasing to the
+    right when "right"). Edges along a non-scan axis get no letter.
+    """
+    vertical, horizontal = order[-2:]
+    out = {}
+    for axis, (low_edge, high_edge), increasing in (
+        (vertical, ("top", "bottom"), str(orientation2d[0]) == "down"),
+        (horizontal, ("left", "right"), str(orientation2d[1]) == "right"),
+    ):
+        k = axis - first_scan_axis
+        if not 0 <= k < 3:
+            continue
+        plus, minus = AXIS_LETTERS[k]
+        out[high_edge], out[low_edge] = (plus, minus) if increasing else (minus, plus)
+    return out
+
+
+def _canvas_overlays(viewer):
+    """napari >= 0.6 keeps canvas overlays in ``viewer.canvas.overlays``, earlier in ``_overlays``."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.overlays if canvas is not None else viewer._overlays
+
+
+def show_letters(viewer) -> dict[str, str]:
+    """Put the orientation letters of the plane on screen at the canvas edges (hidden in 3D or
+    without a scan from this plugin); returns them by edge."""
+    from napari.components.overlays import TextOverlay
+
+    dims = viewer.dims
+    scans = [layer for layer in viewer.layers if is_scan_layer(layer)]
+    letters = {}
+    if scans and dims.ndisplay == 2 and dims.ndim >= 3:
+        letters = edge_letters(tuple(dims.order), tuple(camera_of(viewer).orientation2d), dims.ndim - 3)
+    overlays = _canvas_overlays(viewer)
+    for edge, position in EDGES.items():
+        key = LETTER_KEY.format(edge)
+        text = letters.get(edge, "")
+        overlay = overlays.get(key)
+        if overlay is None:
+            if not text:
+                continue
+            overlay = TextOverlay(position=position, font_size=16, color="white", box=True)
+            overlays[key] = overlay
+        overlay.text = text
+        overlay.visible = bool(text)
+    return letters
+
+
+def _scale_bar_on(viewer) -> None:
+    """napari's scale bar, in the layers' unit (mm for scans), once a scan is shown."""
+    bar = _canvas_overlays(viewer).get("scale_bar")
+    if bar is not None and not bar.visible:
+        bar.visible = True

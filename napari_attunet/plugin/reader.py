@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
-from ..io import SCAN_SUFFIXES
-from ..suffixes import CHECKPOINT_SUFFIXES
+from ..models.suffixes import CHECKPOINT_SUFFIXES
+from ..scans.io import SCAN_SUFFIXES
 from .orientation import AXIS_LABELS
 from .transforms import GEOMETRY_KEY, data_to_world, display_kwargs, layer_state, same_grid
-
-CT_SOFT_TISSUE = (-160.0, 240.0)  # W400 / L40
+from .windows import WINDOW_KEY, initial_window, widen_slider
 
 
 def get_reader(path):
@@ -45,25 +42,11 @@ def _has_dicom(folder: Path) -> bool:
         return False
 
 
-def _contrast_limits(array: np.ndarray) -> tuple[float, float]:
-    """A soft-tissue window for CT (values in Hounsfield units), else robust percentiles."""
-    sample = array.reshape(-1)[:: max(1, array.size // 1_000_000)]
-    if np.issubdtype(sample.dtype, np.floating):
-        sample = sample[np.isfinite(sample)]  # NaN/inf voxels (a note says so) set no limits
-        if sample.size == 0:
-            return (0.0, 1.0)
-    lo, hi = float(sample.min()), float(sample.max())
-    if lo <= -500 and hi >= 300:
-        return CT_SOFT_TISSUE
-    p1, p99 = np.percentile(sample, (0.5, 99.5))
-    return (float(p1), float(p99)) if p99 > p1 else (lo, hi if hi > lo else lo + 1)
-
-
 def read_scan(path):
     import napari
     from napari.utils.notifications import show_error, show_info
 
-    from .. import io
+    from ..scans import io
     from .orientation import install
 
     install(napari.current_viewer())
@@ -71,13 +54,14 @@ def read_scan(path):
     try:
         volume = io.read(path)
         ndim = volume.array.ndim
+        limits, window = initial_window(path, volume.array)
         kwargs = {
             "name": volume.name,
             **display_kwargs(volume.affine),
             "units": ("mm",) * ndim,
             "axis_labels": AXIS_LABELS if ndim == 3 else ("y", "x"),
-            "contrast_limits": _contrast_limits(volume.array),
-            "metadata": {GEOMETRY_KEY: volume.geometry()},
+            "contrast_limits": limits,
+            "metadata": {GEOMETRY_KEY: volume.geometry(), WINDOW_KEY: window},
         }
     except ValueError as exc:
         show_error(str(exc))
@@ -106,8 +90,9 @@ def _link_new_labels() -> None:
     if viewer is None:
         return
     emitter = viewer.layers.events.inserted
-    if _adopt_scan_geometry not in list(emitter.callbacks):
-        emitter.connect(_adopt_scan_geometry)
+    for hook in (_adopt_scan_geometry, widen_slider):
+        if hook not in list(emitter.callbacks):
+            emitter.connect(hook)
 
 
 def _adopt_scan_geometry(event) -> None:

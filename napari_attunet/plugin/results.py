@@ -14,13 +14,23 @@ import numpy as np
 
 from .edits import EditWatch
 from .jobs import StoreResult
-from .layers import LABEL_COLOURS, SourceGeometry, gate_layers, labels_layer, uncertainty_layer
+from .layers import (
+    LABELS_OPACITY,
+    OUTLINE,
+    SourceGeometry,
+    gate_image,
+    gate_layers,
+    labels_layer,
+    map_display,
+    uncertainty_layer,
+)
 from .live_store import STORE_TAG, PaintWatch, StoreRun
 from .notify import notify
 from .readout import has_readout, readout, with_readout
 from .store_views import ThresholdView, volumes_from_counts
 
-VOLUME_COLUMNS = ("colour", "class", "mL", "uncertain mL")
+VOLUME_COLUMNS = ("", "class", "mL", "uncertain mL")  # the first: each class's colour
+LABEL_STYLES = ("auto", "outlines", "filled")  # auto: outlines while a gate or the uncertainty is shown
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,16 @@ class ViewSettings:
     show_attention: bool
     show_uncertainty: bool
     uncertainty_level: float
+    gate: str | None = None  # the gate shown ("gate 2", "gate 1 head 2"); None: the finest
+    label_style: str = LABEL_STYLES[0]
+
+    @property
+    def outlines(self) -> bool:
+        """Labels drawn as outlines: chosen, or by default while a gate or the uncertainty is
+        shown (filled labels under a map hide the anatomy twice over)."""
+        if self.label_style == "outlines":
+            return True
+        return self.label_style == LABEL_STYLES[0] and (self.show_attention or self.show_uncertainty)
 
 
 class RunState:
@@ -85,14 +105,24 @@ def result_name(source_name: str, preview: bool) -> str:
 
 
 def volume_rows(features: dict, uncertain: list[float]) -> dict[str, list]:
-    """The volume table's columns from a Labels layer's features (row 0 is the background)."""
-    rows = len(features["class"]) - 1
-    return {
-        "colour": [""] * rows,
-        "class": list(features["class"][1:]),
-        "mL": [round(v, 3) for v in features["volume_ml"][1:]],
-        "uncertain mL": [round(v, 3) for v in uncertain],
-    }
+    """The volume table from a Labels layer's features (row 0, the background, left out): one
+    row per label value, named by it, volumes in mL to one decimal."""
+    classes = list(features["class"][1:])
+    values = list(features.get("index", range(len(features["class"]))))[1:]
+    rows = [
+        ["", name, round(float(ml), 1), round(float(unsure), 1)]
+        for name, ml, unsure in zip(classes, features["volume_ml"][1:], uncertain, strict=True)
+    ]
+    return {"data": rows, "index": [str(v) for v in values], "columns": list(VOLUME_COLUMNS)}
+
+
+def region_text(offset, shape, scan_shape, scale) -> str:
+    """What a Preview covers: its voxels along each axis, and its size in mm."""
+    spans = ", ".join(
+        f"{o}-{o + n - 1} of {total}" for o, n, total in zip(offset, shape, scan_shape, strict=True)
+    )
+    size = " x ".join(f"{n * s:.0f}" for n, s in zip(shape, scale, strict=True))
+    return f"preview region: voxels {spans} ({size} mm); the volumes are of this region only"
 
 
 def warm_imports() -> None:
@@ -107,11 +137,20 @@ def warm_imports() -> None:
 class ResultLayers:
     """The latest run's layers in one viewer, and the volume table beside them."""
 
-    def __init__(self, viewer, volumes, settings: Callable[[], ViewSettings]):
+    def __init__(
+        self,
+        viewer,
+        volumes,
+        settings: Callable[[], ViewSettings],
+        note=None,
+        on_gates: Callable[[list[str]], None] | None = None,
+    ):
         from qtpy.QtCore import QTimer
 
         self.viewer = viewer
         self.volumes = volumes  # a magicgui Table with VOLUME_COLUMNS
+        self.note = note  # a magicgui Label over the table: what a Preview covers
+        self.on_gates = on_gates  # told the gates of each run ("gate 1", ...), for the selector
         self.settings = settings
         self.state: RunState | None = None
         self._pending: list = []
@@ -123,7 +162,9 @@ class ResultLayers:
         self.relabel_timer.setSingleShot(True)
         self.relabel_timer.setInterval(150)
         self.relabel_timer.timeout.connect(self.relabel_all)
+        _show_one_decimal(volumes.native)
         warm_imports()
+        viewer.dims.events.ndisplay.connect(self.on_ndisplay)
 
     @property
     def pending(self) -> bool:
@@ -142,14 +183,17 @@ class ResultLayers:
         return self.state.layer(self.viewer) if self.state is not None else None
 
     # ---- a finished run ------------------------------------------------------------------
-    def show(self, pred, source: SourceGeometry, offset, preview: bool) -> None:
+    def show(self, pred, source: SourceGeometry, offset, preview: bool, scan_shape=()) -> None:
         """Show a finished run. Layer changes are spread over event-loop turns (one layer each),
-        and layers from an earlier run are updated in place, so napari never freezes long."""
+        and layers from an earlier run are updated in place, so napari never freezes long.
+        ``scan_shape`` is the whole scan's, of which a Preview's region is part."""
         if self._closed:
             return
         source = shifted(source, offset)
         labels = pred.labels(self.settings().thresholds)
         name = result_name(source.name, preview)
+        if not preview:
+            self._drop_preview(source.name)
         existing = self.labels_layer()
         reuse = (
             existing is not None
@@ -171,14 +215,45 @@ class ResultLayers:
             layer = self.viewer.add_labels(data, **kwargs)
         self.state = RunState(pred, source, layer, offset)
         self.show_volumes(kwargs["features"], labels)
-        gates = gate_layers(pred, source)
+        self._show_region(offset, labels.shape, scan_shape, source.scale)
+        gates = gate_layers(pred, source, self.viewer.dims.ndisplay)
         self._pending_names = [k["name"] for _, k, _ in gates]
+        if self.on_gates is not None:
+            self.on_gates([gate_label(k["name"], source.name) for _, k, _ in gates])
         self._pending = [lambda d=d, k=k: self._put_gate(d, k) for d, k, _ in gates]
         self._pending.append(lambda: self._drop_stale_gates(source.name))
         if self.settings().show_uncertainty or f"{source.name} uncertainty" in self.viewer.layers:
             self._pending.append(self._put_uncertainty)
         self._pending.append(self._select_labels)
+        self._pending.append(self.apply_label_style)
         self._drain()
+
+    def _drop_preview(self, source_name: str) -> None:
+        """Run replaces the Preview: its layer goes unless it was edited by hand (then it stays,
+        and the user is told why)."""
+        name = result_name(source_name, True)
+        if name not in self.viewer.layers:
+            return
+        state = self.state
+        layer = self.viewer.layers[name]
+        ours = state is not None and (layer.metadata.get("attunet") or {}).get("run") == state.tag
+        if ours and state.edited:
+            notify("info", f"{name!r} was edited by hand, so it stays beside the run's labels.")
+            return
+        self.viewer.layers.remove(name)
+
+    def _show_region(self, offset, shape, scan_shape, scale) -> None:
+        """Say, over the table, that a Preview's volumes are of its region, and which."""
+        if self.note is None:
+            return
+        preview = offset is not None
+        self.note.visible = preview
+        self.note.value = (
+            region_text(offset, shape, scan_shape if len(scan_shape) == len(shape) else shape, scale)
+            if preview
+            else ""
+        )
+        self.volumes.label = "volumes (preview region)" if preview else "volumes"
 
     # ---- a run writing a result store ----------------------------------------------------
     def begin_store(self, source: SourceGeometry, out) -> StoreRun:
@@ -213,7 +288,9 @@ class ResultLayers:
             return
         self.state = RunState(result.prediction, run.source, layer, store=result)
         self.show_volumes(layer.features.to_dict("list"))
+        self._show_region(None, (), (), ())
         self._select_labels()
+        self.apply_label_style()
 
     def discard_store(self, run: StoreRun, exc: BaseException) -> str:
         """A store run was cancelled or failed: the engine removed the partial store; remove its
@@ -238,12 +315,19 @@ class ResultLayers:
             QTimer.singleShot(0, self._drain)
 
     def _put_gate(self, data, kwargs) -> None:
-        kwargs["visible"] = kwargs["visible"] and self.settings().show_attention
+        settings = self.settings()
+        label = gate_label(kwargs["name"], kwargs["metadata"]["attunet_gate"]["source"])
+        chosen = settings.gate if settings.gate else "gate 1"
+        kwargs["visible"] = settings.show_attention and label == chosen
         name = kwargs["name"]
         if name in self.viewer.layers and self.viewer.layers[name].data.ndim == data.ndim:
-            _update_image(self.viewer.layers[name], data, kwargs, ("contrast_limits", "iso_threshold"))
+            _update_image(
+                self.viewer.layers[name], data, kwargs, ("contrast_limits", "iso_threshold", "visible")
+            )
         else:
-            self.viewer.add_image(data, **kwargs)
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self.viewer.add_layer(gate_image(data, kwargs))
 
     def _put_uncertainty(self) -> None:
         """The ``<image> uncertainty`` layer of the latest run (shown when the toggle is on)."""
@@ -251,12 +335,15 @@ class ResultLayers:
             return
         settings = self.settings()
         data, kwargs, _ = uncertainty_layer(
-            self.state.prediction, self.state.source, settings.uncertainty_level
+            self.state.prediction,
+            self.state.source,
+            settings.uncertainty_level,
+            self.viewer.dims.ndisplay,
         )
         kwargs["visible"] = settings.show_uncertainty
         name = kwargs["name"]
         if name in self.viewer.layers and self.viewer.layers[name].data.shape == data.shape:
-            _update_image(self.viewer.layers[name], data, kwargs, ("visible",))
+            _update_image(self.viewer.layers[name], data, kwargs, ("visible", "colormap", "iso_threshold"))
         else:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
@@ -279,11 +366,49 @@ class ResultLayers:
                 self.viewer.layers.remove(layer)
 
     # ---- toggles -------------------------------------------------------------------------
-    def toggle_gates(self, show: bool) -> None:
+    def _gate_layers(self) -> list:
+        """The gate layers of the latest run's scan (in memory or in a store)."""
+        source = self.state.source.name if self.state is not None else None
+        if self.store_run is not None:
+            source = self.store_run.source.name
+        return [
+            layer
+            for layer in self.viewer.layers
+            if (layer.metadata.get("attunet_gate") or {}).get("source") == source
+        ]
+
+    def toggle_gates(self, show: bool | None = None) -> None:
+        """Show the chosen gate (the finest unless one is chosen) and hide the others: one at a
+        time, so that no two maps are read as one."""
+        settings = self.settings()
+        chosen = settings.gate if settings.gate else "gate 1"
+        for layer in self._gate_layers():
+            source = layer.metadata["attunet_gate"]["source"]
+            layer.visible = settings.show_attention and gate_label(layer.name, source) == chosen
+        self.apply_label_style()
+
+    def apply_label_style(self, value=None) -> None:
+        """Labels as outlines or filled (``ViewSettings.outlines``), on every run's labels."""
+        outlines = self.settings().outlines
         for layer in self.viewer.layers:
-            meta = layer.metadata.get("attunet_gate")
-            if meta and meta.get("index") == 1:
-                layer.visible = bool(show)
+            if "attunet" not in layer.metadata or not hasattr(layer, "contour"):
+                continue
+            if bool(layer.contour) != outlines:
+                layer.contour = OUTLINE if outlines else 0
+                layer.opacity = 1.0 if outlines else LABELS_OPACITY
+
+    def on_ndisplay(self, event=None) -> None:
+        """Maps are iso-lines in 2D and translucent surfaces in 3D (``layers.map_display``)."""
+        ndisplay = self.viewer.dims.ndisplay
+        level = self.settings().uncertainty_level
+        for layer in self.viewer.layers:
+            meta = layer.metadata
+            kind = "gate" if "attunet_gate" in meta else "uncertainty"
+            if kind == "uncertainty" and "attunet_uncertainty" not in meta:
+                if (meta.get(STORE_TAG) or {}).get("kind") != "uncertainty":
+                    continue
+            for key, value in map_display(kind, ndisplay, level).items():
+                setattr(layer, key, value)
 
     def toggle_uncertainty(self, show: bool) -> None:
         if self.store_run is not None:  # a store run's layers are in before it ends
@@ -300,11 +425,14 @@ class ResultLayers:
         elif show:
             self._put_uncertainty()
             self._select_labels()
+        self.apply_label_style()
 
     def on_uncertainty_level(self, value=None) -> None:
         level = self.settings().uncertainty_level
         if self.state is not None and f"{self.state.source.name} uncertainty" in self.viewer.layers:
-            self.viewer.layers[f"{self.state.source.name} uncertainty"].iso_threshold = level
+            layer = self.viewer.layers[f"{self.state.source.name} uncertainty"]
+            layer.iso_threshold = level
+            layer.colormap = map_display("uncertainty", self.viewer.dims.ndisplay, level)["colormap"]
         layer = self.labels_layer()
         if layer is not None:
             store = self.state is not None and self.state.store is not None
@@ -467,23 +595,65 @@ class ResultLayers:
             mls = state.prediction.uncertain_volumes_ml(labels, level, state.source.scale)
             uncertain = [mls.get(name, 0.0) for name in features["class"][1:]]
         self.volumes.value = volume_rows(features, uncertain)
-        self._paint_swatches(len(features["class"]) - 1)
+        self._paint_swatches(features)
+        self._fit_columns()
 
-    def _paint_swatches(self, rows: int) -> None:
+    def clear_volumes(self) -> None:
+        """No rows: after a failed run the table describes nothing on screen."""
+        self.volumes.value = {"data": [], "index": [], "columns": list(VOLUME_COLUMNS)}
+        if self.note is not None:
+            self.note.visible = False
+
+    def _fit_columns(self) -> None:
+        """Columns as wide as their contents: the table fits the dock's width without
+        scrolling sideways."""
+        from qtpy.QtWidgets import QHeaderView
+
+        header = self.volumes.native.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Fixed)
+        header.resizeSection(0, 20)  # a swatch
+
+    def _paint_swatches(self, features: dict) -> None:
+        """Each row's swatch in its label value's colour (the layer's colormap)."""
         from qtpy.QtGui import QColor
 
+        from .layers import label_colormap
+
+        colours = label_colormap(len(features["class"])).color_dict
         table = self.volumes.native
-        for r in range(rows):
+        values = list(features.get("index", range(len(features["class"]))))[1:]
+        for r, value in enumerate(values):
             item = table.item(r, 0)
-            if item is not None:
-                rgba = LABEL_COLOURS[(r + 1) % len(LABEL_COLOURS)]
-                item.setBackground(QColor.fromRgbF(*rgba[:3], 1.0))
+            rgba = colours.get(int(value))
+            if item is not None and rgba is not None:
+                item.setBackground(QColor.fromRgbF(*[float(c) for c in rgba[:3]], 1.0))
+
+
+def _show_one_decimal(table) -> None:
+    """Numbers in ``table`` (a QTableWidget) shown with one decimal, as the values hold
+    (magicgui's tables show four)."""
+    from qtpy.QtWidgets import QStyledItemDelegate
+
+    class OneDecimal(QStyledItemDelegate):
+        def displayText(self, value, locale) -> str:  # noqa: N802 - Qt's name
+            if isinstance(value, float):
+                return f"{value:.1f}"
+            return super().displayText(value, locale)
+
+    table.setItemDelegate(OneDecimal(table))
+
+
+def gate_label(layer_name: str, source_name: str) -> str:
+    """A gate layer's name without its scan's: "gate 2", "gate 1 head 2"."""
+    return layer_name[len(source_name) :].strip()
 
 
 def _update_image(layer, data, kwargs: dict, extra: tuple[str, ...]) -> None:
-    """Put a new run's data and placement into an existing Image layer (keeps its controls)."""
+    """Put a new run's data and placement into an existing Image layer (keeps its controls).
+    The metadata first: a gate's extent follows it (``layers.GateImage``)."""
+    layer.metadata = kwargs["metadata"]
     layer.data = data
     layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
     for key in extra:
         setattr(layer, key, kwargs[key])
-    layer.metadata = kwargs["metadata"]

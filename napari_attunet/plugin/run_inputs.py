@@ -6,45 +6,42 @@ Everything here but ``preview_centre`` is a plain function of its arguments; not
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..inference.options import RunOptions
 
 PREVIEW_DEPTH = 32  # slices around the current one
 PREVIEW_PLANE = 192  # voxels across, around the view centre
 CHECKPOINT_DEFAULT = "checkpoint default"
 
 
-def run_options(
-    *,
-    device: str,
-    precision: str,
-    runtime: str,
-    normalization: str,
-    tile: int,
-    overlap: float,
-    tta: bool,
-    scan_layout: str,
-) -> dict[str, Any]:
-    """The keyword arguments of ``iter_predict`` from the values shown in the widget."""
-    return {
-        "device": device,
-        "precision": precision,
-        "runtime": runtime,
-        "normalization": None if normalization == CHECKPOINT_DEFAULT else normalization,
-        "tile": tile or None,
-        "overlap": float(overlap),
-        "tta": bool(tta),
-        "attention": True,
-        "orientation": None if scan_layout == CHECKPOINT_DEFAULT else scan_layout,
-    }
+def run_options(form) -> RunOptions:
+    """The run's options from the values the widget shows (``form``: its fields by name)."""
+    from ..inference.options import RunOptions
+
+    return RunOptions(
+        device=form.device.value,
+        precision=form.precision.value,
+        runtime=form.runtime.value,
+        normalization=None if form.normalization.value == CHECKPOINT_DEFAULT else form.normalization.value,
+        tile=form.tile.value or None,
+        overlap=float(form.overlap.value),
+        tta=bool(form.tta.value),
+        orientation=None if form.scan_layout.value == CHECKPOINT_DEFAULT else form.scan_layout.value,
+    )
 
 
 def threshold_values(output: str, argmax: bool, sliders: list[float]) -> list[float] | None:
     """The thresholds labels follow; None is the default rule (Prediction.labels): argmax
     for softmax models, 0.5 per channel for sigmoid ones (where the sliders start)."""
+    from ..inference.postprocess import check_thresholds
+
     if output == "softmax" and argmax:
         return None
+    check_thresholds(sliders, "the threshold sliders")
     return ([0.0] + list(sliders)) if output == "softmax" else list(sliders)
 
 

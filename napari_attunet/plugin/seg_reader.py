@@ -15,7 +15,7 @@ from .writer import SEG_KEY
 
 
 def is_seg(path) -> bool:
-    from ..dicom_seg import is_seg_file
+    from ..scans.dicom_seg import is_seg_file
 
     return is_seg_file(path)
 
@@ -37,7 +37,7 @@ def read_seg(path):
 
 def seg_layer(path, viewer=None) -> tuple:
     """(labels, kwargs, "labels") of a SEG file, on its open series' grid when there is one."""
-    from .. import dicom_seg
+    from ..scans import dicom_seg
 
     dicom_seg.require_highdicom("Opening a DICOM SEG")
     seg = dicom_seg.read_seg(path)
@@ -83,7 +83,7 @@ def _scan_layers(viewer) -> list:
 
 
 def _same_frame_of_reference(geometry: dict, uid: str) -> bool:
-    from .. import dicom_seg
+    from ..scans import dicom_seg
 
     try:
         source = dicom_seg.load_source(geometry)

@@ -15,7 +15,7 @@ FLAG_COLOUR = (150, 60, 20)
 
 
 def _world(layer) -> np.ndarray:
-    from ..geometry import compose
+    from ..scans.geometry import compose
 
     ndim = layer.ndim
     return np.asarray(layer.affine.affine_matrix, dtype=float)[-ndim - 1 :, -ndim - 1 :] @ compose(

@@ -1,10 +1,10 @@
-"""napari layer transforms as the core's affines (see ``napari_attunet.geometry``)."""
+"""napari layer transforms as the core's affines (see ``napari_attunet.scans.geometry``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from .. import geometry as geo
+from ..scans import geometry as geo
 
 GEOMETRY_KEY = "attunet_geometry"
 

@@ -27,8 +27,9 @@ from magicgui.widgets import (
 from .jobs import JobControls, Jobs
 from .layers import SourceGeometry
 from .notify import notify
+from .orthoviews import ViewControls
 from .recent import recent_checkpoints, remember_checkpoint
-from .results import VOLUME_COLUMNS, ResultLayers, RunState, ViewSettings
+from .results import LABEL_STYLES, VOLUME_COLUMNS, ResultLayers, RunState, ViewSettings
 from .run_inputs import (
     channel_data,
     full_resolution,
@@ -53,16 +54,90 @@ NORMALIZATIONS = (
     "percentile",
 )
 ORIENTATIONS = ("checkpoint default", "RAS", "LPS", "LAS", "native", "display")
+FAMILY_AUTO = "auto (from the weights)"
+VOLUMES_HEIGHT = 100  # px: a few rows; the dock's other rows keep their heights at 1000 px
+LABEL_LINES = 9  # a status of up to this many lines shows whole (the window never grows for it)
+DOCK_WIDTH = 420  # px: at 1600 px the canvas keeps over half the window beside napari's docks
+
+
+class WrappedLabel(Label):
+    """A label whose text wraps and which is as tall as its text at its width (the widget's
+    nested layouts never ask a label for its height at a width): a whole sentence shows."""
+
+    def set_value(self, value) -> None:
+        super().set_value(value)
+        from qtpy.QtCore import QTimer
+
+        self._fit()
+        QTimer.singleShot(0, self._fit)  # again once the layout has settled its width
+
+    def _fit(self) -> None:
+        native = self.native
+        try:
+            width = native.width() if native.width() > 50 else 250
+        except RuntimeError:  # the dock was closed before the deferred call
+            return
+        lines = native.fontMetrics().height() * LABEL_LINES
+        native.setMinimumHeight(min(native.heightForWidth(width), lines) if self.value else 0)
+        native.setToolTip(str(self.value))  # the whole text, were it ever over LABEL_LINES
 
 
 class AttUNetWidget(Container):
     """Attention U-Net: segmentation and attention-gate overlays for the chosen image."""
 
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=True, scrollable=True)
         self.viewer = napari_viewer
         self.model = None
 
+        self._make_fields()
+        self.extend(
+            [
+                self.image,
+                self.channels,
+                self.checkpoint,
+                self.recent,
+                self.family,
+                self.model_info,
+                self.device,
+                self.precision,
+                self.runtime,
+                self.normalization,
+                self.scan_layout,
+                self.argmax,
+                self.thresholds,
+                self.show_attention,
+                self.gate,
+                self.show_uncertainty,
+                self.label_style,
+                self.uncertainty_level,
+                self.view_controls,
+                self.tta,
+                self.tile,
+                self.overlap,
+                self.preview,
+                self.run,
+                self.cancel,
+                self.progress,
+                self.status,
+                self.store_info,
+                self.region_info,
+                self.volumes,
+            ]
+        )
+        self._bound_width()
+        self.results = ResultLayers(
+            self.viewer, self.volumes, self._view_settings, self.region_info, self._on_gates
+        )
+        self.jobs = Jobs(
+            JobControls(self.run, self.preview, self.cancel, self.progress, self.status),
+            on_failure=lambda exc: self.results.clear_volumes(),
+        )
+
+        self._connect()
+
+    def _make_fields(self) -> None:
+        """Every control of the form, by the name its tests and users know it by."""
         import napari
 
         self.image = create_widget(annotation=napari.layers.Image, name="image", label="image")
@@ -71,7 +146,14 @@ class AttUNetWidget(Container):
         )
         self.checkpoint = FileEdit(name="checkpoint", label="checkpoint", mode="r", filter=CHECKPOINT_FILTER)
         self.recent = ComboBox(name="recent", label="checkpoints", choices=self._recent_choices())
-        self.model_info = Label(name="model_info", value="no checkpoint loaded")
+        self.family = ComboBox(
+            name="family",
+            label="family",
+            choices=self._families(),
+            tooltip="Which network the weights are for: found from their names, or chosen "
+            "here when they were renamed.",
+        )
+        self.model_info = WrappedLabel(name="model_info", value="no checkpoint loaded")
         self.device = ComboBox(name="device", label="device", choices=self._devices())
         self.precision = ComboBox(
             name="precision", label="precision", choices=["auto", "fp32", "bf16", "fp16", "int8"]
@@ -97,10 +179,24 @@ class AttUNetWidget(Container):
         )
         self.thresholds = Container(name="thresholds", label="thresholds", labels=True)
         self.show_attention = CheckBox(name="show_attention", text="show attention", value=True)
+        self.gate = ComboBox(
+            name="gate",
+            label="gate shown",
+            choices=self._gate_choices,
+            tooltip="One attention gate at a time, as green iso-lines (gate 1 is the finest).",
+        )
+        self.label_style = ComboBox(
+            name="label_style",
+            label="labels drawn as",
+            choices=list(LABEL_STYLES),
+            tooltip="auto: outlines while a gate or the uncertainty is shown, filled otherwise. "
+            "Outlines leave the anatomy under the labels visible.",
+        )
         self.show_uncertainty = CheckBox(name="show_uncertainty", text="show uncertainty", value=False)
         self.uncertainty_level = FloatSlider(
             name="uncertainty_level", label="uncertain over", min=0.0, max=1.0, step=0.01, value=0.5
         )
+        self.view_controls = ViewControls(self.viewer, lambda: self.image.value)
         self.tta = CheckBox(name="tta", text="test-time flips (slower)", value=False)
         self.tile = SpinBox(name="tile", label="tile (0 = auto)", min=0, max=1024, step=16, value=0)
         self.overlap = FloatSpinBox(name="overlap", label="overlap", min=0.0, max=0.9, step=0.05, value=0.5)
@@ -108,47 +204,23 @@ class AttUNetWidget(Container):
         self.run = PushButton(name="run", text="Run")
         self.cancel = PushButton(name="cancel", text="Cancel", enabled=False)
         self.progress = ProgressBar(name="progress", label="progress", min=0, max=1, value=0)
-        self.status = Label(name="status", value="")
-        self.store_info = Label(name="store_info", label="result store", value="", visible=False)
+        self.status = WrappedLabel(name="status", value="")
+        self.store_info = WrappedLabel(name="store_info", label="result store", value="", visible=False)
+        self.region_info = WrappedLabel(name="region_info", label="", value="", visible=False)
         self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
-        self.extend(
-            [
-                self.image,
-                self.channels,
-                self.checkpoint,
-                self.recent,
-                self.model_info,
-                self.device,
-                self.precision,
-                self.runtime,
-                self.normalization,
-                self.scan_layout,
-                self.argmax,
-                self.thresholds,
-                self.show_attention,
-                self.show_uncertainty,
-                self.uncertainty_level,
-                self.tta,
-                self.tile,
-                self.overlap,
-                self.preview,
-                self.run,
-                self.cancel,
-                self.progress,
-                self.status,
-                self.store_info,
-                self.volumes,
-            ]
-        )
-        self.results = ResultLayers(self.viewer, self.volumes, self._view_settings)
-        self.jobs = Jobs(JobControls(self.run, self.preview, self.cancel, self.progress, self.status))
 
+    def _connect(self) -> None:
+        """What each control does, and the viewer events the form follows."""
         self.checkpoint.changed.connect(self._on_checkpoint)
+        self.checkpoint.line_edit.native.editingFinished.connect(self._on_checkpoint_typed)
         self.recent.changed.connect(self._on_recent)
+        self.family.changed.connect(self._on_family)
         self.run.changed.connect(lambda: self.start(preview=False))
         self.preview.changed.connect(lambda: self.start(preview=True))
         self.cancel.changed.connect(self.jobs.request_cancel)
         self.show_attention.changed.connect(self.results.toggle_gates)
+        self.gate.changed.connect(self.results.toggle_gates)
+        self.label_style.changed.connect(self.results.apply_label_style)
         self.show_uncertainty.changed.connect(self.results.toggle_uncertainty)
         self.uncertainty_level.changed.connect(self.results.on_uncertainty_level)
         self.argmax.changed.connect(self._on_threshold)
@@ -161,8 +233,40 @@ class AttUNetWidget(Container):
             event.connect(self.image.reset_choices)
             event.connect(self.channels.reset_choices)
         self.image.changed.connect(self._show_store_target)
+        self.image.changed.connect(self.view_controls.show_window_of)
         self.image.reset_choices()
         self._show_store_target()
+        self.view_controls.show_window_of(self.image.value)
+
+    @property
+    def native(self):
+        """The scroll area around the form (napari docks ``native``; magicgui's is the form
+        inside it): a dock taller than the window scrolls instead of growing the window."""
+        return self.root_native_widget
+
+    def insert(self, key: int, widget) -> None:
+        """A control added later (after ``__init__``) keeps the dock's bounded width."""
+        super().insert(key, widget)
+        if hasattr(self, "results"):
+            self._bound_width()
+
+    def _bound_width(self) -> None:
+        """Long texts wrap and long choices elide inside a dock of bounded width: a status
+        line or a checkpoint's path never widens the dock over the canvas."""
+        from qtpy.QtWidgets import QComboBox, QSizePolicy
+
+        for label in (self.model_info, self.status, self.store_info, self.region_info):
+            label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            label.native.setMinimumWidth(0)
+        for combo in self.native.findChildren(QComboBox):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
+        # magicgui sized the scroll area to the form's widest row (a long layer name) as it was
+        # filled, before the choices above could elide
+        self.native.setMinimumWidth(0)
+        self.native.setMaximumWidth(DOCK_WIDTH)
+        self.volumes.native.setMaximumHeight(VOLUMES_HEIGHT)
 
     def _show_store_target(self, value=None) -> None:
         """For a dask/zarr layer, where Run will write its result store (shown before the run)."""
@@ -208,20 +312,41 @@ class AttUNetWidget(Container):
         if value:
             self.checkpoint.value = value
 
+    @staticmethod
+    def _families() -> list[str]:
+        from ..models.registry import FAMILIES
+
+        return [FAMILY_AUTO, *FAMILIES]
+
     def _on_checkpoint(self, value) -> None:
         path = str(value)
         if path and Path(path).is_file():
             self.load_checkpoint(path)
 
+    def _on_checkpoint_typed(self) -> None:
+        """Return pressed (or focus left) in the checkpoint field: a path that names no file
+        gets a notification (while typing, each keystroke names none yet)."""
+        path = str(self.checkpoint.line_edit.value).strip()
+        if path and path != "." and not Path(path).is_file():
+            notify("warning", checkpoint_typo(path))
+            self.model_info.value = "checkpoint not loaded (see the message)"
+
+    def _on_family(self, value=None) -> None:
+        path = str(self.checkpoint.value)
+        if path and Path(path).is_file():
+            self.load_checkpoint(path)
+
     def load_checkpoint(self, path: str | Path) -> bool:
         """Load and describe a checkpoint; a bad file is a notification, never an exception."""
-        from ..checkpoint import load_model, parameter_count
+        from ..hints import for_interface
+        from ..models.checkpoint import load_model, parameter_count
 
+        family = None if self.family.value == FAMILY_AUTO else self.family.value
         try:
-            model = load_model(path)
+            model = load_model(path, family=family)
         except Exception as exc:  # noqa: BLE001 - CheckpointError, or anything torch raised
             message = (
-                str(exc)
+                for_interface(str(exc), "widget")
                 if isinstance(exc, ValueError)
                 else (f"{path}: could not be loaded ({type(exc).__name__}: {exc}).")
             )
@@ -279,18 +404,6 @@ class AttUNetWidget(Container):
         )
 
     # ---- running ---------------------------------------------------------------------------
-    def _options(self) -> dict:
-        return run_options(
-            device=self.device.value,
-            precision=self.precision.value,
-            runtime=self.runtime.value,
-            normalization=self.normalization.value,
-            tile=self.tile.value,
-            overlap=self.overlap.value,
-            tta=self.tta.value,
-            scan_layout=self.scan_layout.value,
-        )
-
     def start(self, preview: bool = False):
         """Start a run on the chosen image layer; returns the worker (or None on bad input)."""
         layer = self.image.value
@@ -305,11 +418,20 @@ class AttUNetWidget(Container):
         try:
             return self._launch(layer, preview)
         except ValueError as exc:
-            notify("warning", str(exc))
+            self._refused("warning", str(exc))
         except Exception as exc:  # noqa: BLE001 - the Run button must stay usable
-            notify("error", f"layer {layer.name!r}: the run could not start ({type(exc).__name__}: {exc}).")
+            self._refused(
+                "error", f"layer {layer.name!r}: the run could not start ({type(exc).__name__}: {exc})."
+            )
         self.jobs.abandon()
         return None
+
+    def _refused(self, kind: str, message: str) -> None:
+        """A run that could not start: the sentence in a notification and, whole, in the
+        status; the table describes no result."""
+        notify(kind, message)
+        self.status.value = f"Failed: {message}"
+        self.results.clear_volumes()
 
     def _launch(self, layer, preview: bool):
         spec = self.model.spec
@@ -322,14 +444,16 @@ class AttUNetWidget(Container):
             refuse_too_large(data, channel_axis, spec, layer.name)
         source = SourceGeometry.from_layer(layer, layer.ndim)
         offset = None
-        options = self._options()
+        scan_shape: tuple = ()
+        options = run_options(self)
         if channel_axis is None:
-            options.update(scan_geometry(layer))
+            options = options.replace(**scan_geometry(layer))
         if preview:
             shape = (data[0] if isinstance(data, list) else full_resolution(data)).shape
             region = preview_region(self.viewer, layer, shape)
+            scan_shape = tuple(shape)
             if region is not None:
-                options["region"] = region
+                options = options.replace(region=region)
                 offset = tuple(r.start for r in region)
         launch = dict(spacing=source.scale, channel_axis=channel_axis, name=layer.name)
         if to_store:
@@ -338,24 +462,26 @@ class AttUNetWidget(Container):
             self.model,
             data,
             options=options,
-            on_result=lambda pred, model=self.model: self._show(pred, source, offset, preview, model),
+            on_result=lambda pred, model=self.model: self._show(
+                pred, source, offset, preview, scan_shape, model
+            ),
             **launch,
         )
 
-    def _show(self, pred, source, offset, preview: bool, model) -> None:
+    def _show(self, pred, source, offset, preview: bool, scan_shape, model) -> None:
         from .writer import tag_run
 
-        self.results.show(pred, source, offset, preview)
+        self.results.show(pred, source, offset, preview, scan_shape)
         tag_run(self.results.labels_layer(), model)  # a DICOM SEG of it names the checkpoint
 
-    def _launch_store(self, layer, first, data, source, options: dict, launch: dict):
+    def _launch_store(self, layer, first, data, source, options, launch: dict):
         """Run into a new OME-Zarr store whose layers fill in as blocks finish."""
         folder = default_folder(layer, first)
         refuse_store_too_large(
-            first, launch["channel_axis"], self.model.spec, layer.name, folder, options["tta"]
+            first, launch["channel_axis"], self.model.spec, layer.name, folder, options.tta
         )
         out = unique_store(folder, layer.name)
-        options.update(out=str(out), thresholds=self.threshold_values())
+        options = options.replace(out=str(out), thresholds=self.threshold_values())
         run = self.results.begin_store(source, out)
         self.store_info.visible = True
         self.store_info.value = f"writing {out}; labels are editable once it is done"
@@ -406,7 +532,22 @@ class AttUNetWidget(Container):
             bool(self.show_attention.value),
             bool(self.show_uncertainty.value),
             float(self.uncertainty_level.value),
+            self.gate.value,
+            self.label_style.value,
         )
+
+    def _on_gates(self, names: list[str]) -> None:
+        """A run's gates: the selector offers them, keeping the choice when it still exists."""
+        if not names:
+            return
+        chosen = self.gate.value
+        self._gates = list(names)
+        with self.gate.changed.blocked():
+            self.gate.reset_choices()
+            self.gate.value = chosen if chosen in names else names[0]
+
+    def _gate_choices(self, widget=None) -> list[str]:
+        return list(getattr(self, "_gates", None) or ["gate 1"])
 
     # ---- thresholds ------------------------------------------------------------------------
     def _on_threshold(self, value=None) -> None:
@@ -414,3 +555,13 @@ class AttUNetWidget(Container):
             with self.argmax.changed.blocked():  # a slider moved: thresholds take over
                 self.argmax.value = False
         self.results.apply_thresholds()
+
+
+def checkpoint_typo(path: str) -> str:
+    """The sentence for a checkpoint field naming no file (a typo, or a file moved away)."""
+    folder = Path(path).expanduser().parent
+    where = "" if folder.is_dir() else f" (nor is there a folder {folder})"
+    return (
+        f"{path}: no such checkpoint file{where}. Check the name, or pick the file with "
+        "the 'Select file' button or from the 'checkpoints' list."
+    )

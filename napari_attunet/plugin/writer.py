@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .. import io
+from ..scans import io
 from .transforms import GEOMETRY_KEY, data_to_world
 
 
@@ -26,7 +26,7 @@ def write_layer(path: str, data, meta: dict) -> list[str]:
     """napari asked for this path (its save dialog confirms a replacement), so an existing file
     is replaced; the new one appears whole or not at all. A failure raises an OutputError,
     which napari shows, and never reports a fragment as saved."""
-    from ..outputs import OutputError
+    from ..scans.outputs import OutputError
 
     array = np.asarray(data)
     try:
@@ -52,7 +52,7 @@ def write_seg(path: str, data, meta: dict) -> list[str]:
     shows it; a ValueError would read "not a valid writer"); nothing partial is left."""
     from napari.utils.notifications import show_info
 
-    from .. import dicom_seg
+    from ..scans import dicom_seg
 
     array = np.asarray(data)
     metadata = meta.get("metadata") or {}
@@ -86,7 +86,7 @@ def _class_names(array: np.ndarray, metadata: dict) -> list[str]:
 
 def _algorithm(metadata: dict):
     """(Algorithm or None for MANUAL, painted on since the run)."""
-    from .. import dicom_seg
+    from ..scans import dicom_seg
 
     run = metadata.get("attunet")
     if not run:
@@ -147,6 +147,6 @@ def _sha256(checkpoint: dict) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
-    from ..checkpoint import sha256
+    from ..models.checkpoint import sha256
 
     return sha256(path)

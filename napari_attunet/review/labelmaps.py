@@ -45,7 +45,7 @@ class LabelMap:
         return self.spacing is not None and self.origin is not None
 
     def affine(self) -> np.ndarray:
-        from ..geometry import compose
+        from ..scans.geometry import compose
 
         assert self.spacing is not None and self.origin is not None
         return compose(self.spacing, self.origin, self.direction)
@@ -78,7 +78,7 @@ def read(path: str | os.PathLike) -> LabelMap:
     path = Path(path).expanduser()
     if path.is_dir() and (path / ".zattrs").is_file():
         return _read_store(path)
-    from .. import io
+    from ..scans import io
 
     volume = io.read(path)
     return LabelMap(
@@ -149,9 +149,9 @@ def _open_array(where: Path) -> np.ndarray:
 def _names_from_table(path: Path) -> tuple[str, ...] | None:
     """Class names of ``<name>_labels.<ext>`` written by ``predict``: its rows in the
     ``volumes.csv`` beside it, in label order."""
-    from .. import io
+    from ..scans import io
 
-    stem = io._stem(path)
+    stem = io.stem(path)
     table = path.parent / "volumes.csv"
     if not stem.endswith("_labels") or not table.is_file():
         return None

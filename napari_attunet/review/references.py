@@ -30,15 +30,15 @@ def check_folder(folder: str | os.PathLike) -> Path:
 def find(folder: str | os.PathLike, scan: str | os.PathLike, name: str) -> Path | None:
     """The reference of ``scan`` in ``folder``: a file (or DICOM folder) whose stem is the scan's
     stem or its output name, possibly followed by one of ``SUFFIXES``."""
-    from .. import io
+    from ..scans import io
 
-    stems = {io._stem(Path(scan).expanduser()), name}
+    stems = {io.stem(Path(scan).expanduser()), name}
     wanted = {s + suffix: k for k, suffix in enumerate(SUFFIXES) for s in stems}
     found = []
     for entry in sorted(Path(folder).expanduser().iterdir()):
         if entry.name.startswith("."):
             continue
-        stem = entry.name if entry.is_dir() and not entry.name.endswith(".zarr") else io._stem(entry)
+        stem = entry.name if entry.is_dir() and not entry.name.endswith(".zarr") else io.stem(entry)
         if stem.endswith(".zarr"):
             stem = stem[: -len(".zarr")]
         if stem in wanted:

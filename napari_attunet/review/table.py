@@ -50,7 +50,7 @@ def csv_rows(rows: Sequence[ClassMetrics]) -> list[list[str]]:
 def check_csv(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse a CSV destination before any work: an existing file without ``overwrite``, a
     folder, or a folder that cannot be written."""
-    from .. import outputs
+    from ..scans import outputs
 
     path = Path(path).expanduser()
     outputs.check_target(path, overwrite)
@@ -61,7 +61,7 @@ def check_csv(path: str | os.PathLike, overwrite: bool) -> Path:
 def write_csv(path: str | os.PathLike, rows: Sequence[ClassMetrics], overwrite: bool = False) -> Path:
     """The table as CSV, appearing whole or not at all; an existing file is replaced only with
     ``overwrite`` (see ``outputs``)."""
-    from .. import outputs
+    from ..scans import outputs
 
     path = check_csv(path, overwrite)
     table = csv_rows(rows)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..inference.preprocess import Normalization, normalize
-from ..io import SCAN_SUFFIXES, Volume, _stem, read
+from ..scans.io import SCAN_SUFFIXES, Volume, read, stem
 
 
 @dataclass
@@ -32,7 +32,7 @@ def find_pairs(images: str | os.PathLike, labels: str | os.PathLike) -> list[tup
         if not folder.is_dir():
             raise InputError(f"{folder}: no such folder.")
         return {
-            _stem(p): p
+            stem(p): p
             for p in sorted(folder.iterdir())
             if p.is_file() and p.name.lower().endswith(SCAN_SUFFIXES)
         }
@@ -51,7 +51,7 @@ def load_case(image_path: Path, label_path: Path, norm: Normalization) -> Case:
             f"{label_path}: shape {labels.array.shape} differs from its image {image.array.shape}."
         )
     return Case(
-        _stem(image_path),
+        stem(image_path),
         normalize(image.array, norm)[None],
         np.rint(labels.array).astype(np.int64),
         image.spacing,

@@ -60,7 +60,7 @@ def mni152_cases(export: Path | None = None) -> tuple[list[Case], dict]:
     """The one training volume, and a summary of it; optionally written out as NIfTI."""
     import SimpleITK as sitk
 
-    from ..io import read
+    from ..scans.io import read
 
     t1, labels = mni152_volumes()
     if export is not None:

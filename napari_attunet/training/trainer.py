@@ -17,11 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import save_model
-from ..inference import predict
+from ..inference import iter_predict
 from ..inference.devices import cpu_has_fast_bf16, resolve_device
+from ..inference.local import drive
+from ..inference.options import RunOptions
 from ..models import ModelSpec, build
 from ..models import family as model_family
+from ..models.checkpoint import save_model
 from .data import Case, PatchSampler
 
 
@@ -104,22 +106,18 @@ def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: int) -> list[fl
     return out
 
 
+# a Case is already normalized, channels first; labels only, in fp32
+VALIDATION = RunOptions(channel_axis=0, normalization="none", precision="fp32", attention=False)
+
+
 def validate(model, cases: list[Case], spec: ModelSpec, tile, device: str) -> list[float]:
     """Mean per-class Dice over the validation cases (sliding-window prediction)."""
     classes = spec.out_channels + (1 if spec.output == "sigmoid" else 0)
     scores = []
     model.eval()
+    options = VALIDATION.replace(tile=tile, device=device)
     for case in cases:
-        pred = predict(
-            case.image,
-            model,
-            channel_axis=0,
-            normalization="none",
-            tile=tile,
-            device=device,
-            precision="fp32",
-            attention=False,
-        )
+        pred = drive(iter_predict(case.image, model, options))
         scores.append(dice_per_class(pred.labels(), case.labels, classes))
     return [float(v) for v in np.mean(scores, axis=0)]
 

@@ -13,13 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from . import dicom, nifti, scanheader
 from . import geometry as geo
-from .errors import InputError
 
 CANONICAL = "LPS"
 SCAN_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+SUPPORTED_FORMATS = (
+    "NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd) or DICOM "
+    "(a .dcm file or a folder of a series)"
+)
 
 
 @dataclass
@@ -46,7 +50,7 @@ class Volume:
     @property
     def name(self) -> str:
         path = self.source.get("path", "")
-        return _stem(Path(path)) if path else "scan"
+        return stem(Path(path)) if path else "scan"
 
     def geometry(self) -> dict:
         """Plain-data geometry to keep in a napari layer's metadata."""
@@ -59,7 +63,8 @@ class Volume:
         }
 
 
-def _stem(path: Path) -> str:
+def stem(path: Path) -> str:
+    """A scan file's name without its suffix (``ct.nii.gz`` -> ``ct``): what outputs are named by."""
     name = path.name
     for suffix in (".nii.gz",) + SCAN_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -216,6 +221,8 @@ def read(path: str | os.PathLike) -> Volume:
     except InputError:
         raise
     except RuntimeError as exc:
+        if "Unable to determine ImageIO reader" in str(exc):
+            raise InputError(f"{path} is not in a supported format; open {SUPPORTED_FORMATS}.") from None
         lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         reason = next(
             (line.split("ERROR:")[-1] for line in lines if "ERROR" in line), lines[-1] if lines else ""

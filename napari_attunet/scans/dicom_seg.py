@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 LABELMAP_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"  # Label Map Segmentation Storage (2024)
@@ -81,8 +81,8 @@ class Algorithm:
     def of_checkpoint(cls, path: str | os.PathLike) -> Algorithm:
         """The algorithm of a checkpoint file: its name and sha256, with this tool's version, and
         the class codes stored in its metadata (native .safetensors only)."""
-        from . import __version__
-        from .checkpoint import read_checkpoint, sha256
+        from .. import __version__
+        from ..models.checkpoint import read_checkpoint, sha256
 
         codes = None
         if str(path).lower().endswith(".safetensors"):
@@ -532,7 +532,7 @@ def _series_number(ds) -> int:
 
 
 def _version(algorithm: Algorithm | None) -> str:
-    from . import __version__
+    from .. import __version__
 
     return (algorithm.version if algorithm and algorithm.version else __version__) or "unknown"
 

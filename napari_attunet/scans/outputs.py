@@ -19,9 +19,11 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 STAGING_PREFIX = ".attunet-"
+# a staging folder's name says which process made it: "<prefix><pid>-<host>-<random>", so that
+# a later run can remove what a killed process left, and never what a live one is writing
 VOLUME_COLUMNS = ("scan", "class", "volume_ml", "path")
 METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "volume_ref_ml")  # with predict --reference
 
@@ -108,6 +110,71 @@ def _fsync_folder(folder: Path) -> None:
         pass
 
 
+def owned_prefix(prefix: str) -> str:
+    """A staging name's prefix that says which process on which host writes it."""
+    import socket
+
+    return f"{prefix}{os.getpid()}-{socket.gethostname()}-"
+
+
+def _owner_gone(name: str, prefix: str) -> bool:
+    """Whether the staging folder ``name`` (``owned_prefix(prefix)`` + random) was made by a
+    process of this host that no longer runs."""
+    import socket
+
+    pid, _, rest = name[len(prefix) :].partition("-")
+    if not (name.startswith(prefix) and pid.isdigit() and rest.startswith(socket.gethostname() + "-")):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def sweep_stale(folder: str | os.PathLike) -> list[Path]:
+    """Remove the staging folders in ``folder`` that a killed process of this host left (files
+    of a scan or a table being written, a store being filled); those of live processes stay."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        prefix = STAGING_PREFIX if path.name.startswith(STAGING_PREFIX) else None
+        for tag in (".partial-", ".old-"):  # a store being filled; one renamed aside to be replaced
+            if prefix is None and path.name.startswith(".") and tag in path.name:
+                prefix = path.name[: path.name.index(tag) + len(tag)]
+        if prefix is not None and _owner_gone(path.name, prefix):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextmanager
+def held_interrupts():
+    """Ctrl-C held back (main thread only) while files or a store are created or moved into
+    place, and raised as KeyboardInterrupt once they are whole: an interrupt cannot stop zarr in
+    the middle of a write (its event loop would go on writing, and print a traceback at exit)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if caught:
+            raise KeyboardInterrupt
+
+
 @contextmanager
 def _deferred_signals():
     """SIGINT/SIGTERM held back while a set of files is moved into place (main thread only), so
@@ -135,7 +202,7 @@ class Staging:
         self.option = option
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self.root = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.folder))
+            self.root = Path(tempfile.mkdtemp(prefix=owned_prefix(STAGING_PREFIX), dir=self.folder))
         except OSError as exc:
             raise OutputError(
                 f"cannot write into {self.folder} ({_reason(exc, self.folder)}); {NOTHING_LEFT}."

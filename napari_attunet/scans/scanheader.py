@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+from ..limits import gib, refuse_over
 from . import nifti
-from .errors import InputError
-from .limits import gib, refuse_over
 
 # NRRD type names (all spellings of the standard) and MetaImage element types -> bytes.
 _NRRD_BYTES = {

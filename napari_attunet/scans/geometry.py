@@ -97,23 +97,6 @@ def reorientation(source: str, target: str) -> tuple[tuple[int, ...], tuple[int,
     return tuple(permutation), tuple(flipped)
 
 
-def reoriented_affine(
-    affine: np.ndarray, shape: Sequence[int], permutation: Sequence[int], flipped: Sequence[int]
-) -> np.ndarray:
-    """The affine of ``np.flip(np.transpose(a, permutation), flipped)`` given ``a``'s affine."""
-    affine = np.asarray(affine, dtype=float)
-    n = affine.shape[0] - 1
-    index = np.zeros((n + 1, n + 1))
-    index[n, n] = 1
-    for i, j in enumerate(permutation):
-        if i in flipped:
-            index[j, i] = -1
-            index[j, n] = shape[j] - 1
-        else:
-            index[j, i] = 1
-    return affine @ index
-
-
 def is_valid_code(code: str, ndim: int) -> bool:
     code = code.upper()
     return len(code) == ndim and all(c in AXIS_OF for c in code) and len({AXIS_OF[c] for c in code}) == ndim

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
-from .limits import fits, gib
-from .models import REGISTRY, AttentionUNetBase, ModelSpec, build
+from ..errors import CheckpointError
+from ..hints import FAMILY, NO_FAMILY, OVERRIDES_OR_FAMILY
+from ..limits import fits, free_text, gib
+from . import REGISTRY, AttentionUNetBase, ModelSpec, build
 from .suffixes import CHECKPOINT_SUFFIXES as SUFFIXES
 from .suffixes import TORCH_SUFFIXES
 
@@ -47,9 +48,7 @@ class RawCheckpoint:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise CheckpointError(
-            f"{path}: no such file. Check the path, or pick the checkpoint with the file dialog."
-        )
+        raise CheckpointError(f"{path}: no such file. Check the path and the file name.")
     if path.is_dir():
         raise CheckpointError(
             f"{path} is a folder, not a checkpoint file. Pick the .safetensors, "
@@ -121,17 +120,102 @@ def _safetensors_declared_bytes(path: Path) -> int | None:
     return total
 
 
-def _torch_declared_bytes(path: Path) -> int | None:
-    """Uncompressed bytes of a torch zip's tensor storages, from its central directory."""
+class _Stub:
+    """Stands in for every class a checkpoint's pickle names: nothing is imported or run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _StorageLister(pickle.Unpickler):
+    """Reads a torch pickle for the storages it declares, (key, storage type, count); every
+    global it names becomes a :class:`_Stub` subclass of that name, so no code runs."""
+
+    def __init__(self, data: bytes) -> None:
+        import io
+
+        super().__init__(io.BytesIO(data))
+        self.storages: dict[str, tuple[str, int]] = {}
+
+    def find_class(self, module: str, name: str) -> type:
+        return type(str(name)[:64], (_Stub,), {})
+
+    def persistent_load(self, pid: Any) -> _Stub:
+        if isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage":
+            kind = getattr(pid[1], "__name__", str(pid[1]))
+            self.storages[str(pid[2])] = (kind, int(pid[4]))
+        return _Stub()
+
+
+def _element_bytes(storage_type: str) -> int:
+    """Bytes per element of a pickled storage type ('FloatStorage': 4; 'UntypedStorage': 1)."""
+    for dtype, name in torch.storage._dtype_to_storage_type_map().items():
+        if name == storage_type:
+            return int(dtype.itemsize)
+    return 1
+
+
+def _torch_records(path: Path) -> tuple[dict[str, tuple[int, int]], dict[str, int]] | None:
+    """Each storage record's (bytes it really holds, bytes the zip directory says it inflates
+    to), and the bytes the pickle declares for each storage, by key: read without loading a
+    tensor. None when the file is no torch zip (the reader then says what it is)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return sum(
-                info.file_size
-                for info in archive.infolist()
-                if "/data/" in info.filename and not info.filename.endswith("/")
-            )
-    except (zipfile.BadZipFile, OSError):
+            infos = archive.infolist()
+            pickles = [i for i in infos if i.filename.endswith("data.pkl") and i.file_size < 64 << 20]
+            if len(pickles) != 1:
+                return None
+            lister = _StorageLister(archive.read(pickles[0]))
+            lister.load()
+    except Exception:  # noqa: BLE001 - a malformed zip or pickle fails in many ways; torch's reader names it
         return None
+    size = path.stat().st_size
+    records = {}
+    for info in infos:
+        folder, _, key = info.filename.rpartition("/")
+        if folder == "data" or folder.endswith("/data"):
+            stored = info.compress_type == zipfile.ZIP_STORED
+            # a stored record's bytes are those in the file, whatever the directory claims
+            held = min(info.compress_size, max(size - info.header_offset, 0)) if stored else info.file_size
+            records[key] = (held, info.file_size)
+    declared = {key: count * _element_bytes(kind) for key, (kind, count) in lister.storages.items()}
+    return records, declared
+
+
+def _check_torch_records(path: Path) -> int | None:
+    """Refuse a torch zip whose storage records hold other than the bytes the zip directory
+    claims, or fewer than the tensors they back declare (torch would allocate the declared
+    size first); returns the bytes its tensors take."""
+    found = _torch_records(path)
+    if found is None:
+        return None
+    records, declared = found
+    for key, (held, claimed) in records.items():
+        if held != claimed:
+            raise CheckpointError(
+                f"{path}: its zip directory says tensor storage data/{key} holds {claimed:,} bytes, "
+                f"but the file holds {held:,}; the file is corrupt. Copy or save it again."
+            )
+    for key, needed in declared.items():
+        held = records.get(key, (0, 0))[0]
+        if held < needed:
+            raise CheckpointError(
+                f"{path}: tensor storage data/{key} declares {needed:,} bytes, but the file holds "
+                f"{held:,} for it; the file is truncated or corrupt. Copy or save it again."
+            )
+    return max(sum(held for held, _ in records.values()), sum(declared.values()))
 
 
 def _check_declared_size(path: Path, declared: int | None) -> None:
@@ -141,7 +225,7 @@ def _check_declared_size(path: Path, declared: int | None) -> None:
     if not ok:
         raise CheckpointError(
             f"{path} declares {gib(declared)} of tensors, more than the "
-            f"{gib(free)} of memory free; it was not loaded. Check that this is "
+            f"{free_text(free)}; it was not loaded. Check that this is "
             "the right file, or load it on a machine with more memory."
         )
 
@@ -183,7 +267,7 @@ def _read_torch(path: Path) -> RawCheckpoint:
         raise CheckpointError(
             f"{path} is a TorchScript archive, which carries code and is not loaded. Instead, {_FIX}."
         )
-    _check_declared_size(path, _torch_declared_bytes(path))
+    _check_declared_size(path, _check_torch_records(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -352,7 +436,7 @@ def detect(
         f"({score:.0%} of its key names), missing {', '.join(missing[:5])}; the file has "
         f"{len(candidate)} tensors such as {sample}.{hint} Supported: "
         f"{', '.join(row.title for row in REGISTRY.values())}, and native "
-        ".safetensors; pass family=... if the names were changed."
+        f".safetensors; {FAMILY} if the names were changed."
     )
 
 
@@ -377,7 +461,7 @@ def _check_shapes(model: AttentionUNetBase, sd: dict, source: str) -> None:
     raise CheckpointError(
         f"{source}: looks like a {model.spec.family} {model.spec.variant} "
         f"checkpoint, but {', '.join(parts)}. It may come from a modified "
-        "network; pass overrides=... or family=... to describe it."
+        f"network; {OVERRIDES_OR_FAMILY} to describe it."
     )
 
 
@@ -405,7 +489,7 @@ def load_model(
             ) from exc
         sd = raw.state_dict
         if family and family != spec.family:
-            raise CheckpointError(f"{source} records family {spec.family!r}, not {family!r}.")
+            raise CheckpointError(f"{source} records family {spec.family!r}, not {family!r}: {NO_FAMILY}.")
     else:
         spec, sd = detect(raw.state_dict, family, source)
     if overrides:
@@ -438,7 +522,7 @@ def _build_checked(spec: ModelSpec, sd: dict, source: str) -> AttentionUNetBase:
     if not ok:
         raise CheckpointError(
             f"{source}: its spec (features {list(spec.features)}) makes a "
-            f"network of {gib(size)}, more than the {gib(free)} of memory free; "
+            f"network of {gib(size)}, more than the {free_text(free)}; "
             "it was not built. Check the spec in the file."
         )
     _check_shapes(skeleton, sd, source)

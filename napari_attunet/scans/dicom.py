@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from . import dicom_tags as tags
-from .errors import InputError
 
 # SOP classes that are not images of a scan, by UID prefix.
 FOREIGN = {
