@@ -686,3 +686,35 @@ def test_cli_class_codes_stored_by_convert_reach_the_seg(tmp_path, capsys):
     err = capsys.readouterr().err
     assert bad == 1 and len(err.strip().splitlines()) == 1 and "'csf'" in err
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+@pytest.mark.parametrize("seg_type", ["binary", "labelmap"])
+def test_evaluate_takes_a_seg_as_either_side(tmp_path, capsys, seg_type):
+    """`evaluate` reads a DICOM SEG like any label file: the SEG of a run against the NIfTI labels
+    of the same run agrees exactly (Dice 1, HD95 0), whichever side it is on, with the SEG's
+    segment labels as class names; a FRACTIONAL SEG is refused in one sentence."""
+    import napari_attunet as na
+
+    t1, _, lps = mni(crop=(slice(20, 60), slice(30, 80), slice(30, 70)))
+    folder = write_mr_series(tmp_path / "mr", t1, lps, slice_axis=2)
+    out = tmp_path / "out"
+    code, err = _predict(capsys, folder, "-o", out, "--format", ".nii.gz", "--format", "dicom-seg")
+    code, err = (
+        (code, err)
+        if seg_type == "binary"
+        else _predict(
+            capsys, folder, "-o", out, "--format", "dicom-seg", "--seg-type", seg_type, "--overwrite"
+        )
+    )
+    assert code == 0, err
+    seg, nifti = out / "mr_seg.dcm", out / "mr_labels.nii.gz"
+    for rows in (na.evaluate(nifti, seg), na.evaluate(seg, nifti)):
+        assert [r.name for r in rows] == NAMES[1:]
+        assert all(r.dice == 1.0 and r.hd95_mm == 0.0 for r in rows), rows
+        assert all(r.volume_pred_ml == pytest.approx(r.volume_ref_ml) and r.volume_ref_ml > 0 for r in rows)
+    code, err = _predict(
+        capsys, folder, "-o", out, "--format", "dicom-seg", "--seg-type", "fractional", "--overwrite"
+    )
+    assert code == 0, err
+    with pytest.raises(na.InputError, match="FRACTIONAL SEG"):
+        na.evaluate(nifti, seg)

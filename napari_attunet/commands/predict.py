@@ -96,6 +96,12 @@ def check_run_arguments(args: argparse.Namespace) -> None:
         parse(args.scheduler)
 
 
+def gate_tag(k: int, head: int, heads: int) -> str:
+    """What a gate map's file name adds to the scan's: ``_gate2``, or ``_gate2_head1`` for one
+    of several heads (k and heads counted from 1 in names, ``head`` from 0)."""
+    return f"_gate{k}" + (f"_head{head + 1}" if heads > 1 else "")
+
+
 def output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
     """The files ``predict`` writes for one scan, known before it runs."""
     images, seg = formats(args)
@@ -106,7 +112,7 @@ def output_names(name: str, spec, args: argparse.Namespace) -> list[str]:
         if args.attention:
             for k, gate in enumerate(spec.gates, start=1):
                 for h in range(gate.heads):
-                    names.append(f"{name}_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "") + suffix)
+                    names.append(f"{name}{gate_tag(k, h, gate.heads)}{suffix}")
         if args.uncertainty:
             names.append(f"{name}_uncertainty{suffix}")
         if args.probabilities:
@@ -252,9 +258,8 @@ def _write_images(stage, name: str, suffix: str, labels_too: bool, labels, pred,
     if args.attention:
         for k, gate in enumerate(pred.gates, start=1):
             for h in range(gate.heads):
-                tag = f"_gate{k}" + (f"_head{h + 1}" if gate.heads > 1 else "")
                 image = gate_on_image_grid(gate, labels.shape, h)
-                io.write_staged(stage, f"{name}{tag}{suffix}", image, volume)
+                io.write_staged(stage, f"{name}{gate_tag(k, h, gate.heads)}{suffix}", image, volume)
     if args.uncertainty:
         io.write_staged(stage, f"{name}_uncertainty{suffix}", pred.uncertainty, volume)
     if args.probabilities:

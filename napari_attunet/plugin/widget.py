@@ -262,6 +262,8 @@ class AttUNetWidget(Container):
         for combo in self.native.findChildren(QComboBox):
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(12)
+        # the view row holds a check box beside its combo: a shorter combo keeps the row in the dock
+        self.view_controls.window.native.setMinimumContentsLength(6)
         # magicgui sized the scroll area to the form's widest row (a long layer name) as it was
         # filled, before the choices above could elide
         self.native.setMinimumWidth(0)

@@ -74,12 +74,15 @@ def label_map(obj: Any, role: str) -> LabelMap:
 
 
 def read(path: str | os.PathLike) -> LabelMap:
-    """A label map from a scan file or DICOM folder (``io.read``) or a result store."""
+    """A label map from a scan file or DICOM folder (``io.read``), a DICOM SEG or a result
+    store."""
     path = Path(path).expanduser()
     if path.is_dir() and (path / ".zattrs").is_file():
         return _read_store(path)
-    from ..scans import io
+    from ..scans import dicom_seg, io
 
+    if path.is_file() and dicom_seg.is_seg_file(path):
+        return _read_seg(path)
     volume = io.read(path)
     return LabelMap(
         volume.array,
@@ -88,6 +91,28 @@ def read(path: str | os.PathLike) -> LabelMap:
         origin=tuple(float(o) for o in volume.origin),
         direction=np.asarray(volume.direction, dtype=float),
         names=_names_from_table(path),
+    )
+
+
+def _read_seg(path: Path) -> LabelMap:
+    """A DICOM SEG's segments as label values (segment k is label k), on the grid of its own
+    frames, named by its segment labels."""
+    from ..scans.dicom_seg import read_seg, seg_volume
+
+    seg = read_seg(path)
+    if seg.seg_type == "FRACTIONAL":
+        raise InputError(
+            f"{path} is a FRACTIONAL SEG (probabilities); evaluate a BINARY or LABELMAP SEG, or "
+            "the labels file of the same run."
+        )
+    volume = seg_volume(seg)
+    return LabelMap(
+        volume.array,
+        str(path),
+        spacing=tuple(float(s) for s in volume.spacing),
+        origin=tuple(float(o) for o in volume.origin),
+        direction=np.asarray(volume.direction, dtype=float),
+        names=("background", *seg.names),
     )
 
 
