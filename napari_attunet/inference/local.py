@@ -85,9 +85,7 @@ def _prepare_int8(model, plan, target, options: RunOptions):
     from .quantize import prepare_int8
 
     def plan_for(volume):
-        image, scan_options, _ = options.replace(
-            spacing=None, affine=None, file_orientation=None, name=volume.name, tile=plan.tile, region=None
-        ).with_volume(volume)
+        image, scan_options, _ = options.for_another_scan(volume.name, plan.tile).with_volume(volume)
         return make_plan(image, model, target, scan_options.checked(model.spec))
 
     return (yield from prepare_int8(model, plan, options.calibration, plan_for))

@@ -19,6 +19,7 @@ from .postprocess import check_thresholds
 from .preprocess import check_spacing, check_tile
 
 _WHOLE_RUN = ("out", "scheduler", "block", "workers", "region")  # region last: it runs in memory
+_SCAN_OWN = ("spacing", "affine", "file_orientation", "region")  # what belongs to one scan
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,6 +81,12 @@ class RunOptions:
         nothing that belongs to the whole run (its store, scheduler, blocks, region)."""
         cleared: dict[str, Any] = dict.fromkeys(_WHOLE_RUN)
         return dataclasses.replace(self, tile=tile, channel_axis=channel_axis, **cleared)
+
+    def for_another_scan(self, name: str, tile) -> RunOptions:
+        """These choices for another scan (a calibration scan, say), on ``tile``: nothing that
+        belongs to the scan at hand (its spacing, placement, region)."""
+        cleared: dict[str, Any] = dict.fromkeys(_SCAN_OWN)
+        return dataclasses.replace(self, name=name, tile=tile, **cleared)
 
     def with_volume(self, image) -> tuple[Any, RunOptions, tuple[float, ...] | None]:
         """(the array, these options with a scan's geometry filled in, the scan's origin) for a
