@@ -412,3 +412,26 @@ def test_unsupported_file_lists_the_formats(tmp_path):
     for name in ("NIfTI", ".nii.gz", "NRRD", "MetaImage", ".mha", "DICOM"):
         assert name in message
     assert "ImageIO" not in message
+
+
+def test_gate_layers_of_a_run_in_every_view(make_napari_viewer, qtbot, sided_scan):
+    """A result's gate maps are layers of their own class (their extent ends at the scan's):
+    the three planes copy them as they are, and the sliders of every view stay the scan's."""
+    from napari_attunet.plugin.layers import SourceGeometry, gate_image, gate_kwargs
+
+    viewer = make_napari_viewer(show=True)
+    (scan,) = viewer.open(str(sided_scan), plugin="napari-attunet")
+    source = SourceGeometry.from_layer(scan, scan.ndim)
+    cells = tuple(-(-n // 4) for n in scan.data.shape)  # a grid pooled by 4 reaches past the scan
+    kwargs = gate_kwargs(source, 1, 0, 1, (4, 4, 4), (1.5, 1.5, 1.5), (0.0, 1.0), 2, scan.data.shape)
+    gate = viewer.add_layer(gate_image(np.random.default_rng(0).random(cells), kwargs))
+    steps = tuple(viewer.dims.nsteps)
+    views = orthoviews.show(viewer)
+    assert views is not None
+    for model in views.models.values():
+        copy = model.layers[gate.name]
+        assert type(copy) is type(gate) and copy.data is gate.data
+        np.testing.assert_allclose(copy.scale, gate.scale)
+        np.testing.assert_allclose(copy.translate, gate.translate)
+        assert tuple(model.dims.nsteps) == steps
+    orthoviews.show(viewer, False)

@@ -39,12 +39,11 @@ def plane_order(plane: str, ndim: int) -> tuple[int, ...]:
 
 
 def _copy(layer):
-    """A layer of the same type, state and data (the same array object, not a copy)."""
-    from napari.layers import Layer
-
-    data, state, kind = layer.as_layer_data_tuple()
+    """A layer of the same class (a gate map's own Image subclass included), state and data
+    (the same array object, not a copy)."""
+    data, state, _ = layer.as_layer_data_tuple()
     state = {k: v for k, v in state.items() if k != "name"}
-    return Layer.create(data, {**state, "name": layer.name}, kind)
+    return type(layer)(data, name=layer.name, **state)
 
 
 def _style_names(layer) -> list[str]:
