@@ -435,3 +435,18 @@ def test_gate_layers_of_a_run_in_every_view(make_napari_viewer, qtbot, sided_sca
         np.testing.assert_allclose(copy.translate, gate.translate)
         assert tuple(model.dims.nsteps) == steps
     orthoviews.show(viewer, False)
+
+
+def test_outlined_labels_stay_outlined_in_every_view(make_napari_viewer, qtbot, sided_scan):
+    """Labels drawn as outlines (while a map is shown) are outlines in the coronal and sagittal
+    views too, from the moment the views open: napari's layer state leaves ``contour`` out."""
+    viewer = make_napari_viewer(show=True)
+    (scan,) = viewer.open(str(sided_scan), plugin="napari-attunet")
+    labels = viewer.add_labels(np.ones(scan.data.shape, np.uint8), name="labels", **_geometry(scan))
+    labels.contour = 1
+    views = orthoviews.show(viewer)
+    assert views is not None
+    assert [model.layers["labels"].contour for model in views.models.values()] == [1, 1]
+    labels.contour = 0
+    assert [model.layers["labels"].contour for model in views.models.values()] == [0, 0]
+    orthoviews.show(viewer, False)

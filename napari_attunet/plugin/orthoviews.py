@@ -244,7 +244,11 @@ class OrthoViews:
             copy = _copy(layer)
             model.layers.insert(index, copy)
             copies.append(copy)
+        stated = layer.as_layer_data_tuple()[1]
         for name in _style_names(layer):
+            if name not in stated:  # what the layer's state leaves out (a Labels' contour)
+                for copy in copies:
+                    setattr(copy, name, getattr(layer, name))
             self._link(getattr(layer.events, name), self._style_sync(layer, name))
         self._link(layer.events.data, self._data_sync(layer))
         self._link(layer.events.name, self._name_sync(layer))
