@@ -91,12 +91,12 @@ def _workers(proc: subprocess.Popen, count: int, timeout: float = 120) -> list:
     raise AssertionError("the workers never started")
 
 
-def _wait_for(check, timeout: float = 180, proc: subprocess.Popen | None = None) -> None:
+def _wait_for(check, timeout: float = 180, proc: subprocess.Popen | None = None, every: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
         assert proc is None or proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
+        time.sleep(every)
 
 
 def _labels(folder: pathlib.Path) -> dict[str, np.ndarray]:
@@ -244,9 +244,9 @@ def test_a_scheduler_that_goes_away(cohort, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    worker = subprocess.Popen(
+    worker = subprocess.Popen(  # no nanny: the worker is this process, so it can be paused
         [sys.executable, "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{port}"]
-        + ["--nthreads", "1", "--no-dashboard"],
+        + ["--nthreads", "1", "--no-dashboard", "--no-nanny"],
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -254,7 +254,10 @@ def test_a_scheduler_that_goes_away(cohort, tmp_path):
     out = tmp_path / "out"
     try:
         proc = _cli(*c["scans"], "-c", c["ckpt"], "-o", out, "--scheduler", f"tcp://127.0.0.1:{port}")
-        _wait_for(lambda: out.exists() and any(out.glob("*_labels.nii.gz")), proc=proc)
+        _wait_for(lambda: out.exists() and any(out.glob("*_labels.nii.gz")), proc=proc, every=0.005)
+        # the worker paused at once, so scans are left when the scheduler goes (on a quiet machine
+        # the tiny cohort would otherwise finish before the kill lands)
+        worker.send_signal(signal.SIGSTOP)
         scheduler.send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=240)
     finally:
@@ -267,7 +270,9 @@ def test_a_scheduler_that_goes_away(cohort, tmp_path):
     _check_message(lines[0], f"tcp://127.0.0.1:{port}")
     assert "went away" in lines[0] and "run the same command again" in lines[0]
     kept = {p.name: p.read_bytes() for p in out.glob("*_labels.nii.gz")}
-    assert kept and _hidden(out) == []
+    assert 0 < len(kept) < len(c["scans"])
+    # only the paused (then killed) worker's staging is there; the re-run sweeps it
+    assert all(f"-{worker.pid}-" in name for name in _hidden(out)), _hidden(out)
 
     assert (
         main(
