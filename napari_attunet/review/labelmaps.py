@@ -63,13 +63,7 @@ def label_map(obj: Any, role: str) -> LabelMap:
         return LabelMap(obj.labels(), role, spacing=spacing, names=tuple(obj.label_names))
     if hasattr(obj, "array") and hasattr(obj, "spacing") and hasattr(obj, "direction"):  # a Volume
         path = (getattr(obj, "source", None) or {}).get("path")
-        return LabelMap(
-            obj.array,
-            str(path) if path else role,
-            spacing=tuple(float(s) for s in obj.spacing),
-            origin=tuple(float(o) for o in obj.origin),
-            direction=np.asarray(obj.direction, dtype=float),
-        )
+        return _of_volume(obj, str(path) if path else role)
     return LabelMap(np.asarray(obj), role)
 
 
@@ -83,14 +77,18 @@ def read(path: str | os.PathLike) -> LabelMap:
 
     if path.is_file() and dicom_seg.is_seg_file(path):
         return _read_seg(path)
-    volume = io.read(path)
+    return _of_volume(io.read(path), str(path), _names_from_table(path))
+
+
+def _of_volume(volume, name: str, names: tuple[str, ...] | None = None) -> LabelMap:
+    """A scan's array as a label map, placed where the scan lies."""
     return LabelMap(
         volume.array,
-        str(path),
+        name,
         spacing=tuple(float(s) for s in volume.spacing),
         origin=tuple(float(o) for o in volume.origin),
         direction=np.asarray(volume.direction, dtype=float),
-        names=_names_from_table(path),
+        names=names,
     )
 
 
@@ -105,15 +103,7 @@ def _read_seg(path: Path) -> LabelMap:
             f"{path} is a FRACTIONAL SEG (probabilities); evaluate a BINARY or LABELMAP SEG, or "
             "the labels file of the same run."
         )
-    volume = seg_volume(seg)
-    return LabelMap(
-        volume.array,
-        str(path),
-        spacing=tuple(float(s) for s in volume.spacing),
-        origin=tuple(float(o) for o in volume.origin),
-        direction=np.asarray(volume.direction, dtype=float),
-        names=("background", *seg.names),
-    )
+    return _of_volume(seg_volume(seg), str(path), ("background", *seg.names))
 
 
 def _read_store(path: Path) -> LabelMap:
