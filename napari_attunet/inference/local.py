@@ -6,10 +6,10 @@ intensity statistics and their place on the whole run's grids."""
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Generator, Sequence
 
 from ..models import AttentionUNetBase
+from .autochoice import settle
 from .devices import resolve_device, resolve_precision
 from .finish import finish
 from .options import RunOptions
@@ -17,7 +17,7 @@ from .plan import Target, make_plan
 from .postprocess import Prediction
 from .progress import Progress
 from .run import run_tiles
-from .runtime import prepare_openvino, resolve_runtime, runtime_device
+from .runtime import resolve_runtime, runtime_device
 
 
 def iter_local(
@@ -43,17 +43,16 @@ def iter_local(
     # OpenVINO picks its own layouts; it takes plain arrays
     target = Target(dev, prec, engine, options.channels_last and engine != "openvino")
     plan = yield from make_plan(image, model, target, options, intensity=intensity, grid=grid)
-    int8_net = None
+    int8_net = net = None
     if prec == "int8":  # after the plan, like OpenVINO's conversion
         int8_net = yield from _prepare_int8(model, plan, target, options)
-    elif engine == "openvino":  # after the plan: a bad input fails before a long conversion
-        fallback = yield from prepare_openvino(model, prec, options.runtime)
-        if fallback is not None:
-            engine = "torch"
-            target = Target(dev, prec, engine, options.channels_last)
-            plan.notes.append(fallback)
-            warnings.warn(fallback, RuntimeWarning, stacklevel=2)
-    blended, gate_sums = yield from run_tiles(plan, model, target, options, cancel=cancel, net=int8_net)
+    else:  # after the plan: a bad input fails before measuring or a long conversion
+        prec, engine, net, notes = yield from settle(model, plan, options, dev, prec, engine)
+        plan.notes += notes
+        target = Target(dev, prec, engine, options.channels_last and engine != "openvino")
+    blended, gate_sums = yield from run_tiles(
+        plan, model, target, options, cancel=cancel, net=int8_net if int8_net is not None else net
+    )
     if int8_net is not None:
         from .quantize import guard
 

@@ -1,4 +1,7 @@
-"""Which runtime executes the network: PyTorch, or OpenVINO on the CPU when it is installed."""
+"""Which runtime executes the network: PyTorch, or OpenVINO on the CPU when it is installed.
+
+On the CPU, ``auto`` is decided by measuring (``autochoice``); here it is PyTorch until then,
+and everywhere else."""
 
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ def openvino_available() -> bool:
 def resolve_runtime(runtime: str, device: torch.device, precision: str = "fp32") -> str:
     """'torch' or 'openvino' for a run on ``device``.
 
-    'auto' picks OpenVINO on the CPU when it is installed and PyTorch everywhere else. Asking
-    for OpenVINO where it cannot run is an InputError naming what to do instead.
+    'auto' is PyTorch: on the CPU, ``autochoice.choose`` then measures whether OpenVINO (or
+    bf16) is faster there, at the same labels. Asking for OpenVINO where it cannot run is an
+    InputError naming what to do instead.
     """
     name = str(runtime).lower()
     if name not in RUNTIMES:
@@ -37,7 +41,7 @@ def resolve_runtime(runtime: str, device: torch.device, precision: str = "fp32")
     if name == "torch":
         return "torch"
     if name == "auto" and precision != "int8":
-        return "openvino" if device.type == "cpu" and openvino_available() else "torch"
+        return "torch"
     if device.type != "cpu":
         raise InputError(
             f"the OpenVINO runtime runs on the CPU, not on {device}; choose device cpu or runtime torch."

@@ -301,6 +301,58 @@ def failure_reason(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+# ---- auto's stored choices (inference/autochoice.py): small entries, checked like the models ----
+
+CHOICE = "choice.json"
+
+
+def load_choice(folder: Path, fields: dict) -> dict | None:
+    """The choice stored in ``folder``, or None when it is missing, corrupt or not for these
+    ``fields``: its manifest must hold the fields and the sha256 of choice.json, and both are
+    read as an entry's files are (regular files of fixed names, no link followed)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        folder_fd = os.open(folder, flags)
+        try:
+            manifest, choice = (_read_regular(folder_fd, name) for name in (MANIFEST, CHOICE))
+        finally:
+            os.close(folder_fd)
+        meta = json.loads(manifest)
+        if not isinstance(meta, dict) or meta.get("fields") != fields:
+            return None
+        if meta.get("sha256") != {CHOICE: hashlib.sha256(choice).hexdigest()}:
+            return None
+        data = json.loads(choice)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    _touch(folder)
+    return data
+
+
+def store_choice(folder: Path, fields: dict, choice: dict) -> None:
+    """Write a choice as an entry: next to its place, then moved there in one rename."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
+    try:
+        body = json.dumps(choice, sort_keys=True).encode()
+        (staging / CHOICE).write_bytes(body)
+        manifest = {"fields": fields, "sha256": {CHOICE: hashlib.sha256(body).hexdigest()}}
+        (staging / MANIFEST).write_text(json.dumps(manifest))
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            folder.unlink()
+        elif folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            pass  # another process stored it first; theirs is checked on reading
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    evict(folder.parent, cache_limit(), keep=folder)
+
+
 class OpenVINONet:
     """A compiled network with the calls the engine makes of a PyTorch one.
 
