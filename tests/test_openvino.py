@@ -176,9 +176,11 @@ def test_changed_weights_are_a_new_entry(cache):
     assert np.abs(second.probabilities - ref.probabilities).max() <= TOL_Q
 
 
-def test_auto_picks_openvino_on_the_cpu(cache):
+def test_auto_on_a_tiny_input_is_pytorch_and_an_unknown_runtime_is_named(cache):
+    # OpenVINO only where it was measured faster (test_autochoice); a tiny run is not measured
     model = make_model(lee_spec(2), seed=10)
-    assert _predict(model, random_image((24, 24)), tile=16).runtime == "openvino"
+    pred = _predict(model, random_image((24, 24)), tile=16)
+    assert pred.runtime == "torch" and any("without measuring" in n for n in pred.notes)
     with pytest.raises(na.InputError) as err:
         _predict(model, random_image((24, 24)), runtime="tensorrt")
     assert one_sentence(str(err.value)) and "openvino" in str(err.value)
@@ -287,11 +289,11 @@ def test_a_network_openvino_cannot_convert_runs_on_torch_under_auto(cache):
     model = _WithBessel(plain.spec)
     model.load_state_dict(plain.state_dict())
     model.eval()
-    image = random_image((24, 32), seed=8)
+    image = random_image((32, 1448), seed=8)  # 540 tiles: enough for auto to measure OpenVINO
     with pytest.warns(RuntimeWarning, match="PyTorch ran it"):
         pred = _predict(model, image, tile=16)
     assert pred.runtime == "torch"
-    (note,) = [n for n in pred.notes if "OpenVINO" in n]
+    (note,) = [n for n in pred.notes if "OpenVINO cannot" in n]
     assert one_sentence(note) and "aten::i0" in note
     ref = _predict(plain, image, tile=16, runtime="torch")
     assert np.array_equal(pred.quantized, ref.quantized)
@@ -304,7 +306,7 @@ def test_a_network_openvino_cannot_convert_runs_on_torch_under_auto(cache):
     with pytest.raises(na.CheckpointError) as err:
         _predict(model, image, tile=16, runtime="openvino")
     assert one_sentence(str(err.value)) and "runtime torch" in str(err.value)
-    assert not (cache / "openvino").exists() or not list((cache / "openvino").iterdir())
+    assert not list(cache.rglob("*.bin"))  # no model stored; auto's choice (PyTorch) is
 
 
 def _entries(cache: pathlib.Path) -> set[str]:

@@ -505,7 +505,7 @@ def _choose(model, plan, options, cands, openvino: bool, cores: int) -> Generato
     name, fields = choice_key(digest, (model.spec.in_channels, *plan.tile), *request)
     known = _CHOICES.get(name) or _load(fields, "stored")
     if known is not None:
-        _CHOICES[name] = known = dataclasses.replace(known, how="stored", fallback=None)
+        _CHOICES[name] = known = dataclasses.replace(known, how="stored")
         return known
     run_tiles = len(plan.jobs) * len(flips(model.spec.spatial_dims, options.tta))
     probe = probe_tiles(cands, plan.batch_size, min(cores, len(plan.jobs)))
