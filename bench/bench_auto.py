@@ -85,9 +85,7 @@ def main() -> None:
     tile = (args.tile,) * 3 if args.tile else None
     print(cpu_line())
     print(f"load average before: {load()}")
-    print(
-        f"scan {volume.array.shape} ({DEMO_SCAN.name}), tile {tile or 'the whole scan'}, overlap {args.overlap}"
-    )
+    print(f"scan {volume.array.shape} ({DEMO_SCAN.name}), tile {tile or 'the scan'}, overlap {args.overlap}")
 
     def run_with(**options):
         model = na.load_model(DEMO_CHECKPOINT)  # one each: each keeps its own compiled network
@@ -108,9 +106,7 @@ def main() -> None:
     start = time.perf_counter()
     second = configs["auto"]()
     second_s = time.perf_counter() - start
-    print(
-        f"\nauto, first run (conversion, measuring): {first_s:.1f} s; second (stored choice): {second_s:.1f} s"
-    )
+    print(f"\nauto, first run (converting, measuring): {first_s:.1f} s; second (stored): {second_s:.1f} s")
     for note in first.notes:
         print(f"  {note}")
     stored = [n for n in second.notes if n.startswith("auto chose")]
