@@ -111,6 +111,7 @@ def main() -> None:
         print(f"  {note}")
     stored = [n for n in second.notes if n.startswith("auto chose")]
     print(f"  second run: {stored[0] if stored else 'no note'}")
+    print_figures(Path(tmp.name) / "openvino")
     for fn in configs.values():  # warm-up
         fn()
     times: dict[tuple[str, str], list[float]] = {(c, k): [] for c in configs for k in ("quiet", "busy")}
@@ -141,6 +142,19 @@ def main() -> None:
         )
     print(f"(median of {args.repeats} interleaved rounds; load average after: {load()})")
     tmp.cleanup()
+
+
+def print_figures(folder: Path) -> None:
+    """The probe's figures per candidate, from the stored choice (seconds per tile)."""
+    import json
+
+    for entry in sorted(folder.glob("auto-*/choice.json"))[:1]:
+        for f in json.loads(entry.read_text())["figures"]:
+            c = autochoice.Candidate(**f["candidate"])
+            print(
+                f"    {c.label:28s} quiet {f['quiet']:.3f} s/tile, busy {f['busy']:.3f}; labels "
+                f"{f['agreement']:.5f} of the tile's voxels as PyTorch fp32's, gates {f['gate_diff']:.4f}"
+            )
 
 
 class _Quiet:
