@@ -12,7 +12,8 @@ fp32 quiet or busy; of those, the fastest. The choice is kept in the OpenVINO ca
 keyed by the weights, the tile, the versions, the CPU and the thread count, and checked before
 use like the converted models, so it is measured once. A run too small to pay for the
 measurement is not measured: it takes a choice measured on this network and CPU on another
-tile, if there is one, and otherwise PyTorch at the reference precision, and says so.
+tile, if there is one, and otherwise what the request starts from (PyTorch fp32 when both are
+``auto``), and says so.
 ``auto`` never picks int8, and an explicit runtime or precision is never overridden.
 """
 
