@@ -1,30 +1,38 @@
 """Linked orthogonal views: how long moving the crosshair takes to redraw the three planes.
 
     PYTHONPATH=. xvfb-run -a -s "-screen 0 1600x1000x24" python bench/bench_orthoviews.py \
-        [--size 256] [--moves 20] [--rounds 2] [--profile FILE]
+        [--size 256] [--moves 21] [--rounds 2] [--profile FILE]
 
 One viewer at 1600x1000; a size^3 int16 scan opened through the plugin's reader (a NIfTI on
 disk, 1 mm) and the four layers a run adds, styled as the widget styles them: labels (uint8,
-3 classes, outlined), two gate maps on their coarser grids (strides 4 and 8, both visible here)
-and the uncertainty (float32, scan grid) - five layers, all visible.
+3 classes, outlined), two gate maps on their coarser grids (strides 4 and 8, both visible here,
+where the widget shows one) and the uncertainty (float32, scan grid): five layers, all visible.
 
-Each move sets the crosshair at a random voxel (all three planes change) and is timed until the
-three canvases have drawn once each and the GL has finished. A move is split into
+The moves are clicks: in the axial, coronal and sagittal view in turn, at a random spot (not a
+voxel centre), so each moves the two other planes. A move is timed until the three canvases have
+drawn once each and the GL has finished, in parts:
 
-- Python: setting the point (napari slices the layers, events) plus the Python run by Qt's
-  event loop before and around the draws (napari's per-draw layer updates);
-- GL: vispy drawing the scene (``SceneCanvas._draw_scene``: its visuals, texture uploads and
-  GL calls) plus ``glFinish``, so that the software rasteriser's deferred work is counted.
+- slicing: setting the point (napari slices the layers, its events, ours);
+- draw prep: napari's per-draw layer updates (``VispyCanvas.on_draw``, Python);
+- Python CPU: the main thread's CPU time in those two (what a quiet machine would see: other
+  engineers share the two cores, and wall time stretches with the load);
+- vispy+GL: vispy drawing each scene (``SceneCanvas._draw_scene``: visuals, texture uploads, GL
+  calls) and a ``glFinish``, so that the software rasteriser's deferred work is counted;
+- Qt, other: the rest of Qt's event loop, mostly composing the window (OpenGL widgets are
+  composed through the same software GL).
 
-Three ways, interleaved in the same process (one canvas, old, new, one canvas, old, new...):
-"one canvas" (the views off, the slider's point set), "three planes, old" (the point set in
-each viewer as before this bench's change: every view re-sliced every layer) and
-"three planes" (``OrthoViews.set_point`` as it is). Also the static redraw: the three canvases
-repainted with nothing changed, pure drawing. Figures, not pass/fail: the machine is shared
-and noisy, and Xvfb renders with software OpenGL (Mesa llvmpipe).
+Interleaved in one process (one canvas, old, new, statics; then again): "one canvas" (views
+off, the viewer's point set), "three planes, old" (the point set in each viewer as before the
+change that this bench measured: every view re-sliced every layer, the unchanged plane's too,
+and again when napari's slider snapped the point to the voxel grid; copies' thumbnails redrawn)
+and "three planes" (``OrthoViews.set_point``). Then the three canvases redrawn with nothing
+changed ("static redraw": drawing alone), and the same with every layer hidden (the floor:
+Qt and vispy's fixed cost). Figures, not pass/fail: the machine is shared and noisy, and Xvfb
+renders with software OpenGL (Mesa llvmpipe).
 
-``--profile FILE`` runs cProfile over the "three planes" moves (after the timed rounds) and
-prints the 25 costliest functions by cumulative time.
+``--profile FILE`` runs cProfile over the "three planes" moves (after the timed rounds), prints
+the 25 costliest functions by cumulative time, and with pyinstrument importable writes its call
+tree to FILE with the suffix .txt.
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ class DrawClock:
         self.draws: dict[int, int] = {}
         self.gl = 0.0
         self.prep = 0.0
+        self.prep_cpu = 0.0
 
     def watch(self, canvas) -> None:
         if id(canvas) in self.draws:
@@ -90,9 +99,10 @@ class DrawClock:
             self.draws[id(canvas)] += 1
 
         def timed_on_draw(*args, **kwargs):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             on_draw(*args, **kwargs)
             self.prep += time.perf_counter() - start
+            self.prep_cpu += time.thread_time() - cpu
 
         scene._draw_scene = timed_draw_scene
         canvas.on_draw = timed_on_draw  # vispy looks the callback up by name on each draw
@@ -167,6 +177,12 @@ def _add_result_layers(viewer, layer, labels, uncertainty, rng) -> None:
     )
 
 
+def _show_layers(viewer, on: bool) -> None:
+    for layer in viewer.layers:  # the copies follow
+        layer.visible = on
+    _settle(0.2)
+
+
 def _clicks(rng, size: int, moves: int, scale: np.ndarray) -> list[tuple[float, ...]]:
     """Where the crosshair goes, as clicks would send it: a click in the axial, coronal,
     sagittal view in turn moves the point along that plane's two axes (to a random spot,
@@ -190,7 +206,7 @@ def _settle(seconds: float = 0.4) -> None:
         time.sleep(0.02)
 
 
-PARTS = ("total", "slicing", "draw prep", "vispy+GL", "Qt, other")
+PARTS = ("total", "slicing", "draw prep", "Python CPU", "vispy+GL", "Qt, other")
 
 
 def _summary(name: str, parts: dict[str, list[float]]) -> str:
@@ -212,7 +228,7 @@ def _gl_renderer(canvas) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--moves", type=int, default=20)
+    parser.add_argument("--moves", type=int, default=21)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", type=Path, default=None)
     args = parser.parse_args()
@@ -245,15 +261,16 @@ def main() -> None:
         parts = results.setdefault(name, {part: [] for part in PARTS})
         clock.redraw(canvases)
         for point in points:
-            clock.gl = clock.prep = 0.0
-            start = time.perf_counter()
+            clock.gl = clock.prep = clock.prep_cpu = 0.0
+            start, cpu = time.perf_counter(), time.thread_time()
             move(point)
-            sliced = time.perf_counter()
+            sliced, cpu = time.perf_counter(), time.thread_time() - cpu
             clock.redraw(canvases)
             end = time.perf_counter()
             parts["total"].append(end - start)
             parts["slicing"].append(sliced - start)
             parts["draw prep"].append(clock.prep)
+            parts["Python CPU"].append(cpu + clock.prep_cpu)
             parts["vispy+GL"].append(clock.gl)
             parts["Qt, other"].append(end - sliced - clock.prep - clock.gl)
 
@@ -281,6 +298,9 @@ def main() -> None:
                 canvas._scene_canvas.update()
 
         timed("static redraw, 3 planes", static, canvases)
+        _show_layers(viewer, False)
+        timed("static, layers hidden", static, canvases)
+        _show_layers(viewer, True)
         orthoviews.show(viewer, on=False)
         _settle(0.1)
 

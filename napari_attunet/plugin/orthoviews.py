@@ -8,8 +8,9 @@ coronal and sagittal planes, each upright (``orientation``), with its orientatio
 
 The crosshair is the shared world point (``dims.point``): a click (a press and release without a
 drag, so that panning still works) in any of the three sets it in all three, which moves the
-other two planes to it; the slider moves it too. Layers added, removed, moved, edited or restyled
-in the main viewer follow in the other two.
+other two planes to it; the slider moves it too. A move re-slices each layer once in each view
+whose plane moves, and not at all in the others (``bench/bench_orthoviews.py``). Layers added,
+removed, moved, edited or restyled in the main viewer follow in the other two.
 """
 
 from __future__ import annotations
