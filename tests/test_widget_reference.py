@@ -78,7 +78,7 @@ def test_reference_scores_follows_paint_and_clears(make_napari_viewer, qtbot, sc
     qtbot.waitUntil(lambda: _shows(widget, expected), timeout=WAIT_MS)
     _same_rows(widget.results.evaluation, expected)
     assert _columns(widget) == [*VOLUME_COLUMNS, *AGREEMENT_COLUMNS]
-    assert _column(widget, "HD95 mm") == [
+    assert _column(widget, AGREEMENT_COLUMNS[1]) == [
         "n/a" if np.isnan(r.hd95_mm) else f"{r.hd95_mm:.1f}" for r in expected
     ]
     layer = viewer.layers["patient disagreement"]
@@ -141,3 +141,14 @@ def test_reference_compares_two_runs(make_napari_viewer, qtbot, scan, checkpoint
     viewer.layers.remove(first)  # the reference gone: so are its numbers and layer
     qtbot.waitUntil(lambda: _columns(widget) == list(VOLUME_COLUMNS), timeout=WAIT_MS)
     assert widget.reference.value is None and "patient disagreement" not in viewer.layers
+
+
+def test_attention_toggle_before_any_run(make_napari_viewer, scan):
+    """Unticking "show attention" with a scan open and no run yet leaves the scan alone (every
+    layer without a gate's tag was taken for a gate of "no run")."""
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(scan), plugin="napari-attunet")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
+    widget.show_attention.value = False
+    widget.show_attention.value = True
+    assert image.visible and widget.reference.value is None

@@ -140,7 +140,10 @@ class Follower:
     def close(self) -> None:
         """The dock closed (or the viewer): follow nothing more."""
         self._closed = True
-        self._timer.stop()
+        try:
+            self._timer.stop()
+        except RuntimeError:  # Qt deleted it first (the application is quitting)
+            pass
         self._unwatch()
 
     # ---- which layers to follow ----------------------------------------------------------

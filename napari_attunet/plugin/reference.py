@@ -6,6 +6,7 @@ follow edits to either layer (``follower.Follower``: throttled, in a worker thre
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +20,24 @@ def _hex(rgba) -> str:
 
 
 LEGEND = (
-    f"<span style='color:{_hex(DISAGREEMENT_COLOURS[FALSE_POSITIVE])}'>&#9632;</span> only the result "
-    f"(false positive) &nbsp; <span style='color:{_hex(DISAGREEMENT_COLOURS[FALSE_NEGATIVE])}'>"
-    "&#9632;</span> only the reference (false negative), in the '{name}' layer. Dice: overlap, "
-    "1 = identical; HD95: 95th-percentile distance between the surfaces, in mm."
+    f"<span style='color:{_hex(DISAGREEMENT_COLOURS[FALSE_POSITIVE])}'>&#9632;</span> red: only the "
+    "result labels it (false positive, or another class)<br>"
+    f"<span style='color:{_hex(DISAGREEMENT_COLOURS[FALSE_NEGATIVE])}'>&#9632;</span> blue: only the "
+    "reference labels it (false negative)<br>in the layer '{name}'. Dice: overlap, 1 = the same; "
+    "HD95: 95th-percentile distance between the two surfaces, in mm."
 )
+
+
+def full_width(widget, label: bool = True) -> None:
+    """A row of the form as wide as the dock: its label (if any) above it, not beside it (a
+    table of several columns, a paragraph)."""
+    from qtpy.QtWidgets import QBoxLayout
+
+    row = widget._labeled_widget_ref() if hasattr(widget, "_labeled_widget_ref") else None
+    if row is None:  # not in a labelled container (magicgui's wrapper row)
+        return
+    row.native.layout().setDirection(QBoxLayout.Direction.TopToBottom)
+    row._label_widget.visible = label
 
 
 class ReferencePicker(ComboBox):
@@ -58,11 +72,19 @@ class ReferenceComparison:
         self._wrap()
 
     def _wrap(self) -> None:
+        from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QSizePolicy
 
+        self.info.native.setTextFormat(Qt.TextFormat.RichText)  # every text escaped: see _show
         self.info.native.setWordWrap(True)
         self.info.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.info.native.setMinimumWidth(0)
+
+    def place(self, table) -> None:
+        """Once in the form: the volume table and the line under the picker as wide as the dock
+        (the table gains two columns)."""
+        full_width(table)
+        full_width(self.info, label=False)
 
     def close(self) -> None:
         self._closed = True
@@ -129,12 +151,12 @@ class ReferenceComparison:
             results.show_agreement(rows)
         if rows is None:
             if self.picker.value is not None and self._result() is None:
-                name = self.picker.value.name
+                name = html.escape(self.picker.value.name)
                 self.info.value = f"Run the model: its labels are then compared with '{name}'."
             return
-        notes = [*rows.notes, *(r.note for r in rows if r.note)]
-        name = self.follower.layer_name or ""
-        self.info.value = " ".join([LEGEND.format(name=name), *notes])
+        notes = [html.escape(n) for n in (*rows.notes, *(r.note for r in rows if r.note))]
+        name = html.escape(self.follower.layer_name or "")
+        self.info.value = "<br>".join([LEGEND.format(name=name), *notes])
 
     def _show_error(self, message: str) -> None:
-        self.info.value = message
+        self.info.value = html.escape(message)

@@ -30,7 +30,7 @@ from .readout import has_readout, readout, with_readout
 from .store_views import ThresholdView, volumes_from_counts
 
 VOLUME_COLUMNS = ("", "class", "mL", "uncertain mL")  # the first: each class's colour
-AGREEMENT_COLUMNS = ("Dice", "HD95 mm")  # while a reference is picked (plugin/reference.py)
+AGREEMENT_COLUMNS = ("Dice", "HD95\nmm")  # while a reference is picked (plugin/reference.py)
 LABEL_STYLES = ("auto", "outlines", "filled")  # auto: outlines while a gate or the uncertainty is shown
 
 
@@ -389,6 +389,8 @@ class ResultLayers:
         source = self.state.source.name if self.state is not None else None
         if self.store_run is not None:
             source = self.store_run.source.name
+        if source is None:  # no run yet (every layer without a gate's tag would match None)
+            return []
         return [
             layer
             for layer in self.viewer.layers

@@ -129,6 +129,7 @@ class AttUNetWidget(Container):
                 self.volumes,
             ]
         )
+        self.comparison.place(self.volumes)
         self._bound_width()
         self.results = ResultLayers(
             self.viewer, self.volumes, self._view_settings, self.region_info, self._on_gates
