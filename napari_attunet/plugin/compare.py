@@ -21,6 +21,7 @@ from .follower import (  # noqa: F401 - the names this dock's users and tests kn
     THROTTLE_MS,
     Follower,
     is_disagreement,
+    legend,
 )
 
 COLUMNS = ("class", "Dice", "HD95 mm", "ASSD mm", "result mL", "reference mL")
@@ -39,6 +40,7 @@ class CompareWidget(Container):
         self.status = Label(name="status", value="pick a result and a reference")
         super().__init__(widgets=[self.result, self.reference, self.agreement, self.status])
         self.agreement.native.verticalHeader().setVisible(False)
+        self._rich_status()
         self.native.setMinimumWidth(560)
         self._closed = False
         self.follower = Follower(
@@ -52,6 +54,14 @@ class CompareWidget(Container):
         napari_viewer.layers.events.inserted.connect(self._layers_changed)
         napari_viewer.layers.events.removed.connect(self._layers_changed)
         self.native.destroyed.connect(lambda *_: self._on_closed())
+
+    def _rich_status(self) -> None:
+        """The status line wraps, and is rich text (the legend's coloured squares): every text
+        put there is escaped."""
+        from qtpy.QtCore import Qt
+
+        self.status.native.setTextFormat(Qt.TextFormat.RichText)
+        self.status.native.setWordWrap(True)
 
     @property
     def busy(self) -> bool:
@@ -95,8 +105,9 @@ class CompareWidget(Container):
             "reference mL": [round(r.volume_ref_ml, 2) for r in rows],
         }
         self.agreement.native.resizeColumnsToContents()
-        notes = rows.notes + [r.note for r in rows if r.note]
-        self.status.value = " ".join(notes) if notes else "up to date"
+        self.status.value = legend(self.follower.layer_name or "", rows)
 
     def _show_error(self, message: str) -> None:
-        self.status.value = message
+        import html
+
+        self.status.value = html.escape(message)

@@ -32,6 +32,28 @@ SUFFIX = " disagreement"
 TAG = "attunet_compare"  # the disagreement layer's metadata key
 
 
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
+
+
+def legend(layer_name: str, rows=None) -> str:
+    """What the disagreement layer's colours and the numbers mean, and the comparison's notes
+    (a resampled reference, a class absent from one of the two), as rich text."""
+    import html
+
+    red, blue = (_hex(DISAGREEMENT_COLOURS[v]) for v in (FALSE_POSITIVE, FALSE_NEGATIVE))
+    lines = [
+        f"<span style='color:{red}'>&#9632;</span> red: only the result labels it (false positive, "
+        "or another class)",
+        f"<span style='color:{blue}'>&#9632;</span> blue: only the reference labels it (false negative)",
+        f"in the layer '{html.escape(layer_name)}'. Dice: overlap, 1 = the same; HD95: "
+        "95th-percentile distance between the two surfaces, in mm.",
+    ]
+    if rows is not None:
+        lines += [html.escape(n) for n in (*rows.notes, *(r.note for r in rows if r.note))]
+    return "<br>".join(lines)
+
+
 def disagreement(result: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """1 where the result labels a voxel otherwise than the reference (it says foreground there),
     2 where only the reference labels it; 0 where they agree."""

@@ -12,20 +12,7 @@ from typing import Any
 
 from magicgui.widgets import ComboBox, Label
 
-from .follower import DISAGREEMENT_COLOURS, FALSE_NEGATIVE, FALSE_POSITIVE, SUFFIX, Follower, is_disagreement
-
-
-def _hex(rgba) -> str:
-    return "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
-
-
-LEGEND = (
-    f"<span style='color:{_hex(DISAGREEMENT_COLOURS[FALSE_POSITIVE])}'>&#9632;</span> red: only the "
-    "result labels it (false positive, or another class)<br>"
-    f"<span style='color:{_hex(DISAGREEMENT_COLOURS[FALSE_NEGATIVE])}'>&#9632;</span> blue: only the "
-    "reference labels it (false negative)<br>in the layer '{name}'. Dice: overlap, 1 = the same; "
-    "HD95: 95th-percentile distance between the two surfaces, in mm."
-)
+from .follower import SUFFIX, Follower, is_disagreement, legend
 
 
 def full_width(widget, label: bool = True) -> None:
@@ -154,9 +141,7 @@ class ReferenceComparison:
                 name = html.escape(self.picker.value.name)
                 self.info.value = f"Run the model: its labels are then compared with '{name}'."
             return
-        notes = [html.escape(n) for n in (*rows.notes, *(r.note for r in rows if r.note))]
-        name = html.escape(self.follower.layer_name or "")
-        self.info.value = "<br>".join([LEGEND.format(name=name), *notes])
+        self.info.value = legend(self.follower.layer_name or "", rows)
 
     def _show_error(self, message: str) -> None:
         self.info.value = html.escape(message)
