@@ -29,6 +29,7 @@ from .layers import SourceGeometry
 from .notify import notify
 from .orthoviews import ViewControls
 from .recent import recent_checkpoints, remember_checkpoint
+from .reference import ReferenceComparison
 from .results import LABEL_STYLES, VOLUME_COLUMNS, ResultLayers, RunState, ViewSettings
 from .run_inputs import (
     channel_data,
@@ -91,6 +92,7 @@ class AttUNetWidget(Container):
         self.model = None
 
         self._make_fields()
+        self._make_reference_fields()
         self.extend(
             [
                 self.image,
@@ -122,9 +124,12 @@ class AttUNetWidget(Container):
                 self.status,
                 self.store_info,
                 self.region_info,
+                self.reference,
+                self.reference_info,
                 self.volumes,
             ]
         )
+        self.comparison.place(self.volumes)
         self._bound_width()
         self.results = ResultLayers(
             self.viewer, self.volumes, self._view_settings, self.region_info, self._on_gates
@@ -208,6 +213,14 @@ class AttUNetWidget(Container):
         self.store_info = WrappedLabel(name="store_info", label="result store", value="", visible=False)
         self.region_info = WrappedLabel(name="region_info", label="", value="", visible=False)
         self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
+
+    def _make_reference_fields(self) -> None:
+        """The reference picker and its line (``reference.py``): Dice and HD95 in the table."""
+        self.reference_info = WrappedLabel(name="reference_info", label="", value="", visible=False)
+        self.comparison = ReferenceComparison(
+            self.viewer, self.reference_info, lambda: getattr(self, "results", None)
+        )
+        self.reference = self.comparison.picker
 
     def _connect(self) -> None:
         """What each control does, and the viewer events the form follows."""
@@ -509,6 +522,7 @@ class AttUNetWidget(Container):
         """The viewer (or this dock) was closed: stop the run; its result goes nowhere."""
         self.jobs.close()
         self.results.close()
+        self.comparison.close()
 
     def request_cancel(self) -> None:
         self.jobs.request_cancel()
