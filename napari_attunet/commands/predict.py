@@ -179,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     if thresholds is not None and len(thresholds) == 1:
         thresholds = thresholds[0]
     outdir = outputs.check_folder(args.output, "-o/--output")
+    outputs.sweep_stale(outdir)  # a set a killed run left half in place is removed: it is redone
     names = getattr(args, "names", None) or outputs.unique_names(args.scans, io.stem)
     images, seg = formats(args)
     if seg:
