@@ -196,8 +196,10 @@ def test_a_worker_killed_between_the_links_of_a_scan(cohort, tmp_path):
     _wait_for(lambda: flag.exists() and flag.read_text().isdigit(), proc=proc)
     worker = int(flag.read_text())
     assert worker in [w.pid for w in _workers(proc, 2)]
-    half = [p.name for p in out.glob("*.nii.gz")]
-    assert len(half) == 1  # one file of its set: the labels or the uncertainty, not both
+    (staging,) = out.glob(f".attunet-{worker}-*")  # its set, each file a hard link of the one in place
+    staged = [p for p in staging.iterdir() if p.name.endswith(".nii.gz")]
+    linked = [p for p in staged if (out / p.name).exists() and (out / p.name).samefile(p)]
+    assert len(staged) == 2 and len(linked) == 1  # half its set: the labels or the uncertainty
     os.kill(worker, signal.SIGKILL)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 0 and err.strip() == "", err
