@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..models.registry import REGISTRY
-from .common import parse_normalization
+from .common import check_orientation, parse_normalization
 
 
 def info(args: argparse.Namespace) -> int:
@@ -99,9 +99,10 @@ def convert(args: argparse.Namespace) -> int:
         overrides["output"] = args.output
     if args.axes:
         overrides["axes"] = args.axes
-    if args.orientation:
-        overrides["orientation"] = args.orientation
     model = load_model(args.checkpoint, family=args.family, overrides=overrides or None)
+    check_orientation(args.orientation, model.spec)  # before the spec takes it: one sentence
+    if args.orientation:
+        model.spec = model.spec.replace(orientation=args.orientation)
     codes = None
     if args.class_codes:
         from ..scans.dicom_seg import parse_class_codes
