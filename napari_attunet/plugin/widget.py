@@ -26,6 +26,7 @@ from magicgui.widgets import (
 
 from .jobs import JobControls, Jobs
 from .layers import SourceGeometry
+from .legend import Legend
 from .notify import notify
 from .orthoviews import ViewControls
 from .recent import recent_checkpoints, remember_checkpoint
@@ -111,6 +112,7 @@ class AttUNetWidget(Container):
                 self.show_uncertainty,
                 self.label_style,
                 self.uncertainty_level,
+                self.legend,
                 self.view_controls,
                 self.tta,
                 self.tile,
@@ -196,6 +198,7 @@ class AttUNetWidget(Container):
         self.uncertainty_level = FloatSlider(
             name="uncertainty_level", label="uncertain over", min=0.0, max=1.0, step=0.01, value=0.5
         )
+        self.legend = Legend(self.viewer)  # what each colour on the canvas means
         self.view_controls = ViewControls(self.viewer, lambda: self.image.value)
         self.tta = CheckBox(name="tta", text="test-time flips (slower)", value=False)
         self.tile = SpinBox(name="tile", label="tile (0 = auto)", min=0, max=1024, step=16, value=0)
