@@ -164,6 +164,8 @@ def test_demo_overlays_leave_the_anatomy_readable(make_napari_viewer, qtbot, tmp
     assert uncertainty.colormap.map([0.3])[0, 3] == 1  # the surface is coloured where it is
     viewer.reset_view()
     with_map = _screenshot(viewer, qtbot)
+    assert "uncertainty: surface at 0.30" in widget.legend.value
+    assert "3D: one surface per class" in widget.legend.value
     uncertainty.blending = "translucent"  # depth-tested, as before: the labels hide it
     depth_tested = _screenshot(viewer, qtbot)
     uncertainty.blending = "translucent_no_depth"

@@ -63,7 +63,7 @@ def drawn_levels(layer) -> tuple[list[float], np.ndarray, bool]:
     return [level], np.asarray(cmap.map(np.array([t]))[0], float), True
 
 
-def labels_line(layer) -> str:
+def labels_line(layer, ndisplay: int = 2) -> str:
     """One swatch per label value with its class name, from the layer's colormap and features."""
     features = layer.features
     names = [str(n) for n in features["class"]] if "class" in features else []
@@ -73,7 +73,12 @@ def labels_line(layer) -> str:
         for v, n in zip(values, names, strict=False)
         if v != 0
     ]
-    how = "outlines: each border drawn once, in the higher value's colour" if layer.contour else "filled"
+    if ndisplay == 3:
+        how = "3D: one surface per class"
+    elif layer.contour:
+        how = "outlines: each border drawn once, in the higher value's colour"
+    else:
+        how = "filled"
     return "&nbsp;&nbsp; ".join(items) + f"<br><small>{how}</small>"
 
 
@@ -91,13 +96,13 @@ def map_line(layer, kind: str) -> str:
     return f"{_coloured(LINE, rgba)}&nbsp;{html.escape(what)}"
 
 
-def legend_html(layers) -> str:
+def legend_html(layers, ndisplay: int = 2) -> str:
     """The legend of the visible run layers in ``layers``: the topmost labels, each map."""
     visible = [layer for layer in layers if layer.visible]
     lines = []
     labels = [layer for layer in visible if is_run_labels(layer)]
     if labels:
-        lines.append(labels_line(labels[-1]))
+        lines.append(labels_line(labels[-1], ndisplay))
     for kind in ("gate", "uncertainty"):
         lines += [map_line(layer, kind) for layer in visible if map_kind(layer) == kind]
     return "<br>".join(lines)
@@ -147,7 +152,7 @@ class Legend(Label):
             return
 
     def refresh(self) -> None:
-        text = legend_html(list(self.viewer.layers))
+        text = legend_html(list(self.viewer.layers), self.viewer.dims.ndisplay)
         self.value = text
         self.visible = bool(text)
         if text:
