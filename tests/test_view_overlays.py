@@ -165,7 +165,6 @@ def test_demo_overlays_leave_the_anatomy_readable(make_napari_viewer, qtbot, tmp
     viewer.reset_view()
     with_map = _screenshot(viewer, qtbot)
     assert "uncertainty: surface at 0.30" in widget.legend.value
-    assert "3D: one surface per class" in widget.legend.value
     uncertainty.blending = "translucent"  # depth-tested, as before: the labels hide it
     depth_tested = _screenshot(viewer, qtbot)
     uncertainty.blending = "translucent_no_depth"
@@ -205,11 +204,11 @@ def _check_legend(widget, qtbot, labels, gate, uncertainty) -> None:
     for value, name in ((1, "grey matter"), (2, "white matter")):
         assert f"{_hex(labels.colormap.map(np.array([value]))[0])}" in text
         assert f"{value}&nbsp;{name}" in text
-    assert "outlines" in text
+    assert "each border is drawn once" in legend.tooltip
     lo, hi = gate.contrast_limits
-    assert f"gate 2: attention coefficient, contour lines at {lo + 0.15 * (hi - lo):.2f}" in text
+    assert f"gate 2: lines at {lo + 0.15 * (hi - lo):.2f}" in text
     assert _hex(GATE_RGB) in text and _hex(UNCERTAINTY_RGB) in text
-    assert "uncertainty: contour line at 0.40" in text
+    assert "uncertainty: line at 0.40" in text and "tinted above it" in legend.tooltip
     # the legend follows the layers, not the plugin's constants: a colormap chosen in napari's
     # layer controls, a map hidden
     from napari_attunet.plugin.layers import iso_lines, map_display
@@ -218,7 +217,7 @@ def _check_legend(widget, qtbot, labels, gate, uncertainty) -> None:
     uncertainty.visible = False
     _settle(qtbot, 200)
     text = legend.value
-    assert "#ff8000" in text and f"contour lines at {(lo + hi) / 2:.2f}" in text
+    assert "#ff8000" in text and f"gate 2: line at {(lo + hi) / 2:.2f}" in text
     assert "uncertainty" not in text and _hex(GATE_RGB) not in text
     uncertainty.visible = True
     gate.colormap = map_display("gate", 2)["colormap"]
@@ -254,8 +253,11 @@ def test_preview_is_a_draft_that_run_replaces(make_napari_viewer, qtbot, checkpo
 
     widget.run.clicked.emit()
     _wait(qtbot, widget, LONG)
-    kinds = [type(layer).__name__ for layer in viewer.layers]
-    assert kinds.count("Labels") == 1, [layer.name for layer in viewer.layers]
+    from napari.layers import Labels
+
+    assert sum(isinstance(layer, Labels) for layer in viewer.layers) == 1, [
+        layer.name for layer in viewer.layers
+    ]
     assert "long attunet" in viewer.layers and "long attunet preview" not in viewer.layers
     assert note.native.isHidden() and widget.volumes.label == "volumes"
 

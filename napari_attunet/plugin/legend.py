@@ -14,6 +14,14 @@ from .live_store import STORE_TAG
 
 SWATCH = "&#9632;"  # a filled square: a class
 LINE = "&#9473;&#9473;"  # a heavy line: a map's iso-line or surface
+TOOLTIP = (
+    "The colours on the canvas, read from the layers that draw them. Labels: a square per label "
+    "value and class; drawn as outlines, each border is drawn once, in the colour of the higher "
+    "value (grey matter's outer border in its colour, its border with white matter in white "
+    "matter's). Gate: contour lines of the attention coefficient, higher inside (in 3D the "
+    "surface at the layer's iso threshold). Uncertainty (normalised entropy): the line at "
+    "'uncertain over', faintly tinted above it (in 3D the surface there)."
+)
 WATCHED = ("visible", "colormap", "contrast_limits", "iso_threshold", "contour", "features", "name")
 
 
@@ -63,46 +71,37 @@ def drawn_levels(layer) -> tuple[list[float], np.ndarray, bool]:
     return [level], np.asarray(cmap.map(np.array([t]))[0], float), True
 
 
-def labels_line(layer, ndisplay: int = 2) -> str:
+def labels_line(layer) -> str:
     """One swatch per label value with its class name, from the layer's colormap and features."""
     features = layer.features
     names = [str(n) for n in features["class"]] if "class" in features else []
     values = [int(v) for v in features["index"]] if "index" in features else list(range(len(names)))
-    items = [
+    return "&nbsp;&nbsp; ".join(
         f"{_coloured(SWATCH, layer.colormap.map(np.array([v]))[0])}&nbsp;{v}&nbsp;{html.escape(n)}"
         for v, n in zip(values, names, strict=False)
         if v != 0
-    ]
-    if ndisplay == 3:
-        how = "3D: one surface per class"
-    elif layer.contour:
-        how = "outlines: each border drawn once, in the higher value's colour"
-    else:
-        how = "filled"
-    return "&nbsp;&nbsp; ".join(items) + f"<br><small>{how}</small>"
+    )
 
 
 def map_line(layer, kind: str) -> str:
-    """A map's colour, what it shows and the values it is drawn at."""
+    """A map's colour and the values it is drawn at."""
     levels, rgba, surface = drawn_levels(layer)
     at = ", ".join(f"{v:.2f}" for v in levels)
-    if kind == "gate":
-        gate = layer.name.rsplit(" gate ", 1)[-1]
-        what = f"gate {gate}: attention coefficient, " + (
-            f"surface at {at}" if surface else f"contour lines at {at}"
-        )
+    name = "gate " + layer.name.rsplit(" gate ", 1)[-1] if kind == "gate" else "uncertainty"
+    if surface:
+        what = f"{name}: surface at {at}"
     else:
-        what = "uncertainty: " + (f"surface at {at}" if surface else f"contour line at {at}, tinted above")
+        what = f"{name}: {'lines' if len(levels) > 1 else 'line'} at {at}"
     return f"{_coloured(LINE, rgba)}&nbsp;{html.escape(what)}"
 
 
-def legend_html(layers, ndisplay: int = 2) -> str:
+def legend_html(layers) -> str:
     """The legend of the visible run layers in ``layers``: the topmost labels, each map."""
     visible = [layer for layer in layers if layer.visible]
     lines = []
     labels = [layer for layer in visible if is_run_labels(layer)]
     if labels:
-        lines.append(labels_line(labels[-1], ndisplay))
+        lines.append(labels_line(labels[-1]))
     for kind in ("gate", "uncertainty"):
         lines += [map_line(layer, kind) for layer in visible if map_kind(layer) == kind]
     return "<br>".join(lines)
@@ -118,6 +117,7 @@ class Legend(Label):
 
         self.viewer = viewer
         self.native.setTextFormat(Qt.TextFormat.RichText)
+        self.tooltip = TOOLTIP
         self.native.setWordWrap(True)
         self.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self._timer = QTimer(self.native)  # deleted with the dock: no refresh after it closed
@@ -152,7 +152,7 @@ class Legend(Label):
             return
 
     def refresh(self) -> None:
-        text = legend_html(list(self.viewer.layers), self.viewer.dims.ndisplay)
+        text = legend_html(list(self.viewer.layers))
         self.value = text
         self.visible = bool(text)
         if text:
