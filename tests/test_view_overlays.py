@@ -116,6 +116,11 @@ def test_demo_overlays_leave_the_anatomy_readable(make_napari_viewer, qtbot, tmp
         assert min(np.linalg.norm(np.subtract(rgb, c[:3])) for c in LABEL_COLOURS[1:]) > 0.4
     assert np.linalg.norm(np.subtract(GATE_RGB, UNCERTAINTY_RGB)) > 1.0
 
+    # The thresholds' class names show whole beside their sliders ("white matte" before).
+    for slider in widget.thresholds:
+        label = slider._labeled_widget()._label_widget.native
+        assert label.width() >= label.fontMetrics().horizontalAdvance(label.text()), label.text()
+
     # Labels, the finest gate and the uncertainty all on: the labels are outlined by default.
     assert [g.visible for g in gates] == [True, False, False]
     assert uncertainty.visible and labels.visible and labels.contour > 0
