@@ -227,7 +227,7 @@ def _outlined_labels_class():
 
         def _calculate_contour(self, labels, data_slice):
             if self.contour < 1 or labels.ndim > 2:
-                return super()._calculate_contour(labels, data_slice)
+                return None  # filled; in 3D without napari's warning on every redraw
             halo = max(1, int(self.contour))
             expanded = expand_slice(data_slice, labels.shape, halo)
             contours = one_sided_contours(
