@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from helpers import ORIGIN_XYZ, SPACING_XYZ, _check_message, _errors, _settle, _widget, snapshot
+from qtpy.QtWidgets import QWidget
 
 # Each test here runs with its own settings folder (never the user's recent checkpoints).
 pytestmark = pytest.mark.usefixtures("_isolated_config")
@@ -200,3 +201,83 @@ def test_napari_bad_checkpoint(key, files, make_napari_viewer, notes):
     assert len(messages) == 1, messages
     _check_message(messages[0], str(files[key]))
     assert snapshot(files["root"]) == before
+
+
+# ---- files it does not open -----------------------------------------------------------------
+
+
+def _drop(viewer, path) -> None:
+    """What napari does with a file dropped on its window (``QtViewer.dropEvent``)."""
+    from qtpy.QtCore import QUrl
+
+    viewer.window._qt_viewer._open_from_list_of_urls_data(
+        [QUrl.fromLocalFile(str(path))], stack=False, choose_plugin=False
+    )
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "Report.PDF", "series.zip", "brain.mgz"])
+def test_dropped_unsupported_file_is_one_sentence_naming_the_formats(
+    name, tmp_path, make_napari_viewer, notes
+):
+    path = tmp_path / name
+    path.write_bytes(b"not a scan")
+    viewer = make_napari_viewer()
+    _drop(viewer, path)
+    assert len(viewer.layers) == 0
+    (message,) = _errors(notes)
+    _check_message(message, str(path))
+    for named in (".nii.gz", ".nrrd", ".mha", "DICOM", ".zarr", ".safetensors", ".pt"):
+        assert named in message, (named, message)
+    if name.endswith(".zip"):
+        assert "Unpack it" in message
+    notes.clear()
+    viewer.open(str(path), plugin=None)  # as a script would: the same sentence, no exception
+    assert _errors(notes) == [message]
+
+
+def test_reader_claims_no_file_napari_opens(tmp_path, make_napari_viewer):
+    import yaml
+    from napari.plugins import _npe2
+
+    from napari_attunet.plugin.reader import MISTAKEN_SUFFIXES, get_reader, read_scan
+
+    manifest = pathlib.Path(__file__).parents[1] / "napari_attunet" / "napari.yaml"
+    (reader,) = yaml.safe_load(manifest.read_text())["contributions"]["readers"]
+    assert {f"*{s}" for s in MISTAKEN_SUFFIXES} <= set(reader["filename_patterns"])
+    for suffix in MISTAKEN_SUFFIXES:  # ours alone: no reader dialog for them
+        assert list(_npe2.get_readers(f"file{suffix}")) == ["napari-attunet"], suffix
+    for suffix in (".tif", ".png", ".npy", ".csv", ".h5"):
+        assert "napari-attunet" not in _npe2.get_readers(f"file{suffix}"), suffix
+    viewer = make_napari_viewer()
+    np.save(tmp_path / "array.npy", np.zeros((4, 5)))
+    _drop(viewer, tmp_path / "array.npy")
+    assert [layer.name for layer in viewer.layers] == ["array"]
+    # a folder is never refused for its name: a DICOM series in "export.json/" opens
+    folder = tmp_path / "export.json"
+    folder.mkdir()
+    (folder / "slice1.dcm").write_bytes(b"")
+    assert get_reader(str(folder)) is read_scan
+
+
+def test_slider_labels_show_whole_in_every_canvas(make_napari_viewer, qtbot, marker_scan):
+    """napari caps an axis label at a fifth of its first slider's width, which is 100 px in a
+    canvas that opened on another plane: the linked coronal view showed "p..." for posterior."""
+    from napari_attunet.plugin import orthoviews
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.open(str(marker_scan), plugin="napari-attunet")
+    orthoviews.show(viewer)
+    _settle(qtbot, 300)
+    for order in ((1, 0, 2), (2, 0, 1), (0, 1, 2)):  # and the main canvas in every plane
+        viewer.dims.order = order
+        _settle(qtbot, 100)
+    seen = {}
+    for panel in viewer.window._qt_window.findChildren(QWidget):
+        for slider in getattr(panel, "slider_widgets", []):
+            label = slider.axis_label
+            if slider.isVisible():
+                seen[label.text()] = label.width() - label.fontMetrics().horizontalAdvance(label.text())
+    assert set(seen) == {"superior", "posterior", "left"}, seen
+    assert all(room >= 10 for room in seen.values()), seen  # the whole word and a margin
+    orthoviews.show(viewer, on=False)

@@ -6,10 +6,22 @@ import os
 from pathlib import Path
 
 from ..models.suffixes import CHECKPOINT_SUFFIXES
-from ..scans.io import SCAN_SUFFIXES
+from ..scans.io import SCAN_SUFFIXES, SUPPORTED_FORMATS
 from .orientation import AXIS_LABELS
 from .transforms import GEOMETRY_KEY, data_to_world, display_kwargs, layer_state, same_grid
 from .windows import WINDOW_KEY, initial_window, widen_slider
+
+# Files users drop by mistake, which no reader of napari's own claims (napari_builtins reads
+# .csv, .h5, .npy, images...): napari asks a reader only about the filename patterns in its
+# manifest, so these get our sentence (the file, and what opens) where napari would say only
+# "No plugin found capable of reading" it. Other unsupported files still get napari's message.
+ARCHIVE_SUFFIXES = (".zip", ".7z", ".rar", ".tar", ".tgz", ".tar.gz")
+MISTAKEN_SUFFIXES = (
+    (".txt", ".md", ".rtf", ".pdf", ".doc", ".docx", ".odt", ".xls", ".xlsx", ".ods")
+    + (".ppt", ".pptx", ".json", ".xml", ".yaml", ".yml", ".log", ".html", ".htm")
+    + ARCHIVE_SUFFIXES
+    + (".mgz", ".onnx", ".pkl")
+)
 
 
 def get_reader(path):
@@ -19,6 +31,8 @@ def get_reader(path):
             return None
         path = path[0]
     name = str(path).lower()
+    if name.endswith(MISTAKEN_SUFFIXES) and not os.path.isdir(path):
+        return refuse_file
     if name.rstrip("/").endswith(".zarr"):
         from .store_reader import is_result_store, read_store
 
@@ -33,6 +47,31 @@ def get_reader(path):
     if name.endswith(SCAN_SUFFIXES) or (os.path.isdir(path) and _has_dicom(Path(path))):
         return read_scan
     return None
+
+
+def unsupported_message(path) -> str:
+    """The sentence for a file this plugin does not open: what it is, what opens, what to do."""
+    name = str(path).lower()
+    suffix = next((s for s in sorted(MISTAKEN_SUFFIXES, key=len, reverse=True) if name.endswith(s)), "")
+    kind = f"{suffix} files" if suffix else "this kind of file"
+    if suffix in ARCHIVE_SUFFIXES:
+        remedy = "Unpack it first, then open the folder (a DICOM series) or a scan file inside."
+    elif suffix == ".mgz":
+        remedy = "Convert it to NIfTI first (FreeSurfer: mri_convert scan.mgz scan.nii.gz)."
+    else:
+        remedy = "Export the scan in one of these formats."
+    return (
+        f"{path}: napari-attunet does not open {kind}. It opens scans as {SUPPORTED_FORMATS}, "
+        f"result stores (.zarr folders) and checkpoints ({', '.join(CHECKPOINT_SUFFIXES)}). {remedy}"
+    )
+
+
+def refuse_file(path):
+    """One notification naming the file and the formats that open; no layer."""
+    from .notify import notify
+
+    notify("error", unsupported_message(path[0] if isinstance(path, (list, tuple)) else path))
+    return [(None,)]
 
 
 def _has_dicom(folder: Path) -> bool:

@@ -20,6 +20,7 @@ from .layers import (
     SourceGeometry,
     gate_image,
     gate_layers,
+    labels_image,
     labels_layer,
     map_display,
     uncertainty_layer,
@@ -230,7 +231,7 @@ class ResultLayers:
         else:
             if name in self.viewer.layers:
                 kwargs["name"] = name + " (new)"
-            layer = self.viewer.add_labels(data, **kwargs)
+            layer = self.viewer.add_layer(labels_image(data, kwargs))
         self.state = RunState(pred, source, layer, offset)
         self.show_volumes(kwargs["features"], labels)
         self._show_region(offset, labels.shape, scan_shape, source.scale)
@@ -590,9 +591,8 @@ class ResultLayers:
         data, kwargs, _ = labels_layer(state.prediction, state.source, labels, f"{layer.name} (thresholds)")
         if state.edited:
             notify("info", f"{layer.name} was edited by hand; the new thresholds go to a new layer.")
-            self.state = RunState(
-                state.prediction, state.source, self.viewer.add_labels(data, **kwargs), state.offset
-            )
+            layer = self.viewer.add_layer(labels_image(data, kwargs))
+            self.state = RunState(state.prediction, state.source, layer, state.offset)
         else:
             layer.features = kwargs["features"]
             layer.data = labels

@@ -26,6 +26,7 @@ from magicgui.widgets import (
 
 from .jobs import JobControls, Jobs
 from .layers import SourceGeometry
+from .legend import Legend
 from .notify import notify
 from .orthoviews import ViewControls
 from .recent import recent_checkpoints, remember_checkpoint
@@ -113,6 +114,7 @@ class AttUNetWidget(Container):
                 self.show_uncertainty,
                 self.label_style,
                 self.uncertainty_level,
+                self.legend,
                 self.view_controls,
                 self.tta,
                 self.tile,
@@ -201,6 +203,7 @@ class AttUNetWidget(Container):
         self.uncertainty_level = FloatSlider(
             name="uncertainty_level", label="uncertain over", min=0.0, max=1.0, step=0.01, value=0.5
         )
+        self.legend = Legend(self.viewer)  # what each colour on the canvas means
         self.view_controls = ViewControls(self.viewer, lambda: self.image.value)
         self.tta = CheckBox(name="tta", text="test-time flips (slower)", value=False)
         self.tile = SpinBox(name="tile", label="tile (0 = auto)", min=0, max=1024, step=16, value=0)
@@ -409,6 +412,25 @@ class AttUNetWidget(Container):
             slider = FloatSlider(name=f"t{k}", label=names[k], min=0.0, max=1.0, step=0.01, value=0.5)
             slider.changed.connect(self._on_threshold)
             self.thresholds.append(slider)
+        self._fit_slider_labels()
+
+    def _fit_slider_labels(self) -> None:
+        """Each threshold's class name whole ("white matter", not "white matte"): magicgui
+        sizes the labels before napari's style sets their font; again once it has."""
+        from qtpy.QtCore import QTimer
+
+        def fit() -> None:
+            try:
+                wrapped = [w._labeled_widget() for w in self.thresholds]
+                labels = [w._label_widget.native for w in wrapped if w is not None]
+                width = max((w.fontMetrics().horizontalAdvance(w.text()) + 4 for w in labels), default=0)
+                for label in labels:
+                    label.setMinimumWidth(max(width, label.minimumWidth()))
+            except RuntimeError:  # the dock was closed
+                return
+
+        fit()
+        QTimer.singleShot(0, fit)
 
     def threshold_values(self) -> list[float] | None:
         """The thresholds labels follow (see ``run_inputs.threshold_values``)."""
