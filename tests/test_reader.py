@@ -125,6 +125,58 @@ def test_napari_nan_scan_opens_with_a_note(suffix, tmp_path, make_napari_viewer,
     assert any("2 NaN or infinite" in str(n.message) for n in notes)
 
 
+def test_a_label_map_opens_as_labels_over_its_scan(make_napari_viewer, notes):
+    """The bundled grey/white-matter ground truth opens as a Labels layer (the reference a
+    user picks), placed exactly over the T1 it was drawn on, with the results' palette."""
+    from napari.layers import Image, Labels
+
+    from napari_attunet.demo_data import DEMO_LABELS, DEMO_SCAN
+    from napari_attunet.plugin.layers import LABEL_COLOURS
+    from napari_attunet.scans import io
+
+    viewer = make_napari_viewer()
+    (t1,) = viewer.open(str(DEMO_SCAN), plugin="napari-attunet")
+    (truth,) = viewer.open(str(DEMO_LABELS), plugin="napari-attunet")
+    assert isinstance(t1, Image) and isinstance(truth, Labels)
+    np.testing.assert_array_equal(truth.data, io.read(DEMO_LABELS).array)
+    assert truth.data.shape == t1.data.shape
+    np.testing.assert_allclose(truth.affine.affine_matrix, t1.affine.affine_matrix, atol=1e-9)
+    np.testing.assert_allclose(truth.scale, t1.scale)
+    np.testing.assert_allclose(truth.translate, t1.translate)
+    assert "attunet_geometry" in truth.metadata
+    np.testing.assert_allclose(truth.colormap.map(np.array([1]))[0], LABEL_COLOURS[1], atol=1e-6)
+    said = [str(n.message) for n in notes]
+    assert any("opened as a label map" in m and "Convert to Image" in m for m in said), said
+
+
+def test_float_label_map_becomes_whole_labels_and_scans_stay_images(tmp_path, make_napari_viewer):
+    """MONAI's SaveImage writes labels as float32: they open as integer Labels. A scan with
+    few values whose background is not 0 (a phantom), and a CT, stay images."""
+    import nibabel as nib
+    from napari.layers import Image, Labels
+
+    affine = np.diag([1.5, -1.0, 2.0, 1.0])
+    labels = np.zeros((20, 24, 16), np.float32)
+    labels[4:10, 5:12, 3:8] = 1
+    labels[12:16, 5:12, 3:8] = 3
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "seg.nii.gz")
+    phantom = np.full((20, 24, 16), 10, np.int16)
+    phantom[4:10] = 1000
+    nib.save(nib.Nifti1Image(phantom, affine), tmp_path / "phantom.nii.gz")
+    ct = np.full((20, 24, 16), -1000, np.int16)
+    ct[4:16, 4:20, 2:14] = np.random.default_rng(0).integers(-100, 100, (12, 16, 12))
+    nib.save(nib.Nifti1Image(ct, affine), tmp_path / "ct.nii.gz")
+
+    viewer = make_napari_viewer()
+    (seg,) = viewer.open(str(tmp_path / "seg.nii.gz"), plugin="napari-attunet")
+    assert isinstance(seg, Labels) and seg.data.dtype == np.uint8
+    assert sorted(np.unique(seg.data)) == [0, 1, 3]
+    assert int((seg.data == 3).sum()) == int((labels == 3).sum())
+    for name in ("phantom", "ct"):
+        (layer,) = viewer.open(str(tmp_path / f"{name}.nii.gz"), plugin="napari-attunet")
+        assert isinstance(layer, Image), name
+
+
 # ---- checkpoints -----------------------------------------------------------------------------
 
 

@@ -114,7 +114,80 @@ def read_scan(path):
     for note in volume.notes:
         show_info(note)
     _link_new_labels()
+    if not _is_dicom(path) and is_label_map(volume.array):
+        show_info(
+            f"{Path(path).name}: opened as a label map (whole values from 0, mostly 0); "
+            "to see it as an image, right-click the layer and choose Convert to Image."
+        )
+        labels = whole_labels(volume.array)
+        return [(labels, label_map_kwargs(kwargs, labels), "labels")]
     return [(volume.array, kwargs, "image")]
+
+
+def _is_dicom(path) -> bool:
+    """A DICOM file or series: its images are never label maps (a SEG has its own reader)."""
+    return os.path.isdir(path) or str(path).lower().endswith(".dcm")
+
+
+MAX_LABEL_VALUES = 32  # more distinct values than this make an image, not a label map
+SAMPLE_VOXELS = 1 << 20
+
+
+def is_label_map(array) -> bool:
+    """A ground truth or a result written by another tool: whole values, 0 the smallest and
+    the most common (the background), at most ``MAX_LABEL_VALUES`` of them. A scan has many
+    values, and a phantom's background is rarely 0. A sample decides first, so that a CT
+    costs no more than a strided read; a candidate is then checked whole."""
+    import numpy as np
+
+    if array.dtype.kind not in "biuf" or array.size == 0:
+        return False
+    sample = np.asarray(array).reshape(-1)[:: max(1, array.size // SAMPLE_VOXELS)]
+    if not _looks_like_labels(sample):
+        return False
+    return _looks_like_labels(np.asarray(array).reshape(-1))
+
+
+def _looks_like_labels(values) -> bool:
+    import numpy as np
+
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            return False
+    if values.min() != 0 or values.max() > 65535:
+        return False
+    counts = np.bincount(values.astype(np.int64))
+    present = np.count_nonzero(counts)
+    return 1 < present <= MAX_LABEL_VALUES and int(np.argmax(counts)) == 0
+
+
+def whole_labels(array):
+    """napari's Labels take integers: a label map stored as floats (MONAI's SaveImage, many
+    nibabel scripts) becomes the smallest unsigned type that holds it."""
+    import numpy as np
+
+    if array.dtype.kind != "f":
+        return array
+    return array.astype(np.uint8 if array.max() < 256 else np.uint16)
+
+
+def label_map_kwargs(image_kwargs: dict, array) -> dict:
+    """A label map keeps the scan reader's placement and geometry (so it saves back voxel for
+    voxel and lines up with its scan) and gets the results' palette, so that a reference's
+    class 1 has the colour of a run's class 1."""
+    import numpy as np
+
+    from .layers import LABELS_OPACITY, label_colormap
+
+    kept = {k: v for k, v in image_kwargs.items() if k != "contrast_limits"}
+    metadata = {k: v for k, v in kept.pop("metadata").items() if k == GEOMETRY_KEY}
+    return {
+        **kept,
+        "metadata": metadata,
+        "colormap": label_colormap(int(np.max(array)) + 1),
+        "opacity": LABELS_OPACITY,
+        "rendering": "iso_categorical",
+    }
 
 
 def _link_new_labels() -> None:
