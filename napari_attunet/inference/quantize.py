@@ -158,8 +158,8 @@ def int8_key(model: AttentionUNetBase, digest: str, scope: str) -> tuple[str, di
     from . import runtime_openvino as ro
 
     fields = {
-        "weights": ro._weights_digest(model),
-        **ro._versions(),
+        "weights": ro.weights_digest(model),
+        **ro.versions(),
         "int8": {
             "nncf": _nncf_version(),
             "calibration": digest,
@@ -204,7 +204,7 @@ def cached_int8(model: AttentionUNetBase, digest: str, scope: str):
     from . import runtime_openvino as ro
 
     name, fields = int8_key(model, digest, scope)
-    return ro._load_entry(ro.cache_root() / "openvino" / name, fields, 1 + len(model.spec.gates))
+    return ro.load_entry(ro.cache_root() / "openvino" / name, fields, 1 + len(model.spec.gates))
 
 
 def quantized(model: AttentionUNetBase, windows: Sequence[np.ndarray], digest: str, scope: str):
@@ -213,11 +213,11 @@ def quantized(model: AttentionUNetBase, windows: Sequence[np.ndarray], digest: s
 
     name, fields = int8_key(model, digest, scope)
     folder = ro.cache_root() / "openvino" / name
-    ov_model = ro._load_entry(folder, fields, 1 + len(model.spec.gates))
+    ov_model = ro.load_entry(folder, fields, 1 + len(model.spec.gates))
     if ov_model is None:
         ov_model = quantize_model(ro.converted(model), windows, scope)
         try:
-            ro._store_entry(ov_model, folder, fields)
+            ro.store_entry(ov_model, folder, fields)
         except OSError as exc:
             warnings.warn(
                 f"the OpenVINO cache {folder.parent} cannot be written ({exc.strerror or exc}); "
@@ -234,7 +234,7 @@ def int8_network(model: AttentionUNetBase, windows: Sequence[np.ndarray], scope:
 
     scope = scope_for(model, scope)
     digest = windows_digest(windows)
-    key = (ro._weights_digest(model), digest, scope)
+    key = (ro.weights_digest(model), digest, scope)
     with _LOCK:
         memo = _INT8.setdefault(model, {})
         if key in memo:
@@ -252,7 +252,7 @@ def is_ready(model: AttentionUNetBase, windows: Sequence[np.ndarray], scope: str
 
     scope = scope_for(model, scope)
     digest = windows_digest(windows)
-    if (ro._weights_digest(model), digest, scope) in _INT8.get(model, {}):
+    if (ro.weights_digest(model), digest, scope) in _INT8.get(model, {}):
         return True
     return cached_int8(model, digest, scope) is not None
 
