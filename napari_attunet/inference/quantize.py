@@ -228,6 +228,21 @@ def quantized(model: AttentionUNetBase, windows: Sequence[np.ndarray], digest: s
     return ov_model
 
 
+def _memo_network(model: AttentionUNetBase, key: tuple, ov_model: Callable):
+    """The compiled network for ``key``, compiling ``ov_model()`` once (one per model)."""
+    from . import runtime_openvino as ro
+
+    with _LOCK:
+        memo = _INT8.setdefault(model, {})
+        if key in memo:
+            return memo[key]
+    net = ro.compile_network(ov_model(), len(model.spec.gates), "fp32")
+    with _LOCK:
+        memo.clear()  # one int8 network per model at a time
+        memo[key] = net
+    return net
+
+
 def int8_network(model: AttentionUNetBase, windows: Sequence[np.ndarray], scope: str | None = None):
     """The compiled int8 network for these calibration windows (kept for the next run)."""
     from . import runtime_openvino as ro
@@ -235,15 +250,7 @@ def int8_network(model: AttentionUNetBase, windows: Sequence[np.ndarray], scope:
     scope = scope_for(model, scope)
     digest = windows_digest(windows)
     key = (ro.weights_digest(model), digest, scope)
-    with _LOCK:
-        memo = _INT8.setdefault(model, {})
-        if key in memo:
-            return memo[key]
-    net = ro.compile_network(quantized(model, windows, digest, scope), len(model.spec.gates), "fp32")
-    with _LOCK:
-        memo.clear()  # one int8 network per model at a time
-        memo[key] = net
-    return net
+    return _memo_network(model, key, lambda: quantized(model, windows, digest, scope))
 
 
 def is_ready(model: AttentionUNetBase, windows: Sequence[np.ndarray], scope: str | None = None) -> bool:
@@ -257,17 +264,53 @@ def is_ready(model: AttentionUNetBase, windows: Sequence[np.ndarray], scope: str
     return cached_int8(model, digest, scope) is not None
 
 
+def normalization_of(model: AttentionUNetBase, normalization=None) -> dict:
+    """The normalization a run uses (``normalization``, else the checkpoint's), as stored."""
+    from .preprocess import resolve_normalization
+
+    return resolve_normalization(normalization, model.spec).to_dict()
+
+
+def stored_int8(
+    model: AttentionUNetBase, scope: str, normalization: dict, calibration: str | os.PathLike | None = None
+):
+    """The int8 model stored beside the model's checkpoint (``int8_store.Stored``), one sentence
+    saying why it is ignored, or None when there is none."""
+    from . import int8_store
+
+    scans = None if calibration is None else scan_files(calibration)
+    return int8_store.read(getattr(model, "source", None), model, scope, normalization, scans)
+
+
 def prepare_int8(
     model: AttentionUNetBase,
     plan,
     calibration: str | os.PathLike | None = None,
     plan_for: Callable | None = None,
     scope: str | None = None,
+    normalization: dict | None = None,
 ) -> Generator[Progress, None, object]:
-    """Calibrate (once per calibration set, then from the cache) and compile the int8 network,
-    saying so while it calibrates. A network OpenVINO cannot convert is a CheckpointError."""
+    """The int8 network: the one stored beside the checkpoint (``convert --int8``) when it
+    passes its checks, else calibrated (once per calibration set, then from the cache), saying
+    so while it calibrates. A network OpenVINO cannot convert is a CheckpointError."""
+    from . import int8_store
     from . import runtime_openvino as ro
 
+    scope = scope_for(model, scope)
+    stored = stored_int8(model, scope, normalization or normalization_of(model), calibration)
+    if isinstance(stored, int8_store.Stored):
+        key = (ro.weights_digest(model), "stored:" + stored.key, scope)
+        try:
+            net = _memo_network(model, key, lambda: stored.ov_model)
+        except Exception as exc:  # noqa: BLE001 - compilation
+            raise CheckpointError(
+                f"int8 cannot run {stored.folder} ({ro.failure_reason(exc)}); choose precision fp32."
+            ) from None
+        plan.notes.append(f"int8 from {stored.describe()}")
+        return net
+    if stored is not None:  # a sentence: why the stored model is ignored
+        plan.notes.append(stored)
+        warnings.warn(stored, RuntimeWarning, stacklevel=3)
     if calibration is None:
         windows = draw_windows(plan.x, plan.jobs, plan.tile)
     else:
@@ -284,9 +327,69 @@ def prepare_int8(
     plan.notes.append(
         f"int8 calibrated on {len(windows)} window{'s' * (len(windows) != 1)} of "
         + ("this scan" if calibration is None else str(calibration))
-        + (", attention blocks in fp32" if scope_for(model, scope) == "keep-attention" else "")
+        + (", attention blocks in fp32" if scope == "keep-attention" else "")
     )
     return net
+
+
+# ---- stored beside the checkpoint (convert --int8) -----------------------------------------
+
+
+def store_beside(
+    model: AttentionUNetBase,
+    calibration: str | os.PathLike,
+    folder: Path,
+    plan_for: Callable,
+    *,
+    scope: str | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, dict]:
+    """Calibrate on the scans in ``calibration``, each planned by ``plan_for(volume)`` as a run
+    plans it (``plan_for.tile``: the tile it chose), and store the int8 model in ``folder``
+    (``int8_store``). Returns (the folder, its manifest)."""
+    import time
+
+    from . import int8_store
+    from . import runtime_openvino as ro
+
+    require_nncf()
+    int8_store.refuse_existing(folder, overwrite)
+    scope = scope_for(model, scope)
+    files = scan_files(calibration)
+    windows = _finish(folder_windows(calibration, plan_for))
+    started = time.perf_counter()
+    try:
+        ov_model = quantize_model(ro.converted(model), windows, scope)
+    except Exception as exc:  # noqa: BLE001 - conversion or calibration
+        raise CheckpointError(
+            f"int8 cannot run this network ({ro.failure_reason(exc)}); keep precision fp32."
+        ) from None
+    manifest = int8_store.manifest_for(
+        model,
+        scope,
+        normalization_of(model),
+        plan_for.tile,  # type: ignore[attr-defined]
+        {
+            "folder": str(Path(calibration).resolve()),
+            "files": int8_store.calibration_files(files),
+            "windows": len(windows),
+            "windows_sha256": windows_digest(windows),
+            "nncf": _nncf_version(),
+            "preset": "mixed, no bias correction",
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        {},
+    )
+    return int8_store.write(folder, ov_model, manifest, overwrite), manifest
+
+
+def _finish(steps: Generator[Progress, None, Any]) -> Any:
+    """Run a generator of Progress to its end and return its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 # ---- the guard -----------------------------------------------------------------------------

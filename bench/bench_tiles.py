@@ -1,0 +1,129 @@
+"""Tile size as a speed lever: na.predict on the bench phantom with tiles of 96 (the bench's
+and MONAI's roi), 128, 160 and the whole volume, at the same overlap, with the bench's MONAI
+AttentionUnet (``bench_predict.py`` trains it once and caches it in bench/.cache).
+
+    python bench/bench_tiles.py [--tiles 96 128 160 0] [--precisions auto] [--repeats 3]
+
+A tile of 0 is the whole volume as one tile. Larger tiles repeat less work at the overlaps,
+but a network sees more context per tile and fewer blended seams, so its labels change. This
+prints, per precision and tile: the windows and the voxels the network computes (relative to
+the volume), seconds (best of the interleaved repeats) and the median per-round ratio to tile
+96, and per-class Dice against the phantom's TRUTH as well as against the tile-96 run. Figures,
+not pass/fail: the machine is shared, so the load is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from bench_predict import cpu_description, dice, train  # noqa: E402
+
+import napari_attunet as na  # noqa: E402
+from napari_attunet.inference.tiling import window_grid  # noqa: E402
+from napari_attunet.phantom import make_phantom  # noqa: E402
+
+CLASSES = ("background", "organ", "lesion")
+
+
+def load() -> str:
+    with open("/proc/loadavg") as fh:
+        return " ".join(fh.read().split()[:3])
+
+
+def tile_for(size: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The network's tile: ``size`` on every axis, or the whole volume for 0. The network sees
+    napari's (z, y, x) reordered to (x, y, z) (orientation 'native')."""
+    return tuple(shape[::-1]) if size == 0 else (size,) * 3
+
+
+def work(shape_xyz: tuple[int, ...], tile: tuple[int, ...], overlap: float) -> tuple[int, float]:
+    """(windows, voxels the network computes / the volume's voxels)."""
+    clipped = tuple(min(t, n) for t, n in zip(tile, shape_xyz, strict=True))
+    windows = len(window_grid(shape_xyz, clipped, (8, 8, 8), overlap))
+    return windows, windows * float(np.prod(clipped)) / float(np.prod(shape_xyz))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=(96, 160, 192), help="napari (z, y, x)")
+    parser.add_argument("--tiles", type=int, nargs="+", default=(96, 128, 160, 0), help="0: the whole volume")
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--precisions", nargs="+", default=("auto",), help="auto, fp32, bf16, int8")
+    parser.add_argument("--runtime", default="auto")
+    parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds after a warm-up")
+    parser.add_argument("--train-steps", type=int, default=300, help="as bench_predict.py")
+    parser.add_argument("--weights", type=Path, default=HERE / ".cache" / "monai_phantom.pth")
+    args = parser.parse_args()
+    if 96 not in args.tiles:
+        parser.error("--tiles must include 96, the reference")
+
+    shape = tuple(args.shape)
+    if not args.weights.exists():
+        print(f"training the benchmark model for {args.train_steps} steps ...", flush=True)
+        train(args.weights, args.train_steps, shape)
+    cpu = cpu_description()
+    print(
+        f"CPU: {cpu['model']}, {cpu['cores']} cores; flags {' '.join(cpu['flags'])}; fast bf16 "
+        f"{cpu['fast_bf16']}; OpenVINO {cpu['openvino']}; torch {torch.__version__}; load {load()}"
+    )
+    image, truth = make_phantom(shape, seed=7)
+    print(f"phantom (z, y, x) {shape}, seed 7; weights {args.weights.name}; overlap {args.overlap}\n")
+
+    def run(precision: str, size: int):
+        model = na.load_model(args.weights)  # one object per row: each keeps its network
+
+        def call():
+            return na.predict(
+                image, model, normalization="none", tile=tile_for(size, shape), overlap=args.overlap,
+                precision=precision, runtime=args.runtime, orientation="native",
+            )  # fmt: skip
+
+        return call
+
+    rows = {(p, s): run(p, s) for p in args.precisions for s in args.tiles}
+    for call in rows.values():  # warm-up: conversion, compilation, calibration
+        call()
+    times: dict[tuple[str, int], list[float]] = {k: [] for k in rows}
+    outputs = {}
+    for _ in range(args.repeats):  # interleaved, so that drifts in the machine's load are shared
+        for key, call in rows.items():
+            t = time.perf_counter()
+            outputs[key] = call()
+            times[key].append(time.perf_counter() - t)
+    print(
+        f"{'precision':9s} {'tile':>12s} {'windows':>7s} {'work':>5s} {'s':>6s} {'x tile 96':>9s}  "
+        "Dice vs truth (bg, organ, lesion)   Dice vs tile 96 (bg, organ, lesion)"
+    )
+    for precision in args.precisions:
+        ref_labels = outputs[precision, 96].labels()
+        for size in args.tiles:
+            key = (precision, size)
+            pred = outputs[key]
+            labels = pred.labels()
+            windows, share = work(shape[::-1], tile_for(size, shape), args.overlap)
+            ratio = float(np.median([a / b for a, b in zip(times[precision, 96], times[key], strict=True)]))
+            truth_d = ", ".join(f"{dice(labels, truth, c):.4f}" for c in range(3))
+            ref_d = ", ".join(f"{dice(labels, ref_labels, c):.4f}" for c in range(3))
+            name = "whole" if size == 0 else str(size)
+            print(
+                f"{precision + ' ' + pred.precision:9s} {name + ' ' + 'x'.join(map(str, pred.tile)):>12s} "
+                f"{windows:7d} {share:4.2f}x {min(times[key]):6.2f} {ratio:8.2f}x  {truth_d:34s} {ref_d}"
+            )
+    print(
+        f"\n(best of {args.repeats} interleaved rounds; 'x tile 96' is the median of the per-round "
+        f"ratios; 'work' is the voxels the network computes over the volume's; load now {load()})"
+    )
+
+
+if __name__ == "__main__":
+    main()
