@@ -270,11 +270,11 @@ def _scans(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
     return folder, tmp_path / "scan.nii.gz"
 
 
-def test_convert_int8_stores_a_model_that_predict_reuses(cache, tmp_path, calibrations, capsys):
+def test_convert_calibrateds_a_model_that_predict_reuses(cache, tmp_path, calibrations, capsys):
     import json
 
     from napari_attunet.cli import main
-    from napari_attunet.inference.int8_store import file_sha256
+    from napari_attunet.inference.calibrated import file_sha256
     from napari_attunet.inference.runtime_openvino import weights_digest
 
     ckpt = na.save_model(sharpen_gates(make_model(lee_spec(3), seed=13)), tmp_path / "c.safetensors")
@@ -347,7 +347,7 @@ def _run_stored(model, scan, **options):
 
 def test_a_tampered_or_stale_int8_model_is_ignored_with_a_sentence(cache, tmp_path, calibrations):
     from napari_attunet.commands.info import calibration_planner
-    from napari_attunet.inference.int8_store import folder_for
+    from napari_attunet.inference.calibrated import folder_for
     from napari_attunet.inference.quantize import store_beside
 
     ckpt = na.save_model(sharpen_gates(make_model(lee_spec(3), seed=14)), tmp_path / "t.safetensors")

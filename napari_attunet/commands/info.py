@@ -140,7 +140,7 @@ def convert(args: argparse.Namespace) -> int:
 def int8_status(model) -> dict | None:
     """The int8 model stored beside the checkpoint: its folder, manifest, whether an int8 run
     would use it and, if not, why; None when there is none."""
-    from ..inference.int8_store import describe, folder_for, read_manifest
+    from ..inference.calibrated import describe, folder_for, read_manifest
 
     folder = folder_for(model.source)
     if not (folder.exists() or folder.is_symlink()):
@@ -175,8 +175,8 @@ def check_int8_arguments(args: argparse.Namespace) -> None:
                 raise InputError(f"--{name} is for convert --int8; add --int8, or leave --{name} out.")
         if args.out is None:
             raise InputError(
-                "convert needs OUT, the .safetensors file to write (or --int8 --calibrate DIR to "
-                "store an int8 model beside the checkpoint); add it."
+                "OUT is missing: give the .safetensors file to write, or --int8 --calibrate DIR "
+                "to store an int8 model beside the checkpoint."
             )
         return
     if args.calibrate is None:
@@ -192,7 +192,7 @@ def check_int8_arguments(args: argparse.Namespace) -> None:
                 f"--{given[0].replace('_', '-')} changes the .safetensors that convert writes; give "
                 "OUT too, or leave it out to store only the int8 model beside the checkpoint."
             )
-    from ..inference.int8_store import folder_for, refuse_existing
+    from ..inference.calibrated import folder_for, refuse_existing
     from ..inference.quantize import require_nncf, scan_files
 
     require_nncf()
@@ -202,7 +202,7 @@ def check_int8_arguments(args: argparse.Namespace) -> None:
 
 def store_int8(args: argparse.Namespace, checkpoint) -> int:
     """Calibrate on ``--calibrate`` and store ``<stem>.int8/`` beside ``checkpoint``."""
-    from ..inference.int8_store import folder_for
+    from ..inference.calibrated import folder_for
     from ..inference.quantize import CALIBRATING, store_beside
     from ..models.checkpoint import load_model
 

@@ -6,7 +6,9 @@ the volume from its most structured half so that they are not only background. T
 model is stored in the OpenVINO cache beside the fp32 conversions, keyed by the weights'
 sha256, the calibration windows' sha256, the scope and the NNCF, OpenVINO and PyTorch versions;
 it is checked before use and rebuilt when corrupt (``runtime_openvino``'s entries). NNCF runs
-only while calibrating; inference needs only OpenVINO.
+only while calibrating; inference needs only OpenVINO. ``convert --int8 --calibrate DIR``
+stores a calibrated model beside the checkpoint (``store_beside``, ``calibrated``); a run uses
+it when it passes its checks, else says why it is ignored and calibrates as without it.
 
 The guard runs one window, the one with the most uncertain voxels in the int8 result, through
 PyTorch in fp32 as well and compares labels (Dice per class) and every gate (mean absolute
@@ -274,12 +276,12 @@ def normalization_of(model: AttentionUNetBase, normalization=None) -> dict:
 def stored_int8(
     model: AttentionUNetBase, scope: str, normalization: dict, calibration: str | os.PathLike | None = None
 ):
-    """The int8 model stored beside the model's checkpoint (``int8_store.Stored``), one sentence
+    """The int8 model stored beside the model's checkpoint (``calibrated.Stored``), one sentence
     saying why it is ignored, or None when there is none."""
-    from . import int8_store
+    from . import calibrated
 
     scans = None if calibration is None else scan_files(calibration)
-    return int8_store.read(getattr(model, "source", None), model, scope, normalization, scans)
+    return calibrated.read(getattr(model, "source", None), model, scope, normalization, scans)
 
 
 def prepare_int8(
@@ -293,12 +295,12 @@ def prepare_int8(
     """The int8 network: the one stored beside the checkpoint (``convert --int8``) when it
     passes its checks, else calibrated (once per calibration set, then from the cache), saying
     so while it calibrates. A network OpenVINO cannot convert is a CheckpointError."""
-    from . import int8_store
+    from . import calibrated
     from . import runtime_openvino as ro
 
     scope = scope_for(model, scope)
     stored = stored_int8(model, scope, normalization or normalization_of(model), calibration)
-    if isinstance(stored, int8_store.Stored):
+    if isinstance(stored, calibrated.Stored):
         key = (ro.weights_digest(model), "stored:" + stored.key, scope)
         try:
             net = _memo_network(model, key, lambda: stored.ov_model)
@@ -346,14 +348,14 @@ def store_beside(
 ) -> tuple[Path, dict]:
     """Calibrate on the scans in ``calibration``, each planned by ``plan_for(volume)`` as a run
     plans it (``plan_for.tile``: the tile it chose), and store the int8 model in ``folder``
-    (``int8_store``). Returns (the folder, its manifest)."""
+    (``calibrated``). Returns (the folder, its manifest)."""
     import time
 
-    from . import int8_store
+    from . import calibrated
     from . import runtime_openvino as ro
 
     require_nncf()
-    int8_store.refuse_existing(folder, overwrite)
+    calibrated.refuse_existing(folder, overwrite)
     scope = scope_for(model, scope)
     files = scan_files(calibration)
     windows = _finish(folder_windows(calibration, plan_for))
@@ -364,14 +366,14 @@ def store_beside(
         raise CheckpointError(
             f"int8 cannot run this network ({ro.failure_reason(exc)}); keep precision fp32."
         ) from None
-    manifest = int8_store.manifest_for(
+    manifest = calibrated.manifest_for(
         model,
         scope,
         normalization_of(model),
         plan_for.tile,  # type: ignore[attr-defined]
         {
             "folder": str(Path(calibration).resolve()),
-            "files": int8_store.calibration_files(files),
+            "files": calibrated.calibration_files(files),
             "windows": len(windows),
             "windows_sha256": windows_digest(windows),
             "nncf": _nncf_version(),
@@ -380,7 +382,7 @@ def store_beside(
         },
         {},
     )
-    return int8_store.write(folder, ov_model, manifest, overwrite), manifest
+    return calibrated.write(folder, ov_model, manifest, overwrite), manifest
 
 
 def _finish(steps: Generator[Progress, None, Any]) -> Any:
