@@ -32,8 +32,6 @@ import napari_attunet as na  # noqa: E402
 from napari_attunet.inference.tiling import window_grid  # noqa: E402
 from napari_attunet.phantom import make_phantom  # noqa: E402
 
-CLASSES = ("background", "organ", "lesion")
-
 
 def load() -> str:
     with open("/proc/loadavg") as fh:
@@ -63,6 +61,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed interleaved rounds after a warm-up")
     parser.add_argument("--train-steps", type=int, default=300, help="as bench_predict.py")
     parser.add_argument("--weights", type=Path, default=HERE / ".cache" / "monai_phantom.pth")
+    parser.add_argument("--streams", action="store_true", help="also: per-tile ms, LATENCY vs THROUGHPUT")
     args = parser.parse_args()
     if 96 not in args.tiles:
         parser.error("--tiles must include 96, the reference")
@@ -123,6 +122,41 @@ def main() -> None:
         f"\n(best of {args.repeats} interleaved rounds; 'x tile 96' is the median of the per-round "
         f"ratios; 'work' is the voxels the network computes over the volume's; load now {load()})"
     )
+    if args.streams:
+        streams(args.weights, image, args.repeats)
+
+
+def streams(weights: Path, image: np.ndarray, repeats: int) -> None:
+    """Milliseconds per 96^3 tile for OpenVINO bf16 and int8 with the LATENCY hint (one stream,
+    every core on one tile: what na.predict compiles) and THROUGHPUT (a stream per request,
+    tiles side by side), interleaved; int8 calibrated on up to 16 tiles of the phantom."""
+    from napari_attunet.inference import quantize
+    from napari_attunet.inference import runtime_openvino as ro
+
+    model = na.load_model(weights)
+    xyz = np.ascontiguousarray(image.transpose(2, 1, 0))
+    tile = tuple(min(96, n) for n in xyz.shape)
+    starts = window_grid(xyz.shape, tile, (8, 8, 8), 0.25)[:16]
+    windows = [xyz[None, None, x : x + 96, y : y + 96, z : z + 96].copy() for x, y, z in starts]
+    fp32 = ro.converted(model)
+    int8 = quantize.quantize_model(fp32, windows, "all")
+    nets = {
+        (name, hint): ro.compile_network(ov, len(model.spec.gates), precision, hint)
+        for name, ov, precision in (("bf16", fp32, "bf16"), ("int8", int8, "fp32"))
+        for hint in ("LATENCY", "THROUGHPUT")
+    }
+    batch = torch.from_numpy(np.concatenate(windows[:4]))
+    times: dict = {key: [] for key in nets}
+    for _ in range(repeats + 1):
+        for key, net in nets.items():
+            t = time.perf_counter()
+            for i in range(0, len(batch), net.parallel):
+                net.forward_with_attention(batch[i : i + net.parallel])
+            times[key].append((time.perf_counter() - t) / len(batch))
+    shape = "x".join(map(str, tile))
+    print(f"\nOpenVINO per {shape} tile (4 tiles in batches of the hint's requests; load {load()}):")
+    for (name, hint), ts in times.items():
+        print(f"  {name} {hint:10s} {nets[name, hint].parallel} requests: {1000 * min(ts[1:]):6.0f} ms")
 
 
 if __name__ == "__main__":
