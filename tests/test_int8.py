@@ -237,6 +237,20 @@ def test_widget_int8_says_it_calibrates_and_shows_the_guard(make_napari_viewer, 
     assert status.startswith("done") and "(int8, openvino)" in status and "Dice per class" in status
     assert widget.state.prediction.precision == "int8"
 
+    # With a calibrated model stored beside the checkpoint (convert --int8), no calibration.
+    from napari_attunet.commands.info import calibration_planner
+    from napari_attunet.inference.calibrated import folder_for
+    from napari_attunet.inference.quantize import store_beside
+
+    model = na.load_model(path)
+    store_beside(model, _scans(tmp_path)[0], folder_for(path), calibration_planner(model, None))
+    seen.clear()
+    worker = widget.start()
+    worker.yielded.connect(lambda step: seen.append(widget.status.value))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=300_000)
+    assert seen and not any(CALIBRATING in status for status in seen), seen
+    assert any("w.int8 beside the checkpoint" in n for n in widget.state.prediction.notes)
+
 
 # ---- convert --int8: a calibrated model stored beside the weights ----------------------------
 
