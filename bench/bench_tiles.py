@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_predict import cpu_description, dice, train  # noqa: E402
+from bench_predict import cpu_description, dice, monai_net, train  # noqa: E402
 
 import napari_attunet as na  # noqa: E402
 from napari_attunet.inference.tiling import window_grid  # noqa: E402
@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=300, help="as bench_predict.py")
     parser.add_argument("--weights", type=Path, default=HERE / ".cache" / "monai_phantom.pth")
     parser.add_argument("--streams", action="store_true", help="also: per-tile ms, LATENCY vs THROUGHPUT")
+    parser.add_argument(
+        "--monai", action="store_true", help="also: MONAI's best (bf16 autocast where fast, else fp32) at 96"
+    )
     args = parser.parse_args()
     if 96 not in args.tiles:
         parser.error("--tiles must include 96, the reference")
@@ -90,6 +93,8 @@ def main() -> None:
         return call
 
     rows = {(p, s): run(p, s) for p in args.precisions for s in args.tiles}
+    if args.monai:
+        rows["monai", 96] = monai_run(args.weights, image, args.overlap, bool(cpu["fast_bf16"]))
     for call in rows.values():  # warm-up: conversion, compilation, calibration
         call()
     times: dict[tuple[str, int], list[float]] = {k: [] for k in rows}
@@ -103,6 +108,11 @@ def main() -> None:
         f"{'precision':9s} {'tile':>12s} {'windows':>7s} {'work':>5s} {'s':>6s} {'x tile 96':>9s}  "
         "Dice vs truth (bg, organ, lesion)   Dice vs tile 96 (bg, organ, lesion)"
     )
+    if args.monai:
+        labels = outputs["monai", 96].labels()
+        truth_d = ", ".join(f"{dice(labels, truth, c):.4f}" for c in range(3))
+        print(f"{'MONAI ' + outputs['monai', 96].precision:9s} {'96':>12s} {'':7s} {'':5s} "
+              f"{min(times['monai', 96]):6.2f} {'':9s}  {truth_d}")  # fmt: skip
     for precision in args.precisions:
         ref_labels = outputs[precision, 96].labels()
         for size in args.tiles:
@@ -118,12 +128,45 @@ def main() -> None:
                 f"{precision + ' ' + pred.precision:9s} {name + ' ' + 'x'.join(map(str, pred.tile)):>12s} "
                 f"{windows:7d} {share:4.2f}x {min(times[key]):6.2f} {ratio:8.2f}x  {truth_d:34s} {ref_d}"
             )
+    if args.monai:
+        for key in [k for k in rows if k[0] != "monai"]:
+            ratios = [a / b for a, b in zip(times["monai", 96], times[key], strict=True)]
+            print(f"  {key[0]} {key[1] or 'whole'}: {float(np.median(ratios)):.2f}x MONAI's best")
     print(
-        f"\n(best of {args.repeats} interleaved rounds; 'x tile 96' is the median of the per-round "
-        f"ratios; 'work' is the voxels the network computes over the volume's; load now {load()})"
+        f"\n(best of {args.repeats} interleaved rounds; 'x tile 96' and 'x MONAI' are medians of the "
+        f"per-round ratios; 'work' is the voxels the network computes over the volume's; load now {load()})"
     )
     if args.streams:
         streams(args.weights, image, args.repeats)
+
+
+class _Labels:
+    """MONAI's output with the two things the table reads: labels and precision."""
+
+    def __init__(self, labels: np.ndarray, precision: str) -> None:
+        self._labels, self.precision = labels, precision
+
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+
+def monai_run(weights: Path, image: np.ndarray, overlap: float, bf16: bool):
+    """MONAI's sliding_window_inference at roi 96, Gaussian blending, as bench_predict.py runs it."""
+    from monai.inferers import sliding_window_inference
+
+    net = monai_net()
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    net.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 1, 0)))[None, None]
+
+    def call():
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            out = sliding_window_inference(
+                x, (96,) * 3, 1, net, overlap=overlap, mode="gaussian", sigma_scale=0.125
+            )
+        return _Labels(out.float().argmax(1)[0].numpy().transpose(2, 1, 0), "bf16" if bf16 else "fp32")
+
+    return call
 
 
 def streams(weights: Path, image: np.ndarray, repeats: int) -> None:
