@@ -51,6 +51,10 @@ SCOPE_ENV = "NAPARI_ATTUNET_INT8_SCOPE"  # 'all' or 'keep-attention' overrides t
 ATTENTION_NODES = r".*__module\.net\.(.*\.)?(attention\w*|Att\d+)\..*"
 # Measured on the bench networks (docs/int8.md): which scope each family gets.
 FAMILY_SCOPE = {"monai": "all", "leejunhyun": "all", "official": "all"}
+# OpenVINO's hint for int8: LATENCY runs one tile on every core. THROUGHPUT (tiles side by side)
+# was 1.8x faster per 96^3 tile once under load 8-10 (docs/performance.md, "Tile size") but runs a
+# single tile on one core; bench/bench_tiles.py --precisions int8 int8-throughput compares them.
+INT8_HINT = "LATENCY"
 
 _INT8: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: OpenVINONet}
 _LOCK = threading.Lock()
@@ -238,7 +242,7 @@ def _memo_network(model: AttentionUNetBase, key: tuple, ov_model: Callable):
         memo = _INT8.setdefault(model, {})
         if key in memo:
             return memo[key]
-    net = ro.compile_network(ov_model(), len(model.spec.gates), "fp32")
+    net = ro.compile_network(ov_model(), len(model.spec.gates), "fp32", INT8_HINT)
     with _LOCK:
         memo.clear()  # one int8 network per model at a time
         memo[key] = net
