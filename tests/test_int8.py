@@ -238,12 +238,12 @@ def test_widget_int8_says_it_calibrates_and_shows_the_guard(make_napari_viewer, 
     assert widget.state.prediction.precision == "int8"
 
     # With a calibrated model stored beside the checkpoint (convert --int8), no calibration.
-    from napari_attunet.commands.info import calibration_planner
+    from napari_attunet.commands.info import CalibrationPlanner
     from napari_attunet.inference.calibrated import folder_for
     from napari_attunet.inference.quantize import store_beside
 
     model = na.load_model(path)
-    store_beside(model, _scans(tmp_path)[0], folder_for(path), calibration_planner(model, None))
+    store_beside(model, _scans(tmp_path)[0], folder_for(path), CalibrationPlanner(model, None))
     seen.clear()
     worker = widget.start()
     worker.yielded.connect(lambda step: seen.append(widget.status.value))
@@ -360,14 +360,14 @@ def _run_stored(model, scan, **options):
 
 
 def test_a_tampered_or_stale_int8_model_is_ignored_with_a_sentence(cache, tmp_path, calibrations):
-    from napari_attunet.commands.info import calibration_planner
+    from napari_attunet.commands.info import CalibrationPlanner
     from napari_attunet.inference.calibrated import folder_for
     from napari_attunet.inference.quantize import store_beside
 
     ckpt = na.save_model(sharpen_gates(make_model(lee_spec(3), seed=14)), tmp_path / "t.safetensors")
     folder, scan = _scans(tmp_path)
     model = na.load_model(ckpt)
-    stored, _ = store_beside(model, folder, folder_for(ckpt), calibration_planner(model, None))
+    stored, _ = store_beside(model, folder, folder_for(ckpt), CalibrationPlanner(model, None))
     assert len(calibrations) == 1
 
     def ignored(model, match: str, **options) -> str:

@@ -208,7 +208,7 @@ def store_int8(args: argparse.Namespace, checkpoint) -> int:
 
     model = load_model(checkpoint, family=args.family if args.out is None else None)
     print(f"{checkpoint}: {CALIBRATING} on the scans in {args.calibrate}", file=sys.stderr)
-    plan_for = calibration_planner(model, tuple(args.tile) if args.tile else None)
+    plan_for = CalibrationPlanner(model, tuple(args.tile) if args.tile else None)
     folder, manifest = store_beside(
         model, args.calibrate, folder_for(checkpoint), plan_for, overwrite=args.overwrite
     )
@@ -222,7 +222,7 @@ def store_int8(args: argparse.Namespace, checkpoint) -> int:
     return 0
 
 
-class calibration_planner:
+class CalibrationPlanner:
     """``plan_for(volume)``: a calibration scan planned as an int8 run plans its scan (the
     checkpoint's normalization and orientation). The first scan's plan chooses the tile (the
     one given, else the run's default), and the others are cut on the same tile."""
