@@ -284,7 +284,7 @@ def _scans(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
     return folder, tmp_path / "scan.nii.gz"
 
 
-def test_convert_calibrateds_a_model_that_predict_reuses(cache, tmp_path, calibrations, capsys):
+def test_convert_int8_stores_a_model_that_predict_reuses(cache, tmp_path, calibrations, capsys):
     import json
 
     from napari_attunet.cli import main
