@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--calibrate", metavar="DIR", help="with --int8: the folder of scans to calibrate on")
     conv.add_argument("--tile", type=int, nargs="+", metavar="N", help="with --int8: the calibration tile")
     conv.add_argument(
-        "--overwrite", action="store_true", help="with --int8: replace an existing <stem>.int8/"
+        "--overwrite", action="store_true", help="replace an existing OUT (and, with --int8, <stem>.int8/)"
     )
     conv.add_argument("--family", choices=FAMILIES)
     conv.add_argument("--class-names", nargs="+", metavar="NAME")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..errors import InputError
 from ..models.registry import REGISTRY
@@ -96,6 +97,7 @@ def convert(args: argparse.Namespace) -> int:
     from ..models.checkpoint import load_model, save_model, sha256
 
     check_int8_arguments(args)
+    refuse_existing_out(args)
     if args.out is None:  # --int8 alone: the int8 model beside CHECKPOINT
         return store_int8(args, args.checkpoint)
     overrides = {}
@@ -135,6 +137,17 @@ def convert(args: argparse.Namespace) -> int:
     return store_int8(args, out) if getattr(args, "int8", False) else 0
 
 
+def refuse_existing_out(args: argparse.Namespace) -> None:
+    """convert never replaces a file without --overwrite (nor the checkpoint it reads)."""
+    if args.out is None:
+        return
+    out, source = Path(args.out), Path(args.checkpoint)
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise InputError(f"{out}: OUT is the checkpoint being converted; write to another file.")
+    if (out.exists() or out.is_symlink()) and not args.overwrite:
+        raise InputError(f"{out} already exists; pass --overwrite to replace it, or choose another OUT.")
+
+
 # ---- convert --int8: a calibrated int8 model beside the weights ------------------------------
 
 
@@ -171,7 +184,7 @@ def check_int8_arguments(args: argparse.Namespace) -> None:
     """One sentence for each way convert's int8 options do not fit together, before any work."""
     int8 = getattr(args, "int8", False)
     if not int8:
-        for name in ("calibrate", "tile", "overwrite"):
+        for name in ("calibrate", "tile"):
             if getattr(args, name, None):
                 raise InputError(f"--{name} is for convert --int8; add --int8, or leave --{name} out.")
         if args.out is None:

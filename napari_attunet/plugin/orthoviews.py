@@ -27,7 +27,7 @@ from .windows import CT_WINDOWS, WINDOW_KEY, apply_window
 
 # dims.order of the three scan axes (S, P, L) for each plane.
 PLANES = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
-CROSSHAIR_COLOUR = (0.3, 1.0, 0.3, 0.7)  # outside the label palette; translucent
+CROSSHAIR_COLOUR = (1.0, 1.0, 0.0, 0.7)  # yellow, as in 3D Slicer: not the gates' green lines; translucent
 DOCK_NAME = "orthogonal views"
 DOCK_SHARE = 0.45  # of the window's height, for the coronal and sagittal canvases
 # Layer events that are not a style to copy (or are copied by other means).
