@@ -13,17 +13,11 @@ HD95 2 to 3 mm) and anisotropic voxels (1.2 x 0.9 x 0.9 mm). Times are wall-cloc
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import sys
-import time
 import warnings
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import machine, timed  # noqa: E402 - puts the checkout first
 
 import napari_attunet as na  # noqa: E402
 
@@ -74,12 +68,6 @@ def ours(pred: np.ndarray, ref: np.ndarray) -> list[tuple[float, float, float]]:
     return [(r.dice, r.hd95_mm, r.assd_mm) for r in na.evaluate(pred, ref, spacing=SPACING)]
 
 
-def timed(fn, *args):
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn(*args)
-    return out, time.perf_counter() - wall, time.process_time() - cpu
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=256)
@@ -88,18 +76,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    print(f"CPU: {cpu}, {os.cpu_count()} cores, torch {torch.backends.cpu.get_cpu_capability()}")
-    try:
-        print(f"load average now: {os.getloadavg()[0]:.1f}")
-    except OSError:
-        pass
+    print(machine())
     pred, ref = make_pair(args.size)
     print(f"pair: {args.size}^3, 3 foreground classes, voxels {SPACING} mm")
     times: dict[str, list[tuple[float, float]]] = {"ours": [], "monai": []}

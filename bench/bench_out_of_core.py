@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -32,47 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+from common import machine, official_network  # noqa: E402 - puts the checkout first
 
 FEATURES = (4, 8, 16, 32, 64)
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                flags = open("/proc/cpuinfo").read()
-                caps = [c for c in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if c in flags]
-                name = line.split(":", 1)[1].strip()
-                return f"{name} ({', '.join(caps)}), {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def network(seed: int = 0, features=FEATURES):
-    import torch
-
-    from napari_attunet.models import ModelSpec, build
-    from napari_attunet.models.official import official_strides
-
-    torch.manual_seed(seed)
-    spec = ModelSpec(
-        family="official",
-        variant="single_att_dsv",
-        spatial_dims=3,
-        in_channels=1,
-        out_channels=2,
-        features=tuple(features),
-        output="softmax",
-        strides=official_strides("single_att_dsv", 3),
-        kernel_size=(3,) * 3,
-        attention_dsample=(2,) * 3,
-        axes="zyx",
-    )
-    return build(spec).eval()
 
 
 def write_volume(path: Path, shape, chunk: int = 128) -> None:
@@ -122,7 +82,7 @@ def child(mode: str, source: str, out: str, options: str) -> None:
     import napari_attunet as na
 
     options = json.loads(options)
-    model = network(features=options.pop("features"))
+    model = official_network(options.pop("features"))
     array = zarr.open_array(source, mode="r")
     before = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = before.ru_utime + before.ru_stime
@@ -176,7 +136,7 @@ def run_child(mode: str, source: Path, out: Path, options: dict) -> dict:
 def bench_rss(args) -> None:
     root = Path(tempfile.mkdtemp(prefix="attunet-ooc-", dir=args.workdir))
     options = {"features": args.features, "tile": args.tile, "overlap": args.overlap}
-    print(f"CPU: {cpu_name()}; torch threads default; results in fresh processes")
+    print(f"{machine()}; torch threads default; results in fresh processes")
     print(f"network features {tuple(args.features)}, tile {args.tile}, overlap {args.overlap}, fp32")
     print(f"{'size':>16} {'mode':>7} {'voxels/s':>12} {'seconds':>9} {'CPU s':>8} {'peak RSS':>10}")
     shapes = [tuple(args.shape)] if args.shape else [(n,) * 3 for n in args.sizes]
@@ -224,9 +184,11 @@ def bench_cohort(args) -> None:
     from napari_attunet.phantom import make_phantom
 
     root = Path(tempfile.mkdtemp(prefix="attunet-cohort-", dir=args.workdir))
-    print(f"CPU: {cpu_name()}; {args.scans} scans of {tuple(args.shape)}")
+    print(f"{machine()}; {args.scans} scans of {tuple(args.shape)}")
     try:
-        ckpt = na.save_model(network(), root / "net.safetensors", class_names=["background", "organ"])
+        ckpt = na.save_model(
+            official_network(FEATURES), root / "net.safetensors", class_names=["background", "organ"]
+        )
         scans = []
         for k in range(args.scans):
             image, _ = make_phantom(tuple(args.shape), seed=k)

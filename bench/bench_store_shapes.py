@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,28 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-
-
-def cpu_name() -> str:
-    name = platform.processor() or "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        caps = torch.backends.cpu.get_cpu_capability()
-    except Exception:  # torch absent: the name alone
-        caps = "?"
-    return f"{name} ({caps}), {os.cpu_count()} cores"
+from common import ROOT, interleaved, machine, official_network  # noqa: E402 - puts the checkout first
 
 
 def files_and_bytes(path: Path) -> tuple[int, int]:
@@ -82,29 +60,6 @@ def chunks_of(path: Path) -> list[str]:
     return lines
 
 
-def network(features):
-    import torch
-
-    from napari_attunet.models import ModelSpec, build
-    from napari_attunet.models.official import official_strides
-
-    torch.manual_seed(0)
-    spec = ModelSpec(
-        family="official",
-        variant="single_att_dsv",
-        spatial_dims=3,
-        in_channels=1,
-        out_channels=2,
-        features=tuple(features),
-        output="softmax",
-        strides=official_strides("single_att_dsv", 3),
-        kernel_size=(3,) * 3,
-        attention_dsample=(2,) * 3,
-        axes="zyx",
-    )
-    return build(spec).eval()
-
-
 def write_volume(path: Path, shape) -> None:
     import zarr
     from scipy import ndimage
@@ -121,10 +76,10 @@ def bench_api(args) -> None:
     import napari_attunet as na
     from napari_attunet.inference.blockwise import plan
 
-    model = network(args.features)
+    model = official_network(args.features)
     options = dict(tile=args.tile, overlap=args.overlap, normalization="zscore", precision="fp32")
     root = Path(tempfile.mkdtemp(prefix="bench-store-shapes-", dir=args.workdir))
-    print(f"CPU: {cpu_name()}")
+    print(machine())
     print(f"network features {tuple(args.features)}, tile {args.tile}, overlap {args.overlap}, fp32")
     try:
         for text in args.shapes:
@@ -146,14 +101,9 @@ def bench_api(args) -> None:
 
                 memory()  # warm-up: compiled networks, caches
                 stored()
-                best = {"memory": np.inf, "store": np.inf}
-                for _ in range(args.repeats):
-                    for name, call in (("memory", memory), ("store", stored)):
-                        started = time.perf_counter()
-                        labels = call()
-                        best[name] = min(best[name], time.perf_counter() - started)
-                        if name == "memory":
-                            reference = labels
+                times, results = interleaved({"memory": memory, "store": stored}, args.repeats)
+                best = {name: min(seconds) for name, seconds in times.items()}
+                reference = results["memory"]
                 same = np.array_equal(zarr.open_array(str(out / "labels" / "attunet" / "0"))[:], reference)
                 count, size = files_and_bytes(out)
                 print(
@@ -187,7 +137,7 @@ def bench_mni(args) -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-store-mni-", dir=args.workdir))
     import nibabel
 
-    print(f"CPU: {cpu_name()}")
+    print(machine())
     print(f"scan {scan.name} {nibabel.load(str(scan)).shape}, checkpoint {checkpoint.name}")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     outputs = {"nifti": root / "nifti", "zarr": root / "out.zarr"}

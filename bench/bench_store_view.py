@@ -14,7 +14,6 @@ shared and noisy; Xvfb renders with software OpenGL.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import sys
 import tempfile
@@ -22,18 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, machine  # noqa: E402 - puts the checkout first
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+sys.path.insert(0, str(ROOT / "tests"))
 
 
 def main() -> None:
@@ -93,7 +83,7 @@ def main() -> None:
         gaps = np.diff(t)
         filling = gaps[t[1:] > (added or end)]
         adding = gaps[t[1:] <= (added or end)]
-        print(f"CPU: {cpu_name()}; {widget.status.value}")
+        print(f"{machine()}; {widget.status.value}")
         print(f"volume {n}^3, blocks of at most {args.block}^3 context voxels, tile {args.tile}")
         print(f"run {end - start:.1f} s; layers in after {(added or end) - start:.1f} s")
         print(f"refreshes {run.refreshes}, mean {1000 * run.refresh_seconds / max(1, run.refreshes):.0f} ms")

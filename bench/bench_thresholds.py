@@ -9,21 +9,17 @@ slider rests. The probabilities are synthetic; the network plays no part in a th
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
+import napari  # noqa: E402
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import napari  # noqa: E402
+from common import machine, official_network  # noqa: E402 - puts the checkout first
 from qtpy.QtWidgets import QApplication  # noqa: E402
 
 import napari_attunet as na  # noqa: E402
 from napari_attunet.inference.postprocess import Prediction, quantize  # noqa: E402
-from napari_attunet.models import ModelSpec, build  # noqa: E402
 from napari_attunet.plugin.layers import SourceGeometry  # noqa: E402
 
 
@@ -31,19 +27,8 @@ def main(size: int = 256, repeats: int = 5) -> None:
     viewer = napari.Viewer()
     image = viewer.add_image(np.zeros((size,) * 3, np.float32), name="volume")
     _, widget = viewer.window.add_plugin_dock_widget("napari-attunet", "Attention U-Net")
-    spec = ModelSpec(
-        family="official",
-        variant="single_att_dsv",
-        spatial_dims=3,
-        in_channels=1,
-        out_channels=3,
-        features=(4, 8, 16, 32, 64),
-        strides=((2, 2, 2),) * 4,
-        kernel_size=(3, 3, 3),
-        attention_dsample=(2, 2, 2),
-    )
     path = Path("/tmp/attunet_bench_thresholds.safetensors")
-    na.save_model(build(spec), path, class_names=["background", "a", "b"])
+    na.save_model(official_network(out_channels=3), path, class_names=["background", "a", "b"])
     widget.load_checkpoint(path)
     logits = torch.randn((3,) + (size // 8,) * 3)
     logits = torch.nn.functional.interpolate(logits[None], size=(size,) * 3, mode="trilinear")[0]
@@ -62,6 +47,7 @@ def main(size: int = 256, repeats: int = 5) -> None:
         widget.results.relabel_all()
         QApplication.processEvents()
         full_times.append(time.perf_counter() - t)
+    print(machine())
     print(
         f"{size}^3, 3 classes: visible slice re-labelled and painted in "
         f"{np.median(slice_times) * 1000:.0f} ms (median of {repeats}); whole volume with "

@@ -14,28 +14,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import best_of, machine  # noqa: E402 - puts the checkout first
 
 import napari_attunet as na  # noqa: E402
-from napari_attunet import io  # noqa: E402
 from napari_attunet.demo_data import DEMO_CHECKPOINT, DEMO_SCAN  # noqa: E402
 from napari_attunet.inference.postprocess import Prediction, quantize, uncertainty_map  # noqa: E402
-
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from napari_attunet.scans import io  # noqa: E402
 
 
 def main() -> None:
@@ -44,10 +31,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tta", action="store_true")
     args = parser.parse_args()
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
-    )
+    print(machine())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     volume = io.read(DEMO_SCAN)
     model = na.load_model(DEMO_CHECKPOINT)
@@ -57,7 +42,7 @@ def main() -> None:
         pred = na.predict(volume.array, model, spacing=volume.spacing)
         runs.append(pred.seconds)
     run = min(runs)
-    entropy = _best(lambda: uncertainty_map(pred.quantized, pred.output), args.repeats)
+    entropy = best_of(lambda: uncertainty_map(pred.quantized, pred.output), args.repeats)
     print(
         f"demo {pred.shape}, {len(pred.class_names)} classes: run {run:.2f} s, "
         f"uncertainty {entropy * 1000:.1f} ms = {100 * entropy / run:.2f} % of the run"
@@ -72,7 +57,7 @@ def main() -> None:
         gates=[],
     )
     del logits
-    big = _best(lambda: uncertainty_map(synthetic.quantized, "softmax"), args.repeats)
+    big = best_of(lambda: uncertainty_map(synthetic.quantized, "softmax"), args.repeats)
     print(
         f"synthetic {args.size}^3, 3 classes: uncertainty {big * 1000:.0f} ms, "
         f"{synthetic.shape[0] * synthetic.shape[1] * synthetic.shape[2] * 4 / 2**20:.0f} MiB "

@@ -39,9 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=commands.info.info)
 
-    conv = sub.add_parser("convert", help="turn any checkpoint into a native .safetensors")
+    conv = sub.add_parser(
+        "convert", help="turn any checkpoint into a native .safetensors, and/or store an int8 model"
+    )
     conv.add_argument("checkpoint")
-    conv.add_argument("out", help="the .safetensors file to write")
+    conv.add_argument(
+        "out", nargs="?", help="the .safetensors file to write (optional with --int8: the int8 model "
+        "then goes beside CHECKPOINT)"
+    )  # fmt: skip
+    conv.add_argument(
+        "--int8",
+        action="store_true",
+        help="also calibrate an OpenVINO int8 model on the scans in --calibrate DIR and store it "
+        "beside the weights as <stem>.int8/, which predict --precision int8 then uses",
+    )
+    conv.add_argument("--calibrate", metavar="DIR", help="with --int8: the folder of scans to calibrate on")
+    conv.add_argument("--tile", type=int, nargs="+", metavar="N", help="with --int8: the calibration tile")
+    conv.add_argument(
+        "--overwrite", action="store_true", help="replace an existing OUT (and, with --int8, <stem>.int8/)"
+    )
     conv.add_argument("--family", choices=FAMILIES)
     conv.add_argument("--class-names", nargs="+", metavar="NAME")
     conv.add_argument(

@@ -496,3 +496,64 @@ def test_statistics_of_a_resampled_permuted_scan_are_the_in_memory_ones():
     assert lazy.fit_as_seen([image], run.axes, run.perm, norm, "scan") == [expected]
     source = lazy.LazySource(da.from_array(image, chunks=16), model.spec, None, "scan")
     assert lazy.fit_lazy(lazy.as_seen(source, run.axes, run.perm), norm) == [expected]
+
+
+@pytest.fixture(scope="module")
+def two_channel():
+    return sharpen_gates(make_model(official_spec(3, in_ch=2, features=(4, 8, 16, 32, 64)), seed=5))
+
+
+def test_channels_given_as_a_list_run_block_by_block_into_a_store(tmp_path, two_channel, volume):
+    """One image per channel (arrays, zarr arrays, scans read from files) runs block by block
+    into a store as the same list runs in memory (it once failed: a list has no shape)."""
+    import SimpleITK as sitk
+    from helpers import sitk_image
+
+    from napari_attunet.scans import io
+
+    first = volume[:32, :48, :56]
+    second = (np.flip(first, 1) * 0.5 + 100).astype(np.int16)
+    options = dict(tile=32, normalization="zscore", spacing=(2.0, 1.0, 1.0))
+    ref = na.predict([first, second], two_channel, **options)
+    stacked = na.predict(np.stack([first, second]), two_channel, channel_axis=0, **options)
+    assert np.array_equal(ref.quantized, stacked.quantized)
+    assert len(np.unique(ref.labels())) == 2  # both classes: the labels compare something
+    stores = []
+    for k, channel in enumerate((first, second)):
+        store = zarr.create_array(
+            tmp_path / f"ch{k}.zarr", shape=channel.shape, chunks=(16, 16, 16), dtype=channel.dtype
+        )
+        store[:] = channel
+        stores.append(zarr.open_array(tmp_path / f"ch{k}.zarr", mode="r"))
+    assert len(plan(first.shape, two_channel, tile=32, block=32, spacing=(2.0, 1.0, 1.0)).blocks) >= 4
+    for name, image in (("arrays", [first, second]), ("zarr", stores)):
+        out = tmp_path / f"{name}.zarr"
+        pred = na.predict(image, two_channel, out=out, block=32, **options)
+        assert np.array_equal(zarr.open_group(out, mode="r")["labels/attunet/0"][:], ref.labels()), name
+        assert np.abs(pred.quantized[:].astype(int) - ref.quantized.astype(int)).max() <= 1
+    # scans read from files: the first one's geometry, in memory and into a store alike
+    paths = []
+    for k, channel in enumerate((first, second)):
+        paths.append(tmp_path / f"ch{k}.nii.gz")
+        sitk.WriteImage(sitk_image(channel), str(paths[-1]))
+    scans = [io.read(p) for p in paths]
+    in_memory = na.predict(scans, two_channel, tile=32, normalization="zscore")
+    pred = na.predict(
+        scans, two_channel, tile=32, normalization="zscore", out=tmp_path / "scans.zarr", block=32
+    )
+    assert np.array_equal(
+        zarr.open_group(tmp_path / "scans.zarr", mode="r")["labels/attunet/0"][:], in_memory.labels()
+    )
+    assert pred.spacing == in_memory.spacing == tuple(scans[0].spacing)
+    # what cannot run is one sentence: file names, scans on different grids, shapes that differ
+    shifted = io.Volume(scans[1].array, scans[1].spacing, (0.0, 0.0, 9.0), scans[1].direction)
+    for bad, words in (
+        ([str(p) for p in paths], "file name"),
+        ([scans[0], shifted], "one grid"),
+        ([first, second[:, :40]], "differ in shape"),
+    ):
+        for out in (None, tmp_path / "bad.zarr"):
+            with pytest.raises(na.InputError, match=words) as info:
+                na.predict(bad, two_channel, out=out, tile=32)
+            assert "\n" not in str(info.value)
+    assert not (tmp_path / "bad.zarr").exists()

@@ -103,6 +103,20 @@ def test_convert_then_info(fixture_pth, tmp_path, capsys):
         assert torch.equal(model.state_dict()[key], value), key
 
 
+def test_convert_never_replaces_a_file_without_overwrite(fixture_pth, tmp_path, capsys):
+    out_path = tmp_path / "out.safetensors"
+    out_path.write_bytes(b"someone's file")
+    assert main(["convert", str(fixture_pth), str(out_path)]) == 1
+    _, err = capsys.readouterr()
+    assert "already exists" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert out_path.read_bytes() == b"someone's file"
+    assert main(["convert", str(fixture_pth), str(fixture_pth), "--overwrite"]) == 1  # its own source
+    _, err = capsys.readouterr()
+    assert "is the checkpoint being converted" in err
+    assert main(["convert", str(fixture_pth), str(out_path), "--overwrite"]) == 0
+    assert na.load_model(out_path).spec.family == na.load_model(fixture_pth).spec.family
+
+
 def test_missing_file_is_one_line_on_stderr(tmp_path, capsys):
     missing = tmp_path / "no" / "such.pth"
     assert main(["info", str(missing)]) == 1

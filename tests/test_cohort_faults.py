@@ -66,10 +66,10 @@ def _hidden(folder: pathlib.Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-def _cli(*argv) -> subprocess.Popen:
+def _cli(*argv, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "napari_attunet.cli", "predict", *map(str, argv), "-q"],
-        env=ENV,
+        env=env or ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -178,6 +178,39 @@ def test_a_worker_killed_while_it_merged_volumes_csv(cohort, tmp_path):
     assert sorted(got) == sorted(expected)
     for name, array in expected.items():
         assert np.array_equal(got[name], array), name
+    assert _hidden(out) == []
+
+
+def test_a_worker_killed_between_the_links_of_a_scan(cohort, tmp_path):
+    """A worker SIGKILLed between two hard links of its scan's files (a test hook holds it
+    there) leaves half the set in place: Dask's retry of the task removes those very files (the
+    dead worker's staging folder holds them) and writes the set whole; the cohort finishes
+    without --overwrite (it once said "already exists"), every file and row once."""
+    from napari_attunet.scans import outputs
+
+    c = cohort
+    scans = c["scans"][:2]
+    out, flag = tmp_path / "out", tmp_path / "paused"
+    env = {**ENV, outputs.PAUSE_SETTING: f"1:{flag}"}
+    proc = _cli(*scans, "-c", c["ckpt"], "-o", out, "--scheduler", "local:2", "--uncertainty", env=env)
+    _wait_for(lambda: flag.exists() and flag.read_text().isdigit(), proc=proc)
+    worker = int(flag.read_text())
+    assert worker in [w.pid for w in _workers(proc, 2)]
+    (staging,) = out.glob(f".attunet-{worker}-*")  # its set, each file a hard link of the one in place
+    staged = [p for p in staging.iterdir() if p.name.endswith(".nii.gz")]
+    linked = [p for p in staged if (out / p.name).exists() and (out / p.name).samefile(p)]
+    assert len(staged) == 2 and len(linked) == 1  # half its set: the labels or the uncertainty
+    os.kill(worker, signal.SIGKILL)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0 and err.strip() == "", err
+    reference = _rows(c["reference"])
+    assert _rows(out) == reference[:1] + [r for r in reference[1:] if r[0] in ("case0", "case1")]
+    names = sorted(f"case{k}_{kind}.nii.gz" for k in (0, 1) for kind in ("labels", "uncertainty"))
+    got = _labels(out)
+    assert sorted(got) == names
+    for name, array in _labels(c["reference"]).items():
+        if name in got:
+            assert np.array_equal(got[name], array), name
     assert _hidden(out) == []
 
 

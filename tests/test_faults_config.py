@@ -315,7 +315,7 @@ def _cli_refuses(argv: list[str], names: str, folders: list[pathlib.Path], capsy
     stdout, stderr = capsys.readouterr()
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert code != 0 and len(lines) == 1, lines
-    assert lines[0].startswith("napari-attunet predict: ")
+    assert lines[0].startswith(f"napari-attunet {argv[0]}: ")
     _check_message(lines[0], names)
     assert "Traceback" not in stdout
     assert [snapshot(f) if f.exists() else None for f in folders] == before
@@ -374,6 +374,19 @@ def test_orientation_on_a_2d_model_is_refused(flat, tmp_path, capsys):
     argv = ["predict", str(flat["scan"]), "-c", str(flat["ckpt"]), "-o", str(out), "-q"]
     _cli_refuses([*argv, "--orientation", "RAS"], "--orientation RAS", [tmp_path, flat["root"]], capsys)
     assert main([*argv, "--orientation", "display"]) == 0
+
+
+def test_convert_orientation_on_a_2d_model_is_refused(flat, tmp_path, capsys):
+    """``convert --orientation RAS`` on a 2D checkpoint is refused as predict refuses it: the
+    code would be stored and never applied."""
+    out = tmp_path / "converted.safetensors"
+    argv = ["convert", str(flat["ckpt"]), str(out)]
+    for code in ("RAS", "native"):  # RAS once failed on the spec's own check, native was stored
+        folders = [tmp_path, flat["root"]]
+        _cli_refuses([*argv, "--orientation", code], f"--orientation {code}", folders, capsys)
+    assert not out.exists()
+    assert main([*argv, "--orientation", "display"]) == 0
+    assert na.load_model(out).spec.network_orientation == "display"
 
 
 def test_scheduler_addresses():

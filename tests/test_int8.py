@@ -236,3 +236,183 @@ def test_widget_int8_says_it_calibrates_and_shows_the_guard(make_napari_viewer, 
     status = widget.status.value
     assert status.startswith("done") and "(int8, openvino)" in status and "Dice per class" in status
     assert widget.state.prediction.precision == "int8"
+
+    # With a calibrated model stored beside the checkpoint (convert --int8), no calibration.
+    from napari_attunet.commands.info import CalibrationPlanner
+    from napari_attunet.inference.calibrated import folder_for
+    from napari_attunet.inference.quantize import store_beside
+
+    model = na.load_model(path)
+    store_beside(model, _scans(tmp_path)[0], folder_for(path), CalibrationPlanner(model, None))
+    seen.clear()
+    worker = widget.start()
+    worker.yielded.connect(lambda step: seen.append(widget.status.value))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=300_000)
+    assert seen and not any(CALIBRATING in status for status in seen), seen
+    assert any("w.int8 beside the checkpoint" in n for n in widget.state.prediction.notes)
+
+
+# ---- convert --int8: a calibrated model stored beside the weights ----------------------------
+
+
+@pytest.fixture
+def calibrations(monkeypatch) -> list:
+    """Every NNCF calibration this test makes (the real one runs; this only counts)."""
+    from napari_attunet.inference import quantize
+
+    calls: list = []
+    real = quantize.quantize_model
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quantize, "quantize_model", counted)
+    return calls
+
+
+def _scans(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
+    """(a calibration folder of two small scans, a scan to segment), written as NIfTI."""
+    import SimpleITK as sitk
+    from helpers import RAS, sitk_image
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for i, where in enumerate((folder / "a.nii.gz", folder / "b.nii.gz", tmp_path / "scan.nii.gz")):
+        array = (random_image((16, 24, 20), seed=30 + i) * 100).astype(np.int16)
+        sitk.WriteImage(sitk_image(array, (0.8, 0.8, 2.5), (1.0, 2.0, 3.0), RAS), str(where))
+    return folder, tmp_path / "scan.nii.gz"
+
+
+def test_convert_int8_stores_a_model_that_predict_reuses(cache, tmp_path, calibrations, capsys):
+    import json
+
+    from napari_attunet.cli import main
+    from napari_attunet.inference.calibrated import file_sha256
+    from napari_attunet.inference.runtime_openvino import weights_digest
+
+    ckpt = na.save_model(sharpen_gates(make_model(lee_spec(3), seed=13)), tmp_path / "c.safetensors")
+    folder, scan = _scans(tmp_path)
+    stored = tmp_path / "c.int8"
+
+    assert main(["convert", str(ckpt), "--int8"]) == 1  # calibrate on what? refused
+    err = capsys.readouterr().err
+    assert "--calibrate DIR" in err and one_sentence(err.split(": ", 1)[1])
+    assert not stored.exists() and not calibrations
+
+    assert main(["convert", str(ckpt), "--int8", "--calibrate", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {stored}" in out and "2 scans" in out
+    assert len(calibrations) == 1
+    assert sorted(p.name for p in stored.iterdir()) == ["manifest.json", "model.bin", "model.xml"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+    manifest = json.loads((stored / "manifest.json").read_text())
+    assert manifest["weights"] == weights_digest(na.load_model(ckpt))
+    assert manifest["checkpoint"] == {"name": "c.safetensors", "sha256": file_sha256(ckpt)}
+    files = manifest["calibration"]["files"]
+    assert [f["name"] for f in files] == ["a.nii.gz", "b.nii.gz"]
+    assert files[0]["sha256"] == file_sha256(folder / "a.nii.gz") and files[0]["bytes"] > 0
+    assert {"openvino", "torch"} <= set(manifest["versions"]) and manifest["calibration"]["nncf"]
+    assert manifest["scope"] == "all" and len(manifest["tile"]) == 3 and manifest["created"].endswith("Z")
+    assert manifest["sha256"] == {n: file_sha256(stored / n) for n in ("model.xml", "model.bin")}
+
+    # Not overwritten without --overwrite; nothing is calibrated for the refusal.
+    stamps = {p.name: p.stat().st_mtime_ns for p in stored.iterdir()}
+    assert main(["convert", str(ckpt), "--int8", "--calibrate", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and one_sentence(err.split(": ", 1)[1])
+    assert {p.name: p.stat().st_mtime_ns for p in stored.iterdir()} == stamps and len(calibrations) == 1
+
+    # predict, in the API and the CLI, uses it: no calibration, and the note says where it came from.
+    pred, messages = _run_stored(na.load_model(ckpt), scan)
+    assert CALIBRATING not in messages and len(calibrations) == 1
+    assert pred.precision == "int8" and any("c.int8 beside the checkpoint" in n for n in pred.notes)
+    assert any("Dice per class" in n for n in pred.notes)  # the guard still runs
+    out = str(tmp_path / "out")
+    assert main(["predict", str(scan), "-c", str(ckpt), "-o", out, "--precision", "int8"]) == 0
+    err = capsys.readouterr().err
+    assert "c.int8 beside the checkpoint" in err and CALIBRATING not in err and len(calibrations) == 1
+    # ... and with the same calibration folder named again.
+    pred, _ = _run_stored(na.load_model(ckpt), scan, calibration=folder)
+    assert len(calibrations) == 1 and any("c.int8 beside" in n for n in pred.notes)
+
+    assert main(["info", str(ckpt)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("int8 model"))
+    assert str(stored) in row and "2 scans" in row and "used by predict --precision int8" in row
+
+    # --overwrite replaces it once the new one is whole.
+    assert main(["convert", str(ckpt), "--int8", "--calibrate", str(folder), "--overwrite"]) == 0
+    assert len(calibrations) == 2 and (stored / "manifest.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def _run_stored(model, scan, **options):
+    """(Prediction, progress messages) of an int8 run on a scan file, as predict reads it."""
+    from napari_attunet.scans import io
+
+    steps = iter_predict(io.read(scan), model, precision="int8", **options)
+    messages = []
+    while True:
+        try:
+            messages.append(next(steps).message)
+        except StopIteration as stop:
+            return stop.value, messages
+
+
+def test_a_tampered_or_stale_int8_model_is_ignored_with_a_sentence(cache, tmp_path, calibrations):
+    from napari_attunet.commands.info import CalibrationPlanner
+    from napari_attunet.inference.calibrated import folder_for
+    from napari_attunet.inference.quantize import store_beside
+
+    ckpt = na.save_model(sharpen_gates(make_model(lee_spec(3), seed=14)), tmp_path / "t.safetensors")
+    folder, scan = _scans(tmp_path)
+    model = na.load_model(ckpt)
+    stored, _ = store_beside(model, folder, folder_for(ckpt), CalibrationPlanner(model, None))
+    assert len(calibrations) == 1
+
+    def ignored(model, match: str, **options) -> str:
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)  # else the scan's own calibration is cached
+        before = len(calibrations)
+        with pytest.warns(RuntimeWarning, match="is ignored because"):
+            pred, messages = _run_stored(model, scan, **options)
+        assert CALIBRATING in messages and len(calibrations) == before + 1  # calibrated as without it
+        (note,) = [n for n in pred.notes if "is ignored because" in n]
+        assert match in note and str(stored) in note and one_sentence(note + ".")
+        assert not any("beside the checkpoint" in n for n in pred.notes)
+        return note
+
+    # A byte of the IR changed: its sha256 is no longer the manifest's.
+    weights = stored / "model.bin"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    ignored(na.load_model(ckpt), "model.bin does not have the sha256")
+    weights.write_bytes(good)
+
+    # Made with another PyTorch (or OpenVINO) than this one.
+    import json
+
+    manifest = json.loads((stored / "manifest.json").read_text())
+    older = {**manifest, "versions": {**manifest["versions"], "torch": "0.1"}}
+    (stored / "manifest.json").write_text(json.dumps(older))
+    ignored(na.load_model(ckpt), "PyTorch 0.1")
+    (stored / "manifest.json").write_text(json.dumps(manifest))
+
+    # Another normalization, or another calibration folder, than it was made with.
+    ignored(na.load_model(ckpt), "normalization", normalization="zscore")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.nii.gz").write_bytes((folder / "b.nii.gz").read_bytes())
+    ignored(na.load_model(ckpt), "other scans", calibration=other)
+
+    # The checkpoint's weights changed since (re-trained and saved under the same name).
+    na.save_model(sharpen_gates(make_model(lee_spec(3), seed=15)), ckpt)
+    ignored(na.load_model(ckpt), "other weights")
+
+    # Saved back as they were, the weights match again: the stored model is used.
+    before = len(calibrations)
+    na.save_model(sharpen_gates(make_model(lee_spec(3), seed=14)), ckpt)
+    pred, messages = _run_stored(na.load_model(ckpt), scan)
+    assert CALIBRATING not in messages and len(calibrations) == before
+    assert any("t.int8 beside the checkpoint" in n for n in pred.notes)

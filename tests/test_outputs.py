@@ -266,6 +266,50 @@ def _expected() -> list[str]:
     )
 
 
+def test_a_run_killed_between_the_links_of_a_set_is_redone_whole(ckpt, tmp_path):
+    """SIGKILL between two hard links of one scan's files (a test hook holds the commit there):
+    part of the set is in place. The next run removes exactly those files (the very files of the
+    dead run's staging folder, by inode), never a file of the same name someone else put there,
+    and writes the whole set without --overwrite (it once said "already exists")."""
+    scan = _scan(tmp_path / "scan.nii.gz", 4)
+    argv = [scan, "-c", ckpt, "--probabilities", "--attention", "--uncertainty"]
+    reference = tmp_path / "reference"
+    assert _predict(*argv, "-o", reference) == (0, [])
+    out, flag = tmp_path / "out", tmp_path / "paused"
+    out.mkdir()
+    (out / "mine.nii.gz").write_bytes(b"the user's file")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    env[outputs.PAUSE_SETTING] = f"2:{flag}"
+    command = [sys.executable, "-m", "napari_attunet.cli", "predict", *map(str, argv), "-o", str(out), "-q"]
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (flag.exists() and flag.read_text().isdigit()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.1)
+    assert int(flag.read_text()) == proc.pid
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    linked = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name != "mine.nii.gz")
+    (staging,) = [p for p in out.iterdir() if p.name.startswith(outputs.STAGING_PREFIX)]
+    assert len(linked) == 2 and set(linked) < set(_expected())  # part of the set, no volumes.csv
+    # a name of the set not yet in place, taken by someone else meanwhile: refused and kept
+    other = sorted(set(_expected()) - set(linked))[0]
+    (out / other).write_bytes(b"someone else's file")
+    code, lines = _predict(*argv, "-o", out)
+    assert code == 1 and len(lines) == 1 and other in lines[0] and "already exists" in lines[0]
+    assert (out / other).read_bytes() == b"someone else's file"
+    assert not staging.exists() and not any((out / name).exists() for name in linked)  # ours: removed
+    (out / other).unlink()
+    assert _predict(*argv, "-o", out) == (0, [])
+    _no_staging(out)
+    assert (out / "mine.nii.gz").read_bytes() == b"the user's file"
+    written = sorted(p.name for p in out.iterdir() if p.name != "mine.nii.gz")
+    assert written == sorted([*_expected(), "volumes.csv"])
+    for name in _expected():
+        assert np.array_equal(io.read(out / name).array, io.read(reference / name).array), name
+    assert _rows(out) == _rows(reference)
+
+
 def test_a_name_taken_meanwhile_by_another_process_is_never_replaced(tmp_path):
     """The check before a run can be outrun by another process: the move into place itself
     refuses (a hard link fails on an existing name) and takes back what it had moved."""

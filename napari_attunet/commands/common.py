@@ -28,6 +28,18 @@ def orientation_arg(text: str) -> str:
     return value
 
 
+def check_orientation(orientation: str | None, spec) -> None:
+    """Refuse ``--orientation`` for a 2D model (``predict`` and ``convert`` alike): such a
+    network sees each plane as napari displays it, so an axis code would be ignored."""
+    from ..errors import InputError
+
+    if orientation not in (None, "display") and spec.spatial_dims == 2:
+        raise InputError(
+            f"--orientation {orientation}: a 2D model sees each plane as napari displays it "
+            f"(axes {spec.axes or 'yx'!r}), so no orientation applies; leave --orientation out."
+        )
+
+
 def parse_normalization(text: str | None) -> dict | None:
     """'zscore', 'none', 'percentile:0.5,99.5' or 'ct:-160,240' (a window in HU)."""
     if text is None:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 import argparse
 import sys
 
-from .common import parse_normalization, safe, sentence
+from .common import check_orientation, parse_normalization, safe, sentence
 
 
 def predict_options(args: argparse.Namespace, spec) -> dict:
@@ -49,11 +49,7 @@ def predict_options(args: argparse.Namespace, spec) -> dict:
         from ..inference.quantize import scan_files
 
         scan_files(args.calibrate)  # a folder with scans, before any is run
-    if args.orientation not in (None, "display") and spec.spatial_dims == 2:
-        raise InputError(
-            f"--orientation {args.orientation}: a 2D model sees each plane as napari displays it "
-            f"(axes {spec.axes or 'yx'!r}), so no orientation applies; leave --orientation out."
-        )
+    check_orientation(args.orientation, spec)
     if args.thresholds is not None and len(args.thresholds) not in (1, spec.out_channels):
         raise InputError(
             f"--thresholds: {len(args.thresholds)} values given, but the model has "
@@ -183,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     if thresholds is not None and len(thresholds) == 1:
         thresholds = thresholds[0]
     outdir = outputs.check_folder(args.output, "-o/--output")
+    outputs.sweep_stale(outdir)  # a set a killed run left half in place is removed: it is redone
     names = getattr(args, "names", None) or outputs.unique_names(args.scans, io.stem)
     images, seg = formats(args)
     if seg:

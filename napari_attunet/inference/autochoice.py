@@ -406,7 +406,7 @@ def openvino_network(model: AttentionUNetBase, cand: Candidate):
     time, like ``runtime_openvino.network``, and only while the weights are the same)."""
     from . import runtime_openvino
 
-    digest = runtime_openvino.entry_key(model)[1]["weights"]
+    digest = runtime_openvino.weights_digest(model)
     held = _NETS.get(model)
     if held is not None and held[:2] == (digest, cand):
         return held[2]
@@ -504,10 +504,7 @@ def _choose(model, plan, options, cands, openvino: bool, cores: int) -> Generato
     from . import runtime_openvino
     from .tta import flips
 
-    if openvino:
-        digest = runtime_openvino.entry_key(model)[1]["weights"]  # remembered on the model
-    else:
-        digest = runtime_openvino.weights_sha256(model)
+    digest = runtime_openvino.weights_digest(model)  # remembered on the model
     request = str(options.runtime).lower(), str(options.precision).lower()
     name, fields = choice_key(digest, (model.spec.in_channels, *plan.tile), *request)
     known = _CHOICES.get(name) or _load(fields, "stored")
@@ -560,7 +557,7 @@ def _probe(model, plan, options, cands: list[Candidate], openvino: bool) -> Gene
     picked = decide(figures, permitted)
     chosen = next(r for r in runners if r.candidate == picked)
     if chosen.net is not None:  # the run uses the network measured, not a second compilation
-        _NETS[model] = (runtime_openvino.entry_key(model)[1]["weights"], picked, chosen.net)
+        _NETS[model] = (runtime_openvino.weights_digest(model), picked, chosen.net)
     return Choice(picked, tuple(figures), "measured", tuple(plan.tile), fallback=fallback)
 
 

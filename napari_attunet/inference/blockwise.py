@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import Cancelled, InputError
 from ..models import AttentionUNetBase
-from .lazy import LazySource, as_dask, as_seen, fit_lazy, open_level, store_name
+from .lazy import LazySource, as_dask, as_seen, fit_lazy, open_level, stack_channels, store_name
 from .options import RunOptions
 from .postprocess import GateMap, Prediction
 from .preprocess import resolve_normalization
@@ -339,6 +339,9 @@ def iter_blockwise(
     spec = model.spec
     image, options, origin = options.with_volume(image)
     name = options.name
+    if isinstance(image, (list, tuple)):  # one image per channel, as in memory
+        image = stack_channels(image, spec, name)
+        options = options.replace(channel_axis=0)
     image, spacing, channel_axis = open_level(image, options.spacing, options.channel_axis, name)
     options = options.replace(spacing=spacing, channel_axis=channel_axis).checked(spec)
     spacing, out, overlap, region = options.spacing, options.out, options.overlap, options.region

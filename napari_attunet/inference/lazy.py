@@ -52,6 +52,26 @@ def as_dask(image, name: str = "the image"):
     return da.from_array(image, chunks=chunks, asarray=False, lock=False)
 
 
+def stack_channels(images: Sequence, spec: ModelSpec, name: str = "the image"):
+    """A list of channel images (numpy, dask or zarr arrays, one per channel) as one dask
+    array (C, *spatial), reading nothing yet: what ``preprocess.prepare_channels`` makes of a
+    list in memory, with the same checks and sentences."""
+    import dask.array as da
+
+    if not images:
+        raise InputError(
+            f"{name}: the list of channel images is empty; pass the image, or one array per "
+            f"channel ({spec.in_channels} for this model)."
+        )
+    arrays = [a if hasattr(a, "shape") and hasattr(a, "dtype") else np.asarray(a) for a in images]
+    for a in arrays:
+        _check_dtype(np.empty(0, dtype=a.dtype), name)
+    shapes = [tuple(int(n) for n in a.shape) for a in arrays]
+    if len(set(shapes)) != 1:
+        raise InputError(f"{name}: the channel images differ in shape ({', '.join(map(str, shapes))}).")
+    return da.stack([as_dask(a, name) for a in arrays])
+
+
 class Checked:
     """An array-like whose reads name the store and the chunk that cannot be read."""
 

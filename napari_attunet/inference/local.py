@@ -79,15 +79,16 @@ def iter_local(
 
 
 def _prepare_int8(model, plan, target, options: RunOptions):
-    """The int8 network, calibrated on this scan or on the scans of ``options.calibration``,
-    each planned as this one (normalization, tile)."""
-    from .quantize import prepare_int8
+    """The int8 network: stored beside the checkpoint (``convert --int8``), or calibrated on
+    this scan or on the scans of ``options.calibration``, each planned as this one."""
+    from .quantize import normalization_of, prepare_int8
 
     def plan_for(volume):
         image, scan_options, _ = options.for_another_scan(volume.name, plan.tile).with_volume(volume)
         return make_plan(image, model, target, scan_options.checked(model.spec))
 
-    return (yield from prepare_int8(model, plan, options.calibration, plan_for))
+    norm = normalization_of(model, options.normalization)
+    return (yield from prepare_int8(model, plan, options.calibration, plan_for, normalization=norm))
 
 
 def drive(steps: Generator[Progress, None, Prediction], progress=None) -> Prediction:

@@ -11,8 +11,11 @@ functions that need them, never options.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from ..errors import InputError
 from .postprocess import check_thresholds
@@ -90,8 +93,11 @@ class RunOptions:
 
     def with_volume(self, image) -> tuple[Any, RunOptions, tuple[float, ...] | None]:
         """(the array, these options with a scan's geometry filled in, the scan's origin) for a
-        scan from ``scans.io.read``; any other image comes back as it is."""
-        if not (hasattr(image, "array") and hasattr(image, "affine")):
+        scan from ``scans.io.read`` (or a list of them, one per channel, on one grid); any other
+        image comes back as it is."""
+        if isinstance(image, (list, tuple)) and image:
+            return self._with_channel_scans(list(image))
+        if not _is_scan(image):
             return image, self, None
         options = self.replace(
             spacing=image.spacing if self.spacing is None else self.spacing,
@@ -99,6 +105,29 @@ class RunOptions:
             file_orientation=self.file_orientation or image.source.get("orientation"),
         )
         return image.array, options, tuple(image.origin)
+
+    def _with_channel_scans(self, images: list) -> tuple[Any, RunOptions, tuple[float, ...] | None]:
+        """``with_volume`` for a list of channel images: the scans' arrays and the first one's
+        geometry, once every scan is known to lie on its grid."""
+        for item in images:
+            if isinstance(item, (str, os.PathLike)):
+                raise InputError(
+                    f"{self.name}: {item} is a file name; read each channel with "
+                    "napari_attunet.scans.io.read (or pass its array) and pass the list of those."
+                )
+        if not all(_is_scan(item) for item in images):
+            return images, self, None
+        first = images[0]
+        for scan in images[1:]:
+            if np.shape(scan.array) != np.shape(first.array) or not np.allclose(
+                scan.affine, first.affine, atol=1e-3
+            ):
+                raise InputError(
+                    f"{self.name}: the channel scans {first.name} and {scan.name} do not lie on "
+                    "one grid (their shapes or placements differ); resample them onto one grid first."
+                )
+        _, options, origin = self.with_volume(first)
+        return [scan.array for scan in images], options, origin
 
     def checked(self, spec) -> RunOptions:
         """These options checked against the model, each value in its canonical form; raises
@@ -110,3 +139,8 @@ class RunOptions:
             spacing=check_spacing(self.spacing, self.name),
             tile=check_tile(self.tile, spec.spatial_dims),
         )
+
+
+def _is_scan(image) -> bool:
+    """A scan from ``scans.io.read`` (a Volume): an array with its world placement."""
+    return hasattr(image, "array") and hasattr(image, "affine")

@@ -6,7 +6,9 @@ the volume from its most structured half so that they are not only background. T
 model is stored in the OpenVINO cache beside the fp32 conversions, keyed by the weights'
 sha256, the calibration windows' sha256, the scope and the NNCF, OpenVINO and PyTorch versions;
 it is checked before use and rebuilt when corrupt (``runtime_openvino``'s entries). NNCF runs
-only while calibrating; inference needs only OpenVINO.
+only while calibrating; inference needs only OpenVINO. ``convert --int8 --calibrate DIR``
+stores a calibrated model beside the checkpoint (``store_beside``, ``calibrated``); a run uses
+it when it passes its checks, else says why it is ignored and calibrates as without it.
 
 The guard runs one window, the one with the most uncertain voxels in the int8 result, through
 PyTorch in fp32 as well and compares labels (Dice per class) and every gate (mean absolute
@@ -49,6 +51,10 @@ SCOPE_ENV = "NAPARI_ATTUNET_INT8_SCOPE"  # 'all' or 'keep-attention' overrides t
 ATTENTION_NODES = r".*__module\.net\.(.*\.)?(attention\w*|Att\d+)\..*"
 # Measured on the bench networks (docs/int8.md): which scope each family gets.
 FAMILY_SCOPE = {"monai": "all", "leejunhyun": "all", "official": "all"}
+# OpenVINO's hint for int8: LATENCY runs one tile on every core. THROUGHPUT (tiles side by side)
+# was 1.8x faster per 96^3 tile once under load 8-10 (docs/performance.md, "Tile size") but runs a
+# single tile on one core; bench/bench_tiles.py --precisions int8 int8-throughput compares them.
+INT8_HINT = "LATENCY"
 
 _INT8: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: OpenVINONet}
 _LOCK = threading.Lock()
@@ -158,8 +164,8 @@ def int8_key(model: AttentionUNetBase, digest: str, scope: str) -> tuple[str, di
     from . import runtime_openvino as ro
 
     fields = {
-        "weights": ro._weights_digest(model),
-        **ro._versions(),
+        "weights": ro.weights_digest(model),
+        **ro.versions(),
         "int8": {
             "nncf": _nncf_version(),
             "calibration": digest,
@@ -204,7 +210,7 @@ def cached_int8(model: AttentionUNetBase, digest: str, scope: str):
     from . import runtime_openvino as ro
 
     name, fields = int8_key(model, digest, scope)
-    return ro._load_entry(ro.cache_root() / "openvino" / name, fields, 1 + len(model.spec.gates))
+    return ro.load_entry(ro.cache_root() / "openvino" / name, fields, 1 + len(model.spec.gates))
 
 
 def quantized(model: AttentionUNetBase, windows: Sequence[np.ndarray], digest: str, scope: str):
@@ -213,11 +219,11 @@ def quantized(model: AttentionUNetBase, windows: Sequence[np.ndarray], digest: s
 
     name, fields = int8_key(model, digest, scope)
     folder = ro.cache_root() / "openvino" / name
-    ov_model = ro._load_entry(folder, fields, 1 + len(model.spec.gates))
+    ov_model = ro.load_entry(folder, fields, 1 + len(model.spec.gates))
     if ov_model is None:
         ov_model = quantize_model(ro.converted(model), windows, scope)
         try:
-            ro._store_entry(ov_model, folder, fields)
+            ro.store_entry(ov_model, folder, fields)
         except OSError as exc:
             warnings.warn(
                 f"the OpenVINO cache {folder.parent} cannot be written ({exc.strerror or exc}); "
@@ -228,22 +234,29 @@ def quantized(model: AttentionUNetBase, windows: Sequence[np.ndarray], digest: s
     return ov_model
 
 
+def _memo_network(model: AttentionUNetBase, key: tuple, ov_model: Callable):
+    """The compiled network for ``key``, compiling ``ov_model()`` once (one per model)."""
+    from . import runtime_openvino as ro
+
+    with _LOCK:
+        memo = _INT8.setdefault(model, {})
+        if key in memo:
+            return memo[key]
+    net = ro.compile_network(ov_model(), len(model.spec.gates), "fp32", INT8_HINT)
+    with _LOCK:
+        memo.clear()  # one int8 network per model at a time
+        memo[key] = net
+    return net
+
+
 def int8_network(model: AttentionUNetBase, windows: Sequence[np.ndarray], scope: str | None = None):
     """The compiled int8 network for these calibration windows (kept for the next run)."""
     from . import runtime_openvino as ro
 
     scope = scope_for(model, scope)
     digest = windows_digest(windows)
-    key = (ro._weights_digest(model), digest, scope)
-    with _LOCK:
-        memo = _INT8.setdefault(model, {})
-        if key in memo:
-            return memo[key]
-    net = ro.compile_network(quantized(model, windows, digest, scope), len(model.spec.gates), "fp32")
-    with _LOCK:
-        memo.clear()  # one int8 network per model at a time
-        memo[key] = net
-    return net
+    key = (ro.weights_digest(model), digest, scope)
+    return _memo_network(model, key, lambda: quantized(model, windows, digest, scope))
 
 
 def is_ready(model: AttentionUNetBase, windows: Sequence[np.ndarray], scope: str | None = None) -> bool:
@@ -252,9 +265,27 @@ def is_ready(model: AttentionUNetBase, windows: Sequence[np.ndarray], scope: str
 
     scope = scope_for(model, scope)
     digest = windows_digest(windows)
-    if (ro._weights_digest(model), digest, scope) in _INT8.get(model, {}):
+    if (ro.weights_digest(model), digest, scope) in _INT8.get(model, {}):
         return True
     return cached_int8(model, digest, scope) is not None
+
+
+def normalization_of(model: AttentionUNetBase, normalization=None) -> dict:
+    """The normalization a run uses (``normalization``, else the checkpoint's), as stored."""
+    from .preprocess import resolve_normalization
+
+    return resolve_normalization(normalization, model.spec).to_dict()
+
+
+def stored_int8(
+    model: AttentionUNetBase, scope: str, normalization: dict, calibration: str | os.PathLike | None = None
+):
+    """The int8 model stored beside the model's checkpoint (``calibrated.Stored``), one sentence
+    saying why it is ignored, or None when there is none."""
+    from . import calibrated
+
+    scans = None if calibration is None else scan_files(calibration)
+    return calibrated.read(getattr(model, "source", None), model, scope, normalization, scans)
 
 
 def prepare_int8(
@@ -263,11 +294,29 @@ def prepare_int8(
     calibration: str | os.PathLike | None = None,
     plan_for: Callable | None = None,
     scope: str | None = None,
+    normalization: dict | None = None,
 ) -> Generator[Progress, None, object]:
-    """Calibrate (once per calibration set, then from the cache) and compile the int8 network,
-    saying so while it calibrates. A network OpenVINO cannot convert is a CheckpointError."""
+    """The int8 network: the one stored beside the checkpoint (``convert --int8``) when it
+    passes its checks, else calibrated (once per calibration set, then from the cache), saying
+    so while it calibrates. A network OpenVINO cannot convert is a CheckpointError."""
+    from . import calibrated
     from . import runtime_openvino as ro
 
+    scope = scope_for(model, scope)
+    stored = stored_int8(model, scope, normalization or normalization_of(model), calibration)
+    if isinstance(stored, calibrated.Stored):
+        key = (ro.weights_digest(model), "stored:" + stored.key, scope)
+        try:
+            net = _memo_network(model, key, lambda: stored.ov_model)
+        except Exception as exc:  # noqa: BLE001 - compilation
+            raise CheckpointError(
+                f"int8 cannot run {stored.folder} ({ro.failure_reason(exc)}); choose precision fp32."
+            ) from None
+        plan.notes.append(f"int8 from {stored.describe()}")
+        return net
+    if stored is not None:  # a sentence: why the stored model is ignored
+        plan.notes.append(stored)
+        warnings.warn(stored, RuntimeWarning, stacklevel=3)
     if calibration is None:
         windows = draw_windows(plan.x, plan.jobs, plan.tile)
     else:
@@ -284,9 +333,69 @@ def prepare_int8(
     plan.notes.append(
         f"int8 calibrated on {len(windows)} window{'s' * (len(windows) != 1)} of "
         + ("this scan" if calibration is None else str(calibration))
-        + (", attention blocks in fp32" if scope_for(model, scope) == "keep-attention" else "")
+        + (", attention blocks in fp32" if scope == "keep-attention" else "")
     )
     return net
+
+
+# ---- stored beside the checkpoint (convert --int8) -----------------------------------------
+
+
+def store_beside(
+    model: AttentionUNetBase,
+    calibration: str | os.PathLike,
+    folder: Path,
+    plan_for: Callable,
+    *,
+    scope: str | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, dict]:
+    """Calibrate on the scans in ``calibration``, each planned by ``plan_for(volume)`` as a run
+    plans it (``plan_for.tile``: the tile it chose), and store the int8 model in ``folder``
+    (``calibrated``). Returns (the folder, its manifest)."""
+    import time
+
+    from . import calibrated
+    from . import runtime_openvino as ro
+
+    require_nncf()
+    calibrated.refuse_existing(folder, overwrite)
+    scope = scope_for(model, scope)
+    files = scan_files(calibration)
+    windows = _finish(folder_windows(calibration, plan_for))
+    started = time.perf_counter()
+    try:
+        ov_model = quantize_model(ro.converted(model), windows, scope)
+    except Exception as exc:  # noqa: BLE001 - conversion or calibration
+        raise CheckpointError(
+            f"int8 cannot run this network ({ro.failure_reason(exc)}); keep precision fp32."
+        ) from None
+    manifest = calibrated.manifest_for(
+        model,
+        scope,
+        normalization_of(model),
+        plan_for.tile,  # type: ignore[attr-defined]
+        {
+            "folder": str(Path(calibration).resolve()),
+            "files": calibrated.calibration_files(files),
+            "windows": len(windows),
+            "windows_sha256": windows_digest(windows),
+            "nncf": _nncf_version(),
+            "preset": "mixed, no bias correction",
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+        {},
+    )
+    return calibrated.write(folder, ov_model, manifest, overwrite), manifest
+
+
+def _finish(steps: Generator[Progress, None, Any]) -> Any:
+    """Run a generator of Progress to its end and return its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
 
 
 # ---- the guard -----------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def weights_sha256(model: AttentionUNetBase) -> str:
     return digest.hexdigest()
 
 
-def _versions() -> dict:
+def versions() -> dict:
     import openvino
 
     return {"openvino": openvino.__version__, "torch": torch.__version__, "format": FORMAT}
@@ -122,12 +122,12 @@ def _versions() -> dict:
 
 def entry_key(model: AttentionUNetBase) -> tuple[str, dict]:
     """The cache entry's name and what it was made from."""
-    fields = {"weights": _weights_digest(model), **_versions()}
+    fields = {"weights": weights_digest(model), **versions()}
     name = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
     return name, fields
 
 
-def _weights_digest(model: AttentionUNetBase) -> str:
+def weights_digest(model: AttentionUNetBase) -> str:
     """The weights' sha256, computed again only when a weight or a buffer (BatchNorm's
     running statistics) changed since."""
     memo = _DIGESTS.get(model)
@@ -159,7 +159,7 @@ def _read_regular(folder_fd: int, name: str) -> bytes:
         os.close(fd)
 
 
-def _entry_files(folder: Path) -> dict[str, bytes]:
+def entry_files(folder: Path) -> dict[str, bytes]:
     """manifest.json, model.xml and model.bin of an entry, read once each: only from a real
     folder directly under the cache's own (no link in or out), only regular files."""
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
@@ -181,13 +181,13 @@ def _trusted(manifest: object, fields: dict, files: dict[str, bytes]) -> bool:
     return all(hashlib.sha256(files[name]).hexdigest() == sums[name] for name in _FILES)
 
 
-def _load_entry(folder: Path, fields: dict, outputs: int):
+def load_entry(folder: Path, fields: dict, outputs: int):
     """The stored ov.Model, or None when the entry is missing, corrupt, not this model's or
     not wholly inside the cache. The model is made from the bytes that were checked."""
     import openvino
 
     try:
-        files = _entry_files(folder)
+        files = entry_files(folder)
         if not _trusted(json.loads(files[MANIFEST]), fields, files):
             return None
         weights = openvino.Tensor(np.frombuffer(files["model.bin"], dtype=np.uint8))
@@ -246,7 +246,7 @@ def evict(root: Path, limit: int, keep: Path | None = None) -> list[Path]:
     return removed
 
 
-def _store_entry(ov_model, folder: Path, fields: dict) -> None:
+def store_entry(ov_model, folder: Path, fields: dict) -> None:
     """Write the entry next to its final place, then move it there in one rename."""
     import openvino
 
@@ -415,7 +415,7 @@ def cached_model(model: AttentionUNetBase) -> tuple[object | None, Path, dict]:
     """(the stored ov.Model or None, its entry folder, its key fields)."""
     name, fields = entry_key(model)
     folder = cache_root() / "openvino" / name
-    return _load_entry(folder, fields, 1 + len(model.spec.gates)), folder, fields
+    return load_entry(folder, fields, 1 + len(model.spec.gates)), folder, fields
 
 
 def converted(model: AttentionUNetBase):
@@ -424,7 +424,7 @@ def converted(model: AttentionUNetBase):
     if ov_model is None:
         ov_model = convert(model)
         try:
-            _store_entry(ov_model, folder, fields)
+            store_entry(ov_model, folder, fields)
         except OSError as exc:
             warnings.warn(
                 f"the OpenVINO cache {folder.parent} cannot be written ({exc.strerror or exc}); "
@@ -456,7 +456,7 @@ def network(model: AttentionUNetBase, precision: str = "fp32", hint: str = "LATE
     ``optimize.prepared``). Raises NotConvertible when OpenVINO cannot convert or compile it,
     and then at once for the same weights and precision for the rest of the process."""
     cache_limit()  # a bad setting is the user's to fix, not a network OpenVINO cannot run
-    digest = _weights_digest(model)
+    digest = weights_digest(model)
     key = (digest, precision, hint)
     memo = _COMPILED.setdefault(model, {})
     if key in memo:
@@ -476,12 +476,12 @@ def network(model: AttentionUNetBase, precision: str = "fp32", hint: str = "LATE
 
 def known_failure(model: AttentionUNetBase, precision: str) -> str | None:
     """Why this network already failed to convert or compile in this process, or None."""
-    return _FAILED.get((_weights_digest(model), precision))
+    return _FAILED.get((weights_digest(model), precision))
 
 
 def is_ready(model: AttentionUNetBase) -> bool:
     """Whether :func:`network` will not have to convert (compiled already, or stored)."""
-    digest = _weights_digest(model)
+    digest = weights_digest(model)
     if any(key[0] == digest for key in _COMPILED.get(model, {})):
         return True
     return cached_model(model)[0] is not None

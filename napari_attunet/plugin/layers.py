@@ -127,7 +127,7 @@ def map_colormap(kind: str, ndisplay: int, level: float = 0.5):
     return iso_lines(rgb, (level,), kind, UNSURE_ALPHA)
 
 
-MAP_OPACITY = {2: 1.0, 3: 0.4}  # 3D: translucent surfaces, the labels seen through them
+MAP_OPACITY = {2: 1.0, 3: 0.6}  # 3D: translucent surfaces, the labels seen through them
 
 
 def gate_contrast(data: np.ndarray) -> tuple[float, float]:
@@ -188,12 +188,68 @@ def labels_layer(
     return labels, kwargs, "labels"
 
 
+def one_sided_contours(labels: np.ndarray, thickness: int, background: int = 0) -> np.ndarray:
+    """``labels`` kept only on each boundary's higher side: a voxel stays when an in-plane
+    neighbour (within ``thickness``) holds a lower value. Each boundary is then one line, in
+    the colour of the class inside it (grey matter against the background, white matter
+    against grey matter), where napari's contours draw both sides of it: two lines side by
+    side, which cover the thin cortex of a 2 mm scan whole."""
+    from scipy import ndimage as ndi
+
+    footprint = ndi.iterate_structure(ndi.generate_binary_structure(labels.ndim, 1), max(1, thickness))
+    lower = ndi.grey_erosion(labels, footprint=footprint.astype(bool), mode="nearest") < labels
+    out = np.full_like(labels, background)
+    out[lower] = labels[lower]
+    return out
+
+
+def labels_image(data, kwargs: dict):
+    """A run's napari Labels layer (``OutlinedLabels``) from ``labels_layer``'s keywords."""
+    return _outlined_labels_class()(data, **kwargs)
+
+
+_LABELS_CLASS: list = []
+
+
+def _outlined_labels_class():
+    """``OutlinedLabels``, made on first use: napari is imported only when a layer is made."""
+    if _LABELS_CLASS:
+        return _LABELS_CLASS[0]
+    from napari.layers import Labels
+    from napari.layers.labels._labels_utils import expand_slice
+
+    class OutlinedLabels(Labels):
+        """Labels whose outlines (``contour``) draw each boundary once (``one_sided_contours``)."""
+
+        @property
+        def _type_string(self) -> str:
+            return "labels"  # napari picks writers, icons and layer tuples by this name
+
+        def _calculate_contour(self, labels, data_slice):
+            if self.contour < 1 or labels.ndim > 2:
+                return None  # filled; in 3D without napari's warning on every redraw
+            halo = max(1, int(self.contour))
+            expanded = expand_slice(data_slice, labels.shape, halo)
+            contours = one_sided_contours(
+                np.asarray(labels[expanded]), self.contour, self.colormap.background_value
+            )
+            inner = tuple(
+                slice(s.start - e.start, s.stop - e.start) for s, e in zip(data_slice, expanded, strict=True)
+            )
+            return contours[inner]
+
+    _LABELS_CLASS.append(OutlinedLabels)
+    return OutlinedLabels
+
+
 def map_display(kind: str, ndisplay: int, level: float = 0.5) -> dict:
     """The drawing keywords of a gate or uncertainty layer in 2D or 3D (``map_colormap``)."""
     return {
         "colormap": map_colormap(kind, ndisplay, level),
         "opacity": MAP_OPACITY[3 if ndisplay == 3 else 2],
-        "blending": "translucent" if ndisplay == 3 else "translucent_no_depth",
+        # no depth test: in 3D a map's surface lies within the labels' (the uncertainty along
+        # their borders), whose depth would hide it; drawn over them, translucent, it shows
+        "blending": "translucent_no_depth",
     }
 
 
@@ -294,6 +350,10 @@ def _gate_image_class():
     class GateImage(Image):
         """An attention gate on its own grid whose extent (which sets the sliders' ranges) ends
         at the scan's, though its last cells reach past it."""
+
+        @property
+        def _type_string(self) -> str:
+            return "image"  # napari picks writers, icons and layer tuples by this name
 
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)

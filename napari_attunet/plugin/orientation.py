@@ -53,12 +53,21 @@ def install(viewer) -> None:
         if v is not None:
             show_letters(v)
 
+    def sliders(event=None):
+        v = ref()
+        if v is not None:
+            fit_slider_labels(v)
+
+    events = viewer.dims.events
+    for emitter in (events.order, events.ndisplay, events.ndim, events.axis_labels):
+        emitter.connect(sliders)
     viewer.dims.events.order.connect(update)
     viewer.dims.events.ndisplay.connect(update)
     viewer.layers.events.inserted.connect(update)
     viewer.layers.events.removed.connect(letters)
     camera_of(viewer).events.orientation.connect(letters)
     apply(viewer)
+    fit_slider_labels(viewer)
 
 
 def clinical_order(order: tuple[int, ...], ndisplay: int, first_scan_axis: int) -> tuple[int, ...]:
@@ -174,3 +183,63 @@ def _scale_bar_on(viewer) -> None:
     bar = _canvas_overlays(viewer).get("scale_bar")
     if bar is not None and not bar.visible:
         bar.visible = True
+
+
+# ---- the axis labels beside the sliders ("superior", "posterior", "left") ------------------
+
+
+def fit_slider_labels(viewer) -> None:
+    """Make each slider's axis label as wide as its text, now and whenever napari sizes it
+    again (Qt calls napari's slot first; the dims events, after the event loop turns).
+
+    napari caps a label at a fifth of its first slider's width; a slider never shown is 100 px
+    wide, so a canvas that opens on another plane (the linked coronal and sagittal views)
+    shows "p..." for "posterior"."""
+    from qtpy.QtCore import QTimer
+
+    for qt_dims in _qt_dims_of(viewer):
+        fit = _fitter(qt_dims)
+        for slider in qt_dims.slider_widgets:
+            if not getattr(slider, "_attunet_fits", False):
+                slider._attunet_fits = True
+                slider.size_changed.connect(fit)
+                slider.axis_label.textChanged.connect(fit)
+        QTimer.singleShot(0, fit)
+
+
+def _fitter(qt_dims):
+    """A slot widening ``qt_dims``' axis labels to their longest shown text, with napari's
+    margin (a space and an ellipsis); it holds the panel weakly."""
+    ref = weakref.ref(qt_dims)
+
+    def fit(*_) -> None:
+        panel = ref()
+        if panel is None:
+            return
+        try:
+            sliders = list(panel.slider_widgets)
+            shown = [s for s in sliders if not s.isHidden()] or sliders
+            if not shown:
+                return
+            metrics = shown[0].axis_label.fontMetrics()
+            need = max(metrics.horizontalAdvance(s.axis_label.text()) for s in shown)
+            need += 4 * metrics.averageCharWidth()
+            for slider in sliders:
+                if slider.axis_label.minimumWidth() < need:
+                    slider.axis_label.setFixedWidth(need)
+        except RuntimeError:  # the canvas was closed
+            return
+
+    return fit
+
+
+def _qt_dims_of(viewer) -> list:
+    """The slider panels (napari's ``QtDims``) showing ``viewer``'s dims: the main window's
+    and those of canvases docked beside it."""
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        return []
+    dims = viewer.dims
+    return [w for w in app.allWidgets() if hasattr(w, "slider_widgets") and getattr(w, "dims", None) is dims]

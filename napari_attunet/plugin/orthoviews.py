@@ -8,14 +8,16 @@ coronal and sagittal planes, each upright (``orientation``), with its orientatio
 
 The crosshair is the shared world point (``dims.point``): a click (a press and release without a
 drag, so that panning still works) in any of the three sets it in all three, which moves the
-other two planes to it; the slider moves it too. Layers added, removed, moved, edited or restyled
-in the main viewer follow in the other two.
+other two planes to it; the slider moves it too. A move re-slices each layer once in each view
+whose plane moves, and not at all in the others (``bench/bench_orthoviews.py``). Layers added,
+removed, moved, edited or restyled in the main viewer follow in the other two.
 """
 
 from __future__ import annotations
 
 import warnings
 import weakref
+from contextlib import ExitStack
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container
@@ -25,7 +27,7 @@ from .windows import CT_WINDOWS, WINDOW_KEY, apply_window
 
 # dims.order of the three scan axes (S, P, L) for each plane.
 PLANES = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
-CROSSHAIR_COLOUR = (0.3, 1.0, 0.3, 0.7)  # outside the label palette; translucent
+CROSSHAIR_COLOUR = (1.0, 1.0, 0.0, 0.7)  # yellow, as in 3D Slicer: not the gates' green lines; translucent
 DOCK_NAME = "orthogonal views"
 DOCK_SHARE = 0.45  # of the window's height, for the coronal and sagittal canvases
 # Layer events that are not a style to copy (or are copied by other means).
@@ -43,7 +45,15 @@ def _copy(layer):
     (the same array object, not a copy)."""
     data, state, _ = layer.as_layer_data_tuple()
     state = {k: v for k, v in state.items() if k != "name"}
-    return type(layer)(data, name=layer.name, **state)
+    copy = type(layer)(data, name=layer.name, **state)
+    # napari redraws a layer's thumbnail on every slice (12-15% of a layer's slicing time,
+    # bench --profile); a copy's is never shown: its viewer has no layer list on screen
+    copy._update_thumbnail = _no_thumbnail
+    return copy
+
+
+def _no_thumbnail(*_args, **_kwargs) -> None:
+    """A copy's thumbnail: not drawn."""
 
 
 def _style_names(layer) -> list[str]:
@@ -62,6 +72,36 @@ def _style_names(layer) -> list[str]:
         ):
             out.append(name)
     return out
+
+
+def snap_to_grid(dims, point) -> tuple[float, ...]:
+    """``point`` within ``dims``' range, on its steps (the voxel centres of the scan): napari's
+    slider would otherwise snap it in a second point event, and every layer be sliced twice."""
+    if len(point) != dims.ndim:
+        return tuple(float(v) for v in point)
+    out = []
+    for value, rng in zip(point, dims.range, strict=True):
+        step = rng.step or 1
+        value = min(max(float(value), rng.start), rng.stop)
+        out.append(rng.start + round((value - rng.start) / step) * step)
+    return tuple(out)
+
+
+def _move_point(model, point: tuple[float, ...]) -> None:
+    """Set ``model``'s point, slicing its layers once if its plane moves, not at all if not.
+
+    napari slices every layer on any change of the point, the displayed axes' included (where
+    the slice is the same), and again on the current_step event that comes with it."""
+    dims = model.dims
+    old = tuple(dims.point)
+    if len(old) != len(point) or old == point:
+        return
+    plane_moves = any(old[axis] != point[axis] for axis in dims.not_displayed)
+    with ExitStack() as stack:
+        stack.enter_context(dims.events.current_step.blocker(model._update_layers))
+        if not plane_moves:
+            stack.enter_context(dims.events.point.blocker(model._update_layers))
+        dims.point = point
 
 
 class Crosshair:
@@ -208,16 +248,17 @@ class OrthoViews:
 
     # ---- the shared point --------------------------------------------------------------------
     def set_point(self, point) -> None:
-        """Move the crosshair (and the planes through it) to ``point`` (world coordinates)."""
-        point = tuple(float(v) for v in point)
+        """Move the crosshair (and the planes through it) to ``point`` (world coordinates), on
+        the scan's voxel grid.
+
+        Each view re-slices its layers once, and only if its plane moves: a click in the axial
+        view moves the coronal and sagittal planes; the axial plane (its point changes only
+        within the plane) keeps its slices, and only its crosshair moves."""
+        point = snap_to_grid(self.viewer.dims, point)
         self._block = True
         try:
             for model in self.all_models:
-                if len(model.dims.point) == len(point) and tuple(model.dims.point) != point:
-                    # napari slices on the point event and again on the current_step event
-                    # that comes with it; once is enough (the slider still follows)
-                    with model.dims.events.current_step.blocker(model._update_layers):
-                        model.dims.point = point
+                _move_point(model, point)
         finally:
             self._block = False
         self._draw_crosshairs()

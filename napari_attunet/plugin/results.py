@@ -20,6 +20,7 @@ from .layers import (
     SourceGeometry,
     gate_image,
     gate_layers,
+    labels_image,
     labels_layer,
     map_display,
     uncertainty_layer,
@@ -30,6 +31,7 @@ from .readout import has_readout, readout, with_readout
 from .store_views import ThresholdView, volumes_from_counts
 
 VOLUME_COLUMNS = ("", "class", "mL", "uncertain mL")  # the first: each class's colour
+AGREEMENT_COLUMNS = ("Dice", "HD95\nmm")  # while a reference is picked (plugin/reference.py)
 LABEL_STYLES = ("auto", "outlines", "filled")  # auto: outlines while a gate or the uncertainty is shown
 
 
@@ -104,16 +106,30 @@ def result_name(source_name: str, preview: bool) -> str:
     return f"{source_name} attunet" + (" preview" if preview else "")
 
 
-def volume_rows(features: dict, uncertain: list[float]) -> dict[str, list]:
+def volume_rows(
+    features: dict, uncertain: list[float], agreement: dict[int, list[str]] | None = None
+) -> dict[str, list]:
     """The volume table from a Labels layer's features (row 0, the background, left out): one
-    row per label value, named by it, volumes in mL to one decimal."""
+    row per label value, named by it, volumes in mL to one decimal; with ``agreement`` (the
+    cells of ``agreement_cells`` by label value) the Dice and HD95 columns."""
     classes = list(features["class"][1:])
     values = list(features.get("index", range(len(features["class"]))))[1:]
     rows = [
         ["", name, round(float(ml), 1), round(float(unsure), 1)]
         for name, ml, unsure in zip(classes, features["volume_ml"][1:], uncertain, strict=True)
     ]
-    return {"data": rows, "index": [str(v) for v in values], "columns": list(VOLUME_COLUMNS)}
+    columns = list(VOLUME_COLUMNS)
+    if agreement is not None:
+        columns += AGREEMENT_COLUMNS
+        rows = [row + agreement.get(int(v), ["", ""]) for row, v in zip(rows, values, strict=True)]
+    return {"data": rows, "index": [str(v) for v in values], "columns": columns}
+
+
+def agreement_cells(row) -> list[str]:
+    """A ``review.ClassMetrics`` row as the table shows it: Dice to 3 decimals, HD95 in mm to
+    one ("n/a" where a class is absent from one of the two, as its note says)."""
+    hd95 = "n/a" if np.isnan(row.hd95_mm) else f"{row.hd95_mm:.1f}"
+    return [f"{row.dice:.3f}", hd95]
 
 
 def region_text(offset, shape, scan_shape, scale) -> str:
@@ -158,6 +174,9 @@ class ResultLayers:
         self._closed = False
         self.store_run: StoreRun | None = None
         self._counting = None  # the worker counting a thresholds view's volumes
+        self.evaluation = None  # the review.Evaluation the Dice and HD95 columns show
+        self.agreement: dict[int, list[str]] | None = None  # Dice and HD95 cells by label value
+        self._shown: tuple | None = None  # the features and uncertain mL the table shows
         self.relabel_timer = QTimer()  # the whole volume, once a threshold slider rests
         self.relabel_timer.setSingleShot(True)
         self.relabel_timer.setInterval(150)
@@ -212,7 +231,7 @@ class ResultLayers:
         else:
             if name in self.viewer.layers:
                 kwargs["name"] = name + " (new)"
-            layer = self.viewer.add_labels(data, **kwargs)
+            layer = self.viewer.add_layer(labels_image(data, kwargs))
         self.state = RunState(pred, source, layer, offset)
         self.show_volumes(kwargs["features"], labels)
         self._show_region(offset, labels.shape, scan_shape, source.scale)
@@ -371,6 +390,8 @@ class ResultLayers:
         source = self.state.source.name if self.state is not None else None
         if self.store_run is not None:
             source = self.store_run.source.name
+        if source is None:  # no run yet (every layer without a gate's tag would match None)
+            return []
         return [
             layer
             for layer in self.viewer.layers
@@ -570,9 +591,8 @@ class ResultLayers:
         data, kwargs, _ = labels_layer(state.prediction, state.source, labels, f"{layer.name} (thresholds)")
         if state.edited:
             notify("info", f"{layer.name} was edited by hand; the new thresholds go to a new layer.")
-            self.state = RunState(
-                state.prediction, state.source, self.viewer.add_labels(data, **kwargs), state.offset
-            )
+            layer = self.viewer.add_layer(labels_image(data, kwargs))
+            self.state = RunState(state.prediction, state.source, layer, state.offset)
         else:
             layer.features = kwargs["features"]
             layer.data = labels
@@ -594,12 +614,27 @@ class ResultLayers:
             level = self.settings().uncertainty_level
             mls = state.prediction.uncertain_volumes_ml(labels, level, state.source.scale)
             uncertain = [mls.get(name, 0.0) for name in features["class"][1:]]
-        self.volumes.value = volume_rows(features, uncertain)
+        self._shown = (features, uncertain)
+        self._render()
+
+    def show_agreement(self, rows) -> None:
+        """Dice and HD95 per class against the reference picked (a ``review.Evaluation``), or
+        None: the table without those columns."""
+        self.evaluation = rows
+        self.agreement = None if rows is None else {r.label: agreement_cells(r) for r in rows}
+        if self._shown is not None:
+            self._render()
+
+    def _render(self) -> None:
+        assert self._shown is not None
+        features, uncertain = self._shown
+        self.volumes.value = volume_rows(features, uncertain, self.agreement)
         self._paint_swatches(features)
         self._fit_columns()
 
     def clear_volumes(self) -> None:
         """No rows: after a failed run the table describes nothing on screen."""
+        self._shown = None
         self.volumes.value = {"data": [], "index": [], "columns": list(VOLUME_COLUMNS)}
         if self.note is not None:
             self.note.visible = False

@@ -26,9 +26,11 @@ from magicgui.widgets import (
 
 from .jobs import JobControls, Jobs
 from .layers import SourceGeometry
+from .legend import Legend
 from .notify import notify
 from .orthoviews import ViewControls
 from .recent import recent_checkpoints, remember_checkpoint
+from .reference import ReferenceComparison
 from .results import LABEL_STYLES, VOLUME_COLUMNS, ResultLayers, RunState, ViewSettings
 from .run_inputs import (
     channel_data,
@@ -91,6 +93,7 @@ class AttUNetWidget(Container):
         self.model = None
 
         self._make_fields()
+        self._make_reference_fields()
         self.extend(
             [
                 self.image,
@@ -111,6 +114,7 @@ class AttUNetWidget(Container):
                 self.show_uncertainty,
                 self.label_style,
                 self.uncertainty_level,
+                self.legend,
                 self.view_controls,
                 self.tta,
                 self.tile,
@@ -122,9 +126,12 @@ class AttUNetWidget(Container):
                 self.status,
                 self.store_info,
                 self.region_info,
+                self.reference,
+                self.reference_info,
                 self.volumes,
             ]
         )
+        self.comparison.place(self.volumes)
         self._bound_width()
         self.results = ResultLayers(
             self.viewer, self.volumes, self._view_settings, self.region_info, self._on_gates
@@ -196,6 +203,7 @@ class AttUNetWidget(Container):
         self.uncertainty_level = FloatSlider(
             name="uncertainty_level", label="uncertain over", min=0.0, max=1.0, step=0.01, value=0.5
         )
+        self.legend = Legend(self.viewer)  # what each colour on the canvas means
         self.view_controls = ViewControls(self.viewer, lambda: self.image.value)
         self.tta = CheckBox(name="tta", text="test-time flips (slower)", value=False)
         self.tile = SpinBox(name="tile", label="tile (0 = auto)", min=0, max=1024, step=16, value=0)
@@ -208,6 +216,14 @@ class AttUNetWidget(Container):
         self.store_info = WrappedLabel(name="store_info", label="result store", value="", visible=False)
         self.region_info = WrappedLabel(name="region_info", label="", value="", visible=False)
         self.volumes = Table(name="volumes", value={column: [] for column in VOLUME_COLUMNS})
+
+    def _make_reference_fields(self) -> None:
+        """The reference picker and its line (``reference.py``): Dice and HD95 in the table."""
+        self.reference_info = WrappedLabel(name="reference_info", label="", value="", visible=False)
+        self.comparison = ReferenceComparison(
+            self.viewer, self.reference_info, lambda: getattr(self, "results", None)
+        )
+        self.reference = self.comparison.picker
 
     def _connect(self) -> None:
         """What each control does, and the viewer events the form follows."""
@@ -396,6 +412,25 @@ class AttUNetWidget(Container):
             slider = FloatSlider(name=f"t{k}", label=names[k], min=0.0, max=1.0, step=0.01, value=0.5)
             slider.changed.connect(self._on_threshold)
             self.thresholds.append(slider)
+        self._fit_slider_labels()
+
+    def _fit_slider_labels(self) -> None:
+        """Each threshold's class name whole ("white matter", not "white matte"): magicgui
+        sizes the labels before napari's style sets their font; again once it has."""
+        from qtpy.QtCore import QTimer
+
+        def fit() -> None:
+            try:
+                wrapped = [w._labeled_widget() for w in self.thresholds]
+                labels = [w._label_widget.native for w in wrapped if w is not None]
+                width = max((w.fontMetrics().horizontalAdvance(w.text()) + 4 for w in labels), default=0)
+                for label in labels:
+                    label.setMinimumWidth(max(width, label.minimumWidth()))
+            except RuntimeError:  # the dock was closed
+                return
+
+        fit()
+        QTimer.singleShot(0, fit)
 
     def threshold_values(self) -> list[float] | None:
         """The thresholds labels follow (see ``run_inputs.threshold_values``)."""
@@ -509,6 +544,7 @@ class AttUNetWidget(Container):
         """The viewer (or this dock) was closed: stop the run; its result goes nowhere."""
         self.jobs.close()
         self.results.close()
+        self.comparison.close()
 
     def request_cancel(self) -> None:
         self.jobs.request_cancel()

@@ -347,8 +347,11 @@ def _pixels(files: list[_File], path: Path, notes: list[str]) -> dict[Path, np.n
 # ---- geometry ----------------------------------------------------------------------------------
 
 
-def _frame(orientation: np.ndarray) -> np.ndarray:
-    """Orthonormal (r, c, n) rows from ImageOrientationPatient (r: along a row, c: down a column)."""
+def patient_frame(orientation) -> np.ndarray:
+    """Orthonormal (r, c, n) rows from ImageOrientationPatient (r: along a row, c: down a
+    column, n: their cross product, the slice normal), as the reader places a series; a DICOM
+    SEG's frames are placed by the same rule (``dicom_seg``)."""
+    orientation = np.asarray(orientation, dtype=float)
     r = orientation[:3] / np.linalg.norm(orientation[:3])
     c = orientation[3:] - (orientation[3:] @ r) * r
     c = c / np.linalg.norm(c)
@@ -363,6 +366,20 @@ def _placed_group(slices: list[_Slice]) -> tuple[list[_Slice], int]:
         groups.setdefault(key, []).append(s)
     best = max(groups.values(), key=len)
     return best, len(slices) - len(best)
+
+
+def placed_slices(path: Path) -> tuple[list[_Slice], np.ndarray] | None:
+    """The slices ``read`` builds its image from, for the series at ``path`` (a folder or one
+    of its files): its largest group of one orientation, size and pixel spacing, before
+    duplicates are dropped, with their ``patient_frame``. None when an image has no patient
+    position or orientation (``read`` then stacks the files unplaced). A DICOM SEG refers to
+    exactly these files (``dicom_seg.load_source``)."""
+    files, _ = _gather(path)
+    slices = [s for f in files for s in f.slices]
+    if any(s.position is None or s.orientation is None for s in slices):
+        return None
+    slices, _ = _placed_group(slices)
+    return slices, patient_frame(slices[0].orientation)
 
 
 def read(path: str | Path) -> DicomScan:
@@ -382,7 +399,7 @@ def read(path: str | Path) -> DicomScan:
             f"{name}: left out {others} slice{'s' * (others > 1)} with another "
             "orientation or size than the rest (a localizer?)."
         )
-    frame = _frame(slices[0].orientation)
+    frame = patient_frame(slices[0].orientation)
     slices = _sort_unique(slices, frame[2], name, notes)
     image = _series_image(slices)
     if image is None:

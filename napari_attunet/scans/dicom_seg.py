@@ -165,15 +165,13 @@ def load_source(like) -> Source:
         where = f"{given}" if given else "this layer"
         raise InputError(f"{where} was not read from DICOM images: {NEEDS_DICOM}.")
     path = Path(given)
-    files, _ = dicom._gather(path)
-    slices = [s for f in files for s in f.slices]
-    if any(s.position is None or s.orientation is None for s in slices):
+    placed = dicom.placed_slices(path)
+    if placed is None:
         raise InputError(
             f"{path}: the images have no patient position or orientation, so a DICOM SEG "
             "cannot be placed on them; save as NIfTI (.nii.gz) instead."
         )
-    slices, _ = dicom._placed_group(slices)
-    frame = dicom._frame(np.asarray(slices[0].orientation))
+    slices, frame = placed
     kept = list(dict.fromkeys(s.path for s in slices))
     datasets = [_read_header(p) for p in kept]
     _check_uids(datasets, kept, path)
@@ -757,7 +755,7 @@ def seg_volume(seg: SegFrames):
 
     from . import dicom, io
 
-    frame = dicom._frame(seg.orientation)
+    frame = dicom.patient_frame(seg.orientation)
     depth = seg.positions @ frame[2]
     levels = np.unique(np.round(depth, 3))
     steps = np.diff(levels)

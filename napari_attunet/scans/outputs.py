@@ -6,6 +6,14 @@ the final rename is atomic), flushed to disk, checked, and only then moved into 
 ``overwrite`` by a hard link, which fails when the name exists (also when another process got
 there first), with it by ``os.replace``. A failure (a full disk included) removes the staging
 folder, so nothing partial or empty is left and every file that was there before is untouched.
+
+A set of files (a scan's labels, gates, uncertainty, tables) is linked one file at a time. The
+staging folder is the set's manifest: it holds the very files (each a hard link of the one put
+in place) and, once every one is linked, a record (``COMMITTED``). A process killed between two
+links leaves its staging folder without the record; the next run on the folder
+(``sweep_stale``) removes from the destination the files that are those very files (same inode:
+ours, never a file of the same name that someone else put there) and then the staging folder, so
+the set is absent rather than partial, and a re-run writes it whole without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ STAGING_PREFIX = ".attunet-"
 # a later run can remove what a killed process left, and never what a live one is writing
 VOLUME_COLUMNS = ("scan", "class", "volume_ml", "path")
 METRIC_COLUMNS = ("dice", "hd95_mm", "assd_mm", "volume_ref_ml")  # with predict --reference
+
+
+COMMITTED = ".committed"  # in a staging folder: every file of its set is in place
+PAUSE_SETTING = "NAPARI_ATTUNET_TEST_PAUSE_AFTER_LINKS"  # fault tests only: "N:FLAG" (see _linked)
 
 
 class OutputError(InputError):
@@ -131,7 +143,18 @@ def _owner_gone(name: str, prefix: str) -> bool:
         return True
     except OSError:  # alive, another user's
         return False
-    return False
+    return _zombie(int(pid))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended and waits for its parent to reap it (a killed Dask worker until
+    its nanny notices): it still answers signals, but writes nothing any more."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    fields = stat.rpartition(")")[2].split()
+    return bool(fields) and fields[0] == "Z"
 
 
 def sweep_stale(folder: str | os.PathLike) -> list[Path]:
@@ -149,8 +172,32 @@ def sweep_stale(folder: str | os.PathLike) -> list[Path]:
             if prefix is None and path.name.startswith(".") and tag in path.name:
                 prefix = path.name[: path.name.index(tag) + len(tag)]
         if prefix is not None and _owner_gone(path.name, prefix):
+            if prefix == STAGING_PREFIX and path.is_dir():
+                removed += roll_back(path, folder)
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+    return removed
+
+
+def roll_back(staging: Path, folder: Path) -> list[Path]:
+    """The files of ``folder`` that a commit from ``staging`` put in place before it was killed,
+    removed (its set was not whole: no ``COMMITTED`` record). Only the very files (hard links of
+    the staged ones, same device and inode) go; a file of the same name that is not one of them
+    is someone else's and stays. Returns what was removed."""
+    if (staging / COMMITTED).exists():
+        return []
+    removed = []
+    for staged_file in sorted(staging.iterdir()):
+        target = folder / staged_file.name
+        try:
+            ours, there = staged_file.lstat(), target.lstat()
+        except OSError:
+            continue
+        if staged_file.is_file() and (ours.st_dev, ours.st_ino) == (there.st_dev, there.st_ino):
+            target.unlink(missing_ok=True)
+            removed.append(target)
+    if removed:
+        _fsync_folder(folder)
     return removed
 
 
@@ -258,7 +305,9 @@ class Staging:
                 else:
                     os.link(source, target)  # fails if the name exists: no clobbering race
                 moved.append(target)
+                _linked(len(moved))
             _fsync_folder(self.folder)
+            (self.root / COMMITTED).touch()  # the set is whole: nothing for a re-run to roll back
         except FileExistsError as exc:
             self._undo(moved)
             raise OutputExists(
@@ -283,6 +332,26 @@ class Staging:
 
     def abort(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _linked(count: int) -> None:
+    """For the fault tests (``PAUSE_SETTING`` = "N:FLAG"): once N files of a set are in place,
+    write this process's id into FLAG, the first time only, and wait there to be killed."""
+    setting = os.environ.get(PAUSE_SETTING)
+    if not setting:
+        return
+    wanted, _, flag = setting.partition(":")
+    if count != int(wanted) or not flag:
+        return
+    try:
+        fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_EXCL)  # one process of many stops
+    except FileExistsError:
+        return
+    import time
+
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    time.sleep(600)
 
 
 @contextmanager
