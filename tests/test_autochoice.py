@@ -173,6 +173,17 @@ def _choices(cache: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in folder.iterdir() if p.name.startswith("auto-")) if folder.exists() else []
 
 
+def test_an_unmeasured_run_is_openvino_fp32_only_for_a_large_tile():
+    cands = autochoice.candidates("auto", "auto", fast_bf16=True, openvino=True, cores=2)
+    assert autochoice.unmeasured_default(cands, (64, 64, 64)) == autochoice.UNMEASURED_OPENVINO
+    assert autochoice.unmeasured_default(cands, (48, 48, 48)) == REFERENCE
+    assert autochoice.unmeasured_default(cands, (512, 512)) == autochoice.UNMEASURED_OPENVINO
+    without = autochoice.candidates("auto", "auto", fast_bf16=True, openvino=False, cores=2)
+    assert autochoice.unmeasured_default(without, (64, 64, 64)) == REFERENCE
+    torch_only = autochoice.candidates("torch", "auto", fast_bf16=True, openvino=True, cores=2)
+    assert autochoice.unmeasured_default(torch_only, (96, 96, 96)).runtime == "torch"
+
+
 def test_a_tiny_input_is_not_measured_and_says_so(cache):
     model = make_model(lee_spec(2), seed=10)
     pred, messages = _run(model, random_image((24, 24)), precision="fp32")

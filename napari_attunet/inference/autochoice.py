@@ -12,7 +12,8 @@ fp32 quiet or busy; of those, the fastest. The choice is kept in the OpenVINO ca
 keyed by the weights, the tile, the versions, the CPU and the thread count, and checked before
 use like the converted models, so it is measured once. A run too small to pay for the
 measurement is not measured: it takes a choice measured on this network and CPU on another
-tile, if there is one, and otherwise what the request starts from (PyTorch fp32 when both are
+tile, if there is one, and otherwise OpenVINO fp32 for a tile of 64^3 voxels or more (its
+conversion pays there), else what the request starts from (PyTorch fp32 when both are
 ``auto``), and says so.
 ``auto`` never picks int8, and an explicit runtime or precision is never overridden.
 """
@@ -224,6 +225,23 @@ def probe_tiles(cands: Sequence[Candidate], batch: int, parallel: int, rounds: i
         calls = 3 if c == REFERENCE else 1 + 2 * rounds  # the reference is timed in one round
         total += calls * (max(batch, parallel) if c.hint == "THROUGHPUT" else batch)
     return total
+
+
+# An unmeasured run's default where the tile is large enough for OpenVINO's one conversion
+# (cached) to pay: OpenVINO fp32 matched PyTorch fp32's labels and ran 1.8x faster on the demo,
+# quiet and with a busy process beside it (docs/performance.md). Smaller tiles (tests, 2D
+# images) run PyTorch fp32.
+UNMEASURED_OPENVINO = Candidate("openvino", "fp32", "LATENCY")
+UNMEASURED_OPENVINO_VOXELS = 64**3
+UNMEASURED_WHY = "OpenVINO fp32 ran, usually the faster at PyTorch fp32's labels (not measured on this CPU)"
+
+
+def unmeasured_default(cands: Sequence[Candidate], tile: Sequence[int]) -> Candidate:
+    """What a run too small to measure for runs: OpenVINO fp32 for a large tile where it may
+    run, else the request's first candidate (PyTorch fp32 when both are auto)."""
+    if UNMEASURED_OPENVINO in cands and math.prod(tile) >= UNMEASURED_OPENVINO_VOXELS:
+        return UNMEASURED_OPENVINO
+    return cands[0]
 
 
 def worth_probing(run_tiles: int, probe: int) -> bool:
@@ -522,7 +540,10 @@ def _choose(model, plan, options, cands, openvino: bool, cores: int) -> Generato
         elsewhere = _load(_any_tile(fields), "elsewhere")
         if elsewhere is not None and elsewhere.candidate in cands:
             return Choice(elsewhere.candidate, elsewhere.figures, "elsewhere", elsewhere.tile, reason)
-        return Choice(cands[0], how="unmeasured", reason=reason)
+        picked = unmeasured_default(cands, plan.tile)
+        if picked != cands[0]:
+            reason += f"; {UNMEASURED_WHY}"
+        return Choice(picked, how="unmeasured", reason=reason)
     choice = yield from _probe(model, plan, options, cands, openvino)
     _CHOICES[name] = choice
     if choice.figures:
