@@ -359,6 +359,39 @@ def _run_stored(model, scan, **options):
             return stop.value, messages
 
 
+STORED_WITHOUT_NNCF = """
+import sys
+sys.modules["nncf"] = None  # a machine that only runs: NNCF is not installed
+from napari_attunet.cli import main
+sys.exit(main(["predict", {scan!r}, "-c", {ckpt!r}, "-o", {out!r}, "--precision", "int8"]))
+"""
+
+
+def test_a_stored_int8_model_runs_without_nncf(cache, tmp_path, capsys):
+    """NNCF calibrates; running a model stored by convert --int8 needs only OpenVINO. Without
+    NNCF and without a stored model, predict is refused before any scan is read."""
+    from napari_attunet.cli import main
+
+    ckpt = na.save_model(make_model(lee_spec(3), seed=17), tmp_path / "c.safetensors")
+    folder, scan = _scans(tmp_path)
+    env = {**os.environ, CACHE_ENV: str(tmp_path / "cache")}
+
+    def predict_without_nncf(out: str) -> subprocess.CompletedProcess:
+        script = STORED_WITHOUT_NNCF.format(scan=str(scan), ckpt=str(ckpt), out=str(tmp_path / out))
+        command = [sys.executable, "-c", script]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+    refused = predict_without_nncf("first")
+    assert refused.returncode != 0 and 'pip install "napari-attunet[int8]"' in refused.stderr
+    assert "convert --int8" in refused.stderr and not (tmp_path / "first").exists()
+
+    assert main(["convert", str(ckpt), "--int8", "--calibrate", str(folder)]) == 0
+    capsys.readouterr()
+    ran = predict_without_nncf("second")
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "second" / "scan_labels.nii.gz").is_file()
+
+
 def test_a_tampered_or_stale_int8_model_is_ignored_with_a_sentence(cache, tmp_path, calibrations):
     from napari_attunet.commands.info import CalibrationPlanner
     from napari_attunet.inference.calibrated import folder_for

@@ -16,6 +16,16 @@ import sys
 from .common import check_orientation, parse_normalization, safe, sentence
 
 
+def check_int8_runs(args: argparse.Namespace) -> None:
+    """Without NNCF, int8 runs only from a model stored beside the checkpoint (convert
+    --int8): refused before any scan is read when there is none."""
+    from ..inference.calibrated import folder_for
+    from ..inference.quantize import nncf_available, require_nncf
+
+    if not nncf_available() and not folder_for(args.checkpoint).is_dir():
+        require_nncf()
+
+
 def predict_options(args: argparse.Namespace, spec) -> dict:
     """Every option checked before any scan is read: an error names the option."""
     from ..errors import InputError
@@ -43,6 +53,8 @@ def predict_options(args: argparse.Namespace, spec) -> dict:
         resolve_precision(args.precision, device)
     except InputError as exc:
         raise InputError(f"--precision {args.precision}: {exc}") from None
+    if args.precision == "int8":
+        check_int8_runs(args)
     if getattr(args, "calibrate", None) is not None:
         if args.precision != "int8":
             raise InputError("--calibrate is for --precision int8; add it, or leave --calibrate out.")

@@ -77,9 +77,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if precision == "int8":
             if device.type != "cpu":
                 raise InputError(f"int8 runs on the CPU (OpenVINO), not on {device}; choose device cpu.")
-            from .quantize import require_nncf
-
-            require_nncf()
+            # NNCF only calibrates: a model stored by convert --int8 runs without it.
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -73,8 +73,9 @@ def require_nncf() -> None:
     """An InputError naming the extra to install when NNCF is absent."""
     if not nncf_available():
         raise InputError(
-            f"precision int8 needs NNCF, which is not installed; install it with {INT8_EXTRA}, "
-            "or choose precision fp32."
+            f"precision int8 needs NNCF to calibrate, which is not installed; install it with "
+            f"{INT8_EXTRA}, bring a <checkpoint>.int8 folder made by convert --int8, or choose "
+            "precision fp32."
         )
 
 
@@ -317,6 +318,7 @@ def prepare_int8(
     if stored is not None:  # a sentence: why the stored model is ignored
         plan.notes.append(stored)
         warnings.warn(stored, RuntimeWarning, stacklevel=3)
+    require_nncf()  # calibrating needs NNCF; a stored model (above) does not
     if calibration is None:
         windows = draw_windows(plan.x, plan.jobs, plan.tile)
     else:
