@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import napari
-import numpy as np
 from qtpy.QtWidgets import QApplication
 
 
@@ -30,8 +29,8 @@ def _wait(busy) -> None:
 
 
 def _run_and_truth():
-    """A viewer with the demo scan, one run, and the ground truth as a Labels layer (opened from
-    disk, then Layers > Convert > Convert to Labels, as a user does)."""
+    """A viewer with the demo scan, one run, and the ground truth opened from disk (a label map
+    opens as a Labels layer)."""
     from napari_attunet.demo_data import DEMO_CHECKPOINT, DEMO_LABELS
 
     viewer = napari.Viewer(show=True)
@@ -44,12 +43,8 @@ def _run_and_truth():
     widget.label_style.value = "outlines"
     widget.start()
     _wait(lambda: widget.busy)
-    (truth,) = viewer.open(str(DEMO_LABELS), plugin="napari-attunet")
-    keep = ("scale", "translate", "units", "axis_labels", "metadata")
-    reference = viewer.add_labels(
-        np.asarray(truth.data).astype(np.uint8), name="ground truth", **{k: getattr(truth, k) for k in keep}
-    )
-    viewer.layers.remove(truth)
+    (reference,) = viewer.open(str(DEMO_LABELS), plugin="napari-attunet")  # a label map: Labels
+    reference.name = "ground truth"
     reference.visible = False  # the disagreement layer shows where the two differ
     return viewer, scan, widget, reference
 
