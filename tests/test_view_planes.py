@@ -259,11 +259,11 @@ def test_edge_letters_follow_the_camera():
 
 
 def _crosshair(shot: np.ndarray) -> tuple[int, int]:
-    """(row, column) of the crosshair's lines: the rows and columns mostly green."""
+    """(row, column) of the crosshair's lines: the rows and columns mostly yellow."""
     rgb = shot[..., :3].astype(int)
-    green = (rgb[..., 1] - rgb[..., 0] > 40) & (rgb[..., 1] - rgb[..., 2] > 40)
-    rows = np.nonzero(green.mean(1) > 0.5)[0]
-    cols = np.nonzero(green.mean(0) > 0.5)[0]
+    yellow = (rgb[..., 0] - rgb[..., 2] > 40) & (rgb[..., 1] - rgb[..., 2] > 40)
+    rows = np.nonzero(yellow.mean(1) > 0.5)[0]
+    cols = np.nonzero(yellow.mean(0) > 0.5)[0]
     assert rows.size and cols.size, "no crosshair on screen"
     return int(np.median(rows)), int(np.median(cols))
 
