@@ -70,9 +70,19 @@ def main(out: str = str(Path(__file__).with_name("views") / "evaluation_table.pn
     for _ in range(3):  # the dock's end (the reference, its legend, the table), once laid out
         bar.setValue(bar.maximum())
         _settle()
+    _close_toasts(viewer)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(out, canvas_only=False)
     print(out)
+
+
+def _close_toasts(viewer) -> None:
+    """The note that the truth opened as a label map, read; its toast would hide the scale bar."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    _settle()
 
 
 def compare(out: str) -> None:
@@ -85,6 +95,7 @@ def compare(out: str) -> None:
     widget.reference.value = reference
     _wait(lambda: widget.busy or not widget.agreement.value["data"])
     _show_slice(viewer, scan)
+    _close_toasts(viewer)
     viewer.screenshot(out, canvas_only=False)
     print(out)
 

@@ -233,7 +233,7 @@ def probe_tiles(cands: Sequence[Candidate], batch: int, parallel: int, rounds: i
 # images) run PyTorch fp32.
 UNMEASURED_OPENVINO = Candidate("openvino", "fp32", "LATENCY")
 UNMEASURED_OPENVINO_VOXELS = 64**3
-UNMEASURED_WHY = "OpenVINO fp32 ran, usually the faster at PyTorch fp32's labels (not measured on this CPU)"
+UNMEASURED_WHY = "OpenVINO fp32 is usually the faster at PyTorch fp32's labels"
 
 
 def unmeasured_default(cands: Sequence[Candidate], tile: Sequence[int]) -> Candidate:
@@ -534,8 +534,8 @@ def _choose(model, plan, options, cands, openvino: bool, cores: int) -> Generato
     probe = probe_tiles(measured, plan.batch_size, min(cores, len(plan.jobs)))
     if not worth_probing(run_tiles, probe):
         reason = (
-            f"this run ({run_tiles} tile{'s' * (run_tiles > 1)}) costs less than measuring would "
-            f"(up to {probe} tiles); runs of {RUN_TO_PROBE * probe} tiles or more measure once"
+            f"{run_tiles} tile{'s' * (run_tiles > 1)} cost{'s' * (run_tiles == 1)} less than measuring; "
+            f"runs of {RUN_TO_PROBE * probe} tiles or more measure once"
         )
         elsewhere = _load(_any_tile(fields), "elsewhere")
         if elsewhere is not None and elsewhere.candidate in cands:
