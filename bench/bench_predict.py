@@ -33,6 +33,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from common import seconds_per_tile  # noqa: E402
+
 import napari_attunet as na  # noqa: E402
 from napari_attunet.inference.devices import cpu_has_fast_bf16  # noqa: E402
 from napari_attunet.inference.quantize import SCOPES, nncf_available  # noqa: E402
@@ -429,17 +431,10 @@ def hints(model, roi, repeats: int, per_tile: float, peak) -> None:
         for p in ("fp32", "bf16")
         for h in ("LATENCY", "THROUGHPUT")
     }
-    batch = torch.rand((4, 1) + roi)
-    times = {key: [] for key in nets}
-    for _ in range(repeats + 1):
-        for key, net in nets.items():
-            t = time.perf_counter()
-            for i in range(0, len(batch), net.parallel):
-                net.forward_with_attention(batch[i : i + net.parallel])
-            times[key].append((time.perf_counter() - t) / len(batch))
+    best = seconds_per_tile(nets, torch.rand((4, 1) + roi), repeats)
     print("\nOpenVINO per 96^3 tile (4 tiles, batches of the requests the hint asks for):")
-    for (precision, hint), ts in times.items():
-        ms = 1000 * min(ts[1:])
+    for (precision, hint), seconds in best.items():
+        ms = 1000 * seconds
         share = f", {100 * per_tile / ms / 1e6 / peak:.0f}% of fp32 peak" if peak else ""
         print(
             f"  {precision} {hint:10s} {nets[precision, hint].parallel} requests: {ms:6.0f} ms "

@@ -27,16 +27,12 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from bench_predict import cpu_description, dice, monai_net, train  # noqa: E402
+from common import load, seconds_per_tile  # noqa: E402
 
 import napari_attunet as na  # noqa: E402
 from napari_attunet.inference import quantize  # noqa: E402
 from napari_attunet.inference.tiling import window_grid  # noqa: E402
 from napari_attunet.phantom import make_phantom  # noqa: E402
-
-
-def load() -> str:
-    with open("/proc/loadavg") as fh:
-        return " ".join(fh.read().split()[:3])
 
 
 def tile_for(size: int, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -80,7 +76,7 @@ def main() -> None:
     cpu = cpu_description()
     print(
         f"CPU: {cpu['model']}, {cpu['cores']} cores; flags {' '.join(cpu['flags'])}; fast bf16 "
-        f"{cpu['fast_bf16']}; OpenVINO {cpu['openvino']}; torch {torch.__version__}; load {load()}"
+        f"{cpu['fast_bf16']}; OpenVINO {cpu['openvino']}; torch {torch.__version__}; {load()}"
     )
     image, truth = make_phantom(shape, seed=7)
     print(f"phantom (z, y, x) {shape}, seed 7; weights {args.weights.name}; overlap {args.overlap}\n")
@@ -143,7 +139,7 @@ def main() -> None:
             print(f"  {key[0]} {key[1] or 'whole'}: {float(np.median(ratios)):.2f}x MONAI's best")
     print(
         f"\n(best of {args.repeats} interleaved rounds; 'x tile 96' and 'x MONAI' are medians of the "
-        f"per-round ratios; 'work' is the voxels the network computes over the volume's; load now {load()})"
+        f"per-round ratios; 'work' is the voxels the network computes over the volume's; now {load()})"
     )
     if args.streams:
         streams(args.weights, image, args.repeats)
@@ -196,18 +192,11 @@ def streams(weights: Path, image: np.ndarray, repeats: int) -> None:
         for name, ov, precision in (("bf16", fp32, "bf16"), ("int8", int8, "fp32"))
         for hint in ("LATENCY", "THROUGHPUT")
     }
-    batch = torch.from_numpy(np.concatenate(windows[:4]))
-    times: dict = {key: [] for key in nets}
-    for _ in range(repeats + 1):
-        for key, net in nets.items():
-            t = time.perf_counter()
-            for i in range(0, len(batch), net.parallel):
-                net.forward_with_attention(batch[i : i + net.parallel])
-            times[key].append((time.perf_counter() - t) / len(batch))
+    best = seconds_per_tile(nets, torch.from_numpy(np.concatenate(windows[:4])), repeats)
     shape = "x".join(map(str, tile))
-    print(f"\nOpenVINO per {shape} tile (4 tiles in batches of the hint's requests; load {load()}):")
-    for (name, hint), ts in times.items():
-        print(f"  {name} {hint:10s} {nets[name, hint].parallel} requests: {1000 * min(ts[1:]):6.0f} ms")
+    print(f"\nOpenVINO per {shape} tile (4 tiles in batches of the hint's requests; {load()}):")
+    for (name, hint), seconds in best.items():
+        print(f"  {name} {hint:10s} {nets[name, hint].parallel} requests: {1000 * seconds:6.0f} ms")
 
 
 if __name__ == "__main__":

@@ -111,3 +111,16 @@ def official_network(features=(4, 8, 16, 32, 64), seed: int = 0, out_channels: i
         axes="zyx",
     )
     return build(spec).eval()
+
+
+def seconds_per_tile(nets: Mapping, batch, repeats: int) -> dict:
+    """Best seconds per tile of each compiled OpenVINO network (by key) on ``batch``, run in
+    groups of the requests its hint asks for, in interleaved rounds after one warm-up."""
+    times: dict = {key: [] for key in nets}
+    for _ in range(repeats + 1):
+        for key, net in nets.items():
+            t = time.perf_counter()
+            for i in range(0, len(batch), net.parallel):
+                net.forward_with_attention(batch[i : i + net.parallel])
+            times[key].append((time.perf_counter() - t) / len(batch))
+    return {key: min(ts[1:]) for key, ts in times.items()}

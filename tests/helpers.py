@@ -549,3 +549,13 @@ SCAN_KEYS = [
     "missing_scan",
     "folder_as_file",
 ]
+
+
+def drain(steps):
+    """(the value a run's generator returns, the message of every Progress it yielded)."""
+    messages = []
+    while True:
+        try:
+            messages.append(next(steps).message)
+        except StopIteration as stop:
+            return stop.value, messages

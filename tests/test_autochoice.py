@@ -16,7 +16,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import numpy as np
 import pytest
 import torch
-from helpers import TOL_Q, lee_spec, make_model, monai_spec, random_image
+from helpers import TOL_Q, drain, lee_spec, make_model, monai_spec, random_image
 
 from napari_attunet.inference import autochoice, iter_predict
 from napari_attunet.inference.autochoice import (
@@ -150,13 +150,7 @@ def cache(tmp_path, monkeypatch) -> pathlib.Path:
 def _run(model, image, **options):
     """(the Prediction, the messages the run gave)."""
     options = {"normalization": "none", "tile": 16, "overlap": 0.5, **options}
-    steps = iter_predict(image, model, **options)
-    messages = []
-    while True:
-        try:
-            messages.append(next(steps).message)
-        except StopIteration as stop:
-            return stop.value, messages
+    return drain(iter_predict(image, model, **options))
 
 
 def _long_image(model, precision: str = "fp32") -> np.ndarray:

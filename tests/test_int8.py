@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import lee_spec, make_model, monai_spec, official_spec, one_sentence, random_image, sharpen_gates
+from helpers import (
+    drain,
+    lee_spec,
+    make_model,
+    monai_spec,
+    official_spec,
+    one_sentence,
+    random_image,
+    sharpen_gates,
+)
 
 import napari_attunet as na
 from napari_attunet.inference import iter_predict
@@ -71,13 +80,7 @@ def trained(spec, steps: int = 60, seed: int = 0):
 
 def _run(model, image, **options):
     """(Prediction, the progress messages) of one run."""
-    steps = iter_predict(image, model, normalization="none", tile=16, **options)
-    messages = []
-    while True:
-        try:
-            messages.append(next(steps).message)
-        except StopIteration as stop:
-            return stop.value, messages
+    return drain(iter_predict(image, model, normalization="none", tile=16, **options))
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -350,13 +353,7 @@ def _run_stored(model, scan, **options):
     """(Prediction, progress messages) of an int8 run on a scan file, as predict reads it."""
     from napari_attunet.scans import io
 
-    steps = iter_predict(io.read(scan), model, precision="int8", **options)
-    messages = []
-    while True:
-        try:
-            messages.append(next(steps).message)
-        except StopIteration as stop:
-            return stop.value, messages
+    return drain(iter_predict(io.read(scan), model, precision="int8", **options))
 
 
 STORED_WITHOUT_NNCF = """

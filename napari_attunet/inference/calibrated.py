@@ -70,11 +70,9 @@ def folder_for(checkpoint: str | os.PathLike) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from ..models.checkpoint import sha256
+
+    return sha256(path)
 
 
 def calibration_files(files: list[Path]) -> list[dict]:

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..models import AttentionUNetBase
+from ..models.checkpoint import sha256
 from .optimize import StateStamp, prepared
 
 CACHE_ENV = "NAPARI_ATTUNET_CACHE"
@@ -135,14 +136,6 @@ def weights_digest(model: AttentionUNetBase) -> str:
         memo = (StateStamp(model), weights_sha256(model))
         _DIGESTS[model] = memo
     return memo[1]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_regular(folder_fd: int, name: str) -> bytes:
@@ -254,7 +247,7 @@ def store_entry(ov_model, folder: Path, fields: dict) -> None:
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
     try:
         openvino.save_model(ov_model, staging / "model.xml", compress_to_fp16=False)
-        sums = {name: _file_sha256(staging / name) for name in _FILES}
+        sums = {name: sha256(staging / name) for name in _FILES}
         (staging / MANIFEST).write_text(json.dumps({"fields": fields, "sha256": sums}))
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             folder.unlink()  # no entry of ours: a link (never followed) or a stray file
