@@ -144,6 +144,15 @@ def test_a_label_map_opens_as_labels_over_its_scan(make_napari_viewer, notes):
     np.testing.assert_allclose(truth.scale, t1.scale)
     np.testing.assert_allclose(truth.translate, t1.translate)
     assert "attunet_geometry" in truth.metadata
+    # each class where nibabel puts it: its centroid in world mm (napari: S, P, L; nibabel: RAS)
+    import nibabel as nib
+
+    image = nib.load(str(DEMO_LABELS))
+    voxels = np.asarray(image.dataobj)
+    for value in (1, 2):
+        ras = image.affine @ np.append(np.argwhere(voxels == value).mean(0), 1.0)
+        spl = truth.data_to_world(np.argwhere(np.asarray(truth.data) == value).mean(0))
+        np.testing.assert_allclose(spl, [ras[2], -ras[1], -ras[0]], atol=1e-3)
     np.testing.assert_allclose(truth.colormap.map(np.array([1]))[0], LABEL_COLOURS[1], atol=1e-6)
     said = [str(n.message) for n in notes]
     assert any("opened as a label map" in m and "Convert to Image" in m for m in said), said

@@ -198,6 +198,41 @@ def _check_letters(viewer, qtbot, expected_markers: int = 2) -> dict[str, str]:
     return letters
 
 
+def _dicom_letter(direction) -> tuple[str, str]:
+    """(towards +, towards -) of a patient direction by its largest LPS component, written out
+    from DICOM's definition rather than from the plugin's tables."""
+    c = int(np.argmax(np.abs(direction)))
+    pair = [("L", "R"), ("P", "A"), ("S", "I")][c]
+    return pair if direction[c] > 0 else pair[::-1]
+
+
+@pytest.mark.parametrize("orientation", [None, (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1)])
+def test_a_single_dicom_slice_gets_its_letters_and_a_scale_bar(make_napari_viewer, tmp_path, orientation):
+    """pydicom's CT_small (axial), and copies turned sagittal and coronal: the edges name the
+    sides that Image Orientation (Patient), read by pydicom, gives (its first triplet is the
+    direction of increasing column, to the right; the second of increasing row, downwards)."""
+    import pydicom
+
+    from napari_attunet.plugin.orientation import _canvas_overlays
+
+    ds = pydicom.dcmread(_pydicom_file("CT_small.dcm"))
+    if orientation is not None:
+        ds.ImageOrientationPatient = list(orientation)
+    path = tmp_path / "slice.dcm"
+    ds.save_as(path)
+    iop = np.asarray(ds.ImageOrientationPatient, float)
+    right, left = _dicom_letter(iop[:3])
+    bottom, top = _dicom_letter(iop[3:])
+
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-attunet")
+    assert layer.ndim == 2
+    assert show_letters(viewer) == {"top": top, "bottom": bottom, "left": left, "right": right}
+    assert _canvas_overlays(viewer)["scale_bar"].visible
+    if orientation is None:
+        assert (top, left) == ("A", "R")  # the radiological axial view
+
+
 def test_letters_on_every_plane(make_napari_viewer, qtbot, sided_scan):
     viewer = make_napari_viewer(show=True)
     (layer,) = viewer.open(str(sided_scan), plugin="napari-attunet")

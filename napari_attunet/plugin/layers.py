@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 
@@ -208,13 +209,9 @@ def labels_image(data, kwargs: dict):
     return _outlined_labels_class()(data, **kwargs)
 
 
-_LABELS_CLASS: list = []
-
-
+@functools.cache
 def _outlined_labels_class():
     """``OutlinedLabels``, made on first use: napari is imported only when a layer is made."""
-    if _LABELS_CLASS:
-        return _LABELS_CLASS[0]
     from napari.layers import Labels
     from napari.layers.labels._labels_utils import expand_slice
 
@@ -238,7 +235,6 @@ def _outlined_labels_class():
             )
             return contours[inner]
 
-    _LABELS_CLASS.append(OutlinedLabels)
     return OutlinedLabels
 
 
@@ -338,13 +334,9 @@ def gate_image(data, kwargs: dict):
     return _gate_image_class()(data, **kwargs)
 
 
-_GATE_CLASS: list = []
-
-
+@functools.cache
 def _gate_image_class():
     """``GateImage``, made on first use: napari is imported only when a layer is made."""
-    if _GATE_CLASS:
-        return _GATE_CLASS[0]
     from napari.layers import Image
 
     class GateImage(Image):
@@ -367,7 +359,6 @@ def _gate_image_class():
             bounded = scan_extent_in_gate(meta, tuple(extent[1].astype(int) + 1))
             return extent if bounded is None else bounded
 
-    _GATE_CLASS.append(GateImage)
     return GateImage
 
 

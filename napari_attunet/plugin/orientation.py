@@ -13,7 +13,8 @@ dims to a coronal or sagittal plane shows the head upside down. Whatever order t
 
 In 2D, letters at the canvas edges name the patient's side each edge faces (A/P, R/L, S/I),
 computed from the plane on screen and the camera's orientation, so they follow a roll, a
-transpose or a flip; napari's scale bar (in mm, the layers' unit) is on.
+transpose or a flip; napari's scale bar (in mm, the layers' unit) is on. A single DICOM slice
+opened as a 2D image gets the same, from its Image Orientation (Patient).
 """
 
 from __future__ import annotations
@@ -92,7 +93,12 @@ def camera_of(viewer):
 
 def apply(viewer) -> None:
     """Set the dims order and camera orientation for the current plane (no-op without scans)."""
-    if id(viewer) in _busy or not any(is_scan_layer(layer) for layer in viewer.layers):
+    if id(viewer) in _busy:
+        return
+    if not any(is_scan_layer(layer) for layer in viewer.layers):
+        if any(slice_axes(layer) is not None for layer in viewer.layers):
+            show_letters(viewer)  # a single slice: its letters and the scale bar, nothing to turn
+            _scale_bar_on(viewer)
         return
     dims, camera = viewer.dims, camera_of(viewer)
     if dims.ndim < 3:
@@ -128,23 +134,55 @@ def edge_letters(
 ) -> dict[str, str]:
     """The patient's side each canvas edge faces, for a 2D plane of a scan in LPS world axes:
     {"top": "A", "bottom": "P", "left": "R", "right": "L"} for the radiological axial plane.
+    Edges along a non-scan axis get no letter."""
 
-    napari draws the plane's first displayed axis vertically (increasing downwards when the
+    def letters(axis: int) -> tuple[str, str] | None:
+        k = axis - first_scan_axis
+        return AXIS_LETTERS[k] if 0 <= k < 3 else None
+
+    return _edges(order, orientation2d, letters)
+
+
+def plane_letters(axes, order: tuple[int, ...], orientation2d: tuple[str, str]) -> dict[str, str]:
+    """The same for a single DICOM slice opened as a 2D image: ``axes`` are the patient (LPS)
+    directions of its two array axes (from Image Orientation (Patient)); an oblique axis is
+    named by its largest component, as DICOM viewers do."""
+
+    def letters(axis: int) -> tuple[str, str]:
+        direction = [float(c) for c in axes[axis]]
+        c = max(range(3), key=lambda i: abs(direction[i]))  # 0: L, 1: P, 2: S
+        plus, minus = AXIS_LETTERS[2 - c]  # AXIS_LETTERS runs (S, P, L)
+        return (plus, minus) if direction[c] > 0 else (minus, plus)
+
+    return _edges(order, orientation2d, letters)
+
+
+def _edges(order, orientation2d, letters_of) -> dict[str, str]:
+    """napari draws the plane's first displayed axis vertically (increasing downwards when the
     camera's vertical orientation is "down") and its second horizontally (increasing to the
-    right when "right"). Edges along a non-scan axis get no letter.
-    """
+    right when "right"); ``letters_of(axis)`` is (towards increasing, towards decreasing)."""
     vertical, horizontal = order[-2:]
     out = {}
     for axis, (low_edge, high_edge), increasing in (
         (vertical, ("top", "bottom"), str(orientation2d[0]) == "down"),
         (horizontal, ("left", "right"), str(orientation2d[1]) == "right"),
     ):
-        k = axis - first_scan_axis
-        if not 0 <= k < 3:
+        pair = letters_of(axis)
+        if pair is None:
             continue
-        plus, minus = AXIS_LETTERS[k]
+        plus, minus = pair
         out[high_edge], out[low_edge] = (plus, minus) if increasing else (minus, plus)
     return out
+
+
+def slice_axes(layer):
+    """The patient directions of a 2D slice layer's array axes (a single DICOM slice, kept by
+    the reader in its geometry), or None."""
+    meta = (getattr(layer, "metadata", None) or {}).get("attunet_geometry") or {}
+    axes = ((meta.get("source") or {}).get("plane") or {}).get("axes")
+    if getattr(layer, "ndim", 0) != 2 or not axes or len(axes) != 2:
+        return None
+    return axes
 
 
 def _canvas_overlays(viewer):
@@ -163,6 +201,10 @@ def show_letters(viewer) -> dict[str, str]:
     letters = {}
     if scans and dims.ndisplay == 2 and dims.ndim >= 3:
         letters = edge_letters(tuple(dims.order), tuple(camera_of(viewer).orientation2d), dims.ndim - 3)
+    elif dims.ndisplay == 2 and dims.ndim == 2:
+        planes = [axes for axes in map(slice_axes, viewer.layers) if axes is not None]
+        if planes:
+            letters = plane_letters(planes[0], tuple(dims.order), tuple(camera_of(viewer).orientation2d))
     overlays = _canvas_overlays(viewer)
     for edge, position in EDGES.items():
         key = LETTER_KEY.format(edge)
