@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .legend import hex_colour
+
 THROTTLE_MS = 400
 FALSE_POSITIVE, FALSE_NEGATIVE = 1, 2
 DISAGREEMENT_NAMES = ("agree", "only the result (false positive)", "only the reference (false negative)")
@@ -32,16 +34,12 @@ SUFFIX = " disagreement"
 TAG = "attunet_compare"  # the disagreement layer's metadata key
 
 
-def _hex(rgba) -> str:
-    return "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
-
-
 def legend(layer_name: str, rows=None) -> str:
     """What the disagreement layer's colours and the numbers mean, and the comparison's notes
     (a resampled reference, a class absent from one of the two), as rich text."""
     import html
 
-    red, blue = (_hex(DISAGREEMENT_COLOURS[v]) for v in (FALSE_POSITIVE, FALSE_NEGATIVE))
+    red, blue = (hex_colour(DISAGREEMENT_COLOURS[v]) for v in (FALSE_POSITIVE, FALSE_NEGATIVE))
     lines = [
         f"<span style='color:{red}'>&#9632;</span> red: only the result labels it (false positive, "
         "or another class)",
